@@ -1,0 +1,104 @@
+"""Cut a source model at its feature tensor; pool and flatten that tensor to ``[N, d]``."""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from .errors import OnnxMergeError
+from .inspect import tensor_shapes
+
+FEATURE = "feature"  # name of the cut graph's pooled feature output (prefixed later by stitch)
+HEAD = "head"        # name of the cut graph's copy of the source's classifier output
+
+
+@dataclass
+class CutModel:
+    """A source cut at its feature tensor: outputs ``feature`` ``[N, d]`` and, if kept, ``head`` ``[N, K]``."""
+
+    model: onnx.ModelProto
+    input_name: str
+    feature: str          # the tensor's name in the source model
+    pooled: bool          # True where a 4-D feature map was globally average-pooled
+    rank: int             # rank of the source's feature tensor
+
+
+def source_input(model: onnx.ModelProto) -> onnx.ValueInfoProto:
+    """The one real (non-initializer) input of a source model."""
+    initializers = {i.name for i in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in initializers]
+    if len(inputs) != 1:
+        raise OnnxMergeError(
+            f"the model has {len(inputs)} inputs ({[i.name for i in inputs]}); onnxmerge composes image "
+            "classifiers with exactly one image input."
+        )
+    return inputs[0]
+
+
+def _missing_tensor(name: str, names: list[str]) -> OnnxMergeError:
+    close = difflib.get_close_matches(name, names, n=5, cutoff=0.3)
+    sample = close or names[-8:]
+    return OnnxMergeError(
+        f"tensor {name!r} does not exist in the model; candidates include {sample} "
+        "(run `onnxmerge inspect MODEL --all` for every candidate)."
+    )
+
+
+def feature_rank(model: onnx.ModelProto, feature: str, probe_input: np.ndarray) -> int:
+    """Rank of ``feature``: from shape inference, or by running one sample where inference cannot tell."""
+    shape = tensor_shapes(model).get(feature)
+    if shape is not None:
+        return len(shape)
+    import onnxruntime as ort  # only for the probe; graph code otherwise never runs models
+
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    del probe.graph.output[:]
+    probe.graph.output.append(onnx.ValueInfoProto(name=feature))
+    session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run([feature], {session.get_inputs()[0].name: probe_input})[0].ndim
+
+
+def cut(model: onnx.ModelProto, feature: str, head_output: str | None, probe_input: np.ndarray) -> CutModel:
+    """Keep the sub-graph from the input to ``feature`` (and to ``head_output`` if given), nothing else.
+
+    A 4-D feature map is globally average-pooled and flattened; any other rank above 2 is flattened.
+    Unused nodes, initializers and value_info are dropped; value_info of the kept part is dropped too,
+    because exporters' value_info sometimes lies and onnx re-infers it anyway.
+    """
+    inp = source_input(model)
+    graph = gs.import_onnx(model)
+    tensors = graph.tensors()
+    if feature not in tensors or isinstance(tensors[feature], gs.Constant):
+        raise _missing_tensor(feature, [n for n, t in tensors.items() if isinstance(t, gs.Variable)])
+    rank = feature_rank(model, feature, probe_input)
+    feat = tensors[feature]
+    out = gs.Variable(FEATURE, dtype=np.float32)
+    if rank == 4:
+        pooled = gs.Variable(f"{feature}__pooled", dtype=np.float32)
+        graph.nodes.append(gs.Node("GlobalAveragePool", f"{FEATURE}/pool", inputs=[feat], outputs=[pooled]))
+        graph.nodes.append(gs.Node("Flatten", f"{FEATURE}/flatten", attrs={"axis": 1}, inputs=[pooled], outputs=[out]))
+    elif rank == 2:
+        graph.nodes.append(gs.Node("Identity", f"{FEATURE}/identity", inputs=[feat], outputs=[out]))
+    else:
+        graph.nodes.append(gs.Node("Flatten", f"{FEATURE}/flatten", attrs={"axis": 1}, inputs=[feat], outputs=[out]))
+    outputs = [out]
+    if head_output is not None:
+        head = gs.Variable(HEAD, dtype=np.float32)
+        graph.nodes.append(gs.Node("Identity", f"{HEAD}/identity", inputs=[tensors[head_output]], outputs=[head]))
+        outputs.append(head)
+    graph.outputs = outputs
+    graph.cleanup(remove_unused_graph_inputs=True).toposort()
+    for tensor in graph.tensors().values():
+        if isinstance(tensor, gs.Variable) and tensor not in graph.inputs:
+            tensor.shape = None
+    cut_model = gs.export_onnx(graph, do_type_check=False)
+    cut_model.ir_version = model.ir_version
+    del cut_model.graph.value_info[:]
+    for prop in model.metadata_props:
+        cut_model.metadata_props.add(key=prop.key, value=prop.value)
+    return CutModel(cut_model, inp.name, feature, pooled=rank == 4, rank=rank)

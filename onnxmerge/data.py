@@ -1,0 +1,134 @@
+"""Read labelled image folders, unlabeled pools, single image files and ``.npz`` arrays as uint8 NHWC."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from .errors import OnnxMergeError
+from .preprocess import ImageInput
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+
+
+@dataclass
+class Dataset:
+    """Images ``x`` (uint8 ``[N, H, W, C]``), labels ``y`` (strings, or None) and where each came from."""
+
+    x: np.ndarray
+    y: np.ndarray | None
+    files: list[str]
+
+
+def read_image(path: str | os.PathLike, image: ImageInput) -> np.ndarray:
+    """One image file as uint8 ``[H, W, C]``: converted to the input's channels, resized bilinearly."""
+    path = Path(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                img = img.convert("L" if image.channels == 1 else "RGB") if img.mode not in ("I;16", "I", "F") \
+                    else _wide_to_8bit(img, image.channels)
+                if img.size != (image.width, image.height):
+                    img = img.resize((image.width, image.height), Image.Resampling.BILINEAR)
+                array = np.asarray(img, dtype=np.uint8)
+    except FileNotFoundError:
+        raise OnnxMergeError(f"image {path} does not exist; check the path.") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise OnnxMergeError(f"image {path} cannot be read ({exc}); remove or replace it.") from exc
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise OnnxMergeError(f"image {path} is too large to decode safely ({exc}); shrink or remove it.") from exc
+    return array.reshape(image.height, image.width, image.channels)
+
+
+def _wide_to_8bit(img: Image.Image, channels: int) -> Image.Image:
+    """16-bit and float gray images: scale to 0..255 by the type's range rather than clipping."""
+    array = np.asarray(img, dtype=np.float64)
+    top = 65535.0 if img.mode.startswith("I") and array.max() > 255 else max(array.max(), 1.0)
+    gray = Image.fromarray(np.clip(array / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+    return gray if channels == 1 else gray.convert("RGB")
+
+
+def read_images(paths: list[str | os.PathLike], image: ImageInput, threads: int = 4) -> np.ndarray:
+    """Decode many files in a thread pool (Pillow releases the GIL while decoding)."""
+    if not paths:
+        return np.zeros((0, image.height, image.width, image.channels), np.uint8)
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        return np.stack(list(pool.map(lambda p: read_image(p, image), paths)))
+
+
+def _image_files(folder: Path) -> list[Path]:
+    files = []
+    for root, dirs, names in os.walk(folder, followlinks=False):
+        dirs.sort()
+        files += [Path(root) / n for n in sorted(names) if Path(n).suffix.lower() in IMAGE_SUFFIXES]
+    return files
+
+
+def _load_npz(path: Path, image: ImageInput, labelled: bool) -> Dataset:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if "x" not in data:
+                raise OnnxMergeError(f"{path} has no array 'x'; an .npz needs x (uint8 [N, H, W, C]) and, if labelled, y.")
+            x = data["x"]
+            y = data["y"] if "y" in data else None
+    except OnnxMergeError:
+        raise
+    except Exception as exc:
+        raise OnnxMergeError(f"{path} is not a readable .npz file ({exc}); re-save it with numpy.savez.") from exc
+    if x.dtype != np.uint8:
+        raise OnnxMergeError(f"{path}: x has dtype {x.dtype}; store raw images as uint8 (0..255).")
+    if x.ndim == 3 and image.channels == 1:
+        x = x[..., None]
+    expected = (image.height, image.width, image.channels)
+    if x.ndim != 4 or tuple(x.shape[1:]) != expected:
+        raise OnnxMergeError(f"{path}: x has shape {list(x.shape)}, expected [N, {expected[0]}, {expected[1]}, "
+                             f"{expected[2]}] as in the recipe's [input].")
+    if labelled:
+        if y is None:
+            raise OnnxMergeError(f"{path} has no array 'y' of labels; add one or use it as an unlabeled pool.")
+        if len(y) != len(x):
+            raise OnnxMergeError(f"{path}: x has {len(x)} images but y has {len(y)} labels; they must match.")
+        y = np.asarray([str(v) for v in y])
+    if len(x) == 0:
+        raise OnnxMergeError(f"{path} holds no images; give a file with at least one image.")
+    return Dataset(x, y if labelled else None, [f"{path}[{i}]" for i in range(len(x))])
+
+
+def load_labelled(path: str | os.PathLike, image: ImageInput) -> Dataset:
+    """A labelled folder (one sub-folder per class, ImageFolder style) or an ``.npz`` with x and y."""
+    path = Path(path)
+    if not path.exists():
+        raise OnnxMergeError(f"training data {path} does not exist; check the path.")
+    if path.is_file():
+        return _load_npz(path, image, labelled=True)
+    classes = sorted(p for p in path.iterdir() if p.is_dir())
+    if not classes:
+        raise OnnxMergeError(f"{path} has no class sub-folders; put each class's images in a folder named after it.")
+    files, labels = [], []
+    for folder in classes:
+        found = _image_files(folder)
+        if not found:
+            raise OnnxMergeError(f"class folder {folder} holds no images; add images or remove the folder.")
+        files += found
+        labels += [folder.name] * len(found)
+    return Dataset(read_images(files, image), np.asarray(labels), [str(f) for f in files])
+
+
+def load_unlabeled(path: str | os.PathLike, image: ImageInput) -> Dataset:
+    """An unlabeled pool: a folder searched recursively (sub-folder names ignored) or an ``.npz`` with x."""
+    path = Path(path)
+    if not path.exists():
+        raise OnnxMergeError(f"image pool {path} does not exist; check the path.")
+    if path.is_file():
+        return _load_npz(path, image, labelled=False)
+    files = _image_files(path)
+    if not files:
+        raise OnnxMergeError(f"{path} holds no images; add images or point to another folder.")
+    return Dataset(read_images(files, image), None, [str(f) for f in files])

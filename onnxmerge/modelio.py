@@ -1,0 +1,169 @@
+"""Load source models safely and write outputs atomically.
+
+Model files are untrusted input: external-data locations must resolve inside the model's own folder
+(no absolute paths, no ``..``, no symlinks or hard links leading elsewhere), and every failure becomes
+an :class:`OnnxMergeError` naming the file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+import onnx
+from onnx.external_data_helper import ExternalDataInfo, uses_external_data
+
+from .errors import OnnxMergeError
+
+#: protobuf cannot serialise a message above 2 GiB; bigger models keep their weights in a side file.
+PROTOBUF_LIMIT = 2**31 - 1
+
+
+def _external_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
+    """Every tensor in the model (subgraphs included) whose data lives in an external file."""
+    for tensor in onnx.external_data_helper._get_all_tensors(model):  # noqa: SLF001 - walks subgraphs too
+        if uses_external_data(tensor):
+            yield tensor
+
+
+def external_data_files(model: onnx.ModelProto, folder: Path) -> list[Path]:
+    """The external-data files a model refers to, each checked to stay inside ``folder``.
+
+    Raises OnnxMergeError for a location that is absolute, climbs out with ``..``, or is a link
+    (symbolic or hard) to somewhere else.
+    """
+    folder = folder.resolve()
+    files: dict[Path, None] = {}
+    for tensor in _external_tensors(model):
+        info = ExternalDataInfo(tensor)
+        location = info.location
+        if not location or os.path.isabs(location) or Path(location).is_absolute() or ".." in Path(location).parts:
+            raise OnnxMergeError(
+                f"external data location {location!r} of tensor {tensor.name!r} is not a plain file name "
+                f"inside {folder}; refusing to read outside the model's folder."
+            )
+        path = folder / location
+        if path.is_symlink():
+            raise OnnxMergeError(f"external data file {path} is a symbolic link; copy the real file next to the model.")
+        resolved = path.resolve()
+        if folder not in resolved.parents:
+            raise OnnxMergeError(f"external data file {path} resolves outside {folder}; refusing to read it.")
+        if not resolved.is_file():
+            raise OnnxMergeError(f"external data file {path} for tensor {tensor.name!r} is missing; put it next to the model.")
+        if resolved.stat().st_nlink > 1:
+            raise OnnxMergeError(f"external data file {path} is a hard link; copy the real file next to the model.")
+        size = resolved.stat().st_size
+        offset = int(info.offset or 0)
+        length = int(info.length) if info.length is not None else size - offset
+        if offset < 0 or length < 0 or offset + length > size:
+            raise OnnxMergeError(
+                f"external data file {path} is shorter than tensor {tensor.name!r} needs "
+                f"(offset {offset} + length {length} > {size} bytes); the download is probably truncated."
+            )
+        files[resolved] = None
+    return list(files)
+
+
+def load_model(path: str | os.PathLike) -> onnx.ModelProto:
+    """Load an ONNX model with its external data, validating that data's locations first.
+
+    Parameters
+    ----------
+    path : path to a ``.onnx`` file.
+
+    Returns
+    -------
+    onnx.ModelProto with every tensor's data in memory.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise OnnxMergeError(f"model file {path} does not exist; check the path.")
+    if not path.is_file():
+        raise OnnxMergeError(f"model path {path} is not a file; give the path of a .onnx file.")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf raises its own DecodeError and friends
+        raise OnnxMergeError(f"{path} is not a readable ONNX model ({type(exc).__name__}); re-export or re-download it.") from exc
+    if not model.HasField("graph") or (not model.graph.node and not model.graph.output):
+        raise OnnxMergeError(f"{path} holds no ONNX graph; re-export or re-download it.")
+    external_data_files(model, path.parent)
+    try:
+        onnx.external_data_helper.load_external_data_for_model(model, str(path.parent))
+    except Exception as exc:
+        raise OnnxMergeError(f"could not read the external data of {path} ({exc}); re-export the model.") from exc
+    return model
+
+
+def model_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 over the model file followed by its external-data files (in reference order)."""
+    path = Path(path)
+    digest = hashlib.sha256()
+    files = [path]
+    model = onnx.load(str(path), load_external_data=False)
+    files += external_data_files(model, path.parent)
+    for file in files:
+        with open(file, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def atomic_path(target: Path, suffix: str = "") -> Iterator[Path]:
+    """Yield a temporary path beside ``target``; rename it onto ``target`` only if the block succeeds."""
+    target = Path(target)
+    handle, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix + ".tmp", dir=target.parent)
+    os.close(handle)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, target)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def check_output_path(output: str | os.PathLike, protected: list[Path] = ()) -> Path:
+    """Validate an output path before any work: its folder exists and is writable, it is no input file."""
+    output = Path(output)
+    folder = output.parent if str(output.parent) else Path(".")
+    if not folder.is_dir():
+        raise OnnxMergeError(f"output folder {folder} does not exist; create it first or choose another -o path.")
+    if not os.access(folder, os.W_OK):
+        raise OnnxMergeError(f"output folder {folder} is not writable; choose another -o path.")
+    if output.is_dir():
+        raise OnnxMergeError(f"output path {output} is a folder; give a file name such as {output / 'z.onnx'}.")
+    for source in protected:
+        if output.resolve() == Path(source).resolve():
+            raise OnnxMergeError(f"output path {output} is one of the source models; choose another -o path.")
+    return output
+
+
+def save_model(model: onnx.ModelProto, output: str | os.PathLike, size_limit: int = PROTOBUF_LIMIT) -> Path:
+    """Write ``model`` atomically; above ``size_limit`` bytes its weights go to a uniquely named side file.
+
+    The side file is named ``<output>.<random>.data`` so that two writes (or two Z files in one folder)
+    never share or overwrite each other's weights, and it is written before the model is renamed into place.
+    """
+    output = Path(output)
+    model = onnx.ModelProto.FromString(model.SerializeToString()) if model.ByteSize() < PROTOBUF_LIMIT else model
+    if model.ByteSize() <= size_limit:
+        with atomic_path(output) as tmp:
+            onnx.save_model(model, str(tmp))
+        return output
+    data_name = f"{output.name}.{uuid.uuid4().hex[:12]}.data"
+    onnx.external_data_helper.convert_model_to_external_data(
+        model, all_tensors_to_one_file=True, location=data_name, size_threshold=1024
+    )
+    try:
+        with atomic_path(output) as tmp:
+            onnx.save_model(model, str(tmp))  # writes data_name beside tmp, i.e. beside output
+    except BaseException:
+        (output.parent / data_name).unlink(missing_ok=True)
+        raise
+    return output

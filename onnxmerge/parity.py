@@ -1,0 +1,76 @@
+"""Build-time parity: Z must compute what its sources compute, and what the fitted head computes.
+
+PRODUCT.md's definition: for every source, the features inside Z equal the original source model run by
+onnxruntime with its feature tensor exposed, on the very tensor Z's preprocessing produced:
+``max |Z - source| <= 1e-5 * max(1, max |source|)`` in fp32. Preprocessing is checked separately against
+the numpy reference, and Z's probabilities against the estimator's ``predict_proba``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import onnx
+
+from .errors import OnnxMergeError
+from .extract import make_session
+
+EXACT = 1e-5     # the contract's tolerance, relative to max(1, max |reference|)
+CONVERTED = 1e-4  # the loosest allowed step (an opset conversion that changes an op's arithmetic)
+
+
+@dataclass
+class ParityCheck:
+    """One comparison: what was compared, the worst error, the tolerance it had to meet."""
+
+    step: str
+    max_abs_error: float
+    scale: float
+    tolerance: float
+    why: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.max_abs_error <= self.tolerance * self.scale
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "ok": self.ok}
+
+    def line(self) -> str:
+        mark = "ok" if self.ok else "FAILED"
+        why = f" ({self.why})" if self.why else ""
+        return (f"{self.step}: max |diff| {self.max_abs_error:.2e} <= {self.tolerance:.0e} x {self.scale:.3g}"
+                f"{why} -> {mark}")
+
+
+def compare(step: str, actual: np.ndarray, reference: np.ndarray, tolerance: float = EXACT, why: str = "") -> ParityCheck:
+    """Compare two arrays the way the contract defines parity."""
+    if actual.shape != reference.shape:
+        raise OnnxMergeError(f"parity check {step} failed: shapes differ ({list(actual.shape)} vs "
+                             f"{list(reference.shape)}); this is a bug in onnxmerge, please report it.")
+    reference64 = reference.astype(np.float64)
+    error = float(np.max(np.abs(actual.astype(np.float64) - reference64))) if actual.size else 0.0
+    scale = max(1.0, float(np.max(np.abs(reference64)))) if reference.size else 1.0
+    return ParityCheck(step, error, scale, tolerance, why)
+
+
+def source_feature(model: onnx.ModelProto, feature: str, inputs: np.ndarray, pooled: bool) -> np.ndarray:
+    """Run the original source with its feature tensor exposed; pool/flatten it the way cut did."""
+    exposed = onnx.ModelProto()
+    exposed.CopyFrom(model)
+    del exposed.graph.output[:]
+    exposed.graph.output.append(onnx.ValueInfoProto(name=feature))
+    session = make_session(exposed)
+    value = session.run([feature], {session.get_inputs()[0].name: inputs})[0]
+    if pooled:
+        return value.mean(axis=(2, 3), dtype=np.float64).astype(np.float32)
+    return value.reshape(len(value), -1)
+
+
+def require(checks: list[ParityCheck]) -> None:
+    """Fail the build loudly if any check failed: never ship an unchecked Z."""
+    failed = [c for c in checks if not c.ok]
+    if failed:
+        raise OnnxMergeError("parity check failed, Z was not written: " + "; ".join(c.line() for c in failed)
+                             + ". Please report this with the source models.")

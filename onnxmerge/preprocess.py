@@ -1,0 +1,122 @@
+"""Per-source preprocessing as ONNX nodes, and the numpy reference it is checked against.
+
+Z takes raw uint8 ``[N, H, W, C]`` images. Each source gets, inside the graph: channel conversion
+(gray <-> RGB), a bilinear ``Resize`` (half_pixel, no antialias) to its own size, its layout, ``x * scale``,
+``(x - mean) / std`` per channel, an optional flatten for flat-vector models, and a cast to its dtype.
+The ops are kept separate (Mul, Sub, Div) rather than folded, so the graph computes exactly what the
+numpy reference computes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+# ITU-R 601-2 luma weights, the ones Pillow's "L" conversion uses.
+LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class ImageInput:
+    """What Z accepts: raw uint8 images ``[N, height, width, channels]`` with a dynamic batch."""
+
+    height: int
+    width: int
+    channels: int = 3
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """What one source expects; applied inside Z.
+
+    ``height``/``width``/``channels``/``layout`` default to the source's input where it is static
+    (resolved by :func:`onnxmerge.compose`); ``scale``, ``mean`` and ``std`` are always explicit.
+    """
+
+    scale: float
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    height: int | None = None
+    width: int | None = None
+    channels: int | None = None
+    layout: str | None = None        # "NCHW" or "NHWC"
+    flat: bool = False               # the source takes [N, H*W*C], flattened in ``layout`` order
+    dtype: np.dtype = field(default=np.dtype(np.float32))
+
+
+def _const(name: str, value) -> gs.Constant:
+    return gs.Constant(name, np.asarray(value))
+
+
+def build_preprocess(prefix: str, image: gs.Variable, src: ImageInput, spec: Preprocess,
+                     output: gs.Variable) -> list[gs.Node]:
+    """Nodes that turn Z's raw ``image`` into ``output``, the tensor the source expects."""
+    nodes: list[gs.Node] = []
+    counter = iter(range(1000))
+
+    def add(op: str, inputs: list, attrs: dict | None = None, out: gs.Variable | None = None) -> gs.Variable:
+        out = out if out is not None else gs.Variable(f"{prefix}/pre/{op.lower()}_{next(counter)}")
+        nodes.append(gs.Node(op, f"{prefix}/pre/{op}_{len(nodes)}", attrs=attrs or {}, inputs=inputs, outputs=[out]))
+        return out
+
+    x = add("Cast", [image], {"to": 1})  # float32
+    if src.channels == 3 and spec.channels == 1:
+        x = add("MatMul", [x, _const(f"{prefix}/pre/luma", LUMA.reshape(3, 1))])
+    elif src.channels == 1 and spec.channels == 3:
+        x = add("Concat", [x, x, x], {"axis": 3})
+    resize = (spec.height, spec.width) != (src.height, src.width)
+    if resize or spec.layout == "NCHW":
+        x = add("Transpose", [x], {"perm": [0, 3, 1, 2]})
+        if resize:
+            batch_channels = add("Slice", [add("Shape", [x]), _const(f"{prefix}/pre/s0", np.array([0], np.int64)),
+                                           _const(f"{prefix}/pre/s2", np.array([2], np.int64))])
+            sizes = add("Concat", [batch_channels, _const(f"{prefix}/pre/hw", np.array([spec.height, spec.width], np.int64))],
+                        {"axis": 0})
+            empty = _const(f"{prefix}/pre/empty", np.zeros([0], np.float32))
+            x = add("Resize", [x, empty, empty, sizes],
+                    {"mode": "linear", "coordinate_transformation_mode": "half_pixel"})
+        if spec.layout == "NHWC":
+            x = add("Transpose", [x], {"perm": [0, 2, 3, 1]})
+    bshape = [1, -1, 1, 1] if spec.layout == "NCHW" else [1, 1, 1, -1]
+    x = add("Mul", [x, _const(f"{prefix}/pre/scale", np.float32(spec.scale))])
+    x = add("Sub", [x, _const(f"{prefix}/pre/mean", np.asarray(spec.mean, np.float32).reshape(bshape))])
+    last_out = output if not spec.flat and spec.dtype == np.float32 else None
+    x = add("Div", [x, _const(f"{prefix}/pre/std", np.asarray(spec.std, np.float32).reshape(bshape))], out=last_out)
+    if spec.flat:
+        x = add("Flatten", [x], {"axis": 1}, out=output if spec.dtype == np.float32 else None)
+    if spec.dtype != np.float32:
+        from onnx.helper import np_dtype_to_tensor_dtype
+        add("Cast", [x], {"to": int(np_dtype_to_tensor_dtype(spec.dtype))}, out=output)
+    return nodes
+
+
+def _resize_axis(x: np.ndarray, axis: int, size: int) -> np.ndarray:
+    """Linear interpolation along one axis, ONNX ``half_pixel`` coordinates, edges clamped."""
+    n = x.shape[axis]
+    if n == size:
+        return x
+    coords = (np.arange(size, dtype=np.float64) + 0.5) * (n / size) - 0.5
+    coords = np.clip(coords, 0, n - 1)
+    lo = np.floor(coords).astype(np.int64)
+    hi = np.minimum(lo + 1, n - 1)
+    w = (coords - lo).reshape([-1 if a == axis else 1 for a in range(x.ndim)])
+    return np.take(x, lo, axis=axis) * (1 - w) + np.take(x, hi, axis=axis) * w
+
+
+def reference_preprocess(images: np.ndarray, src: ImageInput, spec: Preprocess) -> np.ndarray:
+    """What :func:`build_preprocess` must compute, in numpy (float64 arithmetic, float32 result)."""
+    x = images.astype(np.float64)
+    if src.channels == 3 and spec.channels == 1:
+        x = x @ LUMA.astype(np.float64).reshape(3, 1)
+    elif src.channels == 1 and spec.channels == 3:
+        x = np.concatenate([x, x, x], axis=3)
+    x = _resize_axis(_resize_axis(x, 1, spec.height), 2, spec.width)
+    if spec.layout == "NCHW":
+        x = x.transpose(0, 3, 1, 2)
+    bshape = [1, -1, 1, 1] if spec.layout == "NCHW" else [1, 1, 1, -1]
+    x = (x * spec.scale - np.reshape(spec.mean, bshape)) / np.reshape(spec.std, bshape)
+    if spec.flat:
+        x = x.reshape(len(x), -1)
+    return x.astype(spec.dtype)
