@@ -205,7 +205,8 @@ class Merger:
     def fit(self, X, y=None) -> "Merger":
         """Build Z: extract features of the labelled images ``X``, fit the head, append it, check parity.
 
-        ``X`` is a labelled folder or ``.npz`` path, or a uint8 array ``[N, H, W, C]`` with labels ``y``.
+        ``X`` is a labelled folder or ``.npz`` path (or a list of them, joined), or a uint8 array
+        ``[N, H, W, C]`` with labels ``y``.
         """
         data = self._dataset(X, y)
         self.build_graph()
@@ -231,6 +232,10 @@ class Merger:
     def _dataset(self, X, y) -> Dataset:
         if isinstance(X, (str, os.PathLike)):
             return load_labelled(X, self.input)
+        if isinstance(X, (list, tuple)) and X and all(isinstance(p, (str, os.PathLike)) for p in X):
+            parts = [load_labelled(p, self.input) for p in X]  # e.g. old classes + a new class's few images
+            return Dataset(np.concatenate([d.x for d in parts]), np.concatenate([d.y for d in parts]),
+                           [f for d in parts for f in d.files])
         x = np.asarray(X)
         if x.dtype != np.uint8 or x.ndim != 4 or tuple(x.shape[1:]) != (self.input.height, self.input.width,
                                                                      self.input.channels):

@@ -326,7 +326,7 @@ def build_b(xtr, ytr, xte, yte):
     xa = a.reshape(len(a), -1).astype(np.float32) * np.float32(scale)
     xc = c.reshape(len(c), -1).astype(np.float32) * np.float32(scale)
     t0 = time.time()
-    clf = MLPClassifier(hidden_layer_sizes=(64,), max_iter=30, early_stopping=True,
+    clf = MLPClassifier(hidden_layer_sizes=(64,), max_iter=200, early_stopping=True,
                         n_iter_no_change=5, random_state=SEED)
     clf.fit(xa, np.array([CLASS_NAMES[k] for k in b]))
     print(f"  B trained {clf.n_iter_} epochs in {time.time() - t0:.0f}s")

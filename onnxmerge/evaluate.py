@@ -1,0 +1,82 @@
+"""Accuracy, per-class recall, the confusion matrix, and a report (PNG + HTML) for a built Z."""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+import numpy as np
+from sklearn.metrics import confusion_matrix
+
+from .modelio import atomic_path
+
+
+def evaluate_predictions(true: np.ndarray, predicted: np.ndarray, known: list[str]) -> dict:
+    """The contract's evaluation JSON: ``accuracy``, ``per_class``, ``confusion``, ``labels``.
+
+    ``labels`` is Z's classes followed by any true label Z does not know (those count as wrong and are
+    also listed under ``unknown_labels``); the confusion matrix has rows = true, columns = predicted.
+    """
+    true = np.asarray([str(t) for t in true])
+    predicted = np.asarray([str(p) for p in predicted])
+    unknown = sorted(set(true) - set(known))
+    labels = list(known) + unknown
+    matrix = confusion_matrix(true, predicted, labels=labels)
+    per_class = {}
+    for i, label in enumerate(labels):
+        support = int(matrix[i].sum())
+        if support:
+            per_class[label] = {"recall": float(matrix[i, i] / support), "support": support}
+    return {
+        "accuracy": float(np.mean(true == predicted)) if len(true) else 0.0,
+        "per_class": per_class,
+        "confusion": matrix.tolist(),
+        "labels": labels,
+        "unknown_labels": unknown,
+        "images": int(len(true)),
+    }
+
+
+def write_report(result: dict, outdir: str | Path, title: str = "onnxmerge evaluation") -> list[Path]:
+    """Write ``confusion.png`` and ``report.html`` into ``outdir`` (created if missing)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    labels, matrix = result["labels"], np.asarray(result["confusion"])
+    size = max(4.0, 0.6 * len(labels) + 2)
+    fig, ax = plt.subplots(figsize=(size, size * 0.85))
+    rows = matrix.sum(axis=1, keepdims=True)
+    ax.imshow(matrix / np.maximum(rows, 1), cmap="Blues", vmin=0, vmax=1)
+    for i in range(len(labels)):
+        for j in range(len(labels)):
+            if matrix[i, j]:
+                ax.text(j, i, str(matrix[i, j]), ha="center", va="center", fontsize=8,
+                        color="white" if matrix[i, j] > 0.5 * max(rows[i, 0], 1) else "black")
+    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(f"{title}: accuracy {result['accuracy']:.3f}")
+    fig.tight_layout()
+    png = outdir / "confusion.png"
+    with atomic_path(png, ".png") as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    rows_html = "".join(
+        f"<tr><td>{html.escape(label)}</td><td>{v['recall']:.3f}</td><td>{v['support']}</td></tr>"
+        for label, v in result["per_class"].items())
+    unknown = (f"<p>Labels Z does not know (counted as wrong): {html.escape(', '.join(result['unknown_labels']))}</p>"
+               if result["unknown_labels"] else "")
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title></head><body>"
+            f"<h1>{html.escape(title)}</h1><p>Accuracy: <b>{result['accuracy']:.4f}</b> on {result['images']} "
+            f"images.</p>{unknown}<img src='confusion.png' alt='confusion matrix (rows true, columns predicted)'>"
+            f"<table border='1' cellpadding='4'><tr><th>class</th><th>recall</th><th>support</th></tr>{rows_html}"
+            "</table></body></html>")
+    page_path = outdir / "report.html"
+    with atomic_path(page_path, ".html") as tmp:
+        tmp.write_text(page, encoding="utf-8")
+    return [png, page_path]

@@ -1,0 +1,149 @@
+"""The TOML recipe: a serialised call of the Python API, validated key by key.
+
+Every mistake a user can make in a recipe (a missing, unknown or mistyped key, a wrong type, a bad
+value) becomes one sentence that names the key, and suggests the closest valid key where one is close.
+"""
+
+from __future__ import annotations
+
+import difflib
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
+
+from .compose import MODES, Merger, Source
+from .errors import OnnxMergeError
+from .preprocess import ImageInput, Preprocess
+
+# key -> (type(s), required)
+_TOP = {"input": (dict, True), "sources": (list, True), "head": (dict, False)}
+_INPUT = {"height": (int, True), "width": (int, True), "channels": (int, True)}
+_SOURCE = {"name": (str, True), "model": (str, True), "feature": (str, False), "head_output": (str, False),
+           "labels": (list, False), "teacher": (bool, False), "preprocess": (dict, True)}
+_PREPROCESS = {"height": (int, False), "width": (int, False), "channels": (int, False), "layout": (str, False),
+               "scale": ((int, float), True), "mean": (list, True), "std": (list, True)}
+_HEAD = {"mode": (str, False), "train": ((str, list), False), "unlabeled": (str, False), "C": ((int, float), False)}
+_TYPE_NAMES = {int: "an integer", str: "a string", list: "a list", dict: "a table", bool: "true or false",
+               (int, float): "a number", (str, list): "a path or a list of paths"}
+
+
+@dataclass
+class Recipe:
+    """A parsed recipe: the configured Merger and the data it is to be fitted on."""
+
+    merger: Merger
+    train: list[Path] | None
+    unlabeled: Path | None
+    path: Path
+
+
+def _check_table(table: Any, schema: dict, where: str) -> dict:
+    if not isinstance(table, dict):
+        raise OnnxMergeError(f"{where} must be a table ({'[' + where + ']'}); check the recipe's structure.")
+    for key in table:
+        if key not in schema:
+            close = difflib.get_close_matches(key, list(schema), n=1, cutoff=0.5)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; valid keys are {sorted(schema)}."
+            raise OnnxMergeError(f"unknown key {key!r} in {where}{hint}")
+    for key, (kind, required) in schema.items():
+        if key not in table:
+            if required:
+                raise OnnxMergeError(f"{where} is missing the required key {key!r}.")
+            continue
+        value = table[key]
+        bad_bool = isinstance(value, bool) and kind is not bool
+        if bad_bool or not isinstance(value, kind):
+            raise OnnxMergeError(f"{where}.{key} must be {_TYPE_NAMES[kind]}, got {value!r}.")
+    return table
+
+
+def _numbers(values: list, where: str) -> tuple[float, ...]:
+    if not values or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        raise OnnxMergeError(f"{where} must be a non-empty list of numbers, got {values!r}.")
+    return tuple(float(v) for v in values)
+
+
+def _positive(table: dict, key: str, where: str) -> int | None:
+    value = table.get(key)
+    if value is not None and value <= 0:
+        raise OnnxMergeError(f"{where}.{key} must be positive, got {value}.")
+    return value
+
+
+def parse_recipe(data: dict, base: Path, path: Path, quiet: bool = False) -> Recipe:
+    """Turn a recipe's TOML data into a configured :class:`Merger` (paths resolved against ``base``)."""
+    _check_table(data, _TOP, "the recipe")
+    inp = _check_table(data["input"], _INPUT, "input")
+    height, width, channels = (_positive(inp, k, "input") for k in ("height", "width", "channels"))
+    if channels not in (1, 3):
+        raise OnnxMergeError(f"input.channels must be 1 or 3, got {channels}.")
+    if not data["sources"]:
+        raise OnnxMergeError("the recipe has no [[sources]]; add at least one.")
+    sources = []
+    for i, table in enumerate(data["sources"]):
+        where = f"sources[{i}]"
+        _check_table(table, _SOURCE, where)
+        where = f"source {table['name']!r}"
+        pre = _check_table(table["preprocess"], _PREPROCESS, f"{where} preprocess")
+        for key in ("height", "width", "channels"):
+            _positive(pre, key, f"{where} preprocess")
+        layout = pre.get("layout")
+        if layout is not None and layout not in ("NCHW", "NHWC"):
+            raise OnnxMergeError(f"{where} preprocess.layout must be \"NCHW\" or \"NHWC\", got {layout!r}.")
+        std = _numbers(pre["std"], f"{where} preprocess.std")
+        if any(s == 0 for s in std):
+            raise OnnxMergeError(f"{where} preprocess.std contains 0; every std must be non-zero.")
+        labels = table.get("labels")
+        if labels is not None and (not labels or not all(isinstance(v, str) for v in labels)):
+            raise OnnxMergeError(f"{where} labels must be a non-empty list of strings.")
+        model = (base / table["model"]).resolve()
+        if model == path.resolve():
+            raise OnnxMergeError(f"{where} model is the recipe file itself; point it to a .onnx file.")
+        sources.append(Source(
+            name=table["name"], model=model, feature=table.get("feature", "auto"),
+            head_output=table.get("head_output", "auto"), labels=labels, teacher=table.get("teacher", True),
+            preprocess=Preprocess(scale=float(pre["scale"]), mean=_numbers(pre["mean"], f"{where} preprocess.mean"),
+                                  std=std, height=pre.get("height"), width=pre.get("width"),
+                                  channels=pre.get("channels"), layout=layout),
+        ))
+    head = _check_table(data.get("head", {}), _HEAD, "head")
+    mode = head.get("mode", "fit")
+    if mode not in MODES:
+        close = difflib.get_close_matches(mode, MODES, n=1)
+        raise OnnxMergeError(f"head.mode {mode!r} is unknown" + (f"; did you mean {close[0]!r}?" if close else
+                                                                   f"; use one of {list(MODES)}."))
+    if mode == "teachers":
+        raise OnnxMergeError("head.mode = \"teachers\" (no labelled data) is not available in this version; "
+                             "use mode = \"fit\" with a labelled train set.")
+    if "unlabeled" in head:
+        raise OnnxMergeError("head.unlabeled (pseudo-labelling an unlabeled pool) is not available in this "
+                             "version; remove it and give labelled images in head.train.")
+    if mode == "fit" and "train" not in head:
+        raise OnnxMergeError("head.train is required for mode = \"fit\": a labelled folder or .npz.")
+    merger = Merger(ImageInput(height, width, channels), sources, mode=mode, C=float(head.get("C", 1.0)), quiet=quiet)
+    train = None
+    if "train" in head:
+        paths = head["train"] if isinstance(head["train"], list) else [head["train"]]
+        if not paths or not all(isinstance(p, str) for p in paths):
+            raise OnnxMergeError("head.train must be a path or a non-empty list of paths.")
+        train = [base / p for p in paths]
+    unlabeled = (base / head["unlabeled"]) if "unlabeled" in head else None
+    return Recipe(merger, train, unlabeled, path)
+
+
+def load_recipe(path: str | Path, quiet: bool = False) -> Recipe:
+    """Read and validate a recipe file; paths inside it are relative to the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise OnnxMergeError(f"recipe {path} does not exist; check the path.")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise OnnxMergeError(f"recipe {path} is not valid TOML ({exc}); fix the syntax.") from exc
+    return parse_recipe(data, path.parent, path, quiet=quiet)
