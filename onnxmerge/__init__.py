@@ -2,6 +2,12 @@
 
 __version__ = "0.1.0"
 
+from onnx_graphsurgeon.logger import G_LOGGER as _GS_LOGGER  # noqa: E402
+
+# graphsurgeon logs warnings (missing colour module, unknown dtypes of cleared shapes) that say nothing
+# to our users; real problems surface as exceptions.
+_GS_LOGGER.severity = _GS_LOGGER.ERROR
+
 from .compose import Merger, Source  # noqa: E402
 from .errors import OnnxMergeError  # noqa: E402
 from .preprocess import ImageInput, Preprocess  # noqa: E402

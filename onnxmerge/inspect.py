@@ -142,6 +142,8 @@ def find_head(model: onnx.ModelProto, head_output: str = "auto") -> HeadInfo:
                 return HeadInfo(output, node.input[0], op, _reason(output, path, node))
         if op == "MatMul" and node.input[1] in constants:
             return HeadInfo(output, node.input[0], op, _reason(output, path, node))
+        if op == "LinearClassifier" and node.domain == "ai.onnx.ml":  # scikit-learn linear models
+            return HeadInfo(output, node.input[0], op, _reason(output, path, node))
         if op == "Conv" and node.input[1] in constants and _is_pointwise(graph, node):
             return HeadInfo(output, node.input[0], "Conv", _reason(output, path, node))
         if op == "Add":

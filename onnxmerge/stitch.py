@@ -149,5 +149,10 @@ def keep_outputs(model: onnx.ModelProto, outputs: list[str]) -> onnx.ModelProto:
     result = gs.export_onnx(graph, do_type_check=False)
     result.ir_version = model.ir_version
     del result.graph.value_info[:]
+    used = {n.domain for n in result.graph.node} | {n.domain for f in result.functions for n in f.node}
+    used |= {f.domain for f in result.functions}
+    kept = [o for o in result.opset_import if o.domain in ("", "ai.onnx") or o.domain in used]
+    del result.opset_import[:]
+    result.opset_import.extend(kept)  # no ai.onnx.ml import once the sources' own heads are gone
     result.metadata_props.extend(model.metadata_props)
     return result
