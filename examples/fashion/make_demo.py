@@ -114,6 +114,16 @@ def add_labels(model: onnx.ModelProto, labels):
     p.value = json.dumps(list(labels))
 
 
+def stable_opsets(model: onnx.ModelProto):
+    """skl2onnx emits opset_import in hash-seed dependent order; sort it so reruns are byte-identical."""
+    ops = sorted(model.opset_import, key=lambda o: o.domain)
+    ops = [(o.domain, o.version) for o in ops]
+    del model.opset_import[:]
+    for d, v in ops:
+        model.opset_import.append(helper.make_opsetid(d, v))
+    return model
+
+
 def find_feature(model: onnx.ModelProto):
     """Input of the last linear classifier node (Gemm / MatMul / LinearClassifier)."""
     for node in reversed(model.graph.node):
@@ -335,7 +345,7 @@ def build_b(xtr, ytr, xte, yte):
     path = MODELS / "b_sklearn_mlp.onnx"
     onx = to_onnx(clf, initial_types=[("pixels", FloatTensorType([None, 28 * 28]))],
                   target_opset={"": 17, "ai.onnx.ml": 3})
-    onnx.save(onx, str(path))
+    onnx.save(stable_opsets(onx), str(path))
     return describe(
         path, exporter=f"skl2onnx {skl2onnx.__version__}", framework=f"scikit-learn {sklearn.__version__}",
         layout="flat", height=28, width=28, channels=1, scale=scale, mean=[0.0], std=[1.0],
