@@ -93,12 +93,17 @@ def build_preprocess(prefix: str, image: gs.Variable, src: ImageInput, spec: Pre
 
 
 def _resize_axis(x: np.ndarray, axis: int, size: int) -> np.ndarray:
-    """Linear interpolation along one axis, ONNX ``half_pixel`` coordinates, edges clamped."""
+    """Linear interpolation along one axis, ONNX ``half_pixel`` coordinates, edges clamped.
+
+    The source coordinate is computed in float32 as onnxruntime does (``(i + 0.5) / scale - 0.5`` with a
+    float32 scale); computing it in float64 would differ from Z by ~1e-5 of the value on upsampling.
+    """
     n = x.shape[axis]
     if n == size:
         return x
-    coords = (np.arange(size, dtype=np.float64) + 0.5) * (n / size) - 0.5
-    coords = np.clip(coords, 0, n - 1)
+    scale = np.float32(size) / np.float32(n)
+    coords = (np.arange(size, dtype=np.float32) + np.float32(0.5)) / scale - np.float32(0.5)
+    coords = np.clip(coords, 0, n - 1).astype(np.float64)
     lo = np.floor(coords).astype(np.int64)
     hi = np.minimum(lo + 1, n - 1)
     w = (coords - lo).reshape([-1 if a == axis else 1 for a in range(x.ndim)])
