@@ -6,9 +6,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import onnx
-from onnx import numpy_helper
 
 from .errors import OnnxMergeError
 
@@ -153,7 +151,8 @@ def find_head(model: onnx.ModelProto, head_output: str = "auto") -> HeadInfo:
                 name = dynamic[0]
                 continue
             break
-        if op in _PASS_THROUGH or op in ("Mul", "Div", "Sub") and sum(i not in constants for i in node.input) == 1:
+        elementwise_by_constant = op in ("Mul", "Div", "Sub") and sum(i not in constants for i in node.input) == 1
+        if op in _PASS_THROUGH or elementwise_by_constant:
             name = next(i for i in node.input if i not in constants)
             continue
         if op in ("ArgMax", "ArrayFeatureExtractor", "LabelEncoder"):
@@ -236,11 +235,3 @@ def describe(path: str | Path, model: onnx.ModelProto) -> dict:
         "suggested": suggested,
         "reason": reason,
     }
-
-
-def initializer_array(model: onnx.ModelProto, name: str) -> np.ndarray | None:
-    """The value of an initializer by name, or None."""
-    for init in model.graph.initializer:
-        if init.name == name:
-            return numpy_helper.to_array(init)
-    return None
