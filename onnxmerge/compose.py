@@ -27,6 +27,7 @@ from .preprocess import ImageInput, Preprocess, reference_preprocess
 from .stitch import StitchSource, keep_outputs, output_names, stitch
 
 MODES = ("fit", "teachers")
+MAX_PIXELS = 8192 * 8192  # a declared size beyond this is a hostile or broken model, not a photo
 PARITY_SAMPLES = 64
 
 
@@ -104,6 +105,9 @@ def resolve_preprocess(name: str, model: onnx.ModelProto, spec: Preprocess, imag
     else:
         raise OnnxMergeError(f"source {name!r} takes an input of rank {len(dims)}; onnxmerge feeds images as "
                              "[N, C, H, W], [N, H, W, C] or flat [N, H*W*C].")
+    if height * width > MAX_PIXELS:
+        raise OnnxMergeError(f"source {name!r} takes {height}x{width} images, more than onnxmerge accepts "
+                             f"({MAX_PIXELS:,} pixels); set a smaller height/width in its [sources.preprocess].")
     if channels not in (1, 3):
         raise OnnxMergeError(f"source {name!r} expects {channels} channels; onnxmerge converts between 1 and 3 only.")
     for key in ("mean", "std"):
@@ -174,6 +178,10 @@ class Merger:
 
     def _resolve(self, spec: Source) -> ResolvedSource:
         model = load_model(spec.model)
+        try:
+            make_session(model)
+        except OnnxMergeError as exc:
+            raise OnnxMergeError(f"source {spec.name!r} ({spec.model}): {exc}") from exc
         head_output = None
         if spec.feature == "auto":
             head = find_head(model, spec.head_output)
@@ -193,11 +201,20 @@ class Merger:
     def build_graph(self) -> onnx.ModelProto:
         """Load, cut and stitch the sources (no head yet); sets ``sources_`` and ``stitched_``."""
         self._validate()
-        self.sources_ = [self._resolve(s) for s in self.sources]
-        for source in self.sources_:
-            probe = reference_preprocess(np.zeros((1, self.input.height, self.input.width, self.input.channels),
-                                                  np.uint8), self.input, source.preprocess)
-            source.cut = cut(source.model, source.feature, source.head_output, probe)
+        self.sources_ = []
+        for spec in self.sources:
+            try:
+                source = self._resolve(spec)
+                probe = reference_preprocess(np.zeros((1, self.input.height, self.input.width, self.input.channels),
+                                                      np.uint8), self.input, source.preprocess)
+                source.cut = cut(source.model, source.feature, source.head_output, probe)
+            except OnnxMergeError:
+                raise
+            except Exception as exc:  # a model that passed onnx's checker and onnxruntime but defeats the graph steps
+                raise OnnxMergeError(f"source {spec.name!r} ({spec.model}) could not be cut ({type(exc).__name__}: "
+                                     f"{str(exc).splitlines()[0] if str(exc) else ''}); name its feature tensor "
+                                     "explicitly, or report the model if it is valid.") from exc
+            self.sources_.append(source)
         self.stitched_, self.notes_ = stitch(
             [StitchSource(s.spec.name, s.cut, s.preprocess) for s in self.sources_], self.input)
         return self.stitched_

@@ -20,6 +20,8 @@ from onnx.external_data_helper import ExternalDataInfo, uses_external_data
 
 from .errors import OnnxMergeError
 
+_EXTERNAL_KEYS = {"location", "offset", "length", "checksum", "basepath"}
+
 #: protobuf cannot serialise a message above 2 GiB; bigger models keep their weights in a side file.
 PROTOBUF_LIMIT = 2**31 - 1
 
@@ -40,7 +42,17 @@ def external_data_files(model: onnx.ModelProto, folder: Path) -> list[Path]:
     folder = folder.resolve()
     files: dict[Path, None] = {}
     for tensor in _external_tensors(model):
-        info = ExternalDataInfo(tensor)
+        keys = {entry.key for entry in tensor.external_data}
+        if not keys <= _EXTERNAL_KEYS:
+            # ExternalDataInfo sets every key as an attribute (CVE-2026-34445): refuse unknown keys first
+            raise OnnxMergeError(f"tensor {tensor.name!r} has unknown external-data keys {sorted(keys - _EXTERNAL_KEYS)}; "
+                                 "re-export the model.")
+        try:
+            info = ExternalDataInfo(tensor)
+            offset, length = int(info.offset or 0), None if info.length is None else int(info.length)
+        except (TypeError, ValueError) as exc:
+            raise OnnxMergeError(f"tensor {tensor.name!r} has a malformed external-data offset or length; "
+                                 "re-export the model.") from exc
         location = info.location
         if not location or os.path.isabs(location) or Path(location).is_absolute() or ".." in Path(location).parts:
             raise OnnxMergeError(
@@ -58,8 +70,7 @@ def external_data_files(model: onnx.ModelProto, folder: Path) -> list[Path]:
         if resolved.stat().st_nlink > 1:
             raise OnnxMergeError(f"external data file {path} is a hard link; copy the real file next to the model.")
         size = resolved.stat().st_size
-        offset = int(info.offset or 0)
-        length = int(info.length) if info.length is not None else size - offset
+        length = size - offset if length is None else length
         if offset < 0 or length < 0 or offset + length > size:
             raise OnnxMergeError(
                 f"external data file {path} is shorter than tensor {tensor.name!r} needs "
@@ -89,14 +100,30 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # protobuf raises its own DecodeError and friends
         raise OnnxMergeError(f"{path} is not a readable ONNX model ({type(exc).__name__}); re-export or re-download it.") from exc
-    if not model.HasField("graph") or (not model.graph.node and not model.graph.output):
+    if not model.HasField("graph") or not model.graph.node or not model.graph.output or not model.opset_import:
         raise OnnxMergeError(f"{path} holds no ONNX graph; re-export or re-download it.")
     external_data_files(model, path.parent)
     try:
         onnx.external_data_helper.load_external_data_for_model(model, str(path.parent))
     except Exception as exc:
         raise OnnxMergeError(f"could not read the external data of {path} ({exc}); re-export the model.") from exc
+    check_structure(model, path)
     return model
+
+
+def check_structure(model: onnx.ModelProto, path: Path) -> None:
+    """Refuse a model onnx's checker rejects (cycles, missing inputs, duplicate outputs, unknown ops, opsets
+    newer than the installed onnx) before any graph code or onnxruntime sees it."""
+    newest = onnx.defs.onnx_opset_version()
+    for opset in model.opset_import:
+        if opset.domain in ("", "ai.onnx") and opset.version > newest:
+            raise OnnxMergeError(f"{path} uses opset {opset.version} but the installed onnx knows opsets up to "
+                                 f"{newest}; upgrade onnx or re-export the model at opset {newest} or lower.")
+    try:
+        onnx.checker.check_model(model)
+    except (onnx.checker.ValidationError, ValueError, RuntimeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise OnnxMergeError(f"{path} is not a valid ONNX model ({first[:300]}); re-export it.") from exc
 
 
 def model_sha256(path: str | os.PathLike) -> str:
@@ -117,12 +144,17 @@ def model_sha256(path: str | os.PathLike) -> str:
 def atomic_path(target: Path, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path beside ``target``; rename it onto ``target`` only if the block succeeds."""
     target = Path(target)
-    handle, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix + ".tmp", dir=target.parent)
+    try:
+        handle, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix + ".tmp", dir=target.parent)
+    except OSError as exc:
+        raise OnnxMergeError(f"cannot write into {target.parent} ({exc.strerror}); choose another output path.") from exc
     os.close(handle)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
         os.replace(tmp_path, target)
+    except OSError as exc:
+        raise OnnxMergeError(f"could not write {target} ({exc.strerror or exc}); check free space and permissions.") from exc
     finally:
         if tmp_path.exists():
             tmp_path.unlink()

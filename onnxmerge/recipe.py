@@ -71,8 +71,8 @@ def _numbers(values: list, where: str) -> tuple[float, ...]:
 
 def _positive(table: dict, key: str, where: str) -> int | None:
     value = table.get(key)
-    if value is not None and value <= 0:
-        raise OnnxMergeError(f"{where}.{key} must be positive, got {value}.")
+    if value is not None and not 0 < value <= 8192:
+        raise OnnxMergeError(f"{where}.{key} must be between 1 and 8192, got {value}.")
     return value
 
 

@@ -74,7 +74,7 @@ def test_missing_required_key(tmp_path, digits_npz, capsys):
 
 
 @pytest.mark.parametrize("edit,expected", [
-    (("height = 8", "height = 0"), "must be positive"),
+    (("height = 8", "height = 0"), "must be between 1 and 8192"),
     (("height = 8", 'height = "8"'), "must be an integer"),
     (("mean = [0.3]", "mean = [0.3, 0.2]"), "mean has 2 values"),
     (("std = [0.4]", "std = [0.0]"), "std contains 0"),
