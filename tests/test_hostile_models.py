@@ -227,3 +227,14 @@ def test_large_z_goes_to_a_uniquely_named_external_file(tmp_path):
     assert len(data) == 2 and data[0].startswith("z.onnx.") and data[1].startswith("z2.onnx.")
     loaded = load_model(tmp_path / "z.onnx")
     assert loaded.ByteSize() > 100_000 and (tmp_path / "z.onnx").stat().st_size < 20_000
+
+
+def test_save_never_follows_an_inherited_external_location_cve_2025_51480(tmp_path):
+    model = onnx.load(str(FIXTURES / "torch_legacy_cnn.onnx"))
+    tensor = model.graph.initializer[0]
+    tensor.data_location = TensorProto.EXTERNAL
+    tensor.external_data.add(key="location", value="../../escaped.data")
+    (tmp_path / "out").mkdir()
+    with pytest.raises(ValueError, match="still refers to external data"):
+        save_model(model, tmp_path / "out" / "z.onnx", size_limit=10_000)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["out"]
