@@ -57,6 +57,8 @@ def build_summary(merger, output) -> str:
                      f"({'pooled, ' if s.cut.pooled else ''}{pre.layout} {pre.height}x{pre.width}x{pre.channels}"
                      f"{', flat' if pre.flat else ''}), {len(s.labels or [])} labels")
         lines.append(f"  why: {s.reason}")
+        if s.batch_note:
+            lines.append(f"  note: {s.batch_note}")
     for name, note in merger.notes_.items():
         lines.append(f"reconciled {name}: {note}")
     lines += ["parity: " + c.line() for c in merger.parity_]

@@ -57,6 +57,7 @@ class ResolvedSource:
     preprocess: Preprocess
     sha256: str
     cut: CutModel | None = None
+    batch_note: str | None = None
 
 
 def _static(dim) -> int | None:
@@ -121,6 +122,30 @@ def resolve_preprocess(name: str, model: onnx.ModelProto, spec: Preprocess, imag
     std = tuple(spec.std) * (channels if len(spec.std) == 1 else 1)
     return Preprocess(scale=spec.scale, mean=mean, std=std, height=height, width=width, channels=channels,
                       layout=layout, flat=flat, dtype=np.dtype(dtype))
+
+
+def _dynamic_batch(name: str, model: onnx.ModelProto, preprocess: Preprocess, image: ImageInput
+                   ) -> tuple[onnx.ModelProto, str | None]:
+    """Make a fixed batch dimension dynamic where the graph allows it (checked by running a batch of 2)."""
+    dim = source_input(model).type.tensor_type.shape.dim
+    if not dim or not dim[0].HasField("dim_value"):
+        return model, None
+    fixed = dim[0].dim_value
+    relaxed = onnx.ModelProto()
+    relaxed.CopyFrom(model)
+    for value in list(relaxed.graph.input) + list(relaxed.graph.output):
+        dims = value.type.tensor_type.shape.dim
+        if dims and dims[0].HasField("dim_value") and dims[0].dim_value == fixed:
+            dims[0].dim_param = "N"
+    del relaxed.graph.value_info[:]
+    probe = reference_preprocess(np.zeros((2, image.height, image.width, image.channels), np.uint8), image, preprocess)
+    try:
+        session = make_session(relaxed)
+        session.run(None, {session.get_inputs()[0].name: probe})
+    except Exception:
+        raise OnnxMergeError(f"source {name!r} has a fixed batch of {fixed} baked into its graph (it fails on a batch "
+                             "of 2), so Z could not take a dynamic batch; re-export it with a dynamic batch axis.") from None
+    return relaxed, f"fixed batch {fixed} made dynamic (checked on a batch of 2)"
 
 
 class Merger:
@@ -195,7 +220,10 @@ class Merger:
                     raise
         labels = list(spec.labels) if spec.labels is not None else model_labels(model)
         preprocess = resolve_preprocess(spec.name, model, spec.preprocess, self.input)
-        return ResolvedSource(spec, model, feature, reason, head_output, labels, preprocess, model_sha256(spec.model))
+        model, note = _dynamic_batch(spec.name, model, preprocess, self.input)
+        resolved = ResolvedSource(spec, model, feature, reason, head_output, labels, preprocess, model_sha256(spec.model))
+        resolved.batch_note = note
+        return resolved
 
     # -- fitting ----------------------------------------------------------------------------------------
     def build_graph(self) -> onnx.ModelProto:
