@@ -183,10 +183,11 @@ def save_model(model: onnx.ModelProto, output: str | os.PathLike, size_limit: in
     never share or overwrite each other's weights, and it is written before the model is renamed into place.
     """
     output = Path(output)
-    for tensor in _external_tensors(model):
+    inherited = next(_external_tensors(model), None)
+    if inherited is not None:
         # Z's tensors must all be in memory: an inherited external-data location could point anywhere
         # (CVE-2025-51480, write traversal in save_external_data); onnxmerge alone names Z's side file.
-        raise ValueError(f"tensor {tensor.name!r} still refers to external data; load it before saving")
+        raise ValueError(f"tensor {inherited.name!r} still refers to external data; load it before saving")
     model = onnx.ModelProto.FromString(model.SerializeToString()) if model.ByteSize() < PROTOBUF_LIMIT else model
     if model.ByteSize() <= size_limit:
         with atomic_path(output) as tmp:
