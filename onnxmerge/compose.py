@@ -21,8 +21,8 @@ from .errors import OnnxMergeError
 from .extract import make_session, run_batched
 from .head import FEATURES, LABEL, PROBABILITIES, append_head, fit_head
 from .inspect import find_head, find_head_output, model_labels
-from .modelio import check_output_path, load_model, model_sha256, save_model
-from .parity import CONVERTED, EXACT, ParityCheck, compare, require, source_feature
+from .modelio import check_output_path, load_model_with_digest, save_model
+from .parity import CONVERTED, ParityCheck, compare, require, source_feature
 from .preprocess import ImageInput, Preprocess, reference_preprocess
 from .stitch import StitchSource, keep_outputs, output_names, stitch
 
@@ -202,7 +202,7 @@ class Merger:
                                  "channels 1 or 3.")
 
     def _resolve(self, spec: Source) -> ResolvedSource:
-        model = load_model(spec.model)
+        model, sha256 = load_model_with_digest(spec.model)
         try:
             make_session(model)
         except OnnxMergeError as exc:
@@ -221,7 +221,7 @@ class Merger:
         labels = list(spec.labels) if spec.labels is not None else model_labels(model)
         preprocess = resolve_preprocess(spec.name, model, spec.preprocess, self.input)
         model, note = _dynamic_batch(spec.name, model, preprocess, self.input)
-        resolved = ResolvedSource(spec, model, feature, reason, head_output, labels, preprocess, model_sha256(spec.model))
+        resolved = ResolvedSource(spec, model, feature, reason, head_output, labels, preprocess, sha256)
         resolved.batch_note = note
         return resolved
 

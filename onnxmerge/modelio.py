@@ -91,24 +91,35 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
     -------
     onnx.ModelProto with every tensor's data in memory.
     """
+    return load_model_with_digest(path)[0]
+
+
+def load_model_with_digest(path: str | os.PathLike) -> tuple[onnx.ModelProto, str]:
+    """:func:`load_model`, plus the SHA-256 over the model file and its external-data files (in reference
+    order), computed from the same read so the file is parsed once."""
     path = Path(path)
     if not path.exists():
         raise OnnxMergeError(f"model file {path} does not exist; check the path.")
     if not path.is_file():
         raise OnnxMergeError(f"model path {path} is not a file; give the path of a .onnx file.")
+    content = path.read_bytes()
     try:
-        model = onnx.load(str(path), load_external_data=False)
+        model = onnx.load_from_string(content)
     except Exception as exc:  # protobuf raises its own DecodeError and friends
         raise OnnxMergeError(f"{path} is not a readable ONNX model ({type(exc).__name__}); re-export or re-download it.") from exc
     if not model.HasField("graph") or not model.graph.node or not model.graph.output or not model.opset_import:
         raise OnnxMergeError(f"{path} holds no ONNX graph; re-export or re-download it.")
-    external_data_files(model, path.parent)
+    digest = hashlib.sha256(content)
+    for file in external_data_files(model, path.parent):
+        with open(file, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
     try:
         onnx.external_data_helper.load_external_data_for_model(model, str(path.parent))
     except Exception as exc:
         raise OnnxMergeError(f"could not read the external data of {path} ({exc}); re-export the model.") from exc
     check_structure(model, path)
-    return model
+    return model, digest.hexdigest()
 
 
 def check_structure(model: onnx.ModelProto, path: Path) -> None:
@@ -124,20 +135,6 @@ def check_structure(model: onnx.ModelProto, path: Path) -> None:
     except (onnx.checker.ValidationError, ValueError, RuntimeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise OnnxMergeError(f"{path} is not a valid ONNX model ({first[:300]}); re-export it.") from exc
-
-
-def model_sha256(path: str | os.PathLike) -> str:
-    """SHA-256 over the model file followed by its external-data files (in reference order)."""
-    path = Path(path)
-    digest = hashlib.sha256()
-    files = [path]
-    model = onnx.load(str(path), load_external_data=False)
-    files += external_data_files(model, path.parent)
-    for file in files:
-        with open(file, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
 
 
 @contextlib.contextmanager

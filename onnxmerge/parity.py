@@ -8,7 +8,7 @@ the numpy reference, and Z's probabilities against the estimator's ``predict_pro
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
@@ -33,9 +33,6 @@ class ParityCheck:
     @property
     def ok(self) -> bool:
         return self.max_abs_error <= self.tolerance * self.scale
-
-    def as_dict(self) -> dict:
-        return {**asdict(self), "ok": self.ok}
 
     def line(self) -> str:
         mark = "ok" if self.ok else "FAILED"

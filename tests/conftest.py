@@ -47,7 +47,7 @@ def source_toml(name: str, fixture: str, **overrides) -> str:
     if entry["layout"] == "flat":
         pre.update(height=entry["height"], width=entry["width"], channels=entry["channels"])
     pre.update(overrides)
-    lines = [f"[[sources]]", f'name = "{name}"', f'model = "{(FIXTURES / fixture).as_posix()}"', "[sources.preprocess]"]
+    lines = ["[[sources]]", f'name = "{name}"', f'model = "{(FIXTURES / fixture).as_posix()}"', "[sources.preprocess]"]
     lines += [f"{k} = {json.dumps(v)}" for k, v in pre.items()]
     return "\n".join(lines) + "\n"
 
