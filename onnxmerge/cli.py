@@ -42,7 +42,20 @@ def _build(args) -> int:
     from .modelio import check_output_path
 
     check_output_path(args.output, [Path(s.model) for s in merger.sources] + [recipe.path])
-    merger.fit(recipe.train)
+    if not args.no_cache:
+        from .cache import default_cache_dir
+
+        merger.cache_dir = Path(args.cache) if args.cache else default_cache_dir()
+    merger.fit(recipe.train, unlabeled=recipe.unlabeled)
+    if args.quantize:
+        from .quantize import quantize_z
+
+        if recipe.train is None:
+            raise OnnxMergeError("--quantize needs labelled training images ([head] train) to calibrate on and to "
+                                 "check accuracy before/after; build without --quantize.")
+        data = merger._dataset(recipe.train, None)
+        merger.model_, merger.quantize_ = quantize_z(merger.model_, data.x, data.y)
+        merger._session = None
     merger.save(args.output)
     print(build_summary(merger, args.output))
     return 0
@@ -62,9 +75,28 @@ def build_summary(merger, output) -> str:
     for name, note in merger.notes_.items():
         lines.append(f"reconciled {name}: {note}")
     lines += ["parity: " + c.line() for c in merger.parity_]
+    if getattr(merger, "quantize_", None) is not None:
+        lines += merger.quantize_.lines
+    if getattr(merger, "share_", None) is not None:
+        lines.append(merger.share_.line())
+    if getattr(merger, "features_from_cache_", False):
+        lines.append(f"features: from cache {merger.cache_dir} (sources not run on the training images)")
     report = merger.report_
-    lines.append(f"head: logistic regression on {report['feature_dim']} features, {report['train_images']} images, "
-                 f"train accuracy {report['train_accuracy']:.3f}")
+    if report.get("teachers"):
+        lines.append("teachers: " + ", ".join(f"{n} ({kind})" for n, kind in report["teachers"].items()))
+    if "routing" in report:
+        share = ", ".join(f"{n} {v:.0%}" for n, v in report["routing"]["pool_share"].items())
+        lines.append(f"routing: {report['routing']['method']} on {report['pool_images']} pool images ({share})")
+    elif report["mode"] == "teachers":
+        lines.append("routing: softmax over the teachers' concatenated logits (no pool to calibrate on)")
+    if "pseudo_labels" in report:
+        p = report["pseudo_labels"]
+        lines.append(f"pseudo-labels: {p['kept']} of {p['of']} pool images (routed probability >= {p['threshold']})")
+    if report["mode"] == "fit":
+        lines.append(f"head: logistic regression (C={report['C']:g}) on {report['head_inputs']} inputs, "
+                     f"{report['train_images']} labelled images, train accuracy {report['train_accuracy']:.3f}")
+    for warning in report["warnings"]:
+        lines.append(f"warning: {warning}")
     lines.append(f"classes ({len(report['classes'])}): {', '.join(report['classes'])}")
     if report["new_classes"]:
         lines.append(f"new classes (no source knows them): {', '.join(report['new_classes'])}")
@@ -138,6 +170,12 @@ def parser() -> argparse.ArgumentParser:
     sub = command("build", _build, "build Z from a TOML recipe")
     sub.add_argument("recipe")
     sub.add_argument("-o", "--output", required=True, help="where to write Z (.onnx)")
+    cache = sub.add_mutually_exclusive_group()
+    cache.add_argument("--cache", metavar="DIR", help="feature cache folder (default: $ONNXMERGE_CACHE_DIR or "
+                       "~/.cache/onnxmerge); a rebuild with a changed head does not run the sources again")
+    cache.add_argument("--no-cache", action="store_true", help="neither read nor write the feature cache")
+    sub.add_argument("--quantize", action="store_true", help="int8 static QDQ quantisation calibrated on the training "
+                     "images; reports accuracy before/after and keeps the float Z where int8 is not faster")
     sub = command("predict", _predict, "classify image files with Z")
     sub.add_argument("model")
     sub.add_argument("images", nargs="+")

@@ -13,22 +13,32 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from sklearn.pipeline import Pipeline
 
 from . import __version__
 from .cut import CutModel, cut, source_input
-from .data import Dataset, load_labelled
+from .data import Dataset, load_labelled, load_unlabeled
 from .errors import OnnxMergeError
 from .extract import make_session, run_batched
-from .head import FEATURES, LABEL, PROBABILITIES, append_head, fit_head
+from .head import FEATURES, LABEL, PROBABILITIES, HeadInput, TeachersHead, append_head, fit_head, select_C
 from .inspect import find_head, find_head_output, model_labels
 from .modelio import check_output_path, load_model_with_digest, save_model
 from .parity import CONVERTED, ParityCheck, compare, require, source_feature
 from .preprocess import ImageInput, Preprocess, reference_preprocess
+from .routing import (PSEUDO_LABEL_THRESHOLD, Teachers, head_kind, l2_blocks, match_sources,
+                      pseudo_labels)
+from .share import share_common
 from .stitch import StitchSource, keep_outputs, output_names, stitch
+from . import cache as feature_cache
 
 MODES = ("fit", "teachers")
 MAX_PIXELS = 8192 * 8192  # a declared size beyond this is a hostile or broken model, not a photo
 PARITY_SAMPLES = 64
+# Inverse regularisation (blocks weighted as in head.fit_head). The head's C is chosen from the number of
+# labels per class ("auto", head.select_C). The router's C = 0.1 was best of 0.003-0.1 on the benchmark's seed 0 (routing
+# 0.775 vs 0.748 at 0.003).
+DEFAULT_C = "auto"
+ROUTER_C = 0.1
 
 
 @dataclass
@@ -157,10 +167,12 @@ class Merger:
         What Z accepts (uint8 ``[N, height, width, channels]``).
     sources : list of Source
         The pretrained classifiers; each is cut at its feature tensor.
-    mode : "fit"
-        ``"fit"`` trains a logistic-regression head on labelled images. (``"teachers"`` arrives with the
-        routing work and is refused until then.)
-    C, class_weight : passed to scikit-learn's ``LogisticRegression``.
+    mode : "fit" or "teachers"
+        ``"fit"`` trains a logistic-regression head on labelled images and/or the teachers' pseudo-labels of
+        an unlabeled pool; ``"teachers"`` needs no labels: Z routes between the sources' own heads
+        (``onnxmerge.routing`` explains how), and a train set may add new classes.
+    C : the head's inverse regularisation, or ``"auto"`` (from the labels per class, ``head.select_C``).
+    class_weight : passed to scikit-learn's ``LogisticRegression``.
     batch_size : images per onnxruntime call during feature extraction.
     quiet : no progress bars.
 
@@ -170,12 +182,13 @@ class Merger:
     >>> z.fit("train.npz").save("z.onnx")  # doctest: +SKIP
     """
 
-    def __init__(self, input: ImageInput, sources: list[Source], mode: str = "fit", C: float = 1.0,
+    def __init__(self, input: ImageInput, sources: list[Source], mode: str = "fit", C: float | str = DEFAULT_C,
                  class_weight: str | None = "balanced", batch_size: int = 128, quiet: bool = False):
         self.input = input
         self.sources = sources
         self.mode = mode
         self.C = C
+        self.router_C = ROUTER_C
         self.class_weight = class_weight
         self.batch_size = batch_size
         self.quiet = quiet
@@ -183,10 +196,7 @@ class Merger:
     # -- configuration checks -------------------------------------------------------------------------
     def _validate(self) -> None:
         if self.mode not in MODES:
-            raise OnnxMergeError(f"mode {self.mode!r} is unknown; use \"fit\".")
-        if self.mode == "teachers":
-            raise OnnxMergeError("mode \"teachers\" (no labelled data) is not available in this version; "
-                                 "use mode = \"fit\" with a labelled train set.")
+            raise OnnxMergeError(f"mode {self.mode!r} is unknown; use \"fit\" or \"teachers\".")
         if len(self.sources) < 1:
             raise OnnxMergeError("no sources given; add at least one [[sources]] table.")
         names = [s.name for s in self.sources]
@@ -245,34 +255,250 @@ class Merger:
             self.sources_.append(source)
         self.stitched_, self.notes_ = stitch(
             [StitchSource(s.spec.name, s.cut, s.preprocess) for s in self.sources_], self.input)
+        self.stitched_, self.share_ = share_common(self.stitched_)  # identical sub-graphs computed once
+        self._stitched_session = None
         return self.stitched_
 
-    def fit(self, X, y=None) -> "Merger":
-        """Build Z: extract features of the labelled images ``X``, fit the head, append it, check parity.
+    def fit(self, X=None, y=None, unlabeled=None) -> "Merger":
+        """Build Z: extract features, fit the head (or route the teachers), append it, check parity.
 
         ``X`` is a labelled folder or ``.npz`` path (or a list of them, joined), or a uint8 array
-        ``[N, H, W, C]`` with labels ``y``.
+        ``[N, H, W, C]`` with labels ``y``. ``unlabeled`` is a pool of images without labels (a folder, an
+        ``.npz`` with ``x``, or a uint8 array). In mode ``"fit"`` at least one of them is needed; in mode
+        ``"teachers"`` both are optional and ``X`` may only hold new classes (stage 2 without old data).
         """
-        data = self._dataset(X, y)
+        self._validate()
+        labelled = self._dataset(X, y) if X is not None else None
+        pool = self._pool(unlabeled) if unlabeled is not None else None
+        if self.mode == "fit" and labelled is None and pool is None:
+            raise OnnxMergeError("mode \"fit\" needs labelled images (train) or an unlabeled pool; add [head] train "
+                                 "or unlabeled, or use mode = \"teachers\".")
         self.build_graph()
-        features = self._source_features(data.x)
-        self.head_ = fit_head(features, data.y, C=self.C, class_weight=self.class_weight)
-        self.classes_ = [str(c) for c in self.head_.classes_]
-        model = append_head(keep_outputs(self.stitched_, [FEATURES]), self.head_)
+        self.warnings_: list[str] = []
+        self.teachers_ = self._teachers(labelled, pool)
+        if self.mode == "teachers":
+            model, parity_images = self._fit_teachers(labelled, pool)
+        else:
+            model, parity_images = self._fit_head(labelled, pool)
         self._set_metadata(model)
-        self.parity_ = self._check_parity(model, data.x, features)
+        self.parity_ = self._check_parity(model, parity_images)
         onnx.checker.check_model(model, full_check=True)
         self.model_ = model
         known = {label for s in self.sources_ for label in (s.labels or [])}
-        self.report_ = {
-            "train_images": len(data.x),
+        self.report_.update({
+            "mode": self.mode,
             "classes": self.classes_,
             "new_classes": [c for c in self.classes_ if c not in known],
-            "train_accuracy": float(np.mean(self.head_.predict(features) == data.y)),
-            "feature_dim": int(features.shape[1]),
-        }
+            "train_images": len(labelled.x) if labelled is not None else 0,
+            "pool_images": len(pool.x) if pool is not None else 0,
+            "teachers": {name: kind for name, kind in self.teachers_},
+            "warnings": self.warnings_,
+            "shared": self.share_.as_dict() if hasattr(self, "share_") else None,
+            "features_from_cache": getattr(self, "features_from_cache_", False),
+        })
         self._session = None
         return self
+
+    def _pool(self, unlabeled) -> Dataset:
+        if isinstance(unlabeled, (str, os.PathLike)):
+            return load_unlabeled(unlabeled, self.input)
+        x = self._images(unlabeled, "unlabeled")
+        return Dataset(x, None, [f"unlabeled[{i}]" for i in range(len(x))])
+
+    def _teachers(self, labelled: Dataset | None, pool: Dataset | None) -> list[tuple[str, str]]:
+        """``(name, head kind)`` of every source whose own head takes part: teacher = true, labels known."""
+        images = (pool if pool is not None else labelled).x if (pool or labelled) is not None else None
+        found = []
+        for source in self.sources_:
+            if not source.spec.teacher:
+                continue
+            if source.head_output is None or source.labels is None:
+                if self.mode == "teachers":
+                    what = "labels" if source.labels is None else "classifier output"
+                    raise OnnxMergeError(f"source {source.spec.name!r} is a teacher without {what}; give its labels "
+                                         "in the recipe, or set teacher = false to use it as a feature extractor only.")
+                continue
+            found.append(source)
+        kinds = []
+        if found:
+            heads = [output_names(s.spec.name)["head"] for s in found]
+            probe = images[:256] if images is not None else np.zeros((1, self.input.height, self.input.width,
+                                                                      self.input.channels), np.uint8)
+            outputs = self.source_outputs(probe, heads)
+            for source, head in zip(found, heads):
+                width = outputs[head].shape[1] if outputs[head].ndim == 2 else None
+                if width != len(source.labels) and self.mode == "fit":
+                    self.warnings_.append(f"source {source.spec.name!r} has {len(source.labels)} labels but its "
+                                          f"classifier output has {width} columns; its head is not used (features only).")
+                    continue
+                if width != len(source.labels):
+                    raise OnnxMergeError(f"source {source.spec.name!r} has {len(source.labels)} labels but its "
+                                         f"classifier output {source.head_output!r} has shape "
+                                         f"{list(outputs[head].shape)}; fix its labels or head_output.")
+                foreign = _head_domains(self.stitched_, source.spec.name)
+                if foreign and self.mode == "fit":  # Z's head stays runnable on minimal onnxruntime builds
+                    self.warnings_.append(f"source {source.spec.name!r}'s own head uses {sorted(foreign)} ops, so Z's "
+                                          "head does not read its probabilities (features only).")
+                    continue
+                kinds.append((source.spec.name, head_kind(outputs[head])))
+        if self.mode == "teachers" and not kinds:
+            raise OnnxMergeError("mode \"teachers\" needs at least one source with teacher = true and labels.")
+        return kinds
+
+    def _outputs(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        """Every source's features and every teacher's head output on ``images`` (from the cache if there)."""
+        names = [output_names(s.spec.name)["feature"] for s in self.sources_]
+        names += [output_names(n)["head"] for n, _ in self.teachers_]
+        widths = [v.shape[1] for v in self.source_outputs(images[:1], names).values()]
+        folder = getattr(self, "cache_dir", None)
+        key = feature_cache.feature_key(self.stitched_, images, names, self.batch_size) if folder else None
+        joined = feature_cache.load(folder, key, len(images)) if folder else None
+        self.features_from_cache_ = joined is not None and joined.shape[1] == sum(widths)
+        if self.features_from_cache_:
+            splits = np.cumsum(widths)[:-1]
+            return dict(zip(names, np.split(joined, splits, axis=1)))
+        blocks = self.source_outputs(images, names)
+        for name in names:
+            if not np.isfinite(blocks[name]).all():
+                source = name.rsplit("/", 1)[0]
+                what = "features" if name.endswith("/feature") else "classifier outputs"
+                raise OnnxMergeError(f"source {source!r} produced NaN or infinite {what} on the images; "
+                                     "check its scale/mean/std and its feature tensor.")
+        feature_cache.store(folder, key, np.concatenate([blocks[n] for n in names], axis=1))
+        return blocks
+
+    def _widths(self, outputs: dict[str, np.ndarray]) -> dict[str, int]:
+        return {s.spec.name: outputs[output_names(s.spec.name)["feature"]].shape[1] for s in self.sources_}
+
+    def _graph_outputs(self) -> list[str]:
+        """The stitched graph's outputs the head reads: features (joined and per source), the teachers' heads."""
+        return ([FEATURES] + [output_names(s.spec.name)["feature"] for s in self.sources_]
+                + [output_names(n)["head"] for n, _ in self.teachers_])
+
+    def _head_input(self) -> HeadInput:
+        return HeadInput([s.spec.name for s in self.sources_], list(self.teachers_))
+
+    def _route(self, head_input: HeadInput, teachers: Teachers, pool: dict[str, np.ndarray],
+               known: list[tuple[np.ndarray, int]]) -> Pipeline:
+        """Fit the "which source" router on the pool, routed by label-matched clustering (``routing``).
+
+        ``known`` holds ``(head inputs, router class)`` of images whose router class is given (labelled
+        images of a teacher's label, or a new class's images).
+        """
+        blocks = [pool[output_names(s.spec.name)["feature"]] for s in self.sources_]
+        probs = [HeadInput.probabilities(pool, n, k) for n, k in self.teachers_]
+        targets = match_sources(l2_blocks(blocks), teachers, probs)
+        x_pool = head_input.numpy(pool).astype(np.float64)
+        x_known = np.concatenate([x for x, _ in known]) if known else np.zeros((0, x_pool.shape[1]))
+        y_known = np.concatenate([np.full(len(x), c) for x, c in known]) if known else np.zeros(0, int)
+        x_all, y_all = np.concatenate([x_pool, x_known]), np.concatenate([targets, y_known])
+        if len(np.unique(y_all)) < 2:
+            raise OnnxMergeError("every pool image was routed to one source; the pool must hold images of "
+                                 "several sources' classes.")
+        router = fit_head(x_all, y_all, head_input.widths(pool), C=self.router_C, class_weight="balanced")
+        self.report_["routing"] = {
+            "method": "label-matched clustering + logistic-regression router",
+            "pool_share": {n: float(np.mean(targets == i)) for i, n in enumerate(teachers.names)},
+        }
+        return router
+
+    def _fit_teachers(self, labelled: Dataset | None, pool: Dataset | None) -> tuple[onnx.ModelProto, np.ndarray]:
+        """Mode "teachers": Z's labels are the teachers' union (+ any new classes of ``labelled``), no old labels."""
+        names = [n for n, _ in self.teachers_]
+        labels = [next(s.labels for s in self.sources_ if s.spec.name == n) for n in names]
+        teachers = Teachers.of(names, labels)
+        new = sorted(set(labelled.y)) if labelled is not None else []
+        overlap = [c for c in new if c in teachers.union]
+        if overlap:
+            raise OnnxMergeError(f"mode \"teachers\" takes a train set of new classes only, but {overlap[0]!r} is a "
+                                 "teacher's label; remove those images, or use mode = \"fit\" to learn from labels.")
+        if new and pool is None:
+            raise OnnxMergeError("new classes in mode \"teachers\" need an unlabeled pool to tell them from the "
+                                 "teachers' classes; add [head] unlabeled.")
+        head_input = self._head_input()
+        self.report_ = {}
+        router = None
+        parity = pool.x if pool is not None else (labelled.x if labelled is not None else None)
+        widths = None
+        if pool is not None:
+            pool_out = self._outputs(pool.x)
+            widths = self._widths(pool_out)
+            known = []
+            if labelled is not None:
+                out = self._outputs(labelled.x)
+                x = head_input.numpy(out).astype(np.float64)
+                known = [(x[labelled.y == c], len(names) + i) for i, c in enumerate(new)]
+            router = self._route(head_input, teachers, pool_out, known)
+        if parity is None:
+            parity = np.zeros((2, self.input.height, self.input.width, self.input.channels), np.uint8)
+        if widths is None:
+            widths = self._widths(self._outputs(parity[:1]))
+        self.head_ = TeachersHead(head_input, list(self.teachers_), teachers.merge_matrix(), teachers.union,
+                                  router, new)
+        self.classes_ = self.head_.classes
+        model = self.head_.append(keep_outputs(self.stitched_, self._graph_outputs()), widths)
+        return model, parity
+
+    def _fit_head(self, labelled: Dataset | None, pool: Dataset | None) -> tuple[onnx.ModelProto, np.ndarray]:
+        """Mode "fit": logistic regression on the head input; an unlabeled pool adds the teachers' pseudo-labels."""
+        head_input = self._head_input()
+        self.report_ = {}
+        xs, ys = [], []
+        if labelled is not None:
+            out = self._outputs(labelled.x)
+            xs.append(head_input.numpy(out).astype(np.float64))
+            ys.append(labelled.y)
+        if pool is not None:
+            if not self.teachers_:
+                raise OnnxMergeError("an unlabeled pool needs at least one teacher source (teacher = true, with "
+                                     "labels) to pseudo-label it.")
+            fresh = _not_in(pool.x, labelled.x) if labelled is not None else np.ones(len(pool.x), bool)
+            pool_out = self._outputs(pool.x[fresh])  # labelled samples win: pool copies of them are dropped
+            names = [n for n, _ in self.teachers_]
+            teachers = Teachers.of(names, [next(s.labels for s in self.sources_ if s.spec.name == n) for n in names])
+            known = []
+            if labelled is not None:  # a labelled image of a teacher's label tells the router its source
+                owner = {label: i for i, own in enumerate(teachers.labels) for label in own}
+                for c in np.unique(labelled.y):
+                    if c in owner:
+                        known.append((xs[0][labelled.y == c], owner[c]))
+            router = self._route(head_input, teachers, pool_out, known)
+            routed = TeachersHead(head_input, list(self.teachers_), teachers.merge_matrix(), teachers.union, router)
+            union_probs, _ = routed.numpy(pool_out)
+            pseudo, keep = pseudo_labels(union_probs, teachers.union)
+            missing = [c for c in teachers.union if c not in set(pseudo[keep])
+                       and (labelled is None or c not in set(labelled.y))]
+            if missing:
+                self.warnings_.append(f"no pool image was pseudo-labelled {', '.join(map(repr, missing))}; "
+                                      "Z leaves these teacher labels out (add labelled images of them to keep them).")
+            xs.append(head_input.numpy(pool_out).astype(np.float64)[keep])
+            ys.append(pseudo[keep])
+            self.report_["pseudo_labels"] = {"kept": int(keep.sum()), "of": int(len(keep)),
+                                             "threshold": PSEUDO_LABEL_THRESHOLD}
+        x, y = np.concatenate(xs), np.concatenate(ys)
+        widths_out = self._outputs((labelled if labelled is not None else pool).x[:1])
+        widths = head_input.widths(widths_out)
+        C = select_C(y) if self.C == "auto" else float(self.C)
+        self.head_ = fit_head(x, y, widths, C=C, class_weight=self.class_weight)
+        self.report_["C"] = C
+        self.classes_ = [str(c) for c in self.head_.classes_]
+        self.report_["train_accuracy"] = float(np.mean(self.head_.predict(x) == y))
+        self.report_["feature_dim"] = int(sum(self._widths(widths_out).values()))
+        self.report_["head_inputs"] = int(x.shape[1])
+        model = append_head(keep_outputs(self.stitched_, self._graph_outputs()), head_input, self.head_,
+                            self._widths(widths_out))
+        parity = labelled.x if labelled is not None else pool.x
+        return model, parity
+
+    def _images(self, X, what: str) -> np.ndarray:
+        x = np.asarray(X)
+        if x.dtype != np.uint8 or x.ndim != 4 or tuple(x.shape[1:]) != (self.input.height, self.input.width,
+                                                                     self.input.channels):
+            raise OnnxMergeError(f"{what} must be uint8 [N, {self.input.height}, {self.input.width}, "
+                                 f"{self.input.channels}], got {x.dtype} {list(x.shape)}.")
+        if len(x) == 0:
+            raise OnnxMergeError(f"{what} holds no images.")
+        return x
 
     def _dataset(self, X, y) -> Dataset:
         if isinstance(X, (str, os.PathLike)):
@@ -281,11 +507,7 @@ class Merger:
             parts = [load_labelled(p, self.input) for p in X]  # e.g. old classes + a new class's few images
             return Dataset(np.concatenate([d.x for d in parts]), np.concatenate([d.y for d in parts]),
                            [f for d in parts for f in d.files])
-        x = np.asarray(X)
-        if x.dtype != np.uint8 or x.ndim != 4 or tuple(x.shape[1:]) != (self.input.height, self.input.width,
-                                                                     self.input.channels):
-            raise OnnxMergeError(f"X must be uint8 [N, {self.input.height}, {self.input.width}, "
-                                 f"{self.input.channels}], got {x.dtype} {list(x.shape)}.")
+        x = self._images(X, "X")
         if y is None or len(y) != len(x):
             raise OnnxMergeError("y must hold one label per image of X.")
         return Dataset(x, np.asarray([str(v) for v in y]), [f"X[{i}]" for i in range(len(x))])
@@ -301,29 +523,20 @@ class Merger:
         outputs = outputs or [o.name for o in self._stitched_session.get_outputs()]
         return run_batched(self._stitched_session, X, outputs, self.batch_size, self.quiet)
 
-    def _source_features(self, images: np.ndarray) -> np.ndarray:
-        """Each source's features, checked to be finite (naming the source that is not), concatenated."""
-        names = [output_names(s.spec.name)["feature"] for s in self.sources_]
-        blocks = self.source_outputs(images, names)
-        for source, name in zip(self.sources_, names):
-            if not np.isfinite(blocks[name]).all():
-                raise OnnxMergeError(f"source {source.spec.name!r} produced NaN or infinite features on the training "
-                                     "images; check its scale/mean/std and its feature tensor.")
-        return np.concatenate([blocks[n] for n in names], axis=1)
-
     def _set_metadata(self, model: onnx.ModelProto) -> None:
         props = {
             "onnxmerge.labels": json.dumps(self.classes_),
             "onnxmerge.sources": json.dumps([{"name": s.spec.name, "sha256": s.sha256, "feature": s.feature}
                                              for s in self.sources_]),
+            "onnxmerge.mode": self.mode,
             "onnxmerge.version": __version__,
         }
         for key, value in props.items():
             model.metadata_props.add(key=key, value=value)
         model.producer_name, model.producer_version = "onnxmerge", __version__
 
-    def _check_parity(self, model: onnx.ModelProto, images: np.ndarray, features: np.ndarray) -> list[ParityCheck]:
-        """Every check PRODUCT.md asks for, on real training images; raises if any fails."""
+    def _check_parity(self, model: onnx.ModelProto, images: np.ndarray) -> list[ParityCheck]:
+        """Every check PRODUCT.md asks for, on real images the build used; raises if any fails."""
         rng = np.random.default_rng(0)
         pick = np.sort(rng.choice(len(images), size=min(PARITY_SAMPLES, len(images)), replace=False))
         sample = images[pick]
@@ -346,8 +559,12 @@ class Merger:
                                 f"{self.notes_[source.spec.name]} may change an op's arithmetic")
             checks.append(check)
             start += width
-        checks.append(compare("probabilities vs scikit-learn predict_proba", z_probs,
-                              self.head_.predict_proba(z_features.astype(np.float64))))
+        if self.mode == "teachers":
+            expected, _ = self.head_.numpy(inner)
+            checks.append(compare("probabilities vs the teachers' routed union (numpy)", z_probs, expected))
+        else:
+            expected = self.head_.predict_proba(self._head_input().numpy(inner).astype(np.float64))
+            checks.append(compare("probabilities vs scikit-learn predict_proba", z_probs, expected))
         require(checks)
         return checks
 
@@ -373,3 +590,18 @@ class Merger:
             raise OnnxMergeError("this Merger is not fitted yet; call fit() before save().")
         output = check_output_path(path, [Path(s.model) for s in self.sources])
         return save_model(self.model_, output)
+
+
+def _not_in(pool: np.ndarray, labelled: np.ndarray) -> np.ndarray:
+    """Mask of pool images that are not byte-identical to a labelled image."""
+    seen = {img.tobytes() for img in labelled}
+    return np.asarray([img.tobytes() not in seen for img in pool], bool)
+
+
+def _head_domains(stitched: onnx.ModelProto, name: str) -> set[str]:
+    """Op domains other than the default one that a source's own head adds on top of its features."""
+    names = output_names(name)
+    with_head = keep_outputs(stitched, [names["feature"], names["head"]])
+    features = {tuple(n.output) for n in keep_outputs(stitched, [names["feature"]]).graph.node}
+    return {n.domain for n in with_head.graph.node
+            if tuple(n.output) not in features and n.domain not in ("", "ai.onnx")}

@@ -63,14 +63,48 @@ def feature_rank(model: onnx.ModelProto, feature: str, probe_input: np.ndarray) 
     return session.run([feature], {session.get_inputs()[0].name: probe_input})[0].ndim
 
 
+def densify_sparse_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of ``model`` whose ``graph.sparse_initializer`` entries are ordinary dense initializers.
+
+    onnx-graphsurgeon (and onnx's shape inference, which types them ``sparse_tensor``) only know dense
+    initializers; onnxruntime densifies them at load time too, so the values Z computes with are the same.
+    Indices are either ``[NNZ]`` linear positions or ``[NNZ, rank]`` coordinates (ONNX SparseTensorProto).
+    """
+    if not model.graph.sparse_initializer:
+        return model
+    dense_model = onnx.ModelProto()
+    dense_model.CopyFrom(model)
+    for sparse in dense_model.graph.sparse_initializer:
+        values = onnx.numpy_helper.to_array(sparse.values)
+        indices = onnx.numpy_helper.to_array(sparse.indices).astype(np.int64)
+        dims = [int(d) for d in sparse.dims]
+        dense = np.zeros(dims, dtype=values.dtype)
+        size = dense.size
+        if indices.ndim == 1 and indices.size == values.size and (indices.size == 0 or
+                                                                    (indices.min() >= 0 and indices.max() < size)):
+            dense.reshape(-1)[indices] = values
+        elif (indices.ndim == 2 and indices.shape == (values.size, len(dims))
+              and (indices.size == 0 or (indices.min() >= 0 and (indices < np.array(dims)).all()))):
+            dense[tuple(indices.T)] = values
+        else:
+            raise OnnxMergeError(f"sparse initializer {sparse.values.name!r} has indices (shape "
+                                 f"{list(indices.shape)}) that do not place its {values.size} values inside its "
+                                 f"shape {dims}; re-export the model with dense weights.")
+        dense_model.graph.initializer.append(onnx.numpy_helper.from_array(dense, sparse.values.name))
+    del dense_model.graph.sparse_initializer[:]
+    return dense_model
+
+
 def cut(model: onnx.ModelProto, feature: str, head_output: str | None, probe_input: np.ndarray) -> CutModel:
     """Keep the sub-graph from the input to ``feature`` (and to ``head_output`` if given), nothing else.
 
     A 4-D feature map is globally average-pooled and flattened; any other rank above 2 is flattened.
     Unused nodes, initializers and value_info are dropped; value_info of the kept part is dropped too,
-    because exporters' value_info sometimes lies and onnx re-infers it anyway.
+    because exporters' value_info sometimes lies and onnx re-infers it anyway. Sparse initializers
+    become dense ones (graphsurgeon would drop them).
     """
     inp = source_input(model)
+    model = densify_sparse_initializers(model)
     graph = gs.import_onnx(model)
     tensors = graph.tensors()
     if feature not in tensors or isinstance(tensors[feature], gs.Constant):

@@ -1,8 +1,9 @@
 """``onnxmerge demo``: the whole story on the Fashion-MNIST example shipped in ``examples/fashion``.
 
 Source A (PyTorch CNN) knows classes 0-4, source B (scikit-learn MLP) knows classes 5-7. Stage 1 builds Z
-over their 8 classes from labelled images; stage 2 adds "Bag", a class neither source knows, from 5
-images. The demo prints how each model does and writes both Z files and an evaluation report.
+over their 8 classes, stage 2 adds "Bag", a class neither source knows, from 5 images; each stage is built
+twice: from labelled images ("fit") and in teachers mode (no old-class labels, the sources' own heads routed
+on an unlabeled pool). The demo prints how each model does and writes the Z files and an evaluation report.
 """
 
 from __future__ import annotations
@@ -36,40 +37,50 @@ def run_demo(out: Path, example: Path = EXAMPLE, quiet: bool = False) -> dict:
     x_test, y_test = test["x"], test["y"].astype(str)
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr))
 
-    say("stage 1: Z over the sources' 8 classes, from labelled images")
-    stage1 = load_recipe(example / "stage1.toml", quiet=quiet)
-    z1 = stage1.merger.fit(stage1.train)
-    z1.save(out / "z_stage1.onnx")
-    say("stage 2: add 'Bag' (no source knows it) from 5 images")
-    stage2 = load_recipe(example / "stage2.toml", quiet=quiet)
-    z2 = stage2.merger.fit(stage2.train)
-    z2.save(out / "z_stage2.onnx")
+    built = {}
+    for key, recipe_name, what in (
+            ("fit1", "stage1.toml", "stage 1, labelled fit: Z over the sources' 8 classes from labelled images"),
+            ("fit2", "stage2.toml", "stage 2, labelled fit: add 'Bag' (no source knows it) from 5 images"),
+            ("teach1", "teachers1.toml", "stage 1, teachers mode: no labels at all, routed on an unlabeled pool"),
+            ("teach2", "teachers2.toml", "stage 2, teachers mode: only Bag's 5 images are labelled")):
+        say(what)
+        recipe = load_recipe(example / recipe_name, quiet=quiet)
+        built[key] = recipe.merger.fit(recipe.train, unlabeled=recipe.unlabeled)
+        built[key].save(out / f"z_{key}.onnx")
+    z1 = built["fit1"]
+    preds = {key: z.predict(x_test) for key, z in built.items()}
 
-    pred1, pred2 = z1.predict(x_test), z2.predict(x_test)
+    def accuracy(mask):
+        return [float(np.mean(preds[key][mask] == y_test[mask])) for key in built]
+
     rows = []
     for source in z1.sources_:
         mask = np.isin(y_test, source.labels)
         rows.append((f"source {source.spec.name} on its {len(source.labels)} classes", int(mask.sum()),
-                     _source_accuracy(z1, source.spec.name, source.labels, x_test[mask], y_test[mask]),
-                     float(np.mean(pred1[mask] == y_test[mask])), float(np.mean(pred2[mask] == y_test[mask]))))
+                     _source_accuracy(z1, source.spec.name, source.labels, x_test[mask], y_test[mask]), *accuracy(mask)))
     old = np.isin(y_test, z1.classes_)
-    rows.append((f"union of the {len(z1.classes_)} source classes", int(old.sum()), None,
-                 float(np.mean(pred1[old] == y_test[old])), float(np.mean(pred2[old] == y_test[old]))))
-    new = [c for c in z2.classes_ if c not in z1.classes_]
+    rows.append((f"union of the {len(z1.classes_)} source classes", int(old.sum()), None, *accuracy(old)))
+    new = [c for c in built["fit2"].classes_ if c not in z1.classes_]
     for label in new:
         mask = y_test == label
-        rows.append((f"new class {label!r} (recall)", int(mask.sum()), None, None,
-                     float(np.mean(pred2[mask] == label))))
-    rows.append((f"all {len(z2.classes_)} classes", len(y_test), None, None, float(np.mean(pred2 == y_test))))
+        fit2, teach2 = (float(np.mean(preds[k][mask] == label)) for k in ("fit2", "teach2"))
+        rows.append((f"new class {label!r} (recall)", int(mask.sum()), None, None, fit2, None, teach2))
+    n_all = len(built["fit2"].classes_)
+    every = np.ones(len(y_test), bool)
+    _, fit2, _, teach2 = accuracy(every)
+    rows.append((f"all {n_all} classes", len(y_test), None, None, fit2, None, teach2))
 
     def cell(v):
-        return f"{v:9.3f}" if v is not None else f"{'-':>9}"
+        return f"{v:8.3f}" if v is not None else f"{'-':>8}"
 
-    table = [f"{'accuracy on the test set':38} {'images':>6} {'source':>9} {'Z stage1':>9} {'Z stage2':>9}"]
-    table += [f"{name:38} {n:6d} {cell(a)} {cell(b)} {cell(c)}" for name, n, a, b, c in rows]
+    table = [f"{'':34} {'':>6} {'':>8} {'labelled fit':>17} {'teachers mode':>17}",
+             f"{'accuracy on the test set':34} {'images':>6} {'source':>8} {'stage 1':>8} {'stage 2':>8} "
+             f"{'stage 1':>8} {'stage 2':>8}"]
+    table += [f"{name:34} {n:6d} " + " ".join(cell(v) for v in values) for name, n, *values in rows]
     print("\n".join(table))
+    pred2, z2 = preds["fit2"], built["fit2"]
     result = evaluate_predictions(y_test, pred2, z2.classes_)
     written = write_report(result, out / "report", "Z stage 2 on the Fashion-MNIST demo test set")
-    for path in [out / "z_stage1.onnx", out / "z_stage2.onnx", *written]:
+    for path in [*(out / f"z_{key}.onnx" for key in built), *written]:
         print(f"wrote {path}")
     return {"rows": rows, "evaluation": result}

@@ -17,12 +17,21 @@ def progress_enabled(quiet: bool) -> bool:
     return not quiet and sys.stderr.isatty()
 
 
+ARENA_OFF_ABOVE_BYTES = 8 * 2**20
+
+
 def make_session(model: onnx.ModelProto | bytes | str, threads: int = 0) -> ort.InferenceSession:
     """An onnxruntime CPU session; idle threads do not spin, so back-to-back sessions do not slow each other."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     payload = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
+    # Large models run without onnxruntime's CPU arena, so each run's activations go back to the system: with
+    # the arena every session keeps its largest batch's activations for its lifetime (building Z from two
+    # EfficientNet-Lite0 on 64 images peaked at 5.4 GB with it, 1.6 GB without). Small models keep it: without
+    # it the demo's extraction ran 5-20% slower (benchmarks/RESULTS.md).
+    if not isinstance(payload, str) and len(payload) > ARENA_OFF_ABOVE_BYTES:
+        options.enable_cpu_mem_arena = False
     try:
         return ort.InferenceSession(payload, options, providers=["CPUExecutionProvider"])
     except Exception as exc:
@@ -30,10 +39,20 @@ def make_session(model: onnx.ModelProto | bytes | str, threads: int = 0) -> ort.
                              "re-export the source or check its opset.") from exc
 
 
+# Values of Z's input per onnxruntime call: 128 images of 64x64x3 (so 10 images of 224x224x3). Activation
+# memory grows with the batch: 64 images of 224x224x3 through two EfficientNet-Lite0 in one call took ~1.4 GB.
+MAX_VALUES_PER_CALL = 128 * 64 * 64 * 3
+
+
 def run_batched(session: ort.InferenceSession, images: np.ndarray, outputs: list[str], batch_size: int = 128,
                 quiet: bool = False, desc: str = "features") -> dict[str, np.ndarray]:
-    """Run ``session`` over uint8 ``images`` in batches; returns each requested output, concatenated."""
+    """Run ``session`` over uint8 ``images`` in batches; returns each requested output, concatenated.
+
+    Large images run in smaller batches (at most ``MAX_VALUES_PER_CALL`` input values per call).
+    """
     name = session.get_inputs()[0].name
+    per_image = int(np.prod(images.shape[1:])) if images.ndim > 1 else 1
+    batch_size = max(1, min(batch_size, MAX_VALUES_PER_CALL // max(per_image, 1)))
     parts: dict[str, list[np.ndarray]] = {o: [] for o in outputs}
     with tqdm(total=len(images), desc=desc, unit="img", disable=not progress_enabled(quiet), leave=False) as bar:
         for start in range(0, len(images), batch_size):

@@ -1,27 +1,125 @@
-"""Fit the logistic-regression head, export it to plain ONNX ops and append it to the stitched graph."""
+"""Z's head: its input (the sources' features and the teachers' log-probabilities), the fitted
+logistic regression, and the teachers' routed union; exported to plain ONNX ops and appended.
+
+Everything appended here uses only default-domain ops that exist in every opset onnxmerge accepts
+(MatMul, Add, Mul, Div, Sqrt, Max, Log, Exp, Softmax, Concat, Gather, ArgMax), so Z runs on minimal
+onnxruntime builds whatever opset its sources came with.
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
 from .errors import OnnxMergeError
-from .stitch import FEATURES
+from .routing import LOG_FLOOR, to_probabilities
+from .stitch import FEATURES, output_names
 
 LABEL = "label"
 PROBABILITIES = "probabilities"
+HEAD_INPUT = "head/input"
+ROUTE = "route"  # teachers mode: P(source | image), an extra output of Z
 
 
-def fit_head(features: np.ndarray, labels: np.ndarray, C: float = 1.0, class_weight: str | None = "balanced",
-             max_iter: int = 2000, random_state: int = 0) -> Pipeline:
-    """Multinomial logistic regression on standardised features.
+@dataclass
+class HeadInput:
+    """What the head sees: each source's feature block L2-normalised, then each teacher's log-probabilities.
 
-    ``class_weight="balanced"`` by default so that a new class learned from a handful of images is not
-    drowned by classes with hundreds (the stage 2 case).
+    L2-normalising each block keeps a source with large activations from dominating; the teachers'
+    log-probabilities let a linear head reproduce "route, then ask the owning source"
+    (``log router(s|x) + log p_s(l|x)`` is linear in them). Measured in benchmarks/accuracy.py.
+    """
+
+    sources: list[str]                                          # feature blocks, in order
+    teachers: list[tuple[str, str]] = field(default_factory=list)  # (source name, head kind)
+
+    def numpy(self, outputs: dict[str, np.ndarray]) -> np.ndarray:
+        """The head input from the stitched graph's outputs, computed in float32 as Z does."""
+        blocks = []
+        for name in self.sources:
+            f = outputs[output_names(name)["feature"]].astype(np.float32)
+            norm = np.sqrt((f * f) @ np.ones((f.shape[1], 1), np.float32))
+            blocks.append(f / np.maximum(norm, np.float32(1e-12)))
+        for name, kind in self.teachers:
+            p = self.probabilities(outputs, name, kind)
+            blocks.append(np.log(np.maximum(p, np.float32(LOG_FLOOR))))
+        return np.concatenate(blocks, axis=1)
+
+    @staticmethod
+    def probabilities(outputs: dict[str, np.ndarray], name: str, kind: str) -> np.ndarray:
+        return to_probabilities(outputs[output_names(name)["head"]], kind)
+
+    def widths(self, outputs: dict[str, np.ndarray]) -> list[int]:
+        return ([outputs[output_names(n)["feature"]].shape[1] for n in self.sources]
+                + [outputs[output_names(n)["head"]].shape[1] for n, _ in self.teachers])
+
+    def nodes(self, feature_widths: dict[str, int]) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+        """ONNX nodes computing ``head/input`` (and ``head/NAME/probs`` per teacher) inside the stitched graph."""
+        nodes, inits = [], [numpy_helper.from_array(np.array(1e-12, np.float32), "head/eps"),
+                            numpy_helper.from_array(np.array(LOG_FLOOR, np.float32), "head/log_floor")]
+        blocks = []
+        for name in self.sources:
+            f, p = output_names(name)["feature"], f"head/{name}"
+            # sum of squares as a MatMul with ones: ReduceL2/ReduceSumSquare changed signature at opset 18
+            inits.append(numpy_helper.from_array(np.ones((feature_widths[name], 1), np.float32), f"{p}/ones"))
+            nodes += [helper.make_node("Mul", [f, f], [f"{p}/sq"], name=f"{p}/Mul"),
+                      helper.make_node("MatMul", [f"{p}/sq", f"{p}/ones"], [f"{p}/sumsq"], name=f"{p}/SumSq"),
+                      helper.make_node("Sqrt", [f"{p}/sumsq"], [f"{p}/norm"], name=f"{p}/Sqrt"),
+                      helper.make_node("Max", [f"{p}/norm", "head/eps"], [f"{p}/safe_norm"], name=f"{p}/Max"),
+                      helper.make_node("Div", [f, f"{p}/safe_norm"], [f"{p}/l2"], name=f"{p}/Div")]
+            blocks.append(f"{p}/l2")
+        for name, kind in self.teachers:
+            nodes += teacher_probability_nodes(name, kind)
+            p = f"head/{name}"
+            nodes += [helper.make_node("Max", [f"head/{name}/probs", "head/log_floor"], [f"{p}/floored"], name=f"{p}/Floor"),
+                      helper.make_node("Log", [f"{p}/floored"], [f"{p}/logp"], name=f"{p}/Log")]
+            blocks.append(f"{p}/logp")
+        nodes.append(helper.make_node("Concat", blocks, [HEAD_INPUT], name="head/Concat", axis=1))
+        return nodes, inits
+
+
+def teacher_probability_nodes(name: str, kind: str) -> list[onnx.NodeProto]:
+    """``NAME/head`` -> ``head/NAME/probs`` (Softmax of logits, Exp of log-probabilities, or as is)."""
+    head, probs = output_names(name)["head"], f"head/{name}/probs"
+    if kind == "logits":
+        return [helper.make_node("Softmax", [head], [probs], name=f"{name}/Softmax", axis=1)]
+    if kind == "log-probabilities":
+        return [helper.make_node("Exp", [head], [probs], name=f"{name}/Exp")]
+    return [helper.make_node("Identity", [head], [probs], name=f"{name}/Probs")]
+
+
+FEW_SHOT_C, MANY_SHOT_C, MANY_SHOT = 0.1, 1.0, 50
+
+
+def select_C(labels: np.ndarray) -> float:
+    """``C`` for the head from how many labelled images a typical class has.
+
+    The best C depends on the number of labels: on Fashion-MNIST with 5 per class 0.1 beats 1.0 by 1.5
+    points, on digits with 100 per class 1.0 beats 0.1 by 4 points (Fashion-MNIST with 100: 0.1 ahead by
+    0.6). Cross-validating over a grid chose as well but made every build 5-7x slower, so: 0.1 below 50
+    images in the median class, 1.0 from 50 up. The median, not the minimum, so that a new class of 5
+    images does not switch an otherwise data-rich head to the few-shot setting.
+    """
+    _, counts = np.unique(labels, return_counts=True)
+    return MANY_SHOT_C if np.median(counts) >= MANY_SHOT else FEW_SHOT_C
+
+
+def fit_head(features: np.ndarray, labels: np.ndarray, widths: list[int] | None = None, C: float = 1.0,
+             class_weight: str | None = "balanced", sample_weight: np.ndarray | None = None,
+             max_iter: int = 3000, random_state: int = 0) -> Pipeline:
+    """Multinomial logistic regression on standardised features, each block weighted equally.
+
+    After standardisation every column has unit variance, so a 1280-wide block would outweigh a 10-wide
+    one 128 to 1 under the L2 penalty; scaling each block by sqrt(D / (blocks x width)) gives every block
+    the same total variance (the overall variance stays that of plain standardisation, so ``C`` means what it
+    did). ``class_weight="balanced"`` by default so that a new class learned from a handful of
+    images is not drowned by classes with hundreds (the stage 2 case).
     """
     classes = np.unique(labels)
     if len(classes) < 2:
@@ -32,12 +130,21 @@ def fit_head(features: np.ndarray, labels: np.ndarray, C: float = 1.0, class_wei
     if not np.isfinite(features).all():
         raise OnnxMergeError("the sources produced NaN or infinite features on the training images; check the "
                              "sources' preprocessing (scale/mean/std) in the recipe.")
-    pipeline = make_pipeline(
-        StandardScaler(),
-        LogisticRegression(C=C, class_weight=class_weight, max_iter=max_iter, random_state=random_state),
-    )
-    pipeline.fit(features.astype(np.float64), labels)
-    return pipeline
+    x = features.astype(np.float64)
+    scaler = StandardScaler().fit(x)
+    widths = widths or [x.shape[1]]
+    for start, width in _spans(widths):  # equal total variance per block, same total as plain standardising
+        scaler.scale_[start:start + width] *= np.sqrt(width * len(widths) / x.shape[1])
+    model = LogisticRegression(C=C, class_weight=class_weight, max_iter=max_iter, random_state=random_state)
+    model.fit(scaler.transform(x), labels, sample_weight=sample_weight)
+    return Pipeline([("scaler", scaler), ("logistic", model)])
+
+
+def _spans(widths: list[int]):
+    start = 0
+    for width in widths:
+        yield start, width
+        start += width
 
 
 def folded_weights(pipeline: Pipeline) -> tuple[np.ndarray, np.ndarray]:
@@ -54,26 +161,23 @@ def folded_weights(pipeline: Pipeline) -> tuple[np.ndarray, np.ndarray]:
     return weights.astype(np.float32), bias.astype(np.float32)
 
 
-def append_head(model: onnx.ModelProto, pipeline: Pipeline, outputs: list[str] = (FEATURES,)) -> onnx.ModelProto:
-    """Append MatMul + Add + Softmax + ArgMax + Gather(labels) after ``features``.
-
-    Only default-domain ops (no ai.onnx.ml, no ZipMap), so Z runs on minimal onnxruntime builds.
-    Z's outputs become ``label`` (string ``[N]``), ``probabilities`` (``[N, K]``) and ``outputs``.
-    """
+def _linear(x: str, pipeline: Pipeline, prefix: str, out: str) -> tuple[list, list]:
     weights, bias = folded_weights(pipeline)
-    classes = [str(c) for c in pipeline.classes_]
+    return ([helper.make_node("MatMul", [x, f"{prefix}/W"], [f"{prefix}/matmul"], name=f"{prefix}/MatMul"),
+             helper.make_node("Add", [f"{prefix}/matmul", f"{prefix}/b"], [f"{prefix}/logits"], name=f"{prefix}/Add"),
+             helper.make_node("Softmax", [f"{prefix}/logits"], [out], name=f"{prefix}/Softmax", axis=1)],
+            [numpy_helper.from_array(weights, f"{prefix}/W"), numpy_helper.from_array(bias, f"{prefix}/b")])
+
+
+def _finish(model: onnx.ModelProto, nodes: list, inits: list, classes: list[str], outputs: list[str],
+            extra: list[onnx.ValueInfoProto] = ()) -> onnx.ModelProto:
+    """Append ``nodes`` + ArgMax + Gather(class names); Z's outputs become label, probabilities, ``outputs``."""
     result = onnx.ModelProto()
     result.CopyFrom(model)
     graph = result.graph
-    graph.initializer.extend([
-        numpy_helper.from_array(weights, "head/W"),
-        numpy_helper.from_array(bias, "head/b"),
-        helper.make_tensor("head/classes", TensorProto.STRING, [len(classes)], [c.encode() for c in classes]),
-    ])
-    graph.node.extend([
-        helper.make_node("MatMul", [FEATURES, "head/W"], ["head/matmul"], name="head/MatMul"),
-        helper.make_node("Add", ["head/matmul", "head/b"], ["head/logits"], name="head/Add"),
-        helper.make_node("Softmax", ["head/logits"], [PROBABILITIES], name="head/Softmax", axis=1),
+    graph.initializer.extend(inits + [
+        helper.make_tensor("head/classes", TensorProto.STRING, [len(classes)], [c.encode() for c in classes])])
+    graph.node.extend(nodes + [
         helper.make_node("ArgMax", [PROBABILITIES], ["head/argmax"], name="head/ArgMax", axis=1, keepdims=0),
         helper.make_node("Gather", ["head/classes", "head/argmax"], [LABEL], name="head/Gather", axis=0),
     ])
@@ -82,5 +186,99 @@ def append_head(model: onnx.ModelProto, pipeline: Pipeline, outputs: list[str] =
     graph.output.extend([
         helper.make_tensor_value_info(LABEL, TensorProto.STRING, ["N"]),
         helper.make_tensor_value_info(PROBABILITIES, TensorProto.FLOAT, ["N", len(classes)]),
-    ] + kept)
+    ] + kept + list(extra))
     return result
+
+
+def append_head(model: onnx.ModelProto, head_input: HeadInput, pipeline: Pipeline, feature_widths: dict[str, int],
+                outputs: list[str] = (FEATURES,)) -> onnx.ModelProto:
+    """Mode "fit": ``head/input`` -> MatMul + Add + Softmax -> ArgMax + Gather(labels)."""
+    nodes, inits = head_input.nodes(feature_widths)
+    more, more_inits = _linear(HEAD_INPUT, pipeline, "head", PROBABILITIES)
+    return _finish(model, nodes + more, inits + more_inits, [str(c) for c in pipeline.classes_], outputs)
+
+
+@dataclass
+class TeachersHead:
+    """Mode "teachers": Z's probabilities from the teachers' own heads, routed.
+
+    With a ``router`` (fitted on ``head/input``; classes 0..S-1 are the teachers, then any new classes):
+    ``P(l) = sum over teachers s owning l of router(s|x) * p_s(l|x)``, and a new class's probability is
+    its router column. Without one (no pool to learn routing from): the softmax over all teachers'
+    concatenated logits (log-probabilities where a head only gives probabilities), so a source's share is
+    ``exp(energy_s) / sum exp(energy)`` with ``energy_s = logsumexp(logits_s)``.
+    """
+
+    head_input: HeadInput
+    teachers: list[tuple[str, str]]  # (name, head kind)
+    merge: np.ndarray                # [sum K_s, L] label-merge matrix
+    union: list[str]
+    router: Pipeline | None = None
+    new_classes: list[str] = field(default_factory=list)
+
+    @property
+    def classes(self) -> list[str]:
+        return self.union + self.new_classes
+
+    def numpy(self, outputs: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
+        """``(probabilities [N, K], route [N, R] or None)`` in float64 from the stitched graph's outputs."""
+        probs = [HeadInput.probabilities(outputs, n, k).astype(np.float64) for n, k in self.teachers]
+        if self.router is None:
+            scores = np.concatenate([np.log(np.maximum(p, LOG_FLOOR)) if k != "logits" else
+                                     outputs[output_names(n)["head"]].astype(np.float64)
+                                     for p, (n, k) in zip(probs, self.teachers)], axis=1)
+            e = np.exp(scores - scores.max(axis=1, keepdims=True))
+            return (e / e.sum(axis=1, keepdims=True)) @ self.merge, None
+        route = self.router.predict_proba(self.head_input.numpy(outputs).astype(np.float64))
+        joint = np.concatenate([route[:, [i]] * p for i, p in enumerate(probs)], axis=1) @ self.merge
+        return np.concatenate([joint, route[:, len(self.teachers):]], axis=1), route
+
+    def append(self, model: onnx.ModelProto, feature_widths: dict[str, int], outputs: list[str] = (FEATURES,)
+               ) -> onnx.ModelProto:
+        inits = [numpy_helper.from_array(self.merge, "head/merge")]
+        if self.router is None:
+            nodes = []
+            scores = []
+            for name, kind in self.teachers:
+                nodes += teacher_probability_nodes(name, kind)
+                if kind == "logits":
+                    scores.append(output_names(name)["head"])
+                else:
+                    nodes += [helper.make_node("Max", [f"head/{name}/probs", "head/log_floor"], [f"head/{name}/floored"],
+                                               name=f"head/{name}/Floor"),
+                              helper.make_node("Log", [f"head/{name}/floored"], [f"head/{name}/logp"],
+                                               name=f"head/{name}/Log")]
+                    scores.append(f"head/{name}/logp")
+            inits.append(numpy_helper.from_array(np.array(LOG_FLOOR, np.float32), "head/log_floor"))
+            nodes += [helper.make_node("Concat", scores, ["head/scores"], name="head/ScoresConcat", axis=1),
+                      helper.make_node("Softmax", ["head/scores"], ["head/joint"], name="head/Softmax", axis=1),
+                      helper.make_node("MatMul", ["head/joint", "head/merge"], [PROBABILITIES], name="head/Merge")]
+            return _finish(model, nodes, inits, self.classes, outputs)
+        nodes, more = self.head_input.nodes(feature_widths)
+        inits += more
+        linear, linear_inits = _linear(HEAD_INPUT, self.router, "head/router", ROUTE)
+        nodes += linear
+        inits += linear_inits
+        weighted = []
+        teacher_names = {n for n, _ in self.head_input.teachers}
+        for i, (name, kind) in enumerate(self.teachers):
+            if name not in teacher_names:
+                nodes += teacher_probability_nodes(name, kind)
+            inits.append(numpy_helper.from_array(np.array([i], np.int64), f"head/{name}/route_index"))
+            nodes += [helper.make_node("Gather", [ROUTE, f"head/{name}/route_index"], [f"head/{name}/route"],
+                                       name=f"head/{name}/Route", axis=1),
+                      helper.make_node("Mul", [f"head/{name}/route", f"head/{name}/probs"], [f"head/{name}/joint"],
+                                       name=f"head/{name}/Joint")]
+            weighted.append(f"head/{name}/joint")
+        nodes += [helper.make_node("Concat", weighted, ["head/joint"], name="head/JointConcat", axis=1),
+                  helper.make_node("MatMul", ["head/joint", "head/merge"], ["head/union"], name="head/Merge")]
+        if self.new_classes:
+            start = len(self.teachers)
+            inits.append(numpy_helper.from_array(np.arange(start, start + len(self.new_classes), dtype=np.int64),
+                                                 "head/new_index"))
+            nodes += [helper.make_node("Gather", [ROUTE, "head/new_index"], ["head/new"], name="head/New", axis=1),
+                      helper.make_node("Concat", ["head/union", "head/new"], [PROBABILITIES], name="head/All", axis=1)]
+        else:
+            nodes.append(helper.make_node("Identity", ["head/union"], [PROBABILITIES], name="head/Probabilities"))
+        route_out = helper.make_tensor_value_info(ROUTE, TensorProto.FLOAT, ["N", len(self.teachers) + len(self.new_classes)])
+        return _finish(model, nodes, inits, self.classes, outputs, [route_out])

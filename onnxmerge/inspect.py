@@ -50,15 +50,24 @@ def _shape_of(vi: onnx.ValueInfoProto) -> list | None:
 
 
 def tensor_shapes(model: onnx.ModelProto) -> dict[str, list | None]:
-    """Shapes of every tensor that onnx's shape inference can tell (inputs, outputs, intermediates)."""
+    """Shapes of every tensor that onnx's shape inference can tell (inputs, outputs, intermediates).
+
+    The model's own ``value_info`` is ignored: exporters' (or edited models') value_info can lie, and
+    onnx's inference would keep a lie it cannot contradict (onnxruntime ignores them too, with a warning).
+    """
+    clean = onnx.ModelProto()
+    clean.CopyFrom(model)
+    del clean.graph.value_info[:]
     try:
-        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+        inferred = onnx.shape_inference.infer_shapes(clean, strict_mode=False)
     except Exception:  # inference is best effort: a model ORT runs may still defeat it
-        inferred = model
+        inferred = clean
     g = inferred.graph
     shapes = {vi.name: _shape_of(vi) for vi in list(g.value_info) + list(g.input) + list(g.output)}
     for init in model.graph.initializer:
         shapes[init.name] = list(init.dims)
+    for sparse in model.graph.sparse_initializer:
+        shapes[sparse.values.name] = list(sparse.dims)
     return shapes
 
 
@@ -207,13 +216,21 @@ def candidates(model: onnx.ModelProto, suggested: str | None) -> list[dict]:
     return found
 
 
+def _printable_type(t: onnx.TypeProto) -> str:
+    """onnx's printable type; an element type onnx has no name for (a corrupt file) is shown by number."""
+    try:
+        return onnx.helper.printable_type(t)
+    except ValueError:
+        return f"tensor(unknown elem_type {t.tensor_type.elem_type})"
+
+
 def describe(path: str | Path, model: onnx.ModelProto) -> dict:
     """Everything ``onnxmerge inspect`` reports, as the contract's JSON keys."""
     shapes = tensor_shapes(model)
 
     def io(values):
-        return [{"name": v.name, "shape": shapes.get(v.name) or _shape_of(v),
-                 "type": onnx.helper.printable_type(v.type)} for v in values]
+        return [{"name": v.name, "shape": shapes.get(v.name) or _shape_of(v), "type": _printable_type(v.type)}
+                for v in values]
 
     initializers = {i.name for i in model.graph.initializer}
     try:

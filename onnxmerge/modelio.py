@@ -19,6 +19,7 @@ import onnx
 from onnx.external_data_helper import ExternalDataInfo, uses_external_data
 
 from .errors import OnnxMergeError
+from .probe import probe_model
 
 _EXTERNAL_KEYS = {"location", "offset", "length", "checksum", "basepath"}
 
@@ -110,10 +111,17 @@ def load_model_with_digest(path: str | os.PathLike) -> tuple[onnx.ModelProto, st
     if not model.HasField("graph") or not model.graph.node or not model.graph.output or not model.opset_import:
         raise OnnxMergeError(f"{path} holds no ONNX graph; re-export or re-download it.")
     digest = hashlib.sha256(content)
-    for file in external_data_files(model, path.parent):
+    file_sha256 = digest.hexdigest()
+    data_files = external_data_files(model, path.parent)
+    for file in data_files:
         with open(file, "rb") as handle:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
+    # onnx's checker and onnxruntime are native code that a hostile model can crash or make allocate
+    # without bound: they run first in a memory-limited child, and only a model that survived them there
+    # reaches them here (check_structure below, then sessions).
+    probe_model(path, file_sha256, len(content) + sum(f.stat().st_size for f in data_files),
+                path.parent if data_files else None)
     try:
         onnx.external_data_helper.load_external_data_for_model(model, str(path.parent))
     except Exception as exc:

@@ -50,6 +50,22 @@ def _const(name: str, value) -> gs.Constant:
     return gs.Constant(name, np.asarray(value))
 
 
+def _per_channel(values, spec: Preprocess) -> np.ndarray:
+    """Per-channel constant shaped for a fast broadcast in onnxruntime (same values, so the same results).
+
+    onnxruntime broadcasts element-wise ops span by span of the innermost dimension: an NHWC tensor times a
+    ``[1, 1, 1, C]`` constant runs in spans of C (3) values and took 8.4 ms on 8 x 224 x 224 x 3, against
+    0.3 ms for the constant repeated along the width, ``[1, 1, W, C]``. A scalar against ``[N, H, W, 1]``
+    is slow too (0.58 ms against 0.01 ms for a ``[1, 1, 1, 1]`` constant at 32 x 28 x 28 x 1).
+    """
+    v = np.asarray(values, np.float32)
+    if spec.layout == "NCHW":
+        return v.reshape(1, -1, 1, 1)
+    if np.all(v == v[0]):
+        return np.full([1, 1, 1, 1], v[0], np.float32)
+    return np.ascontiguousarray(np.tile(v.reshape(1, 1, 1, -1), (1, 1, spec.width, 1)))
+
+
 def build_preprocess(prefix: str, image: gs.Variable, src: ImageInput, spec: Preprocess,
                      output: gs.Variable) -> list[gs.Node]:
     """Nodes that turn Z's raw ``image`` into ``output``, the tensor the source expects."""
@@ -79,11 +95,10 @@ def build_preprocess(prefix: str, image: gs.Variable, src: ImageInput, spec: Pre
                     {"mode": "linear", "coordinate_transformation_mode": "half_pixel"})
         if spec.layout == "NHWC":
             x = add("Transpose", [x], {"perm": [0, 2, 3, 1]})
-    bshape = [1, -1, 1, 1] if spec.layout == "NCHW" else [1, 1, 1, -1]
-    x = add("Mul", [x, _const(f"{prefix}/pre/scale", np.float32(spec.scale))])
-    x = add("Sub", [x, _const(f"{prefix}/pre/mean", np.asarray(spec.mean, np.float32).reshape(bshape))])
+    x = add("Mul", [x, _const(f"{prefix}/pre/scale", np.full([1, 1, 1, 1], spec.scale, np.float32))])
+    x = add("Sub", [x, _const(f"{prefix}/pre/mean", _per_channel(spec.mean, spec))])
     last_out = output if not spec.flat and spec.dtype == np.float32 else None
-    x = add("Div", [x, _const(f"{prefix}/pre/std", np.asarray(spec.std, np.float32).reshape(bshape))], out=last_out)
+    x = add("Div", [x, _const(f"{prefix}/pre/std", _per_channel(spec.std, spec))], out=last_out)
     if spec.flat:
         x = add("Flatten", [x], {"axis": 1}, out=output if spec.dtype == np.float32 else None)
     if spec.dtype != np.float32:

@@ -17,7 +17,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
-from .compose import MODES, Merger, Source
+from .compose import DEFAULT_C, MODES, Merger, Source
 from .errors import OnnxMergeError
 from .preprocess import ImageInput, Preprocess
 
@@ -28,9 +28,9 @@ _SOURCE = {"name": (str, True), "model": (str, True), "feature": (str, False), "
            "labels": (list, False), "teacher": (bool, False), "preprocess": (dict, True)}
 _PREPROCESS = {"height": (int, False), "width": (int, False), "channels": (int, False), "layout": (str, False),
                "scale": ((int, float), True), "mean": (list, True), "std": (list, True)}
-_HEAD = {"mode": (str, False), "train": ((str, list), False), "unlabeled": (str, False), "C": ((int, float), False)}
+_HEAD = {"mode": (str, False), "train": ((str, list), False), "unlabeled": (str, False), "C": ((int, float, str), False)}
 _TYPE_NAMES = {int: "an integer", str: "a string", list: "a list", dict: "a table", bool: "true or false",
-               (int, float): "a number", (str, list): "a path or a list of paths"}
+               (int, float): "a number", (int, float, str): "a number or \"auto\"", (str, list): "a path or a list of paths"}
 
 
 @dataclass
@@ -76,6 +76,14 @@ def _positive(table: dict, key: str, where: str) -> int | None:
     return value
 
 
+def _C(value) -> float | str:
+    if value == "auto":
+        return value
+    if isinstance(value, str) or not value > 0:
+        raise OnnxMergeError(f"head.C must be a positive number or \"auto\", got {value!r}.")
+    return float(value)
+
+
 def parse_recipe(data: dict, base: Path, path: Path, quiet: bool = False) -> Recipe:
     """Turn a recipe's TOML data into a configured :class:`Merger` (paths resolved against ``base``)."""
     _check_table(data, _TOP, "the recipe")
@@ -118,15 +126,10 @@ def parse_recipe(data: dict, base: Path, path: Path, quiet: bool = False) -> Rec
         close = difflib.get_close_matches(mode, MODES, n=1)
         raise OnnxMergeError(f"head.mode {mode!r} is unknown" + (f"; did you mean {close[0]!r}?" if close else
                                                                    f"; use one of {list(MODES)}."))
-    if mode == "teachers":
-        raise OnnxMergeError("head.mode = \"teachers\" (no labelled data) is not available in this version; "
-                             "use mode = \"fit\" with a labelled train set.")
-    if "unlabeled" in head:
-        raise OnnxMergeError("head.unlabeled (pseudo-labelling an unlabeled pool) is not available in this "
-                             "version; remove it and give labelled images in head.train.")
-    if mode == "fit" and "train" not in head:
-        raise OnnxMergeError("head.train is required for mode = \"fit\": a labelled folder or .npz.")
-    merger = Merger(ImageInput(height, width, channels), sources, mode=mode, C=float(head.get("C", 1.0)), quiet=quiet)
+    if mode == "fit" and "train" not in head and "unlabeled" not in head:
+        raise OnnxMergeError("mode = \"fit\" needs head.train (a labelled folder or .npz) or head.unlabeled "
+                             "(a pool the teachers pseudo-label), or use mode = \"teachers\".")
+    merger = Merger(ImageInput(height, width, channels), sources, mode=mode, C=_C(head.get("C", DEFAULT_C)), quiet=quiet)
     train = None
     if "train" in head:
         paths = head["train"] if isinstance(head["train"], list) else [head["train"]]

@@ -19,6 +19,14 @@ def fixture_entry(name: str) -> dict:
     return MANIFEST[name]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _feature_cache_in_tmp(tmp_path_factory):
+    """`onnxmerge build` caches features in ~/.cache by default: never in a test; a temporary folder instead."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("ONNXMERGE_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "feature-cache"))
+        yield
+
+
 @pytest.fixture(scope="session")
 def digits() -> tuple[np.ndarray, np.ndarray]:
     """sklearn digits as raw uint8 images [N, 8, 8, 1] (0..16 scaled to 0..255) and string labels."""

@@ -79,7 +79,7 @@ def test_missing_required_key(tmp_path, digits_npz, capsys):
     (("mean = [0.3]", "mean = [0.3, 0.2]"), "mean has 2 values"),
     (("std = [0.4]", "std = [0.0]"), "std contains 0"),
     (('mode = "fit"', 'mode = "fitt"'), "did you mean 'fit'"),
-    (('mode = "fit"', 'mode = "teachers"'), "not available in this version"),
+    (('mode = "fit"', 'mode = "teachers"'), "takes a train set of new classes only"),
     (('name = "b"', 'name = "a"'), "used twice"),
     (("[head]", "[head"), "not valid TOML"),
 ])

@@ -1,0 +1,206 @@
+"""Compute once what several sources compute alike: initializer dedup, common-subexpression elimination.
+
+Run on the stitched graph (every name already prefixed by its source, before the head). Three passes:
+
+1. **Initializers by bytes.** Two initializers with the same data type, shape and bytes (compared by a
+   SHA-256 of their canonical little-endian bytes, then byte for byte) become one; every use of the
+   second is renamed to the first.
+2. **Common sub-expressions.** In topological order, a node whose (domain, op type, inputs after renaming,
+   attributes, number of outputs) equals an earlier node's is dropped, and its outputs are renamed to that
+   node's outputs. Two sources with the same preprocessing and the same backbone file therefore run it once:
+   the shared Cast, Resize, normalisation and every layer up to where the weights differ. Nodes that hold a
+   sub-graph (If/Loop/Scan) or draw random numbers are never merged.
+3. **Dead code.** Nodes whose outputs nothing uses and initializers nothing reads are removed.
+
+A graph output whose producer was merged away is kept, as an ``Identity`` of the tensor that replaced it,
+so every name the rest of onnxmerge relies on (``NAME/feature``, ``NAME/input``, ``NAME/head``) survives.
+Every step only removes repeated work: the outputs are bit for bit what the unshared graph computes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+# Ops whose two calls with the same inputs may differ: never merged.
+NONDETERMINISTIC = {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial",
+                    "Bernoulli"}
+
+
+@dataclass
+class ShareStats:
+    """What :func:`share_common` removed."""
+
+    nodes_before: int = 0
+    nodes_after: int = 0
+    nodes_shared: int = 0                 # nodes dropped because an identical node computes the same tensor
+    dead_nodes: int = 0                   # nodes nothing used
+    initializers_shared: int = 0          # duplicate initializers dropped
+    bytes_shared: int = 0                 # their bytes
+    dead_initializers: int = 0
+    per_source: dict[str, int] = field(default_factory=dict)   # source -> its nodes computed by another source's
+    within_source: int = 0                # of nodes_shared: repeats inside one source (exporters' duplicate constants)
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__, per_source=dict(self.per_source))
+
+    def line(self) -> str:
+        """One line for the build report."""
+        if not self.nodes_shared and not self.initializers_shared:
+            return "shared: nothing (no two sources compute the same sub-graph)"
+        who = ", ".join(f"{k} {v}" for k, v in sorted(self.per_source.items())) or "none"
+        return (f"shared: {self.nodes_shared} of {self.nodes_before} nodes computed once (nodes another source "
+                f"computes: {who}; repeats within a source: {self.within_source}), {self.initializers_shared} "
+                f"duplicate weights ({_size(self.bytes_shared)}) stored once; {self.nodes_after} nodes left")
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+def _source_of(name: str) -> str:
+    return name.split("/", 1)[0] if "/" in name else name
+
+
+def _tensor_key(tensor: onnx.TensorProto) -> tuple | None:
+    """(type, shape, digest of bytes) or None where the tensor is not plain data held in memory."""
+    if tensor.data_location == onnx.TensorProto.EXTERNAL or tensor.segment.ByteSize():
+        return None
+    data = _tensor_bytes(tensor)
+    return (tensor.data_type, tuple(tensor.dims), hashlib.sha256(data).digest(), len(data))
+
+
+def _tensor_bytes(tensor: onnx.TensorProto) -> bytes:
+    """The tensor's values as bytes, whichever field holds them (strings: their repr)."""
+    if tensor.data_type == onnx.TensorProto.STRING:
+        return repr(list(tensor.string_data)).encode()
+    return tensor.raw_data if tensor.HasField("raw_data") else numpy_helper.to_array(tensor).tobytes()
+
+
+def _drop(repeated, keep: list[bool]) -> None:
+    """Delete entries of a protobuf repeated field in place (no copy of the kept ones)."""
+    for index in reversed(range(len(keep))):
+        if not keep[index]:
+            del repeated[index]
+
+
+def _has_subgraph(node: onnx.NodeProto) -> bool:
+    return any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute)
+
+
+def _rename_in_subgraphs(node: onnx.NodeProto, mapping: dict[str, str]) -> None:
+    """Outer-scope names used inside If/Loop/Scan bodies (ONNX forbids shadowing, so names are unique)."""
+    for attr in node.attribute:
+        graphs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
+        for graph in graphs:
+            for inner in graph.node:
+                for i, name in enumerate(inner.input):
+                    if name in mapping:
+                        inner.input[i] = mapping[name]
+                if _has_subgraph(inner):
+                    _rename_in_subgraphs(inner, mapping)
+
+
+def _subgraph_inputs(node: onnx.NodeProto) -> set[str]:
+    names: set[str] = set()
+    for attr in node.attribute:
+        graphs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
+        for graph in graphs:
+            for inner in graph.node:
+                names.update(inner.input)
+                if _has_subgraph(inner):
+                    names |= _subgraph_inputs(inner)
+    return names
+
+
+def share_common(model: onnx.ModelProto) -> tuple[onnx.ModelProto, ShareStats]:
+    """``model`` with duplicate initializers and repeated sub-graphs computed once (edited in place)."""
+    graph = model.graph
+    stats = ShareStats(nodes_before=len(graph.node))
+    per_source: dict[str, int] = defaultdict(int)
+    mapping: dict[str, str] = {}
+
+    # 1. initializers by bytes
+    seen: dict[tuple, onnx.TensorProto] = {}
+    kept: list[bool] = []
+    for tensor in graph.initializer:
+        key = _tensor_key(tensor)
+        first = seen.get(key) if key is not None else None
+        if first is not None and _tensor_bytes(first) == _tensor_bytes(tensor):
+            mapping[tensor.name] = first.name
+            stats.initializers_shared += 1
+            stats.bytes_shared += len(_tensor_bytes(tensor))
+            kept.append(False)
+            continue
+        if key is not None:
+            seen.setdefault(key, tensor)
+        kept.append(True)
+    _drop(graph.initializer, kept)
+
+    # 2. common sub-expressions, in topological order
+    computed: dict[tuple, onnx.NodeProto] = {}
+    nodes = []
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            if name in mapping:
+                node.input[i] = mapping[name]
+        if _has_subgraph(node):
+            _rename_in_subgraphs(node, mapping)
+            nodes.append(node)
+            continue
+        if node.op_type in NONDETERMINISTIC or not node.output:
+            nodes.append(node)
+            continue
+        attrs = tuple(sorted((a.name, a.SerializeToString()) for a in node.attribute))
+        key = (node.domain, node.op_type, getattr(node, "overload", ""), tuple(node.input), attrs,
+               tuple(bool(o) for o in node.output))
+        first = computed.get(key)
+        if first is None:
+            computed[key] = node
+            nodes.append(node)
+            continue
+        for mine, theirs in zip(node.output, first.output):
+            if mine:
+                mapping[mine] = theirs
+        stats.nodes_shared += 1
+        mine, theirs = _source_of(node.name or node.output[0]), _source_of(first.name or first.output[0])
+        if mine == theirs:
+            stats.within_source += 1
+        else:
+            per_source[mine] += 1
+
+    # graph outputs whose producer went away: an Identity of the tensor that replaced it
+    for output in graph.output:
+        if output.name in mapping:
+            nodes.append(onnx.helper.make_node("Identity", [mapping[output.name]], [output.name],
+                                               name=f"{output.name}/shared"))
+
+    # 3. dead nodes (reverse topological order) and unused initializers
+    needed = {o.name for o in graph.output}
+    alive = []
+    for node in reversed(nodes):
+        if any(o and o in needed for o in node.output):
+            alive.append(node)
+            needed.update(node.input)
+            if _has_subgraph(node):
+                needed |= _subgraph_inputs(node)
+        else:
+            stats.dead_nodes += 1
+    alive.reverse()
+    del graph.node[:]
+    graph.node.extend(alive)
+    used = [t.name in needed for t in graph.initializer]
+    stats.dead_initializers = used.count(False)
+    _drop(graph.initializer, used)
+    stats.nodes_after = len(graph.node)
+    stats.per_source = dict(per_source)
+    return model, stats
