@@ -13,6 +13,7 @@ c. build extraction throughput (images/s): what ``build`` does with a labelled f
 d. build time and peak memory of a fresh process building Z from two ~19 MB sources (EfficientNet-Lite0
    and a copy with perturbed weights: nothing shared), peak RSS above the RSS after imports, against the
    sources' file sizes.
+q. (only when asked) ``build --quantize`` on EfficientNet-Lite0: accuracy before/after, int8 / float time.
 
 Every session: CPU, ``session.intra_op.allow_spinning = "0"``, the same thread count (``--threads``).
 Timings alternate blocks (Z then separate, then separate then Z, ...); each block is the median of many
@@ -44,7 +45,7 @@ from onnxmerge.preprocess import _resize_axis
 
 ROOT = Path(__file__).resolve().parent.parent
 EFFNET = ("lite0_imagenet.onnx", "lite0_head10.onnx", "lite0_other.onnx")
-IMAGENET = dict(scale=1 / 255, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+IMAGENET = {"scale": 1 / 255, "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
 
 
 def numpy_preprocess(images: np.ndarray, spec) -> np.ndarray:
@@ -108,10 +109,10 @@ def compare_z_separate(label: str, merger, images_by_batch: dict[int, np.ndarray
     results = {}
     for batch, images in images_by_batch.items():
 
-        def run_z():
+        def run_z(images=images):
             z.run(["label", "probabilities"], {"image": images})
 
-        def run_separate():
+        def run_separate(images=images):
             for session, spec in separate:
                 session.run(None, {session.get_inputs()[0].name: numpy_preprocess(images, spec)})
 
@@ -258,9 +259,22 @@ def case_d(args) -> None:
               f"{size:.1f} MB (target <= 3x)")
 
 
+# -- (q) build --quantize on a real CNN (not part of the default cases) ------------------------------------------
+def case_q(args) -> None:
+    from onnxmerge import ImageInput, Merger, Preprocess, Source
+    from onnxmerge.quantize import quantize_z
+
+    folder = effnet_files(args)
+    print("\n(q) --quantize: EfficientNet-Lite0 alone, 96 Fashion-MNIST images at 224x224x3")
+    x, y = photos(96)
+    merger = Merger(ImageInput(224, 224, 3), [Source("a", folder / EFFNET[0], Preprocess(**IMAGENET))],
+                    quiet=True).fit(x, y)
+    print("\n".join(quantize_z(merger.model_, x, y)[1].lines))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cases", default="abcd")
+    parser.add_argument("--cases", default="abcd", help="any of a, b, c, d and q (quantisation, not by default)")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--runs", type=int, default=200, help="runs per block for (a); b uses runs/10 and runs/100")
     parser.add_argument("--threads", type=int, default=2)
@@ -272,7 +286,7 @@ def main() -> None:
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores; python {platform.python_version()}, "
           f"onnxruntime {ort.__version__} CPU, {args.threads} intra-op threads, spinning off")
     for case in args.cases:
-        {"a": case_a, "b": case_b, "c": case_c, "d": case_d}[case](args)
+        {"a": case_a, "b": case_b, "c": case_c, "d": case_d, "q": case_q}[case](args)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import resource
 import signal
 import sys
@@ -110,7 +111,7 @@ def _child(request: dict, report: int) -> None:
     except Exception as exc:
         status, detail = "soft", f"{type(exc).__name__}: {exc}"
     log.seek(0)
-    text = log.read().decode("utf-8", "replace")
+    text = re.sub(r"\x1b\[[0-9;]*m", "", log.read().decode("utf-8", "replace"))  # onnxruntime's colours
     lowered = (text + detail).lower()
     marker = next((m for m in MEMORY_MARKERS if m in lowered), None)
     if marker is not None and status != "memory":
@@ -169,8 +170,8 @@ def _serve() -> None:
 if __name__ == "__main__":
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; EOF on stdin ends us
     # Python >= 3.12 warns on fork() with other threads alive; onnxruntime's import starts one idle timer
-    # thread. Forking after the import is what makes a probe cheap (~50 ms, not ~250 ms), and a child that
-    # hung on a lock that thread held would hang like a hostile model would; the warning would only
-    # reach the user's terminal.
+    # thread. Forking after the import is what makes a probe cheap (10-30 ms, not ~300 ms); a child that
+    # hung on a lock that thread held would end at the alarm, as a hostile model would. The warning would
+    # only reach the user's terminal.
     warnings.filterwarnings("ignore", message=".*fork.*", category=DeprecationWarning)
     _serve()

@@ -275,6 +275,7 @@ class Merger:
                                  "or unlabeled, or use mode = \"teachers\".")
         self.build_graph()
         self.warnings_: list[str] = []
+        self.features_from_cache_ = True  # until an _outputs call has to run the sources
         self.teachers_ = self._teachers(labelled, pool)
         if self.mode == "teachers":
             model, parity_images = self._fit_teachers(labelled, pool)
@@ -322,7 +323,7 @@ class Merger:
         kinds = []
         if found:
             heads = [output_names(s.spec.name)["head"] for s in found]
-            probe = images[:256] if images is not None else np.zeros((1, self.input.height, self.input.width,
+            probe = images[:16] if images is not None else np.zeros((1, self.input.height, self.input.width,
                                                                       self.input.channels), np.uint8)
             outputs = self.source_outputs(probe, heads)
             for source, head in zip(found, heads):
@@ -353,8 +354,9 @@ class Merger:
         folder = getattr(self, "cache_dir", None)
         key = feature_cache.feature_key(self.stitched_, images, names, self.batch_size) if folder else None
         joined = feature_cache.load(folder, key, len(images)) if folder else None
-        self.features_from_cache_ = joined is not None and joined.shape[1] == sum(widths)
-        if self.features_from_cache_:
+        hit = joined is not None and joined.shape[1] == sum(widths)
+        self.features_from_cache_ = getattr(self, "features_from_cache_", True) and hit  # every call of a build
+        if hit:
             splits = np.cumsum(widths)[:-1]
             return dict(zip(names, np.split(joined, splits, axis=1)))
         blocks = self.source_outputs(images, names)
@@ -541,7 +543,8 @@ class Merger:
         pick = np.sort(rng.choice(len(images), size=min(PARITY_SAMPLES, len(images)), replace=False))
         sample = images[pick]
         z = make_session(model)
-        z_probs, z_features = z.run([PROBABILITIES, FEATURES], {z.get_inputs()[0].name: sample})
+        z_out = run_batched(z, sample, [PROBABILITIES, FEATURES], self.batch_size, quiet=True)
+        z_probs, z_features = z_out[PROBABILITIES], z_out[FEATURES]
         checks: list[ParityCheck] = []
         start = 0
         inner = self.source_outputs(sample)

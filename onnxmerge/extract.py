@@ -57,7 +57,15 @@ def run_batched(session: ort.InferenceSession, images: np.ndarray, outputs: list
     with tqdm(total=len(images), desc=desc, unit="img", disable=not progress_enabled(quiet), leave=False) as bar:
         for start in range(0, len(images), batch_size):
             batch = np.ascontiguousarray(images[start:start + batch_size])
-            for key, value in zip(outputs, session.run(outputs, {name: batch})):
+            try:
+                values = session.run(outputs, {name: batch})
+            except Exception as exc:  # e.g. a source whose weights do not fit its own op (a corrupt file)
+                first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                sources = sorted({o.split("/")[0] for o in outputs if "/" in o})
+                raise OnnxMergeError(f"onnxruntime failed running {', '.join(map(repr, sources)) or 'the model'} "
+                                     f"on images {start}-{start + len(batch) - 1} ({first}); the model file is "
+                                     "probably corrupt, re-export it.") from exc
+            for key, value in zip(outputs, values):
                 parts[key].append(value)
             bar.update(len(batch))
     return {k: np.concatenate(v) if v else np.zeros((0,)) for k, v in parts.items()}

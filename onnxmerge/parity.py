@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 
 from .errors import OnnxMergeError
-from .extract import make_session
+from .extract import make_session, run_batched
 
 EXACT = 1e-5     # the contract's tolerance, relative to max(1, max |reference|)
 CONVERTED = 1e-4  # the loosest allowed step (an opset conversion that changes an op's arithmetic)
@@ -59,7 +59,7 @@ def source_feature(model: onnx.ModelProto, feature: str, inputs: np.ndarray, poo
     del exposed.graph.output[:]
     exposed.graph.output.append(onnx.ValueInfoProto(name=feature))
     session = make_session(exposed)
-    value = session.run([feature], {session.get_inputs()[0].name: inputs})[0]
+    value = run_batched(session, inputs, [feature], quiet=True)[feature]  # bounded activation memory
     if pooled:
         return value.mean(axis=(2, 3), dtype=np.float64).astype(np.float32)
     return value.reshape(len(value), -1)

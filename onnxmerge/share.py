@@ -23,7 +23,6 @@ import hashlib
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-import numpy as np
 import onnx
 from onnx import numpy_helper
 

@@ -238,3 +238,17 @@ def test_save_never_follows_an_inherited_external_location_cve_2025_51480(tmp_pa
     with pytest.raises(ValueError, match="still refers to external data"):
         save_model(model, tmp_path / "out" / "z.onnx", size_limit=10_000)
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["out"]
+
+
+def test_unknown_element_type_is_described_not_crashed(tmp_path, capsys):
+    """Found by the fuzz test: a bit flip turned skl_mlp.onnx's input element type into 65."""
+    from onnxmerge.cli import main
+
+    model = onnx.load(str(FIXTURES / "skl_mlp.onnx"))
+    model.graph.input[0].type.tensor_type.elem_type = 65
+    path = tmp_path / "flipped.onnx"
+    path.write_bytes(model.SerializeToString())
+    code = main(["inspect", str(path)])
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err
+    assert code == 2 and len(captured.err.strip().splitlines()) == 1 or "unknown elem_type 65" in captured.out

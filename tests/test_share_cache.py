@@ -5,16 +5,15 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
-
 from conftest import FIXTURES, fixture_entry, write_recipe
+from onnx import TensorProto, helper, numpy_helper
+from test_exporter_graphs import source as graph_source
+
 from onnxmerge import ImageInput, Merger, Preprocess, Source
 from onnxmerge.cli import main
 from onnxmerge.extract import make_session
 from onnxmerge.recipe import load_recipe
 from onnxmerge.share import share_common
-
-from test_exporter_graphs import source as graph_source
 
 
 def fixture_source(name: str, fixture: str, mean=None) -> Source:
