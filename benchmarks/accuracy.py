@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from accuracy_sources import CLASSES, make_sources, read_split  # noqa: E402
 
 from onnxmerge.compose import Merger, Source  # noqa: E402
-from onnxmerge.head import HeadInput, ROUTE  # noqa: E402
+from onnxmerge.head import ROUTE  # noqa: E402
 from onnxmerge.preprocess import ImageInput, Preprocess  # noqa: E402
 from onnxmerge.routing import head_kind, to_probabilities  # noqa: E402
 from onnxmerge.stitch import output_names  # noqa: E402

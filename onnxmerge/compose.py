@@ -259,7 +259,7 @@ class Merger:
         self._stitched_session = None
         return self.stitched_
 
-    def fit(self, X=None, y=None, unlabeled=None) -> "Merger":
+    def fit(self, X=None, y=None, unlabeled=None) -> Merger:
         """Build Z: extract features, fit the head (or route the teachers), append it, check parity.
 
         ``X`` is a labelled folder or ``.npz`` path (or a list of them, joined), or a uint8 array
@@ -308,7 +308,8 @@ class Merger:
 
     def _teachers(self, labelled: Dataset | None, pool: Dataset | None) -> list[tuple[str, str]]:
         """``(name, head kind)`` of every source whose own head takes part: teacher = true, labels known."""
-        images = (pool if pool is not None else labelled).x if (pool or labelled) is not None else None
+        given = pool if pool is not None else labelled
+        images = given.x if given is not None else None
         found = []
         for source in self.sources_:
             if not source.spec.teacher:

@@ -74,7 +74,7 @@ class Teachers:
     union: list[str]           # union labels, first-seen order (the same name in two sources is one class)
 
     @classmethod
-    def of(cls, names: list[str], labels: list[list[str]]) -> "Teachers":
+    def of(cls, names: list[str], labels: list[list[str]]) -> Teachers:
         union: list[str] = []
         for own in labels:
             union += [label for label in own if label not in union]
