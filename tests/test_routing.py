@@ -77,7 +77,7 @@ def test_teachers_z_is_plain_onnx_with_a_route_output(teachers, test_set, tmp_pa
     route, probs = session.run([ROUTE, "probabilities"], {"image": test_set[0][:9]})
     assert route.shape == (9, 2) and np.allclose(route.sum(1), 1, atol=1e-5)
     assert np.allclose(probs.sum(1), 1, atol=1e-5)  # router(s) x p_s(l) sums to one over the union
-    check = [c for c in teachers.parity_ if c.step.startswith("probabilities")][0]
+    check = next(c for c in teachers.parity_ if c.step.startswith("probabilities"))
     assert check.ok and check.tolerance == 1e-5, check.line()
 
 
@@ -137,3 +137,22 @@ def test_teachers_merge_shared_labels():
 def test_head_kind(scores, kind):
     assert head_kind(scores) == kind
     assert np.allclose(to_probabilities(scores, kind).sum(1), 1, atol=1e-6)
+
+
+def test_a_non_teacher_only_contributes_features(tmp_path):
+    path = _recipe(tmp_path, '[head]\nmode = "teachers"\n')
+    path.write_text(path.read_text().replace('name = "b"', 'name = "b"\nteacher = false', 1))
+    recipe = load_recipe(path, quiet=True)
+    z = recipe.merger.fit()
+    assert z.classes_ == ["T-shirt_top", "Trouser", "Pullover", "Dress", "Coat"]
+    assert list(z.report_["teachers"]) == ["a"]
+    assert z.model_.graph.output[2].name == "features"  # b's features are still part of Z
+
+
+def test_cli_build_in_teachers_mode_says_how_it_routed(tmp_path, capsys):
+    from onnxmerge.cli import main
+
+    assert main(["build", str(FASHION / "teachers1.toml"), "-o", str(tmp_path / "z.onnx"), "--no-cache"]) == 0
+    out = capsys.readouterr().out
+    assert "routing: label-matched clustering + logistic-regression router on 800 pool images" in out
+    assert "parity: probabilities vs the teachers' routed union (numpy)" in out and (tmp_path / "z.onnx").is_file()
