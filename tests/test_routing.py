@@ -62,7 +62,7 @@ def test_teachers_mode_beats_max_probability_routing(teachers, test_set):
     z = np.mean(teachers.predict(x[old]) == y[old])
     naive = np.mean(_max_probability_routing(teachers, x[old]) == y[old])
     assert teachers.classes_ == ["T-shirt_top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker"]
-    assert z >= naive + 0.05, (z, naive)  # measured here: 0.80 vs 0.64
+    assert z >= naive + 0.2, (z, naive)  # measured: 0.834 vs 0.376
     assert teachers.report_["routing"]["method"].startswith("label-matched clustering")
 
 
@@ -87,7 +87,7 @@ def test_new_class_in_teachers_mode_from_five_images(test_set):
     z = recipe.merger.fit(recipe.train, unlabeled=recipe.unlabeled)
     assert z.classes_[-1] == "Bag" and z.report_["new_classes"] == ["Bag"]
     recall = np.mean(z.predict(x[y == "Bag"]) == "Bag")
-    assert recall >= 0.5, recall  # measured: 0.78
+    assert recall >= 0.5, recall  # measured: 0.82
 
 
 def test_teachers_without_pool_softmax_over_logits(tmp_path, test_set):
