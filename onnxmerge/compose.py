@@ -148,7 +148,7 @@ def _dynamic_batch(name: str, model: onnx.ModelProto, preprocess: Preprocess, im
         if dims and dims[0].HasField("dim_value") and dims[0].dim_value == fixed:
             dims[0].dim_param = "N"
     del relaxed.graph.value_info[:]
-    probe = reference_preprocess(np.zeros((2, image.height, image.width, image.channels), np.uint8), image, preprocess)
+    probe = reference_preprocess(np.zeros((2, *image.shape), np.uint8), image, preprocess)
     try:
         session = make_session(relaxed)
         session.run(None, {session.get_inputs()[0].name: probe})
@@ -243,8 +243,7 @@ class Merger:
         for spec in self.sources:
             try:
                 source = self._resolve(spec)
-                probe = reference_preprocess(np.zeros((1, self.input.height, self.input.width, self.input.channels),
-                                                      np.uint8), self.input, source.preprocess)
+                probe = reference_preprocess(np.zeros((1, *self.input.shape), np.uint8), self.input, source.preprocess)
                 source.cut = cut(source.model, source.feature, source.head_output, probe)
             except OnnxMergeError:
                 raise
@@ -275,6 +274,7 @@ class Merger:
                                  "or unlabeled, or use mode = \"teachers\".")
         self.build_graph()
         self.warnings_: list[str] = []
+        self.report_: dict = {}
         self.features_from_cache_ = True  # until an _outputs call has to run the sources
         self.teachers_ = self._teachers(labelled, pool)
         if self.mode == "teachers":
@@ -294,8 +294,8 @@ class Merger:
             "pool_images": len(pool.x) if pool is not None else 0,
             "teachers": {name: kind for name, kind in self.teachers_},
             "warnings": self.warnings_,
-            "shared": self.share_.as_dict() if hasattr(self, "share_") else None,
-            "features_from_cache": getattr(self, "features_from_cache_", False),
+            "shared": self.share_.as_dict(),
+            "features_from_cache": self.features_from_cache_,
         })
         self._session = None
         return self
@@ -307,59 +307,63 @@ class Merger:
         return Dataset(x, None, [f"unlabeled[{i}]" for i in range(len(x))])
 
     def _teachers(self, labelled: Dataset | None, pool: Dataset | None) -> list[tuple[str, str]]:
-        """``(name, head kind)`` of every source whose own head takes part: teacher = true, labels known."""
+        """``(name, head kind)`` of every source whose own head takes part: teacher = true, labels known.
+
+        Also sets ``widths_``, the width of every source's feature and head output, from the same probe run.
+        """
         given = pool if pool is not None else labelled
-        images = given.x if given is not None else None
-        found = []
+        probe = given.x[:16] if given is not None else np.zeros((1, *self.input.shape), np.uint8)
+        heads = {s.spec.name: output_names(s.spec.name)["head"] for s in self.sources_ if s.head_output is not None}
+        outputs = self.source_outputs(probe, [output_names(s.spec.name)["feature"] for s in self.sources_]
+                                      + list(heads.values()))
+        self.widths_ = {name: value.shape[1] if value.ndim == 2 else -1 for name, value in outputs.items()}
+        kinds = []
         for source in self.sources_:
+            name = source.spec.name
             if not source.spec.teacher:
                 continue
-            if source.head_output is None or source.labels is None:
+            if name not in heads or source.labels is None:
                 if self.mode == "teachers":
                     what = "labels" if source.labels is None else "classifier output"
-                    raise OnnxMergeError(f"source {source.spec.name!r} is a teacher without {what}; give its labels "
+                    raise OnnxMergeError(f"source {name!r} is a teacher without {what}; give its labels "
                                          "in the recipe, or set teacher = false to use it as a feature extractor only.")
                 continue
-            found.append(source)
-        kinds = []
-        if found:
-            heads = [output_names(s.spec.name)["head"] for s in found]
-            probe = images[:16] if images is not None else np.zeros((1, self.input.height, self.input.width,
-                                                                      self.input.channels), np.uint8)
-            outputs = self.source_outputs(probe, heads)
-            for source, head in zip(found, heads):
-                width = outputs[head].shape[1] if outputs[head].ndim == 2 else None
-                if width != len(source.labels) and self.mode == "fit":
-                    self.warnings_.append(f"source {source.spec.name!r} has {len(source.labels)} labels but its "
-                                          f"classifier output has {width} columns; its head is not used (features only).")
-                    continue
-                if width != len(source.labels):
-                    raise OnnxMergeError(f"source {source.spec.name!r} has {len(source.labels)} labels but its "
+            head = outputs[heads[name]]
+            if self.widths_[heads[name]] != len(source.labels):
+                if self.mode == "teachers":
+                    raise OnnxMergeError(f"source {name!r} has {len(source.labels)} labels but its "
                                          f"classifier output {source.head_output!r} has shape "
-                                         f"{list(outputs[head].shape)}; fix its labels or head_output.")
-                foreign = _head_domains(self.stitched_, source.spec.name)
-                if foreign and self.mode == "fit":  # Z's head stays runnable on minimal onnxruntime builds
-                    self.warnings_.append(f"source {source.spec.name!r}'s own head uses {sorted(foreign)} ops, so Z's "
-                                          "head does not read its probabilities (features only).")
-                    continue
-                kinds.append((source.spec.name, head_kind(outputs[head])))
+                                         f"{list(head.shape)}; fix its labels or head_output.")
+                self.warnings_.append(f"source {name!r} has {len(source.labels)} labels but its classifier output "
+                                      f"has {self.widths_[heads[name]]} columns; its head is not used (features only).")
+                continue
+            foreign = _head_domains(self.stitched_.graph, name)
+            if foreign and self.mode == "fit":  # Z's head stays runnable on minimal onnxruntime builds
+                self.warnings_.append(f"source {name!r}'s own head uses {sorted(foreign)} ops, so Z's "
+                                      "head does not read its probabilities (features only).")
+                continue
+            kinds.append((name, head_kind(head)))
         if self.mode == "teachers" and not kinds:
             raise OnnxMergeError("mode \"teachers\" needs at least one source with teacher = true and labels.")
         return kinds
+
+    def _teacher_space(self) -> Teachers:
+        """The teachers' labels and their union, in ``teachers_`` order."""
+        labels = {s.spec.name: s.labels for s in self.sources_}
+        return Teachers.of([n for n, _ in self.teachers_], [labels[n] for n, _ in self.teachers_])
 
     def _outputs(self, images: np.ndarray) -> dict[str, np.ndarray]:
         """Every source's features and every teacher's head output on ``images`` (from the cache if there)."""
         names = [output_names(s.spec.name)["feature"] for s in self.sources_]
         names += [output_names(n)["head"] for n, _ in self.teachers_]
-        widths = [v.shape[1] for v in self.source_outputs(images[:1], names).values()]
+        widths = [self.widths_[n] for n in names]
         folder = getattr(self, "cache_dir", None)
         key = feature_cache.feature_key(self.stitched_, images, names, self.batch_size) if folder else None
         joined = feature_cache.load(folder, key, len(images)) if folder else None
         hit = joined is not None and joined.shape[1] == sum(widths)
-        self.features_from_cache_ = getattr(self, "features_from_cache_", True) and hit  # every call of a build
+        self.features_from_cache_ = self.features_from_cache_ and hit  # true only if every extraction was cached
         if hit:
-            splits = np.cumsum(widths)[:-1]
-            return dict(zip(names, np.split(joined, splits, axis=1)))
+            return dict(zip(names, np.split(joined, np.cumsum(widths)[:-1], axis=1)))
         blocks = self.source_outputs(images, names)
         for name in names:
             if not np.isfinite(blocks[name]).all():
@@ -370,9 +374,6 @@ class Merger:
         feature_cache.store(folder, key, np.concatenate([blocks[n] for n in names], axis=1))
         return blocks
 
-    def _widths(self, outputs: dict[str, np.ndarray]) -> dict[str, int]:
-        return {s.spec.name: outputs[output_names(s.spec.name)["feature"]].shape[1] for s in self.sources_}
-
     def _graph_outputs(self) -> list[str]:
         """The stitched graph's outputs the head reads: features (joined and per source), the teachers' heads."""
         return ([FEATURES] + [output_names(s.spec.name)["feature"] for s in self.sources_]
@@ -381,17 +382,17 @@ class Merger:
     def _head_input(self) -> HeadInput:
         return HeadInput([s.spec.name for s in self.sources_], list(self.teachers_))
 
-    def _route(self, head_input: HeadInput, teachers: Teachers, pool: dict[str, np.ndarray],
+    def _route(self, x_pool: np.ndarray, teachers: Teachers, pool: dict[str, np.ndarray],
                known: list[tuple[np.ndarray, int]]) -> Pipeline:
         """Fit the "which source" router on the pool, routed by label-matched clustering (``routing``).
 
-        ``known`` holds ``(head inputs, router class)`` of images whose router class is given (labelled
-        images of a teacher's label, or a new class's images).
+        ``x_pool`` is the pool's head input, ``pool`` its stitched-graph outputs. ``known`` holds ``(head
+        inputs, router class)`` of images whose router class is given (labelled images of a teacher's label,
+        or a new class's images).
         """
         blocks = [pool[output_names(s.spec.name)["feature"]] for s in self.sources_]
         probs = [HeadInput.probabilities(pool, n, k) for n, k in self.teachers_]
         targets = match_sources(l2_blocks(blocks), teachers, probs)
-        x_pool = head_input.numpy(pool).astype(np.float64)
         x_known = np.concatenate([x for x, _ in known]) if known else np.zeros((0, x_pool.shape[1]))
         y_known = np.concatenate([np.full(len(x), c) for x, c in known]) if known else np.zeros(0, int)
         x_all, y_all = np.concatenate([x_pool, x_known]), np.concatenate([targets, y_known])
@@ -402,11 +403,11 @@ class Merger:
         # the pool's is a guess (benchmark: +0.7 to +2 points over equal weights); new classes are balanced
         # by class_weight already
         weight = np.ones(len(y_all))
-        certain = np.flatnonzero(y_all[len(x_pool):] < len(teachers.names)) + len(x_pool)
+        certain = np.flatnonzero(y_known < len(teachers.names)) + len(x_pool)
         if len(certain):
             weight[certain] = len(x_pool) / len(certain)
-        router = fit_head(x_all, y_all, head_input.widths(pool), C=self.router_C, class_weight="balanced",
-                          sample_weight=weight)
+        router = fit_head(x_all, y_all, self._head_input().widths(self.widths_), C=self.router_C,
+                          class_weight="balanced", sample_weight=weight)
         self.report_["routing"] = {
             "method": "label-matched clustering + logistic-regression router",
             "pool_share": {n: float(np.mean(targets == i)) for i, n in enumerate(teachers.names)},
@@ -415,9 +416,7 @@ class Merger:
 
     def _fit_teachers(self, labelled: Dataset | None, pool: Dataset | None) -> tuple[onnx.ModelProto, np.ndarray]:
         """Mode "teachers": Z's labels are the teachers' union (+ any new classes of ``labelled``), no old labels."""
-        names = [n for n, _ in self.teachers_]
-        labels = [next(s.labels for s in self.sources_ if s.spec.name == n) for n in names]
-        teachers = Teachers.of(names, labels)
+        teachers = self._teacher_space()
         new = sorted(set(labelled.y)) if labelled is not None else []
         overlap = [c for c in new if c in teachers.union]
         if overlap:
@@ -427,37 +426,28 @@ class Merger:
             raise OnnxMergeError("new classes in mode \"teachers\" need an unlabeled pool to tell them from the "
                                  "teachers' classes; add [head] unlabeled.")
         head_input = self._head_input()
-        self.report_ = {}
         router = None
-        parity = pool.x if pool is not None else (labelled.x if labelled is not None else None)
-        widths = None
         if pool is not None:
             pool_out = self._outputs(pool.x)
-            widths = self._widths(pool_out)
             known = []
             if labelled is not None:
-                out = self._outputs(labelled.x)
-                x = head_input.numpy(out).astype(np.float64)
-                known = [(x[labelled.y == c], len(names) + i) for i, c in enumerate(new)]
-            router = self._route(head_input, teachers, pool_out, known)
-        if parity is None:
-            parity = np.zeros((2, self.input.height, self.input.width, self.input.channels), np.uint8)
-        if widths is None:
-            widths = self._widths(self._outputs(parity[:1]))
-        self.head_ = TeachersHead(head_input, list(self.teachers_), teachers.merge_matrix(), teachers.union,
-                                  router, new)
+                x = head_input.numpy(self._outputs(labelled.x)).astype(np.float64)
+                known = [(x[labelled.y == c], len(teachers.names) + i) for i, c in enumerate(new)]
+            router = self._route(head_input.numpy(pool_out).astype(np.float64), teachers, pool_out, known)
+        self.head_ = TeachersHead(head_input, teachers, router, new)
         self.classes_ = self.head_.classes
-        model = self.head_.append(keep_outputs(self.stitched_, self._graph_outputs()), widths)
+        model = self.head_.append(keep_outputs(self.stitched_, self._graph_outputs()), self.widths_)
+        given = pool if pool is not None else labelled
+        parity = given.x if given is not None else np.zeros((2, *self.input.shape), np.uint8)
         return model, parity
 
     def _fit_head(self, labelled: Dataset | None, pool: Dataset | None) -> tuple[onnx.ModelProto, np.ndarray]:
         """Mode "fit": logistic regression on the head input; an unlabeled pool adds the teachers' pseudo-labels."""
         head_input = self._head_input()
-        self.report_ = {}
+        widths = head_input.widths(self.widths_)
         xs, ys, weights = [], [], []
         if labelled is not None:
-            out = self._outputs(labelled.x)
-            xs.append(head_input.numpy(out).astype(np.float64))
+            xs.append(head_input.numpy(self._outputs(labelled.x)).astype(np.float64))
             ys.append(labelled.y)
         if pool is not None:
             if not self.teachers_:
@@ -465,23 +455,18 @@ class Merger:
                                      "labels) to pseudo-label it.")
             fresh = _not_in(pool.x, labelled.x) if labelled is not None else np.ones(len(pool.x), bool)
             pool_out = self._outputs(pool.x[fresh])  # labelled samples win: pool copies of them are dropped
-            names = [n for n, _ in self.teachers_]
-            teachers = Teachers.of(names, [next(s.labels for s in self.sources_ if s.spec.name == n) for n in names])
+            x_pool = head_input.numpy(pool_out).astype(np.float64)
+            teachers = self._teacher_space()
             known = []
             if labelled is not None:  # a labelled image of a teacher's label tells the router its source
                 owner = {label: i for i, own in enumerate(teachers.labels) for label in own}
-                for c in np.unique(labelled.y):
-                    if c in owner:
-                        known.append((xs[0][labelled.y == c], owner[c]))
-            router = self._route(head_input, teachers, pool_out, known)
-            routed = TeachersHead(head_input, list(self.teachers_), teachers.merge_matrix(), teachers.union, router)
-            union_probs, _ = routed.numpy(pool_out)
-            x_pool = head_input.numpy(pool_out).astype(np.float64)
+                known = [(xs[0][labelled.y == c], owner[c]) for c in np.unique(labelled.y) if c in owner]
+            router = self._route(x_pool, teachers, pool_out, known)
+            union_probs, _ = TeachersHead(head_input, teachers, router).numpy(pool_out)
             if labelled is not None and set(teachers.union) <= set(labelled.y):
                 # product of experts: the routed teachers and a head fitted on the labels alone must agree
                 # (benchmark, k = 5 labels per class: 0.816 vs 0.775 from the teachers alone)
-                alone = fit_head(xs[0], ys[0], head_input.widths(pool_out), C=select_C(ys[0]),
-                                 class_weight=self.class_weight)
+                alone = fit_head(xs[0], ys[0], widths, C=select_C(ys[0]), class_weight=self.class_weight)
                 cols = [list(alone.classes_).index(c) for c in teachers.union]
                 union_probs = union_probs * alone.predict_proba(x_pool)[:, cols]
                 union_probs /= np.maximum(union_probs.sum(axis=1, keepdims=True), 1e-300)
@@ -498,26 +483,23 @@ class Merger:
             self.report_["pseudo_labels"] = {"kept": int(keep.sum()), "of": int(len(keep)),
                                              "threshold": PSEUDO_LABEL_THRESHOLD}
         x, y = np.concatenate(xs), np.concatenate(ys)
-        widths_out = self._outputs((labelled if labelled is not None else pool).x[:1])
-        widths = head_input.widths(widths_out)
         # C follows the labels a person gave where there are any (pseudo-labels are many but noisy)
         C = select_C(ys[0]) if self.C == "auto" else float(self.C)
         self.head_ = fit_head(x, y, widths, C=C, class_weight=self.class_weight,
                               sample_weight=np.concatenate(weights) if weights else None)
-        self.report_["C"] = C
         self.classes_ = [str(c) for c in self.head_.classes_]
-        self.report_["train_accuracy"] = float(np.mean(self.head_.predict(x) == y))
-        self.report_["feature_dim"] = int(sum(self._widths(widths_out).values()))
-        self.report_["head_inputs"] = int(x.shape[1])
-        model = append_head(keep_outputs(self.stitched_, self._graph_outputs()), head_input, self.head_,
-                            self._widths(widths_out))
-        parity = labelled.x if labelled is not None else pool.x
-        return model, parity
+        self.report_.update({
+            "C": C,
+            "train_accuracy": float(np.mean(self.head_.predict(x) == y)),
+            "feature_dim": int(sum(widths[:len(self.sources_)])),
+            "head_inputs": int(x.shape[1]),
+        })
+        model = append_head(keep_outputs(self.stitched_, self._graph_outputs()), head_input, self.head_, self.widths_)
+        return model, (labelled if labelled is not None else pool).x
 
     def _images(self, X, what: str) -> np.ndarray:
         x = np.asarray(X)
-        if x.dtype != np.uint8 or x.ndim != 4 or tuple(x.shape[1:]) != (self.input.height, self.input.width,
-                                                                     self.input.channels):
+        if x.dtype != np.uint8 or x.ndim != 4 or tuple(x.shape[1:]) != self.input.shape:
             raise OnnxMergeError(f"{what} must be uint8 [N, {self.input.height}, {self.input.width}, "
                                  f"{self.input.channels}], got {x.dtype} {list(x.shape)}.")
         if len(x) == 0:
@@ -623,10 +605,20 @@ def _not_in(pool: np.ndarray, labelled: np.ndarray) -> np.ndarray:
     return np.asarray([img.tobytes() not in seen for img in pool], bool)
 
 
-def _head_domains(stitched: onnx.ModelProto, name: str) -> set[str]:
+def _head_domains(graph: onnx.GraphProto, name: str) -> set[str]:
     """Op domains other than the default one that a source's own head adds on top of its features."""
+    nodes = list(graph.node)
+    producer = {out: i for i, node in enumerate(nodes) for out in node.output}
+
+    def ancestors(tensor: str) -> set[int]:
+        seen, stack = set(), [tensor]
+        while stack:
+            i = producer.get(stack.pop())
+            if i is not None and i not in seen:
+                seen.add(i)
+                stack.extend(nodes[i].input)
+        return seen
+
     names = output_names(name)
-    with_head = keep_outputs(stitched, [names["feature"], names["head"]])
-    features = {tuple(n.output) for n in keep_outputs(stitched, [names["feature"]]).graph.node}
-    return {n.domain for n in with_head.graph.node
-            if tuple(n.output) not in features and n.domain not in ("", "ai.onnx")}
+    head_only = ancestors(names["head"]) - ancestors(names["feature"])
+    return {nodes[i].domain for i in head_only} - {"", "ai.onnx"}

@@ -8,6 +8,7 @@ onnxruntime builds whatever opset its sources came with.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -18,7 +19,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
 from .errors import OnnxMergeError
-from .routing import LOG_FLOOR, to_probabilities
+from .routing import LOG_FLOOR, Teachers, l2_blocks, to_probabilities
 from .stitch import FEATURES, output_names
 
 LABEL = "label"
@@ -41,11 +42,7 @@ class HeadInput:
 
     def numpy(self, outputs: dict[str, np.ndarray]) -> np.ndarray:
         """The head input from the stitched graph's outputs, computed in float32 as Z does."""
-        blocks = []
-        for name in self.sources:
-            f = outputs[output_names(name)["feature"]].astype(np.float32)
-            norm = np.sqrt((f * f) @ np.ones((f.shape[1], 1), np.float32))
-            blocks.append(f / np.maximum(norm, np.float32(1e-12)))
+        blocks = [l2_blocks([outputs[output_names(name)["feature"]] for name in self.sources])]
         for name, kind in self.teachers:
             p = self.probabilities(outputs, name, kind)
             blocks.append(np.log(np.maximum(p, np.float32(LOG_FLOOR))))
@@ -55,11 +52,12 @@ class HeadInput:
     def probabilities(outputs: dict[str, np.ndarray], name: str, kind: str) -> np.ndarray:
         return to_probabilities(outputs[output_names(name)["head"]], kind)
 
-    def widths(self, outputs: dict[str, np.ndarray]) -> list[int]:
-        return ([outputs[output_names(n)["feature"]].shape[1] for n in self.sources]
-                + [outputs[output_names(n)["head"]].shape[1] for n, _ in self.teachers])
+    def widths(self, width_of: Mapping[str, int]) -> list[int]:
+        """The width of each block, from the widths of the stitched graph's outputs (by tensor name)."""
+        return ([width_of[output_names(n)["feature"]] for n in self.sources]
+                + [width_of[output_names(n)["head"]] for n, _ in self.teachers])
 
-    def nodes(self, feature_widths: dict[str, int]) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+    def nodes(self, width_of: Mapping[str, int]) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
         """ONNX nodes computing ``head/input`` (and ``head/NAME/probs`` per teacher) inside the stitched graph."""
         nodes, inits = [], [numpy_helper.from_array(np.array(1e-12, np.float32), "head/eps"),
                             numpy_helper.from_array(np.array(LOG_FLOOR, np.float32), "head/log_floor")]
@@ -67,7 +65,7 @@ class HeadInput:
         for name in self.sources:
             f, p = output_names(name)["feature"], f"head/{name}"
             # sum of squares as a MatMul with ones: ReduceL2/ReduceSumSquare changed signature at opset 18
-            inits.append(numpy_helper.from_array(np.ones((feature_widths[name], 1), np.float32), f"{p}/ones"))
+            inits.append(numpy_helper.from_array(np.ones((width_of[f], 1), np.float32), f"{p}/ones"))
             nodes += [helper.make_node("Mul", [f, f], [f"{p}/sq"], name=f"{p}/Mul"),
                       helper.make_node("MatMul", [f"{p}/sq", f"{p}/ones"], [f"{p}/sumsq"], name=f"{p}/SumSq"),
                       helper.make_node("Sqrt", [f"{p}/sumsq"], [f"{p}/norm"], name=f"{p}/Sqrt"),
@@ -75,11 +73,8 @@ class HeadInput:
                       helper.make_node("Div", [f, f"{p}/safe_norm"], [f"{p}/l2"], name=f"{p}/Div")]
             blocks.append(f"{p}/l2")
         for name, kind in self.teachers:
-            nodes += teacher_probability_nodes(name, kind)
-            p = f"head/{name}"
-            nodes += [helper.make_node("Max", [f"head/{name}/probs", "head/log_floor"], [f"{p}/floored"], name=f"{p}/Floor"),
-                      helper.make_node("Log", [f"{p}/floored"], [f"{p}/logp"], name=f"{p}/Log")]
-            blocks.append(f"{p}/logp")
+            nodes += log_probability_nodes(name, kind)
+            blocks.append(f"head/{name}/logp")
         nodes.append(helper.make_node("Concat", blocks, [HEAD_INPUT], name="head/Concat", axis=1))
         return nodes, inits
 
@@ -92,6 +87,14 @@ def teacher_probability_nodes(name: str, kind: str) -> list[onnx.NodeProto]:
     if kind == "log-probabilities":
         return [helper.make_node("Exp", [head], [probs], name=f"{name}/Exp")]
     return [helper.make_node("Identity", [head], [probs], name=f"{name}/Probs")]
+
+
+def log_probability_nodes(name: str, kind: str) -> list[onnx.NodeProto]:
+    """``NAME/head`` -> ``head/NAME/probs`` -> ``head/NAME/logp`` (floored at LOG_FLOOR, as ``HeadInput.numpy``)."""
+    p = f"head/{name}"
+    return teacher_probability_nodes(name, kind) + [
+        helper.make_node("Max", [f"{p}/probs", "head/log_floor"], [f"{p}/floored"], name=f"{p}/Floor"),
+        helper.make_node("Log", [f"{p}/floored"], [f"{p}/logp"], name=f"{p}/Log")]
 
 
 FEW_SHOT_C, MANY_SHOT_C, MANY_SHOT = 0.1, 1.0, 50
@@ -190,10 +193,10 @@ def _finish(model: onnx.ModelProto, nodes: list, inits: list, classes: list[str]
     return result
 
 
-def append_head(model: onnx.ModelProto, head_input: HeadInput, pipeline: Pipeline, feature_widths: dict[str, int],
+def append_head(model: onnx.ModelProto, head_input: HeadInput, pipeline: Pipeline, width_of: Mapping[str, int],
                 outputs: list[str] = (FEATURES,)) -> onnx.ModelProto:
     """Mode "fit": ``head/input`` -> MatMul + Add + Softmax -> ArgMax + Gather(labels)."""
-    nodes, inits = head_input.nodes(feature_widths)
+    nodes, inits = head_input.nodes(width_of)
     more, more_inits = _linear(HEAD_INPUT, pipeline, "head", PROBABILITIES)
     return _finish(model, nodes + more, inits + more_inits, [str(c) for c in pipeline.classes_], outputs)
 
@@ -209,16 +212,18 @@ class TeachersHead:
     ``exp(energy_s) / sum exp(energy)`` with ``energy_s = logsumexp(logits_s)``.
     """
 
-    head_input: HeadInput
-    teachers: list[tuple[str, str]]  # (name, head kind)
-    merge: np.ndarray                # [sum K_s, L] label-merge matrix
-    union: list[str]
+    head_input: HeadInput  # its teachers, in order, are the teachers routed between
+    space: Teachers        # their labels and union
     router: Pipeline | None = None
     new_classes: list[str] = field(default_factory=list)
 
     @property
+    def teachers(self) -> list[tuple[str, str]]:
+        return self.head_input.teachers
+
+    @property
     def classes(self) -> list[str]:
-        return self.union + self.new_classes
+        return self.space.union + self.new_classes
 
     def numpy(self, outputs: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
         """``(probabilities [N, K], route [N, R] or None)`` in float64 from the stitched graph's outputs."""
@@ -228,42 +233,35 @@ class TeachersHead:
                                      outputs[output_names(n)["head"]].astype(np.float64)
                                      for p, (n, k) in zip(probs, self.teachers)], axis=1)
             e = np.exp(scores - scores.max(axis=1, keepdims=True))
-            return (e / e.sum(axis=1, keepdims=True)) @ self.merge, None
+            return (e / e.sum(axis=1, keepdims=True)) @ self.space.merge_matrix(), None
         route = self.router.predict_proba(self.head_input.numpy(outputs).astype(np.float64))
-        joint = np.concatenate([route[:, [i]] * p for i, p in enumerate(probs)], axis=1) @ self.merge
+        joint = np.concatenate([route[:, [i]] * p for i, p in enumerate(probs)], axis=1) @ self.space.merge_matrix()
         return np.concatenate([joint, route[:, len(self.teachers):]], axis=1), route
 
-    def append(self, model: onnx.ModelProto, feature_widths: dict[str, int], outputs: list[str] = (FEATURES,)
+    def append(self, model: onnx.ModelProto, width_of: Mapping[str, int], outputs: list[str] = (FEATURES,)
                ) -> onnx.ModelProto:
-        inits = [numpy_helper.from_array(self.merge, "head/merge")]
+        inits = [numpy_helper.from_array(self.space.merge_matrix(), "head/merge")]
         if self.router is None:
             nodes = []
             scores = []
             for name, kind in self.teachers:
-                nodes += teacher_probability_nodes(name, kind)
                 if kind == "logits":
                     scores.append(output_names(name)["head"])
                 else:
-                    nodes += [helper.make_node("Max", [f"head/{name}/probs", "head/log_floor"], [f"head/{name}/floored"],
-                                               name=f"head/{name}/Floor"),
-                              helper.make_node("Log", [f"head/{name}/floored"], [f"head/{name}/logp"],
-                                               name=f"head/{name}/Log")]
+                    nodes += log_probability_nodes(name, kind)
                     scores.append(f"head/{name}/logp")
             inits.append(numpy_helper.from_array(np.array(LOG_FLOOR, np.float32), "head/log_floor"))
             nodes += [helper.make_node("Concat", scores, ["head/scores"], name="head/ScoresConcat", axis=1),
                       helper.make_node("Softmax", ["head/scores"], ["head/joint"], name="head/Softmax", axis=1),
                       helper.make_node("MatMul", ["head/joint", "head/merge"], [PROBABILITIES], name="head/Merge")]
             return _finish(model, nodes, inits, self.classes, outputs)
-        nodes, more = self.head_input.nodes(feature_widths)
+        nodes, more = self.head_input.nodes(width_of)
         inits += more
         linear, linear_inits = _linear(HEAD_INPUT, self.router, "head/router", ROUTE)
         nodes += linear
         inits += linear_inits
         weighted = []
-        teacher_names = {n for n, _ in self.head_input.teachers}
-        for i, (name, kind) in enumerate(self.teachers):
-            if name not in teacher_names:
-                nodes += teacher_probability_nodes(name, kind)
+        for i, (name, _) in enumerate(self.teachers):  # head_input.nodes made head/NAME/probs
             inits.append(numpy_helper.from_array(np.array([i], np.int64), f"head/{name}/route_index"))
             nodes += [helper.make_node("Gather", [ROUTE, f"head/{name}/route_index"], [f"head/{name}/route"],
                                        name=f"head/{name}/Route", axis=1),

@@ -26,6 +26,11 @@ class ImageInput:
     width: int
     channels: int = 3
 
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """One image's shape, ``(height, width, channels)``."""
+        return self.height, self.width, self.channels
+
 
 @dataclass(frozen=True)
 class Preprocess:

@@ -60,9 +60,16 @@ def to_probabilities(scores: np.ndarray, kind: str) -> np.ndarray:
 
 
 def l2_blocks(blocks: list[np.ndarray]) -> np.ndarray:
-    """Each source's feature block scaled to unit L2 norm, then concatenated (no source dominates by scale)."""
-    eps = np.float32(1e-12)
-    return np.concatenate([b / np.maximum(np.sqrt((b * b).sum(axis=1, keepdims=True)), eps) for b in blocks], axis=1)
+    """Each source's feature block scaled to unit L2 norm, then concatenated (no source dominates by scale).
+
+    In float32 with the sum of squares as a product with ones, the arithmetic Z's head uses.
+    """
+    out = []
+    for block in blocks:
+        f = block.astype(np.float32)
+        norm = np.sqrt((f * f) @ np.ones((f.shape[1], 1), np.float32))
+        out.append(f / np.maximum(norm, np.float32(1e-12)))
+    return np.concatenate(out, axis=1)
 
 
 @dataclass
@@ -90,18 +97,17 @@ class Teachers:
                 row += 1
         return matrix
 
-    def union_probabilities(self, probs: list[np.ndarray]) -> np.ndarray:
-        """``[N, L]``: for each union label, the highest probability any of its owners gives it."""
-        out = np.zeros((len(probs[0]), len(self.union)), np.float64)
-        for own, p in zip(self.labels, probs):
-            for j, label in enumerate(own):
-                k = self.union.index(label)
-                out[:, k] = np.maximum(out[:, k], p[:, j])
+    def spread(self, probs: list[np.ndarray]) -> np.ndarray:
+        """``[T, N, L]``: each teacher's probabilities in the union's columns (-1 for labels it lacks, so an
+        owner of a label always beats a non-owner, even where the owner's probability underflowed to 0)."""
+        out = np.full((len(probs), len(probs[0]), len(self.union)), -1.0)
+        for t, (own, p) in enumerate(zip(self.labels, probs)):
+            out[t][:, [self.union.index(label) for label in own]] = p
         return out
 
-    def owners(self) -> list[list[int]]:
-        """For each union label, the indices of the teachers that have it."""
-        return [[i for i, own in enumerate(self.labels) if label in own] for label in self.union]
+    def union_probabilities(self, probs: list[np.ndarray]) -> np.ndarray:
+        """``[N, L]``: for each union label, the highest probability any of its owners gives it."""
+        return self.spread(probs).max(axis=0)
 
 
 def match_sources(features: np.ndarray, teachers: Teachers, probs: list[np.ndarray], runs: int = MATCH_RUNS,
@@ -114,8 +120,8 @@ def match_sources(features: np.ndarray, teachers: Teachers, probs: list[np.ndarr
     if len(features) < 2 * n_labels:
         raise OnnxMergeError(f"the unlabeled pool has {len(features)} images, too few to route between "
                              f"{n_labels} labels; give at least {2 * n_labels} (hundreds work best).")
-    union = teachers.union_probabilities(probs)
-    owners = teachers.owners()
+    spread = teachers.spread(probs)
+    union = spread.max(axis=0)
     votes = np.zeros((len(features), len(teachers.names)))
     rows = np.arange(len(features))
     for run in range(runs):
@@ -127,9 +133,7 @@ def match_sources(features: np.ndarray, teachers: Teachers, probs: list[np.ndarr
         label_of[cluster_idx] = label_idx
         labels = label_of[clusters]
         # a label two teachers share goes to whichever of them is surer of it on this image
-        source = np.asarray([max(owners[l], key=lambda t, i=i, l=l: probs[t][i, teachers.labels[t].index(
-            teachers.union[l])]) for i, l in enumerate(labels)])
-        votes[rows, source] += 1
+        votes[rows, spread[:, rows, labels].argmax(axis=0)] += 1
     return votes.argmax(axis=1)
 
 
