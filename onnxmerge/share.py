@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import onnx
@@ -70,12 +71,9 @@ def _source_of(name: str) -> str:
     return name.split("/", 1)[0] if "/" in name else name
 
 
-def _tensor_key(tensor: onnx.TensorProto) -> tuple | None:
-    """(type, shape, digest of bytes) or None where the tensor is not plain data held in memory."""
-    if tensor.data_location == onnx.TensorProto.EXTERNAL or tensor.segment.ByteSize():
-        return None
-    data = _tensor_bytes(tensor)
-    return (tensor.data_type, tuple(tensor.dims), hashlib.sha256(data).digest(), len(data))
+def _tensor_key(tensor: onnx.TensorProto, data: bytes) -> tuple:
+    """(type, shape, digest of the bytes): equal keys are then confirmed byte for byte."""
+    return tensor.data_type, tuple(tensor.dims), hashlib.sha256(data).digest(), len(data)
 
 
 def _tensor_bytes(tensor: onnx.TensorProto) -> bytes:
@@ -96,29 +94,25 @@ def _has_subgraph(node: onnx.NodeProto) -> bool:
     return any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute)
 
 
+def _subgraph_nodes(node: onnx.NodeProto) -> Iterator[onnx.NodeProto]:
+    """Every node inside ``node``'s If/Loop/Scan bodies, nested bodies included."""
+    for attr in node.attribute:
+        for graph in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else attr.graphs:
+            for inner in graph.node:
+                yield inner
+                yield from _subgraph_nodes(inner)
+
+
 def _rename_in_subgraphs(node: onnx.NodeProto, mapping: dict[str, str]) -> None:
     """Outer-scope names used inside If/Loop/Scan bodies (ONNX forbids shadowing, so names are unique)."""
-    for attr in node.attribute:
-        graphs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
-        for graph in graphs:
-            for inner in graph.node:
-                for i, name in enumerate(inner.input):
-                    if name in mapping:
-                        inner.input[i] = mapping[name]
-                if _has_subgraph(inner):
-                    _rename_in_subgraphs(inner, mapping)
+    for inner in _subgraph_nodes(node):
+        for i, name in enumerate(inner.input):
+            if name in mapping:
+                inner.input[i] = mapping[name]
 
 
 def _subgraph_inputs(node: onnx.NodeProto) -> set[str]:
-    names: set[str] = set()
-    for attr in node.attribute:
-        graphs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
-        for graph in graphs:
-            for inner in graph.node:
-                names.update(inner.input)
-                if _has_subgraph(inner):
-                    names |= _subgraph_inputs(inner)
-    return names
+    return {name for inner in _subgraph_nodes(node) for name in inner.input}
 
 
 def share_common(model: onnx.ModelProto) -> tuple[onnx.ModelProto, ShareStats]:
@@ -129,19 +123,22 @@ def share_common(model: onnx.ModelProto) -> tuple[onnx.ModelProto, ShareStats]:
     mapping: dict[str, str] = {}
 
     # 1. initializers by bytes
-    seen: dict[tuple, onnx.TensorProto] = {}
+    seen: dict[tuple, onnx.TensorProto] = {}  # tensors, not their bytes: no second copy of the weights
     kept: list[bool] = []
     for tensor in graph.initializer:
-        key = _tensor_key(tensor)
-        first = seen.get(key) if key is not None else None
-        if first is not None and _tensor_bytes(first) == _tensor_bytes(tensor):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL or tensor.segment.ByteSize():
+            kept.append(True)  # not plain data held in memory: never merged
+            continue
+        data = _tensor_bytes(tensor)
+        key = _tensor_key(tensor, data)
+        first = seen.get(key)
+        if first is not None and _tensor_bytes(first) == data:
             mapping[tensor.name] = first.name
             stats.initializers_shared += 1
-            stats.bytes_shared += len(_tensor_bytes(tensor))
+            stats.bytes_shared += len(data)
             kept.append(False)
             continue
-        if key is not None:
-            seen.setdefault(key, tensor)
+        seen.setdefault(key, tensor)
         kept.append(True)
     _drop(graph.initializer, kept)
 
