@@ -16,20 +16,35 @@ import onnx
 from sklearn.pipeline import Pipeline
 
 from . import __version__
+from . import cache as feature_cache
 from .cut import CutModel, cut, source_input
 from .data import Dataset, load_labelled, load_unlabeled
-from .errors import OnnxMergeError
+from .errors import OnnxMergeError, first_line
 from .extract import make_session, run_batched
-from .head import FEATURES, LABEL, PROBABILITIES, HeadInput, TeachersHead, append_head, fit_head, select_C
+from .head import (
+    FEATURES,
+    LABEL,
+    PROBABILITIES,
+    HeadInput,
+    TeachersHead,
+    append_head,
+    fit_head,
+    select_C,
+)
 from .inspect import find_head, find_head_output, model_labels
 from .modelio import check_output_path, load_model_with_digest, save_model
 from .parity import CONVERTED, ParityCheck, compare, require, source_feature
 from .preprocess import ImageInput, Preprocess, reference_preprocess
-from .routing import (PSEUDO_LABEL_THRESHOLD, Teachers, head_kind, l2_blocks, match_sources,
-                      pseudo_labels)
+from .routing import (
+    PSEUDO_LABEL_THRESHOLD,
+    Teachers,
+    head_kind,
+    l2_blocks,
+    match_sources,
+    pseudo_labels,
+)
 from .share import share_common
 from .stitch import StitchSource, keep_outputs, output_names, stitch
-from . import cache as feature_cache
 
 MODES = ("fit", "teachers")
 MAX_PIXELS = 8192 * 8192  # a declared size beyond this is a hostile or broken model, not a photo
@@ -249,7 +264,7 @@ class Merger:
                 raise
             except Exception as exc:  # a model that passed onnx's checker and onnxruntime but defeats the graph steps
                 raise OnnxMergeError(f"source {spec.name!r} ({spec.model}) could not be cut ({type(exc).__name__}: "
-                                     f"{str(exc).splitlines()[0] if str(exc) else ''}); name its feature tensor "
+                                     f"{first_line(exc)}); name its feature tensor "
                                      "explicitly, or report the model if it is valid.") from exc
             self.sources_.append(source)
         self.stitched_, self.notes_ = stitch(

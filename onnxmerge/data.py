@@ -65,7 +65,7 @@ def read_images(paths: list[str | os.PathLike], image: ImageInput, threads: int 
     4 threads, 297 ms in a plain loop (small images are GIL-bound; benchmarks/speed.py case c).
     """
     if not paths:
-        return np.zeros((0, image.height, image.width, image.channels), np.uint8)
+        return np.zeros((0, *image.shape), np.uint8)
     threads = min(threads, (os.cpu_count() or 1) - 1)
     if threads <= 1:
         return np.stack([read_image(p, image) for p in paths])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import sys
 
 import numpy as np
@@ -10,7 +9,7 @@ import onnx
 import onnxruntime as ort
 from tqdm.auto import tqdm
 
-from .errors import OnnxMergeError
+from .errors import OnnxMergeError, first_line
 
 
 def progress_enabled(quiet: bool) -> bool:
@@ -36,14 +35,8 @@ def make_session(model: onnx.ModelProto | bytes | str, threads: int = 0) -> ort.
     try:
         return ort.InferenceSession(payload, options, providers=["CPUExecutionProvider"])
     except Exception as exc:
-        raise OnnxMergeError(f"onnxruntime cannot load the model ({_native_message(exc)}); "
+        raise OnnxMergeError(f"onnxruntime cannot load the model ({first_line(exc)}); "
                              "re-export the source or check its opset.") from exc
-
-
-def _native_message(exc: Exception) -> str:
-    """onnxruntime's first error line without the C++ source location and signature it prefixes."""
-    first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return re.sub(r"/\S+\.(?:cc|cpp|h):\d+ \S*?\(.*?\) ", "", first)
 
 
 # Values of Z's input per onnxruntime call: 128 images of 64x64x3 (so 10 images of 224x224x3). Activation
@@ -67,10 +60,9 @@ def run_batched(session: ort.InferenceSession, images: np.ndarray, outputs: list
             try:
                 values = session.run(outputs, {name: batch})
             except Exception as exc:  # e.g. a source whose weights do not fit its own op (a corrupt file)
-                first = _native_message(exc)
                 sources = sorted({o.split("/")[0] for o in outputs if "/" in o})
                 raise OnnxMergeError(f"onnxruntime failed running {', '.join(map(repr, sources)) or 'the model'} "
-                                     f"on images {start}-{start + len(batch) - 1} ({first}); the model file is "
+                                     f"on images {start}-{start + len(batch) - 1} ({first_line(exc)}); the model file is "
                                      "probably corrupt, re-export it.") from exc
             for key, value in zip(outputs, values):
                 parts[key].append(value)

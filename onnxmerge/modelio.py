@@ -18,7 +18,7 @@ from typing import Iterator
 import onnx
 from onnx.external_data_helper import ExternalDataInfo, uses_external_data
 
-from .errors import OnnxMergeError
+from .errors import OnnxMergeError, first_line
 from .probe import probe_model
 
 _EXTERNAL_KEYS = {"location", "offset", "length", "checksum", "basepath"}
@@ -141,8 +141,7 @@ def check_structure(model: onnx.ModelProto, path: Path) -> None:
     try:
         onnx.checker.check_model(model)
     except (onnx.checker.ValidationError, ValueError, RuntimeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise OnnxMergeError(f"{path} is not a valid ONNX model ({first[:300]}); re-export it.") from exc
+        raise OnnxMergeError(f"{path} is not a valid ONNX model ({first_line(exc)[:300]}); re-export it.") from exc
 
 
 @contextlib.contextmanager

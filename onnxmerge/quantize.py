@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from .errors import OnnxMergeError
+from .errors import OnnxMergeError, first_line
 from .extract import make_session, run_batched
 
 CALIBRATION_IMAGES = 256
@@ -86,7 +86,7 @@ def quantize_z(model: onnx.ModelProto, images: np.ndarray, labels: np.ndarray, r
                             nodes_to_exclude=[n.name for n in model.graph.node if n.name.startswith("head/")])
         except Exception as exc:
             raise OnnxMergeError(f"onnxruntime could not quantise Z ({type(exc).__name__}: "
-                                 f"{str(exc).splitlines()[0] if str(exc) else ''}); build without --quantize.") from exc
+                                 f"{first_line(exc)}); build without --quantize.") from exc
         finally:
             logging.disable(logging.NOTSET)
         quantized = onnx.load(str(target))

@@ -10,7 +10,7 @@ import onnx_graphsurgeon as gs
 from onnx import version_converter
 
 from .cut import FEATURE, HEAD, CutModel
-from .errors import OnnxMergeError
+from .errors import OnnxMergeError, first_line
 from .preprocess import ImageInput, Preprocess, build_preprocess
 
 IMAGE = "image"        # Z's one input
@@ -51,7 +51,7 @@ def reconcile_opsets(models: list[onnx.ModelProto], names: list[str]
         except Exception as exc:
             raise OnnxMergeError(
                 f"source {name!r} uses opset {version} and onnx could not convert it to opset {target} "
-                f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); re-export it at opset {target}."
+                f"({first_line(exc)}); re-export it at opset {target}."
             ) from exc
         notes[name] = f"opset {version} -> {target} (onnx version converter)"
     return converted, target, notes
