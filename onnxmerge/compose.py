@@ -21,28 +21,12 @@ from .cut import CutModel, cut, source_input
 from .data import Dataset, load_labelled, load_unlabeled
 from .errors import OnnxMergeError, first_line
 from .extract import make_session, run_batched
-from .head import (
-    FEATURES,
-    LABEL,
-    PROBABILITIES,
-    HeadInput,
-    TeachersHead,
-    append_head,
-    fit_head,
-    select_C,
-)
+from .head import FEATURES, LABEL, PROBABILITIES, HeadInput, TeachersHead, append_head, fit_head, select_C
 from .inspect import find_head, find_head_output, model_labels
 from .modelio import check_output_path, load_model_with_digest, save_model
 from .parity import CONVERTED, ParityCheck, compare, require, source_feature
 from .preprocess import ImageInput, Preprocess, reference_preprocess
-from .routing import (
-    PSEUDO_LABEL_THRESHOLD,
-    Teachers,
-    head_kind,
-    l2_blocks,
-    match_sources,
-    pseudo_labels,
-)
+from .routing import PSEUDO_LABEL_THRESHOLD, Teachers, head_kind, l2_blocks, match_sources, pseudo_labels
 from .share import share_common
 from .stitch import StitchSource, keep_outputs, output_names, stitch
 
