@@ -36,12 +36,16 @@ def default_cache_dir() -> Path:
     return Path(base) / "onnxmerge"
 
 
-def feature_key(model: onnx.ModelProto, images: np.ndarray, outputs: list[str], batch_size: int) -> str:
-    """Hex digest naming the features of ``images`` through ``model``'s ``outputs``."""
+def graph_digest(model: onnx.ModelProto) -> str:
+    """SHA-256 of the serialised stitched graph: computed once per build, part of every key."""
+    return hashlib.sha256(model.SerializeToString(deterministic=True)).hexdigest()
+
+
+def feature_key(graph: str, images: np.ndarray, outputs: list[str], batch_size: int) -> str:
+    """Hex digest naming the ``outputs`` of ``images`` through the stitched graph whose ``graph_digest`` is ``graph``."""
     digest = hashlib.sha256()
     digest.update(f"onnxmerge {__version__}|onnxruntime {ort.__version__}|batch {batch_size}|"
-                  f"outputs {outputs}|".encode())
-    digest.update(model.SerializeToString(deterministic=True))
+                  f"outputs {outputs}|graph {graph}|".encode())
     images = np.ascontiguousarray(images)
     digest.update(f"|images {images.dtype.str} {list(images.shape)}|".encode())
     digest.update(memoryview(images).cast("B"))

@@ -254,7 +254,7 @@ class Merger:
         self.stitched_, self.notes_ = stitch(
             [StitchSource(s.spec.name, s.cut, s.preprocess) for s in self.sources_], self.input)
         self.stitched_, self.share_ = share_common(self.stitched_)  # identical sub-graphs computed once
-        self._stitched_session = None
+        self._stitched_session = self._graph_digest = None
         return self.stitched_
 
     def fit(self, X=None, y=None, unlabeled=None) -> Merger:
@@ -357,7 +357,9 @@ class Merger:
         names += [output_names(n)["head"] for n, _ in self.teachers_]
         widths = [self.widths_[n] for n in names]
         folder = getattr(self, "cache_dir", None)
-        key = feature_cache.feature_key(self.stitched_, images, names, self.batch_size) if folder else None
+        if folder and self._graph_digest is None:  # serialise and hash the stitched graph once per build
+            self._graph_digest = feature_cache.graph_digest(self.stitched_)
+        key = feature_cache.feature_key(self._graph_digest, images, names, self.batch_size) if folder else None
         joined = feature_cache.load(folder, key, len(images)) if folder else None
         hit = joined is not None and joined.shape[1] == sum(widths)
         self.features_from_cache_ = self.features_from_cache_ and hit  # true only if every extraction was cached
