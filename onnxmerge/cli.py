@@ -77,9 +77,8 @@ def build_summary(merger, output) -> str:
     lines += ["parity: " + c.line() for c in merger.parity_]
     if getattr(merger, "quantize_", None) is not None:
         lines += merger.quantize_.lines
-    if getattr(merger, "share_", None) is not None:
-        lines.append(merger.share_.line())
-    if getattr(merger, "features_from_cache_", False):
+    lines.append(merger.share_.line())
+    if merger.features_from_cache_:
         lines.append(f"features: from cache {merger.cache_dir} (sources not run on the training images)")
     report = merger.report_
     if report.get("teachers"):
