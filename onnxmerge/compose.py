@@ -20,15 +20,16 @@ from . import cache as feature_cache
 from .cut import CutModel, cut, source_input
 from .data import Dataset, load_labelled, load_unlabeled
 from .errors import OnnxMergeError, first_line
-from .extract import make_session, run_batched
+from .extract import ARENA_OFF_ABOVE_BYTES, BUILD_VALUES_PER_CALL, make_session, run_batched
 from .head import FEATURES, LABEL, PROBABILITIES, HeadInput, TeachersHead, append_head, fit_head, select_C
 from .inspect import find_head, find_head_output, model_labels
 from .modelio import check_output_path, load_model_with_digest, save_model
-from .parity import CONVERTED, ParityCheck, compare, require, source_feature
+from .parity import CONVERTED, ParityCheck, SourceReference, Worst, compare, require
 from .preprocess import ImageInput, Preprocess, reference_preprocess
 from .routing import PSEUDO_LABEL_THRESHOLD, Teachers, head_kind, l2_blocks, match_sources, pseudo_labels
-from .share import share_common
-from .stitch import StitchSource, keep_outputs, output_names, stitch
+from .share import extraction_groups, share_common
+from .stitch import IMAGE, StitchSource, keep_outputs, output_names, stitch
+from .weights import WeightFolder, external_bytes, release_freed_memory, return_large_blocks_at_once
 
 MODES = ("fit", "teachers")
 MAX_PIXELS = 8192 * 8192  # a declared size beyond this is a hostile or broken model, not a photo
@@ -133,8 +134,8 @@ def resolve_preprocess(name: str, model: onnx.ModelProto, spec: Preprocess, imag
                       layout=layout, flat=flat, dtype=np.dtype(dtype))
 
 
-def _dynamic_batch(name: str, model: onnx.ModelProto, preprocess: Preprocess, image: ImageInput
-                   ) -> tuple[onnx.ModelProto, str | None]:
+def _dynamic_batch(name: str, model: onnx.ModelProto, preprocess: Preprocess, image: ImageInput,
+                   weights: WeightFolder) -> tuple[onnx.ModelProto, str | None]:
     """Make a fixed batch dimension dynamic where the graph allows it (checked by running a batch of 2)."""
     dim = source_input(model).type.tensor_type.shape.dim
     if not dim or not dim[0].HasField("dim_value"):
@@ -149,7 +150,7 @@ def _dynamic_batch(name: str, model: onnx.ModelProto, preprocess: Preprocess, im
     del relaxed.graph.value_info[:]
     probe = reference_preprocess(np.zeros((2, *image.shape), np.uint8), image, preprocess)
     try:
-        session = make_session(relaxed)
+        session = make_session(relaxed, weights=weights)
         session.run(None, {session.get_inputs()[0].name: probe})
     except Exception:
         raise OnnxMergeError(f"source {name!r} has a fixed batch of {fixed} baked into its graph (it fails on a batch "
@@ -211,9 +212,9 @@ class Merger:
                                  "channels 1 or 3.")
 
     def _resolve(self, spec: Source) -> ResolvedSource:
-        model, sha256 = load_model_with_digest(spec.model)
+        model, sha256 = load_model_with_digest(spec.model, self.weights_)
         try:
-            make_session(model)
+            make_session(model, weights=self.weights_)
         except OnnxMergeError as exc:
             raise OnnxMergeError(f"source {spec.name!r} ({spec.model}): {exc}") from exc
         head_output = None
@@ -229,21 +230,29 @@ class Merger:
                     raise
         labels = list(spec.labels) if spec.labels is not None else model_labels(model)
         preprocess = resolve_preprocess(spec.name, model, spec.preprocess, self.input)
-        model, note = _dynamic_batch(spec.name, model, preprocess, self.input)
+        model, note = _dynamic_batch(spec.name, model, preprocess, self.input, self.weights_)
         resolved = ResolvedSource(spec, model, feature, reason, head_output, labels, preprocess, sha256)
         resolved.batch_note = note
         return resolved
 
     # -- fitting ----------------------------------------------------------------------------------------
     def build_graph(self) -> onnx.ModelProto:
-        """Load, cut and stitch the sources (no head yet); sets ``sources_`` and ``stitched_``."""
+        """Load, cut and stitch the sources (no head yet); sets ``sources_`` and ``stitched_``.
+
+        The sources' weights go to a temporary folder (``weights_``, ``onnxmerge.weights``) that the graphs
+        refer to; it lives as long as this Merger (or until the next build).
+        """
         self._validate()
+        return_large_blocks_at_once()
+        self.weights_ = WeightFolder()
+        self._drop_sessions()
+        self._session = None
         self.sources_ = []
         for spec in self.sources:
             try:
                 source = self._resolve(spec)
                 probe = reference_preprocess(np.zeros((1, *self.input.shape), np.uint8), self.input, source.preprocess)
-                source.cut = cut(source.model, source.feature, source.head_output, probe)
+                source.cut = cut(source.model, source.feature, source.head_output, probe, self.weights_)
             except OnnxMergeError:
                 raise
             except Exception as exc:  # a model that passed onnx's checker and onnxruntime but defeats the graph steps
@@ -254,7 +263,8 @@ class Merger:
         self.stitched_, self.notes_ = stitch(
             [StitchSource(s.spec.name, s.cut, s.preprocess) for s in self.sources_], self.input)
         self.stitched_, self.share_ = share_common(self.stitched_)  # identical sub-graphs computed once
-        self._stitched_session = self._graph_digest = None
+        self.groups_ = extraction_groups(self.stitched_, [s.spec.name for s in self.sources_])
+        self._graph_digest = None
         return self.stitched_
 
     def fit(self, X=None, y=None, unlabeled=None) -> Merger:
@@ -282,8 +292,8 @@ class Merger:
             model, parity_images = self._fit_head(labelled, pool)
         self._set_metadata(model)
         self.parity_ = self._check_parity(model, parity_images)
-        onnx.checker.check_model(model, full_check=True)
-        self.model_ = model
+        self.weights_.check(model)
+        self._z = model
         known = {label for s in self.sources_ for label in (s.labels or [])}
         self.report_.update({
             "mode": self.mode,
@@ -359,7 +369,7 @@ class Merger:
         folder = getattr(self, "cache_dir", None)
         if folder and self._graph_digest is None:  # serialise and hash the stitched graph once per build
             self._graph_digest = feature_cache.graph_digest(self.stitched_)
-        key = feature_cache.feature_key(self._graph_digest, images, names, self.batch_size) if folder else None
+        key = feature_cache.feature_key(self._graph_digest, images, names, self._batch()) if folder else None
         joined = feature_cache.load(folder, key, len(images)) if folder else None
         hit = joined is not None and joined.shape[1] == sum(widths)
         self.features_from_cache_ = self.features_from_cache_ and hit  # true only if every extraction was cached
@@ -524,11 +534,61 @@ class Merger:
         return self.source_outputs(X, [FEATURES])[FEATURES]
 
     def source_outputs(self, X: np.ndarray, outputs: list[str] | None = None) -> dict[str, np.ndarray]:
-        """Named tensors of the stitched graph (``features``, ``NAME/feature``, ``NAME/head``, ``NAME/input``)."""
-        if getattr(self, "_stitched_session", None) is None:
-            self._stitched_session = make_session(self.stitched_)
-        outputs = outputs or [o.name for o in self._stitched_session.get_outputs()]
-        return run_batched(self._stitched_session, X, outputs, self.batch_size, self.quiet)
+        """Named tensors of the stitched graph (``features``, ``NAME/feature``, ``NAME/head``, ``NAME/input``).
+
+        Each group of sources (``share.extraction_groups``: sources that share no work beyond preprocessing
+        run apart) runs in its own onnxruntime session, so large sources are held one at a time.
+        """
+        available = [o.name for o in self.stitched_.graph.output]
+        wanted = outputs or available
+        unknown = [n for n in wanted if n not in available]
+        if unknown:
+            raise OnnxMergeError(f"the stitched graph has no output {unknown[0]!r}; it has {available}.")
+        features = [output_names(s.spec.name)["feature"] for s in self.sources_]
+        needed = list(dict.fromkeys([n for n in wanted if n != FEATURES] + (features if FEATURES in wanted else [])))
+        result: dict[str, np.ndarray] = {}
+        live = getattr(self, "_sessions", {})
+        for group in sorted(self.groups_, key=lambda g: tuple(g) not in live):  # a live session first
+            mine = [n for n in needed if _owner(n) in group]
+            if mine:
+                result.update(run_batched(self._group_session(group), X, mine, self._batch(group), self.quiet))
+        if FEATURES in wanted:
+            result[FEATURES] = np.concatenate([result[n] for n in features], axis=1)
+        return {n: result[n] for n in wanted}
+
+    def _group_session(self, group: list[str]):
+        """A session computing ``group``'s outputs of the stitched graph, kept for the next call.
+
+        Where the sources' weights are large, other groups' sessions are dropped first: one group's
+        weights and activations in memory at a time.
+        """
+        key = tuple(group)
+        sessions = self.__dict__.setdefault("_sessions", {})
+        if key not in sessions:
+            if external_bytes(self.stitched_) > ARENA_OFF_ABOVE_BYTES:
+                self._drop_sessions()
+            sessions[key] = self._part_session([o.name for o in self.stitched_.graph.output if _owner(o.name) in group])
+        return sessions[key]
+
+    def _part_session(self, outputs: list[str]):
+        """A session of the part of the stitched graph that computes ``outputs``."""
+        # onnxruntime 1.31's Identity elimination loses a tensor that an Identity copies into a graph output
+        # while other nodes read it too ("not a graph input, initializer, or output of a previous node"): a
+        # source's input shared away to another source's. Exposing that tensor as well avoids it.
+        outputs = outputs + [n.input[0] for n in self.stitched_.graph.node if n.op_type == "Identity"
+                             and n.output[0] in outputs and n.input[0] not in outputs]
+        return make_session(keep_outputs(self.stitched_, outputs), weights=self.weights_)
+
+    def _drop_sessions(self) -> None:
+        if getattr(self, "_sessions", None):
+            self._sessions.clear()
+            release_freed_memory()
+
+    def _batch(self, group: list[str] | None = None) -> int:
+        """Images per onnxruntime call: ``batch_size``, fewer where the sources' inputs are large."""
+        values = sum(s.preprocess.height * s.preprocess.width * s.preprocess.channels for s in self.sources_
+                     if group is None or s.spec.name in group)
+        return max(1, min(self.batch_size, BUILD_VALUES_PER_CALL // max(values, 1)))
 
     def _set_metadata(self, model: onnx.ModelProto) -> None:
         props = {
@@ -543,45 +603,73 @@ class Merger:
         model.producer_name, model.producer_version = "onnxmerge", __version__
 
     def _check_parity(self, model: onnx.ModelProto, images: np.ndarray) -> list[ParityCheck]:
-        """Every check PRODUCT.md asks for, on real images the build used; raises if any fails."""
+        """Every check PRODUCT.md asks for, on real images the build used; raises if any fails.
+
+        One source's weights in memory at a time: the stitched graph's outputs the head reads, then per
+        source its preprocessing (a weightless part of Z) feeding the original source, then Z itself; each
+        batch by batch, so memory does not grow with the sample.
+        """
         rng = np.random.default_rng(0)
         pick = np.sort(rng.choice(len(images), size=min(PARITY_SAMPLES, len(images)), replace=False))
         sample = images[pick]
-        z = make_session(model)
-        z_out = run_batched(z, sample, [PROBABILITIES, FEATURES], self.batch_size, quiet=True)
-        z_probs, z_features = z_out[PROBABILITIES], z_out[FEATURES]
-        checks: list[ParityCheck] = []
-        start = 0
-        inner = self.source_outputs(sample)
+        inner = self.source_outputs(sample, [n for n in self._graph_outputs() if n != FEATURES])
+        self._drop_sessions()
+        references, preprocessing_checks = [], []
         for source in self.sources_:
-            names = output_names(source.spec.name)
-            z_input = inner[names["input"]]
-            checks.append(compare(f"{source.spec.name} preprocessing vs numpy reference", z_input,
-                                  reference_preprocess(sample, self.input, source.preprocess)))
-            reference = source_feature(source.model, source.feature, z_input, source.cut.pooled)
+            name, names = source.spec.name, output_names(source.spec.name)
+            preprocess = self._part_session([names["input"]])
+            original = SourceReference(source.model, source.feature, source.cut.pooled, self.weights_)
+            preprocessing = Worst(f"{name} preprocessing vs numpy reference")
+            parts, batch = [], self._batch([name])
+            for start in range(0, len(sample), batch):
+                chunk = sample[start:start + batch]
+                z_input = preprocess.run([names["input"]], {IMAGE: chunk})[0]
+                preprocessing.add(z_input, reference_preprocess(chunk, self.input, source.preprocess))
+                parts.append(original.features(z_input))
+            references.append(np.concatenate(parts))
+            preprocessing_checks.append(preprocessing.check())
+            del preprocess, original
+            release_freed_memory()
+        z_out = run_batched(make_session(model, weights=self.weights_), sample, [PROBABILITIES, FEATURES],
+                            self._batch(), quiet=True)
+        release_freed_memory()
+        start, checks = 0, []
+        for source, reference, preprocessing_check in zip(self.sources_, references, preprocessing_checks):
+            checks.append(preprocessing_check)
             width = reference.shape[1]
             check = compare(f"{source.spec.name} features vs source {source.feature!r}",
-                            z_features[:, start:start + width], reference)
+                            z_out[FEATURES][:, start:start + width], reference)
             if not check.ok and source.spec.name in self.notes_:
-                check = compare(check.step, z_features[:, start:start + width], reference, CONVERTED,
+                check = compare(check.step, z_out[FEATURES][:, start:start + width], reference, CONVERTED,
                                 f"{self.notes_[source.spec.name]} may change an op's arithmetic")
             checks.append(check)
             start += width
         if self.mode == "teachers":
             expected, _ = self.head_.numpy(inner)
-            checks.append(compare("probabilities vs the teachers' routed union (numpy)", z_probs, expected))
+            checks.append(compare("probabilities vs the teachers' routed union (numpy)", z_out[PROBABILITIES], expected))
         else:
             expected = self.head_.predict_proba(self._head_input().numpy(inner).astype(np.float64))
-            checks.append(compare("probabilities vs scikit-learn predict_proba", z_probs, expected))
+            checks.append(compare("probabilities vs scikit-learn predict_proba", z_out[PROBABILITIES], expected))
         require(checks)
         return checks
 
     # -- using Z ----------------------------------------------------------------------------------------
+    @property
+    def model_(self) -> onnx.ModelProto:
+        """Z as a self-contained ``ModelProto`` (its weights read into memory; ``save`` streams them instead)."""
+        if getattr(self, "_z", None) is None:
+            raise AttributeError("model_ is set by fit(); this Merger is not fitted yet")
+        return self.weights_.inline(self._z)
+
+    @model_.setter
+    def model_(self, model: onnx.ModelProto) -> None:  # e.g. the int8 Z of --quantize
+        self._z, self._session = model, None
+
     def _z_session(self):
-        if not hasattr(self, "model_"):
+        if getattr(self, "_z", None) is None:
             raise OnnxMergeError("this Merger is not fitted yet; call fit() first.")
         if getattr(self, "_session", None) is None:
-            self._session = make_session(self.model_)
+            self._session = make_session(self._z, weights=self.weights_)
         return self._session
 
     def predict(self, X: np.ndarray) -> np.ndarray:
@@ -594,10 +682,15 @@ class Merger:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write Z atomically (temporary file, then rename); never onto a source model."""
-        if not hasattr(self, "model_"):
+        if getattr(self, "_z", None) is None:
             raise OnnxMergeError("this Merger is not fitted yet; call fit() before save().")
         output = check_output_path(path, [Path(s.model) for s in self.sources])
-        return save_model(self.model_, output)
+        return save_model(self._z, output, weights=self.weights_)
+
+
+def _owner(output: str) -> str:
+    """The source an output of the stitched graph belongs to (``NAME/feature`` -> ``NAME``)."""
+    return output.split("/", 1)[0]
 
 
 def _not_in(pool: np.ndarray, labelled: np.ndarray) -> np.ndarray:

@@ -11,6 +11,7 @@ import onnx_graphsurgeon as gs
 
 from .errors import OnnxMergeError
 from .inspect import tensor_shapes
+from .weights import WeightFolder
 
 FEATURE = "feature"  # name of the cut graph's pooled feature output (prefixed later by stitch)
 HEAD = "head"        # name of the cut graph's copy of the source's classifier output
@@ -48,18 +49,19 @@ def _missing_tensor(name: str, names: list[str]) -> OnnxMergeError:
     )
 
 
-def feature_rank(model: onnx.ModelProto, feature: str, probe_input: np.ndarray) -> int:
+def feature_rank(model: onnx.ModelProto, feature: str, probe_input: np.ndarray,
+                 weights: WeightFolder | None = None) -> int:
     """Rank of ``feature``: from shape inference, or by running one sample where inference cannot tell."""
     shape = tensor_shapes(model).get(feature)
     if shape is not None:
         return len(shape)
-    import onnxruntime as ort  # only for the probe; graph code otherwise never runs models
+    from .extract import make_session  # only for the probe; graph code otherwise never runs models
 
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
     del probe.graph.output[:]
     probe.graph.output.append(onnx.ValueInfoProto(name=feature))
-    session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    session = make_session(probe, weights=weights)
     return session.run([feature], {session.get_inputs()[0].name: probe_input})[0].ndim
 
 
@@ -95,7 +97,8 @@ def densify_sparse_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
     return dense_model
 
 
-def cut(model: onnx.ModelProto, feature: str, head_output: str | None, probe_input: np.ndarray) -> CutModel:
+def cut(model: onnx.ModelProto, feature: str, head_output: str | None, probe_input: np.ndarray,
+        weights: WeightFolder | None = None) -> CutModel:
     """Keep the sub-graph from the input to ``feature`` (and to ``head_output`` if given), nothing else.
 
     A 4-D feature map is globally average-pooled and flattened; any other rank above 2 is flattened.
@@ -109,7 +112,7 @@ def cut(model: onnx.ModelProto, feature: str, head_output: str | None, probe_inp
     tensors = graph.tensors()
     if feature not in tensors or isinstance(tensors[feature], gs.Constant):
         raise _missing_tensor(feature, [n for n, t in tensors.items() if isinstance(t, gs.Variable)])
-    rank = feature_rank(model, feature, probe_input)
+    rank = feature_rank(model, feature, probe_input, weights)
     feat = tensors[feature]
     out = gs.Variable(FEATURE, dtype=np.float32)
     if rank == 4:

@@ -10,6 +10,7 @@ import onnxruntime as ort
 from tqdm.auto import tqdm
 
 from .errors import OnnxMergeError, first_line
+from .weights import ORT_FOLDER_KEY, WeightFolder, external_bytes, release_freed_memory
 
 
 def progress_enabled(quiet: bool) -> bool:
@@ -20,24 +21,47 @@ def progress_enabled(quiet: bool) -> bool:
 ARENA_OFF_ABOVE_BYTES = 8 * 2**20
 
 
-def make_session(model: onnx.ModelProto | bytes | str, threads: int = 0) -> ort.InferenceSession:
-    """An onnxruntime CPU session; idle threads do not spin, so back-to-back sessions do not slow each other."""
+def make_session(model: onnx.ModelProto | bytes | str, threads: int = 0, weights: WeightFolder | None = None
+                 ) -> ort.InferenceSession:
+    """An onnxruntime CPU session; idle threads do not spin, so back-to-back sessions do not slow each other.
+
+    ``weights`` is the folder a light model's offloaded tensors live in (``onnxmerge.weights``).
+    """
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    payload = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
+    size = 0
+    if isinstance(model, onnx.ModelProto):
+        size = external_bytes(model)
+        payload = model.SerializeToString()
+    else:
+        payload = model
+    if weights is not None:
+        options.add_session_config_entry(ORT_FOLDER_KEY, str(weights.path))
     # Large models run without onnxruntime's CPU arena, so each run's activations go back to the system: with
     # the arena every session keeps its largest batch's activations for its lifetime (building Z from two
     # EfficientNet-Lite0 on 64 images peaked at 5.4 GB with it, 1.6 GB without). Small models keep it: without
     # it the demo's extraction ran 5-20% slower (benchmarks/RESULTS.md).
-    if not isinstance(payload, str) and len(payload) > ARENA_OFF_ABOVE_BYTES:
+    if not isinstance(payload, str) and len(payload) + size > ARENA_OFF_ABOVE_BYTES:
         options.enable_cpu_mem_arena = False
+        # and without a memory pattern: it allocates the whole batch's planned activations in one block
+        # (one EfficientNet-Lite0, 2 images per call: 44 MB peak above the session with it, 33 MB without)
+        options.enable_mem_pattern = False
     try:
-        return ort.InferenceSession(payload, options, providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(payload, options, providers=["CPUExecutionProvider"])
     except Exception as exc:
         raise OnnxMergeError(f"onnxruntime cannot load the model ({first_line(exc)}); "
                              "re-export the source or check its opset.") from exc
+    if not options.enable_cpu_mem_arena:
+        release_freed_memory()  # loading and optimising left about the weights' size freed but resident
+    return session
 
+
+# Source input values (each source's input after its resize, summed) per onnxruntime call during a build.
+# Activation memory grows with them: two EfficientNet-Lite0 at 224x224x3 (301,056 values per image) peak at
+# ~24 MB per image, so they run 2 images per call; on 2 cores one EfficientNet ran 2 images per call as
+# fast as 8 (165 vs 155 images/s), so small calls cost no throughput.
+BUILD_VALUES_PER_CALL = 320 * 1024
 
 # Values of Z's input per onnxruntime call: 128 images of 64x64x3 (so 10 images of 224x224x3). Activation
 # memory grows with the batch: 64 images of 224x224x3 through two EfficientNet-Lite0 in one call took ~1.4 GB.

@@ -20,6 +20,7 @@ from onnx.external_data_helper import ExternalDataInfo, uses_external_data
 
 from .errors import OnnxMergeError, first_line
 from .probe import probe_model
+from .weights import WeightFolder, external_bytes, external_initializers, release_freed_memory
 
 _EXTERNAL_KEYS = {"location", "offset", "length", "checksum", "basepath"}
 
@@ -95,9 +96,14 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
     return load_model_with_digest(path)[0]
 
 
-def load_model_with_digest(path: str | os.PathLike) -> tuple[onnx.ModelProto, str]:
+def load_model_with_digest(path: str | os.PathLike, weights: WeightFolder | None = None
+                           ) -> tuple[onnx.ModelProto, str]:
     """:func:`load_model`, plus the SHA-256 over the model file and its external-data files (in reference
-    order), computed from the same read so the file is parsed once."""
+    order), computed from the same read so the file is parsed once.
+
+    With ``weights``, the large initializers go to that folder and a light model referring to them is
+    returned (``onnxmerge.weights``): a build never holds a source's weights in memory after loading it.
+    """
     path = Path(path)
     if not path.exists():
         raise OnnxMergeError(f"model file {path} does not exist; check the path.")
@@ -126,20 +132,36 @@ def load_model_with_digest(path: str | os.PathLike) -> tuple[onnx.ModelProto, st
         onnx.external_data_helper.load_external_data_for_model(model, str(path.parent))
     except Exception as exc:
         raise OnnxMergeError(f"could not read the external data of {path} ({exc}); re-export the model.") from exc
-    check_structure(model, path)
-    return model, digest.hexdigest()
+    if weights is None:
+        check_structure(model, path)
+        return model, digest.hexdigest()
+    try:
+        light = weights.offload(model)
+    except Exception as exc:  # weights that do not parse: the checker names the problem, if it sees one
+        check_structure(model, path)
+        raise OnnxMergeError(f"{path} holds a tensor whose data cannot be read ({first_line(exc)}); re-export "
+                             "the model.") from exc
+    del model, content
+    release_freed_memory()
+    # checked as a light model: the checker would otherwise serialise the whole model once more
+    check_structure(light, path, weights)
+    return light, digest.hexdigest()
 
 
-def check_structure(model: onnx.ModelProto, path: Path) -> None:
+def check_structure(model: onnx.ModelProto, path: Path, weights: WeightFolder | None = None) -> None:
     """Refuse a model onnx's checker rejects (cycles, missing inputs, duplicate outputs, unknown ops, opsets
-    newer than the installed onnx) before any graph code or onnxruntime sees it."""
+    newer than the installed onnx) before any graph code or onnxruntime sees it. A light model is checked
+    with its ``weights`` folder."""
     newest = onnx.defs.onnx_opset_version()
     for opset in model.opset_import:
         if opset.domain in ("", "ai.onnx") and opset.version > newest:
             raise OnnxMergeError(f"{path} uses opset {opset.version} but the installed onnx knows opsets up to "
                                  f"{newest}; upgrade onnx or re-export the model at opset {newest} or lower.")
     try:
-        onnx.checker.check_model(model)
+        if weights is None:
+            onnx.checker.check_model(model)
+        else:
+            weights.check(model, full_check=False)
     except (onnx.checker.ValidationError, ValueError, RuntimeError) as exc:
         raise OnnxMergeError(f"{path} is not a valid ONNX model ({first_line(exc)[:300]}); re-export it.") from exc
 
@@ -180,18 +202,28 @@ def check_output_path(output: str | os.PathLike, protected: list[Path] = ()) -> 
     return output
 
 
-def save_model(model: onnx.ModelProto, output: str | os.PathLike, size_limit: int = PROTOBUF_LIMIT) -> Path:
+def save_model(model: onnx.ModelProto, output: str | os.PathLike, size_limit: int = PROTOBUF_LIMIT,
+               weights: WeightFolder | None = None) -> Path:
     """Write ``model`` atomically; above ``size_limit`` bytes its weights go to a uniquely named side file.
 
     The side file is named ``<output>.<random>.data`` so that two writes (or two Z files in one folder)
     never share or overwrite each other's weights, and it is written before the model is renamed into place.
+    A light model's offloaded tensors (``weights``) are written inline, streamed from the weight folder.
     """
     output = Path(output)
-    inherited = next(_external_tensors(model), None)
+    inherited = next((t for t in _external_tensors(model) if weights is None or not weights.owns(t)), None)
     if inherited is not None:
-        # Z's tensors must all be in memory: an inherited external-data location could point anywhere
-        # (CVE-2025-51480, write traversal in save_external_data); onnxmerge alone names Z's side file.
+        # Z's tensors must all be in memory or in this build's weight folder: an inherited external-data
+        # location could point anywhere (CVE-2025-51480, write traversal in save_external_data); onnxmerge
+        # alone names Z's side file.
         raise ValueError(f"tensor {inherited.name!r} still refers to external data; load it before saving")
+    offloaded = weights is not None and next(external_initializers(model), None) is not None
+    if offloaded and model.ByteSize() + external_bytes(model) <= size_limit:
+        with atomic_path(output) as tmp, open(tmp, "wb") as handle:
+            weights.write_inline(model, handle)
+        return output
+    if offloaded:
+        model = weights.inline(model)  # beyond protobuf's limit: the side-file path below
     model = onnx.ModelProto.FromString(model.SerializeToString()) if model.ByteSize() < PROTOBUF_LIMIT else model
     if model.ByteSize() <= size_limit:
         with atomic_path(output) as tmp:

@@ -14,7 +14,8 @@ import numpy as np
 import onnx
 
 from .errors import OnnxMergeError
-from .extract import make_session, run_batched
+from .extract import make_session
+from .weights import WeightFolder
 
 EXACT = 1e-5     # the contract's tolerance, relative to max(1, max |reference|)
 CONVERTED = 1e-4  # the loosest allowed step (an opset conversion that changes an op's arithmetic)
@@ -52,17 +53,42 @@ def compare(step: str, actual: np.ndarray, reference: np.ndarray, tolerance: flo
     return ParityCheck(step, error, scale, tolerance, why)
 
 
-def source_feature(model: onnx.ModelProto, feature: str, inputs: np.ndarray, pooled: bool) -> np.ndarray:
-    """Run the original source with its feature tensor exposed; pool/flatten it the way cut did."""
-    exposed = onnx.ModelProto()
-    exposed.CopyFrom(model)
-    del exposed.graph.output[:]
-    exposed.graph.output.append(onnx.ValueInfoProto(name=feature))
-    session = make_session(exposed)
-    value = run_batched(session, inputs, [feature], quiet=True)[feature]  # bounded activation memory
-    if pooled:
-        return value.mean(axis=(2, 3), dtype=np.float64).astype(np.float32)
-    return value.reshape(len(value), -1)
+class SourceReference:
+    """The original source in onnxruntime with its feature tensor exposed, pooled/flattened as cut did.
+
+    ``weights`` holds a light model's offloaded tensors (the bytes of the source file, moved unchanged).
+    """
+
+    def __init__(self, model: onnx.ModelProto, feature: str, pooled: bool, weights: WeightFolder | None = None):
+        exposed = onnx.ModelProto()
+        exposed.CopyFrom(model)
+        del exposed.graph.output[:]
+        exposed.graph.output.append(onnx.ValueInfoProto(name=feature))
+        self.session = make_session(exposed, weights=weights)
+        self.feature, self.pooled = feature, pooled
+
+    def features(self, inputs: np.ndarray) -> np.ndarray:
+        """The source's features ``[N, d]`` for its own input tensor ``inputs`` (one onnxruntime call)."""
+        value = self.session.run([self.feature], {self.session.get_inputs()[0].name: inputs})[0]
+        if self.pooled:
+            return value.mean(axis=(2, 3), dtype=np.float64).astype(np.float32)
+        return value.reshape(len(value), -1)
+
+
+@dataclass
+class Worst:
+    """:func:`compare` accumulated over batches: the largest error and the largest reference magnitude."""
+
+    step: str
+    error: float = 0.0
+    scale: float = 1.0
+
+    def add(self, actual: np.ndarray, reference: np.ndarray) -> None:
+        part = compare(self.step, actual, reference)
+        self.error, self.scale = max(self.error, part.max_abs_error), max(self.scale, part.scale)
+
+    def check(self, tolerance: float = EXACT, why: str = "") -> ParityCheck:
+        return ParityCheck(self.step, self.error, self.scale, tolerance, why)
 
 
 def require(checks: list[ParityCheck]) -> None:

@@ -3,8 +3,9 @@
 Run on the stitched graph (every name already prefixed by its source, before the head). Three passes:
 
 1. **Initializers by bytes.** Two initializers with the same data type, shape and bytes (compared by a
-   SHA-256 of their canonical little-endian bytes, then byte for byte) become one; every use of the
-   second is renamed to the first.
+   SHA-256 of their canonical little-endian bytes, then byte for byte; for weights a build offloaded to
+   its weight folder, by the SHA-256 taken as they were written) become one; every use of the second is
+   renamed to the first.
 2. **Common sub-expressions.** In topological order, a node whose (domain, op type, inputs after renaming,
    attributes, number of outputs) equals an earlier node's is dropped, and its outputs are renamed to that
    node's outputs. Two sources with the same preprocessing and the same backbone file therefore run it once:
@@ -26,6 +27,9 @@ from dataclasses import dataclass, field
 
 import onnx
 from onnx import numpy_helper
+from onnx.external_data_helper import ExternalDataInfo
+
+from .weights import checksum
 
 # Ops whose two calls with the same inputs may differ: never merged.
 NONDETERMINISTIC = {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial",
@@ -126,16 +130,25 @@ def share_common(model: onnx.ModelProto) -> tuple[onnx.ModelProto, ShareStats]:
     seen: dict[tuple, onnx.TensorProto] = {}  # tensors, not their bytes: no second copy of the weights
     kept: list[bool] = []
     for tensor in graph.initializer:
-        if tensor.data_location == onnx.TensorProto.EXTERNAL or tensor.segment.ByteSize():
-            kept.append(True)  # not plain data held in memory: never merged
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            digest = checksum(tensor)
+            if digest is None:
+                kept.append(True)  # external data onnxmerge did not write: never merged
+                continue
+            # a build's offloaded weight: the SHA-256 taken when it was written stands for its bytes
+            length = int(ExternalDataInfo(tensor).length)
+            key, data = ("offloaded", tensor.data_type, tuple(tensor.dims), bytes.fromhex(digest), length), None
+        elif tensor.segment.ByteSize():
+            kept.append(True)
             continue
-        data = _tensor_bytes(tensor)
-        key = _tensor_key(tensor, data)
+        else:
+            data = _tensor_bytes(tensor)
+            key, length = _tensor_key(tensor, data), len(data)
         first = seen.get(key)
-        if first is not None and _tensor_bytes(first) == data:
+        if first is not None and (data is None or _tensor_bytes(first) == data):
             mapping[tensor.name] = first.name
             stats.initializers_shared += 1
-            stats.bytes_shared += len(data)
+            stats.bytes_shared += length
             kept.append(False)
             continue
         seen.setdefault(key, tensor)
@@ -200,3 +213,35 @@ def share_common(model: onnx.ModelProto) -> tuple[onnx.ModelProto, ShareStats]:
     stats.nodes_after = len(graph.node)
     stats.per_source = dict(per_source)
     return model, stats
+
+
+def extraction_groups(model: onnx.ModelProto, sources: list[str]) -> list[list[str]]:
+    """Sources that must run in one onnxruntime session because they share weighted work.
+
+    After :func:`share_common`, a node that two sources compute alike exists once. Sources whose outputs
+    depend on one common node that reads an offloaded weight (two heads on one backbone) form one group;
+    every other source runs alone, so a build holds one source's weights and activations at a time.
+    Shared preprocessing and shape arithmetic are cheap to repeat and do not join sources.
+    """
+    nodes = list(model.graph.node)
+    producer = {out: i for i, node in enumerate(nodes) for out in node.output if out}
+    weights = {t.name for t in model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL}
+
+    def weighted_ancestors(tensors: list[str]) -> set[int]:
+        seen, stack = set(), list(tensors)
+        while stack:
+            i = producer.get(stack.pop())
+            if i is not None and i not in seen:
+                seen.add(i)
+                stack.extend(nodes[i].input)
+                if _has_subgraph(nodes[i]):
+                    stack.extend(_subgraph_inputs(nodes[i]))
+        return {i for i in seen if weights.intersection(nodes[i].input)}
+
+    outputs = [o.name for o in model.graph.output]
+    work = {s: weighted_ancestors([o for o in outputs if _source_of(o) == s]) for s in sources}
+    groups: list[list[str]] = []
+    for source in sources:
+        joined = [g for g in groups if any(work[source] & work[other] for other in g)]
+        groups = [g for g in groups if g not in joined] + [[s for g in joined for s in g] + [source]]
+    return groups

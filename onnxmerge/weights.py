@@ -1,0 +1,237 @@
+"""Keep a build's weights on disk: graph code edits light protos, onnxruntime reads the data itself.
+
+During a build every large initializer of every source is written once into a private temporary folder
+(``<folder>/sourceN.bin``) and its ``TensorProto`` becomes an external-data reference to it. The cut,
+stitch, share and head steps then copy and edit protos of a few hundred KB instead of the whole weights,
+and each onnxruntime session reads the data from the folder (memory-mapped, released when the session
+goes). Only Z's final write puts the bytes back inline, streamed one tensor at a time.
+
+Why: a ``ModelProto`` holds its weights in memory, and every copy (cut, stitch, keep_outputs, the head,
+``SerializeToString`` for a session) duplicated them; a build from two 19 MB sources peaked at 21x their
+size. The reference ``SHA-256`` of each tensor is stored in the standard ``checksum`` key, so identical
+weights can be recognised without reading them back (``share.py``) and the stitched graph's digest
+(``cache.py``) still changes whenever a weight does.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+import onnx
+from onnx import numpy_helper
+from onnx.external_data_helper import ExternalDataInfo, set_external_data, uses_external_data
+
+#: Initializers below this size stay inline: shapes, axes and scales that graph code and onnx's version
+#: converter read.
+OFFLOAD_BYTES = 1024
+#: onnxruntime memory-maps external data whose offset is page aligned.
+PAGE = 4096
+#: onnxruntime's session option naming the folder that external data is relative to (model bytes have no path).
+ORT_FOLDER_KEY = "session.model_external_initializers_file_folder_path"
+
+
+class WeightFolder:
+    """A private temporary folder holding the weights that this build's light protos refer to."""
+
+    def __init__(self) -> None:
+        self._tmp = tempfile.TemporaryDirectory(prefix="onnxmerge-weights-")
+        self.path = Path(self._tmp.name)
+        self._files = 0
+
+    def offload(self, model: onnx.ModelProto) -> onnx.ModelProto:
+        """Move the data of ``model``'s large main-graph initializers into a new file of this folder.
+
+        Returns a light copy that refers to that file (a fresh message: a parsed model may alias the bytes it
+        was read from, and keeping it would keep those bytes alive).
+        """
+        name = f"source{self._files}.bin"
+        self._files += 1
+        with open(self.path / name, "wb") as out:
+            for tensor in model.graph.initializer:
+                if tensor.data_type in (onnx.TensorProto.STRING, onnx.TensorProto.UNDEFINED) or uses_external_data(tensor):
+                    continue
+                if tensor.HasField("raw_data"):
+                    if len(tensor.raw_data) < OFFLOAD_BYTES:
+                        continue
+                    data = tensor.raw_data
+                else:  # values in float_data / int64_data ...: offload their little-endian bytes
+                    data = numpy_helper.to_array(tensor).tobytes()
+                    if len(data) < OFFLOAD_BYTES:
+                        continue
+                _write(out, tensor, name, data)
+        return onnx.ModelProto.FromString(model.SerializeToString())
+
+    def read(self, tensor: onnx.TensorProto) -> bytes:
+        """The bytes of an offloaded tensor."""
+        info = ExternalDataInfo(tensor)
+        with open(self.path / info.location, "rb") as handle:
+            handle.seek(int(info.offset))
+            return handle.read(int(info.length))
+
+    def owns(self, tensor: onnx.TensorProto) -> bool:
+        """Whether ``tensor`` refers to a file of this folder."""
+        location = ExternalDataInfo(tensor).location
+        return bool(location) and "/" not in location and (self.path / location).is_file()
+
+    def inline(self, model: onnx.ModelProto) -> onnx.ModelProto:
+        """A self-contained copy of ``model``: every offloaded tensor's bytes back in ``raw_data``."""
+        full = onnx.ModelProto()
+        full.CopyFrom(model)
+        for tensor in external_initializers(full):
+            _set_inline(tensor, self.read(tensor))
+        return full
+
+    def write_inline(self, model: onnx.ModelProto, handle: BinaryIO) -> None:
+        """Serialise ``model`` to ``handle`` with every offloaded tensor inline, one tensor in memory at a time.
+
+        onnx.save would need the whole model in memory, then its serialised copy. Protobuf parses a message
+        field by field and appends repeated fields, so the model without its graph, then the graph field
+        (the light graph followed by each full initializer as one more ``initializer`` entry) is the same
+        model. The graph field's length prefix is computed first, without reading the data.
+        """
+        shell, graph = onnx.ModelProto(), onnx.GraphProto()
+        shell.CopyFrom(model)
+        shell.ClearField("graph")
+        graph.CopyFrom(model.graph)
+        offloaded = [t for t in graph.initializer if uses_external_data(t)]
+        for index in reversed(range(len(graph.initializer))):
+            if uses_external_data(graph.initializer[index]):
+                del graph.initializer[index]
+        sizes = [_inline_size(t) for t in offloaded]
+        light = graph.SerializeToString()
+        entry = _tag(onnx.GraphProto.DESCRIPTOR.fields_by_name["initializer"].number)
+        handle.write(shell.SerializeToString())
+        handle.write(_tag(onnx.ModelProto.DESCRIPTOR.fields_by_name["graph"].number))
+        handle.write(_varint(len(light) + sum(len(entry) + len(_varint(n)) + n for n in sizes)))
+        handle.write(light)
+        for tensor, size in zip(offloaded, sizes):
+            full = onnx.TensorProto()
+            full.CopyFrom(tensor)
+            _set_inline(full, self.read(tensor))
+            data = full.SerializeToString()
+            if len(data) != size:
+                raise AssertionError(f"tensor {tensor.name!r}: {len(data)} bytes serialised, {size} expected")
+            handle.write(entry + _varint(size) + data)
+
+    def check(self, model: onnx.ModelProto, full_check: bool = True) -> None:
+        """onnx's checker on a light model (it finds external data relative to the model's file)."""
+        path = self.path / "check.onnx"
+        onnx.save_model(model, str(path))
+        try:
+            onnx.checker.check_model(str(path), full_check=full_check)
+        finally:
+            path.unlink()
+
+    def close(self) -> None:
+        """Remove the folder (also done when the object is garbage-collected)."""
+        self._tmp.cleanup()
+
+
+def external_initializers(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
+    """Main-graph initializers whose data is external."""
+    return (t for t in model.graph.initializer if uses_external_data(t))
+
+
+def external_bytes(model: onnx.ModelProto) -> int:
+    """Total bytes of the main graph's external initializers (as their ``length`` keys say)."""
+    return sum(int(ExternalDataInfo(t).length or 0) for t in external_initializers(model))
+
+
+def checksum(tensor: onnx.TensorProto) -> str | None:
+    """The ``checksum`` key offloading stored (SHA-256 of the tensor's bytes), if any."""
+    return next((e.value for e in tensor.external_data if e.key == "checksum"), None)
+
+
+def _write(out: BinaryIO, tensor: onnx.TensorProto, location: str, data: bytes) -> None:
+    """Append ``data`` page-aligned to ``out`` and make ``tensor`` refer to it."""
+    out.write(b"\0" * (-out.tell() % PAGE))
+    offset = out.tell()
+    out.write(data)
+    if not tensor.HasField("raw_data"):  # onnx's set_external_data wants raw_data to be there
+        for field in ("float_data", "int32_data", "int64_data", "double_data", "uint64_data"):
+            tensor.ClearField(field)
+        tensor.raw_data = data
+    del tensor.external_data[:]
+    set_external_data(tensor, location, offset, len(data), checksum=hashlib.sha256(data).hexdigest())
+    tensor.ClearField("raw_data")
+    tensor.data_location = onnx.TensorProto.EXTERNAL
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        low, value = value & 0x7F, value >> 7
+        out.append(low | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def _tag(field: int) -> bytes:
+    return _varint(field << 3 | 2)  # wire type 2: length-delimited
+
+
+def _inline_size(tensor: onnx.TensorProto) -> int:
+    """Serialised size of ``tensor`` with its external data inline, from its ``length`` key."""
+    stub = onnx.TensorProto()
+    stub.CopyFrom(tensor)
+    _set_inline(stub, b"")
+    length = int(ExternalDataInfo(tensor).length)
+    return stub.ByteSize() - 1 + len(_varint(length)) + length  # the empty raw_data's length byte, replaced
+
+
+def _set_inline(tensor: onnx.TensorProto, data: bytes) -> None:
+    del tensor.external_data[:]
+    tensor.data_location = onnx.TensorProto.DEFAULT
+    tensor.raw_data = data
+
+
+#: Blocks from this size up are memory-mapped by glibc (``mallopt(M_MMAP_THRESHOLD)``).
+MMAP_THRESHOLD = 256 * 1024
+
+
+def return_large_blocks_at_once() -> None:
+    """Make glibc map large blocks and unmap them when freed, instead of keeping them in its heap.
+
+    By default glibc raises its mmap threshold each time a mapped block is freed, after which activations
+    and weight buffers of a few MB come from the heap and stay resident once freed; building Z from two
+    EfficientNet-Lite0 peaked at 132 MB above the imports that way and at 97 MB with a fixed 256 KB
+    threshold (benchmarks/RESULTS.md, case d). Process-wide and idempotent; a no-op without glibc.
+    """
+    libc = _libc()
+    if libc is not None:
+        try:
+            libc.mallopt(-3, MMAP_THRESHOLD)  # M_MMAP_THRESHOLD; setting it also stops its dynamic growth
+        except AttributeError:
+            pass
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL | None:
+    """The C library's symbols as this process linked them (glibc's mallopt/malloc_trim on Linux)."""
+    if os.name != "posix":
+        return None
+    try:
+        return ctypes.CDLL(None)
+    except OSError:
+        return None
+
+
+def release_freed_memory() -> None:
+    """Give memory Python freed back to the system (glibc keeps large freed blocks in its heap otherwise).
+
+    After a source's serialized bytes and protos are dropped, glibc's raised mmap threshold leaves ~1x the
+    model's size resident for nothing; ``malloc_trim`` returns it. A no-op where glibc is not the allocator.
+    """
+    libc = _libc()
+    if libc is not None:
+        try:
+            libc.malloc_trim(0)
+        except AttributeError:
+            pass
