@@ -29,7 +29,7 @@ from .preprocess import ImageInput, Preprocess, reference_preprocess
 from .routing import PSEUDO_LABEL_THRESHOLD, Teachers, head_kind, l2_blocks, match_sources, pseudo_labels
 from .share import extraction_groups, share_common
 from .stitch import IMAGE, StitchSource, keep_outputs, output_names, stitch
-from .weights import WeightFolder, external_bytes, release_freed_memory, return_large_blocks_at_once
+from .weights import WeightFolder, external_bytes, release_freed_memory
 
 MODES = ("fit", "teachers")
 MAX_PIXELS = 8192 * 8192  # a declared size beyond this is a hostile or broken model, not a photo
@@ -243,7 +243,6 @@ class Merger:
         refer to; it lives as long as this Merger (or until the next build).
         """
         self._validate()
-        return_large_blocks_at_once()
         self.weights_ = WeightFolder()
         self._drop_sessions()
         self._session = None
@@ -263,7 +262,11 @@ class Merger:
         self.stitched_, self.notes_ = stitch(
             [StitchSource(s.spec.name, s.cut, s.preprocess) for s in self.sources_], self.input)
         self.stitched_, self.share_ = share_common(self.stitched_)  # identical sub-graphs computed once
-        self.groups_ = extraction_groups(self.stitched_, [s.spec.name for s in self.sources_])
+        # large sources run group by group (one's weights and activations in memory at a time); small ones
+        # in one session, which computes their shared preprocessing once (the demo's extraction: 5-15% faster)
+        names = [s.spec.name for s in self.sources_]
+        self._large = external_bytes(self.stitched_) > ARENA_OFF_ABOVE_BYTES
+        self.groups_ = extraction_groups(self.stitched_, names) if self._large else [names]
         self._graph_digest = None
         return self.stitched_
 
@@ -548,7 +551,7 @@ class Merger:
         needed = list(dict.fromkeys([n for n in wanted if n != FEATURES] + (features if FEATURES in wanted else [])))
         result: dict[str, np.ndarray] = {}
         live = getattr(self, "_sessions", {})
-        for group in sorted(self.groups_, key=lambda g: tuple(g) not in live):  # a live session first
+        for group in sorted(self.groups_, key=lambda g: tuple(g) not in live):  # the live session's group first
             mine = [n for n in needed if _owner(n) in group]
             if mine:
                 result.update(run_batched(self._group_session(group), X, mine, self._batch(group), self.quiet))
@@ -557,15 +560,12 @@ class Merger:
         return {n: result[n] for n in wanted}
 
     def _group_session(self, group: list[str]):
-        """A session computing ``group``'s outputs of the stitched graph, kept for the next call.
-
-        Where the sources' weights are large, other groups' sessions are dropped first: one group's
-        weights and activations in memory at a time.
-        """
+        """A session computing ``group``'s outputs of the stitched graph, kept for the next call; where the
+        sources' weights are large, the other groups' sessions go first (one group's weights in memory)."""
         key = tuple(group)
         sessions = self.__dict__.setdefault("_sessions", {})
         if key not in sessions:
-            if external_bytes(self.stitched_) > ARENA_OFF_ABOVE_BYTES:
+            if self._large:
                 self._drop_sessions()
             sessions[key] = self._part_session([o.name for o in self.stitched_.graph.output if _owner(o.name) in group])
         return sessions[key]
@@ -611,7 +611,7 @@ class Merger:
         """
         rng = np.random.default_rng(0)
         pick = np.sort(rng.choice(len(images), size=min(PARITY_SAMPLES, len(images)), replace=False))
-        sample = images[pick]
+        sample = images if len(pick) == len(images) else images[pick]
         inner = self.source_outputs(sample, [n for n in self._graph_outputs() if n != FEATURES])
         self._drop_sessions()
         references, preprocessing_checks = [], []

@@ -57,11 +57,12 @@ def make_session(model: onnx.ModelProto | bytes | str, threads: int = 0, weights
     return session
 
 
-# Source input values (each source's input after its resize, summed) per onnxruntime call during a build.
-# Activation memory grows with them: two EfficientNet-Lite0 at 224x224x3 (301,056 values per image) peak at
-# ~24 MB per image, so they run 2 images per call; on 2 cores one EfficientNet ran 2 images per call as
-# fast as 8 (165 vs 155 images/s), so small calls cost no throughput.
-BUILD_VALUES_PER_CALL = 320 * 1024
+# Source input values (each source's input after its resize, summed over the sources one session runs) per
+# onnxruntime call during a build: one 224x224x3 image per call. Without onnxruntime's arena, each call's
+# activations come from the C heap, which keeps about 3x a call's live activations resident: building Z from
+# two EfficientNet-Lite0 peaked 2.7x the sources' size at one image per call, 3.3x at two (build 7.4 s vs
+# 6.1 s; benchmarks/RESULTS.md, case d). Small images still run up to ``batch_size`` per call.
+BUILD_VALUES_PER_CALL = 160 * 1024
 
 # Values of Z's input per onnxruntime call: 128 images of 64x64x3 (so 10 images of 224x224x3). Activation
 # memory grows with the batch: 64 images of 224x224x3 through two EfficientNet-Lite0 in one call took ~1.4 GB.
@@ -91,4 +92,5 @@ def run_batched(session: ort.InferenceSession, images: np.ndarray, outputs: list
             for key, value in zip(outputs, values):
                 parts[key].append(value)
             bar.update(len(batch))
+    release_freed_memory()  # the runs' activations, freed but resident in the C heap
     return {k: np.concatenate(v) if v else np.zeros((0,)) for k, v in parts.items()}

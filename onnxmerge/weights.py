@@ -192,29 +192,9 @@ def _set_inline(tensor: onnx.TensorProto, data: bytes) -> None:
     tensor.raw_data = data
 
 
-#: Blocks from this size up are memory-mapped by glibc (``mallopt(M_MMAP_THRESHOLD)``).
-MMAP_THRESHOLD = 256 * 1024
-
-
-def return_large_blocks_at_once() -> None:
-    """Make glibc map large blocks and unmap them when freed, instead of keeping them in its heap.
-
-    By default glibc raises its mmap threshold each time a mapped block is freed, after which activations
-    and weight buffers of a few MB come from the heap and stay resident once freed; building Z from two
-    EfficientNet-Lite0 peaked at 132 MB above the imports that way and at 97 MB with a fixed 256 KB
-    threshold (benchmarks/RESULTS.md, case d). Process-wide and idempotent; a no-op without glibc.
-    """
-    libc = _libc()
-    if libc is not None:
-        try:
-            libc.mallopt(-3, MMAP_THRESHOLD)  # M_MMAP_THRESHOLD; setting it also stops its dynamic growth
-        except AttributeError:
-            pass
-
-
 @functools.cache
 def _libc() -> ctypes.CDLL | None:
-    """The C library's symbols as this process linked them (glibc's mallopt/malloc_trim on Linux)."""
+    """The C library's symbols as this process linked them (glibc's malloc_trim on Linux)."""
     if os.name != "posix":
         return None
     try:
@@ -224,10 +204,12 @@ def _libc() -> ctypes.CDLL | None:
 
 
 def release_freed_memory() -> None:
-    """Give memory Python freed back to the system (glibc keeps large freed blocks in its heap otherwise).
+    """Give freed C-heap memory back to the system (glibc keeps large freed blocks in its heap otherwise).
 
-    After a source's serialized bytes and protos are dropped, glibc's raised mmap threshold leaves ~1x the
-    model's size resident for nothing; ``malloc_trim`` returns it. A no-op where glibc is not the allocator.
+    Called where much was just freed: a source's serialised bytes and protos after offloading, the loading
+    garbage of an onnxruntime session, a batch loop's activations. Without it each of these stays resident
+    (about 1x the model's size each) and adds to the next step's peak. A no-op where glibc is not the
+    allocator.
     """
     libc = _libc()
     if libc is not None:
