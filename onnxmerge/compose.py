@@ -20,7 +20,7 @@ from . import cache as feature_cache
 from .cut import CutModel, cut, source_input
 from .data import Dataset, load_labelled, load_unlabeled
 from .errors import OnnxMergeError, first_line
-from .extract import ARENA_OFF_ABOVE_BYTES, BUILD_VALUES_PER_CALL, make_session, run_batched
+from .extract import ARENA_OFF_ABOVE_BYTES, CHECK_VALUES_PER_CALL, EXTRACT_VALUES_PER_CALL, make_session, run_batched
 from .head import FEATURES, LABEL, PROBABILITIES, HeadInput, TeachersHead, append_head, fit_head, select_C
 from .inspect import find_head, find_head_output, model_labels
 from .modelio import check_output_path, load_model_with_digest, save_model
@@ -422,6 +422,10 @@ class Merger:
             weight[certain] = len(x_pool) / len(certain)
         router = fit_head(x_all, y_all, self._head_input().widths(self.widths_), C=self.router_C,
                           class_weight="balanced", sample_weight=weight)
+        unrouted = [n for i, n in enumerate(teachers.names) if not np.any(y_all == i)]
+        if unrouted:
+            self.warnings_.append(f"no pool image was routed to {', '.join(map(repr, unrouted))} (another teacher "
+                                  "claims the same images); Z never uses its head.")
         self.report_["routing"] = {
             "method": "label-matched clustering + logistic-regression router",
             "pool_share": {n: float(np.mean(targets == i)) for i, n in enumerate(teachers.names)},
@@ -536,7 +540,8 @@ class Merger:
         """The concatenated source features ``[N, D]`` of uint8 images (Z's ``features`` output)."""
         return self.source_outputs(X, [FEATURES])[FEATURES]
 
-    def source_outputs(self, X: np.ndarray, outputs: list[str] | None = None) -> dict[str, np.ndarray]:
+    def source_outputs(self, X: np.ndarray, outputs: list[str] | None = None,
+                       budget: int = EXTRACT_VALUES_PER_CALL) -> dict[str, np.ndarray]:
         """Named tensors of the stitched graph (``features``, ``NAME/feature``, ``NAME/head``, ``NAME/input``).
 
         Each group of sources (``share.extraction_groups``: sources that share no work beyond preprocessing
@@ -554,7 +559,7 @@ class Merger:
         for group in sorted(self.groups_, key=lambda g: tuple(g) not in live):  # the live session's group first
             mine = [n for n in needed if _owner(n) in group]
             if mine:
-                result.update(run_batched(self._group_session(group), X, mine, self._batch(group), self.quiet))
+                result.update(run_batched(self._group_session(group), X, mine, self._batch(group, budget), self.quiet))
         if FEATURES in wanted:
             result[FEATURES] = np.concatenate([result[n] for n in features], axis=1)
         return {n: result[n] for n in wanted}
@@ -584,11 +589,11 @@ class Merger:
             self._sessions.clear()
             release_freed_memory()
 
-    def _batch(self, group: list[str] | None = None) -> int:
+    def _batch(self, group: list[str] | None = None, budget: int = EXTRACT_VALUES_PER_CALL) -> int:
         """Images per onnxruntime call: ``batch_size``, fewer where the sources' inputs are large."""
         values = sum(s.preprocess.height * s.preprocess.width * s.preprocess.channels for s in self.sources_
                      if group is None or s.spec.name in group)
-        return max(1, min(self.batch_size, BUILD_VALUES_PER_CALL // max(values, 1)))
+        return max(1, min(self.batch_size, budget // max(values, 1)))
 
     def _set_metadata(self, model: onnx.ModelProto) -> None:
         props = {
@@ -612,7 +617,7 @@ class Merger:
         rng = np.random.default_rng(0)
         pick = np.sort(rng.choice(len(images), size=min(PARITY_SAMPLES, len(images)), replace=False))
         sample = images if len(pick) == len(images) else images[pick]
-        inner = self.source_outputs(sample, [n for n in self._graph_outputs() if n != FEATURES])
+        inner = self.source_outputs(sample, [n for n in self._graph_outputs() if n != FEATURES], CHECK_VALUES_PER_CALL)
         self._drop_sessions()
         references, preprocessing_checks = [], []
         for source in self.sources_:
@@ -620,7 +625,7 @@ class Merger:
             preprocess = self._part_session([names["input"]])
             original = SourceReference(source.model, source.feature, source.cut.pooled, self.weights_)
             preprocessing = Worst(f"{name} preprocessing vs numpy reference")
-            parts, batch = [], self._batch([name])
+            parts, batch = [], self._batch([name], CHECK_VALUES_PER_CALL)
             for start in range(0, len(sample), batch):
                 chunk = sample[start:start + batch]
                 z_input = preprocess.run([names["input"]], {IMAGE: chunk})[0]
@@ -631,7 +636,7 @@ class Merger:
             del preprocess, original
             release_freed_memory()
         z_out = run_batched(make_session(model, weights=self.weights_), sample, [PROBABILITIES, FEATURES],
-                            self._batch(), quiet=True)
+                            self._batch(budget=CHECK_VALUES_PER_CALL), quiet=True)
         release_freed_memory()
         start, checks = 0, []
         for source, reference, preprocessing_check in zip(self.sources_, references, preprocessing_checks):

@@ -58,11 +58,14 @@ def make_session(model: onnx.ModelProto | bytes | str, threads: int = 0, weights
 
 
 # Source input values (each source's input after its resize, summed over the sources one session runs) per
-# onnxruntime call during a build: one 224x224x3 image per call. Without onnxruntime's arena, each call's
-# activations come from the C heap, which keeps about 3x a call's live activations resident: building Z from
-# two EfficientNet-Lite0 peaked 2.7x the sources' size at one image per call, 3.3x at two (build 7.4 s vs
-# 6.1 s; benchmarks/RESULTS.md, case d). Small images still run up to ``batch_size`` per call.
-BUILD_VALUES_PER_CALL = 160 * 1024
+# onnxruntime call during a build. Without onnxruntime's arena a call's activations come from the C heap,
+# which keeps about 3x a call's live activations resident, so the calls are small: feature extraction runs two
+# 224x224x3 images per call (as fast as larger batches: 165 vs 155 images/s at 8 for one EfficientNet-Lite0),
+# the parity check, whose Z session holds every source's weights at once, one image. Two EfficientNet-Lite0:
+# peak 2.7-2.9x the sources' size, extraction 0.95x a bare onnxruntime loop (benchmarks/RESULTS.md, c and d);
+# two images per call in the check too peaked at 3.3x. Small images still run up to ``batch_size`` per call.
+EXTRACT_VALUES_PER_CALL = 320 * 1024
+CHECK_VALUES_PER_CALL = 160 * 1024
 
 # Values of Z's input per onnxruntime call: 128 images of 64x64x3 (so 10 images of 224x224x3). Activation
 # memory grows with the batch: 64 images of 224x224x3 through two EfficientNet-Lite0 in one call took ~1.4 GB.

@@ -234,9 +234,16 @@ class TeachersHead:
                                      for p, (n, k) in zip(probs, self.teachers)], axis=1)
             e = np.exp(scores - scores.max(axis=1, keepdims=True))
             return (e / e.sum(axis=1, keepdims=True)) @ self.space.merge_matrix(), None
-        route = self.router.predict_proba(self.head_input.numpy(outputs).astype(np.float64))
+        route = self.router.predict_proba(self.head_input.numpy(outputs).astype(np.float64)) @ self._route_columns()
         joint = np.concatenate([route[:, [i]] * p for i, p in enumerate(probs)], axis=1) @ self.space.merge_matrix()
         return np.concatenate([joint, route[:, len(self.teachers):]], axis=1), route
+
+    def _route_columns(self) -> np.ndarray:
+        """0/1 matrix from the router's classes to all router columns (teachers, then new classes): a teacher
+        that no pool image was routed to is not a class of the fitted router and gets probability 0."""
+        columns = np.zeros((len(self.router.classes_), len(self.teachers) + len(self.new_classes)), np.float32)
+        columns[np.arange(len(self.router.classes_)), np.asarray(self.router.classes_, int)] = 1
+        return columns
 
     def append(self, model: onnx.ModelProto, width_of: Mapping[str, int], outputs: list[str] = (FEATURES,)
                ) -> onnx.ModelProto:
@@ -257,9 +264,10 @@ class TeachersHead:
             return _finish(model, nodes, inits, self.classes, outputs)
         nodes, more = self.head_input.nodes(width_of)
         inits += more
-        linear, linear_inits = _linear(HEAD_INPUT, self.router, "head/router", ROUTE)
-        nodes += linear
-        inits += linear_inits
+        linear, linear_inits = _linear(HEAD_INPUT, self.router, "head/router", "head/router/probabilities")
+        nodes += linear + [helper.make_node("MatMul", ["head/router/probabilities", "head/route_columns"], [ROUTE],
+                                            name="head/RouteColumns")]
+        inits += linear_inits + [numpy_helper.from_array(self._route_columns(), "head/route_columns")]
         weighted = []
         for i, (name, _) in enumerate(self.teachers):  # head_input.nodes made head/NAME/probs
             inits.append(numpy_helper.from_array(np.array([i], np.int64), f"head/{name}/route_index"))

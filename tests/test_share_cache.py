@@ -116,9 +116,9 @@ def _counting(merger: Merger) -> list[int]:
     sizes: list[int] = []
     original = merger.source_outputs
 
-    def counted(X, outputs=None):
+    def counted(X, *args, **kwargs):
         sizes.append(len(X))
-        return original(X, outputs)
+        return original(X, *args, **kwargs)
 
     merger.source_outputs = counted
     return sizes
