@@ -245,7 +245,7 @@ class Merger:
         self._validate()
         self.weights_ = WeightFolder()
         self._drop_sessions()
-        self._session = None
+        self._session, self._parts = None, {}
         self.sources_ = []
         for spec in self.sources:
             try:
@@ -576,13 +576,17 @@ class Merger:
         return sessions[key]
 
     def _part_session(self, outputs: list[str]):
-        """A session of the part of the stitched graph that computes ``outputs``."""
-        # onnxruntime 1.31's Identity elimination loses a tensor that an Identity copies into a graph output
-        # while other nodes read it too ("not a graph input, initializer, or output of a previous node"): a
-        # source's input shared away to another source's. Exposing that tensor as well avoids it.
-        outputs = outputs + [n.input[0] for n in self.stitched_.graph.node if n.op_type == "Identity"
-                             and n.output[0] in outputs and n.input[0] not in outputs]
-        return make_session(keep_outputs(self.stitched_, outputs), weights=self.weights_)
+        """A session of the part of the stitched graph that computes ``outputs`` (the part is kept: light)."""
+        parts = self.__dict__.setdefault("_parts", {})
+        key = tuple(outputs)
+        if key not in parts:
+            # onnxruntime 1.31's Identity elimination loses a tensor that an Identity copies into a graph output
+            # while other nodes read it too ("not a graph input, initializer, or output of a previous node"): a
+            # source's input shared away to another source's. Exposing that tensor as well avoids it.
+            outputs = outputs + [n.input[0] for n in self.stitched_.graph.node if n.op_type == "Identity"
+                                 and n.output[0] in outputs and n.input[0] not in outputs]
+            parts[key] = keep_outputs(self.stitched_, outputs)
+        return make_session(parts[key], weights=self.weights_)
 
     def _drop_sessions(self) -> None:
         if getattr(self, "_sessions", None):

@@ -59,8 +59,9 @@ class HeadInput:
 
     def nodes(self, width_of: Mapping[str, int]) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
         """ONNX nodes computing ``head/input`` (and ``head/NAME/probs`` per teacher) inside the stitched graph."""
-        nodes, inits = [], [numpy_helper.from_array(np.array(1e-12, np.float32), "head/eps"),
-                            numpy_helper.from_array(np.array(LOG_FLOOR, np.float32), "head/log_floor")]
+        nodes, inits = [], [numpy_helper.from_array(np.array(1e-12, np.float32), "head/eps")]
+        if self.teachers:  # an initializer no node reads makes onnxruntime print a warning on every load
+            inits.append(numpy_helper.from_array(np.array(LOG_FLOOR, np.float32), "head/log_floor"))
         blocks = []
         for name in self.sources:
             f, p = output_names(name)["feature"], f"head/{name}"
