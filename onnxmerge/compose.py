@@ -635,12 +635,14 @@ class Merger:
                 z_input = preprocess.run([names["input"]], {IMAGE: chunk})[0]
                 preprocessing.add(z_input, reference_preprocess(chunk, self.input, source.preprocess))
                 parts.append(original.features(z_input))
+                if self._large:
+                    release_freed_memory()
             references.append(np.concatenate(parts))
             preprocessing_checks.append(preprocessing.check())
             del preprocess, original
             release_freed_memory()
         z_out = run_batched(make_session(model, weights=self.weights_), sample, [PROBABILITIES, FEATURES],
-                            self._batch(budget=CHECK_VALUES_PER_CALL), quiet=True)
+                            self._batch(budget=CHECK_VALUES_PER_CALL), quiet=True, lean=self._large)
         release_freed_memory()
         start, checks = 0, []
         for source, reference, preprocessing_check in zip(self.sources_, references, preprocessing_checks):

@@ -73,10 +73,12 @@ MAX_VALUES_PER_CALL = 128 * 64 * 64 * 3
 
 
 def run_batched(session: ort.InferenceSession, images: np.ndarray, outputs: list[str], batch_size: int = 128,
-                quiet: bool = False, desc: str = "features") -> dict[str, np.ndarray]:
+                quiet: bool = False, desc: str = "features", lean: bool = False) -> dict[str, np.ndarray]:
     """Run ``session`` over uint8 ``images`` in batches; returns each requested output, concatenated.
 
-    Large images run in smaller batches (at most ``MAX_VALUES_PER_CALL`` input values per call).
+    Large images run in smaller batches (at most ``MAX_VALUES_PER_CALL`` input values per call). ``lean``
+    hands each call's freed activations back to the system before the next call (slower: the next call
+    faults its pages in again), for the few calls where memory is tightest.
     """
     name = session.get_inputs()[0].name
     per_image = int(np.prod(images.shape[1:])) if images.ndim > 1 else 1
@@ -95,5 +97,7 @@ def run_batched(session: ort.InferenceSession, images: np.ndarray, outputs: list
             for key, value in zip(outputs, values):
                 parts[key].append(value)
             bar.update(len(batch))
+            if lean:
+                release_freed_memory()
     release_freed_memory()  # the runs' activations, freed but resident in the C heap
     return {k: np.concatenate(v) if v else np.zeros((0,)) for k, v in parts.items()}

@@ -67,7 +67,8 @@ def l2_blocks(blocks: list[np.ndarray]) -> np.ndarray:
     out = []
     for block in blocks:
         f = block.astype(np.float32)
-        norm = np.sqrt((f * f) @ np.ones((f.shape[1], 1), np.float32))
+        with np.errstate(over="ignore"):  # features beyond 1.8e19 overflow to inf as in Z's float32 head
+            norm = np.sqrt((f * f) @ np.ones((f.shape[1], 1), np.float32))
         out.append(f / np.maximum(norm, np.float32(1e-12)))
     return np.concatenate(out, axis=1)
 
