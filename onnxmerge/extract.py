@@ -62,8 +62,8 @@ def make_session(model: onnx.ModelProto | bytes | str, threads: int = 0, weights
 # which keeps about 3x a call's live activations resident, so the calls are small: feature extraction runs two
 # 224x224x3 images per call (as fast as larger batches: 165 vs 155 images/s at 8 for one EfficientNet-Lite0),
 # the parity check, whose Z session holds every source's weights at once, one image. Two EfficientNet-Lite0:
-# peak 2.7-2.9x the sources' size, extraction 0.95x a bare onnxruntime loop (benchmarks/RESULTS.md, c and d);
-# two images per call in the check too peaked at 3.3x. Small images still run up to ``batch_size`` per call.
+# peak 2.5-2.7x the sources' size, extraction 0.91x a bare onnxruntime loop at batch 32 (benchmarks/RESULTS.md,
+# c and d); two images per call everywhere peaked at 3.3x. Small images still run up to ``batch_size`` per call.
 EXTRACT_VALUES_PER_CALL = 320 * 1024
 CHECK_VALUES_PER_CALL = 160 * 1024
 
