@@ -137,6 +137,9 @@ def load_model_with_digest(path: str | os.PathLike, weights: WeightFolder | None
         return model, digest.hexdigest()
     try:
         light = weights.offload(model)
+    except OSError as exc:
+        raise OnnxMergeError(f"could not write the weights of {path} into the temporary folder {weights.path} "
+                             f"({exc.strerror or exc}); free disk space there or set TMPDIR to a larger disk.") from exc
     except Exception as exc:  # weights that do not parse: the checker names the problem, if it sees one
         check_structure(model, path)
         raise OnnxMergeError(f"{path} holds a tensor whose data cannot be read ({first_line(exc)}); re-export "

@@ -28,6 +28,8 @@ import onnx
 from onnx import numpy_helper
 from onnx.external_data_helper import ExternalDataInfo, set_external_data, uses_external_data
 
+from .errors import OnnxMergeError
+
 #: Initializers below this size stay inline: shapes, axes and scales that graph code and onnx's version
 #: converter read.
 OFFLOAD_BYTES = 1024
@@ -41,7 +43,11 @@ class WeightFolder:
     """A private temporary folder holding the weights that this build's light protos refer to."""
 
     def __init__(self) -> None:
-        self._tmp = tempfile.TemporaryDirectory(prefix="onnxmerge-weights-")
+        try:
+            self._tmp = tempfile.TemporaryDirectory(prefix="onnxmerge-weights-")
+        except OSError as exc:
+            raise OnnxMergeError(f"cannot create a temporary folder for the build's weights ({exc.strerror or exc}); "
+                                 "set TMPDIR to a writable folder.") from exc
         self.path = Path(self._tmp.name)
         self._files = 0
 

@@ -115,3 +115,18 @@ def test_large_source_path_builds_the_same_z(digits, monkeypatch, mode):
     # b's input is an Identity of a's (shared preprocessing): a part of the graph computing it still loads
     session = large._part_session(["b/input"])
     assert session.run(["b/input"], {"image": x[:3]})[0].shape[0] == 3
+
+
+def test_no_room_for_the_temporary_weights_is_one_clear_error(digits, monkeypatch):
+    import errno
+
+    import onnxmerge.weights as weights_module
+    from onnxmerge.errors import OnnxMergeError
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(weights_module.tempfile, "TemporaryDirectory", full)
+    x, y = digits
+    with pytest.raises(OnnxMergeError, match="No space left on device.*set TMPDIR"):
+        Merger(ImageInput(8, 8, 1), [fixture_source("a", "torch_legacy_cnn.onnx")], quiet=True).fit(x[:50], y[:50])
