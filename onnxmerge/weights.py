@@ -3,8 +3,8 @@
 During a build every large initializer of every source is written once into a private temporary folder
 (``<folder>/sourceN.bin``) and its ``TensorProto`` becomes an external-data reference to it. The cut,
 stitch, share and head steps then copy and edit protos of a few hundred KB instead of the whole weights,
-and each onnxruntime session reads the data from the folder (memory-mapped, released when the session
-goes). Only Z's final write puts the bytes back inline, streamed one tensor at a time.
+and each onnxruntime session reads the data from the folder as it loads. Only Z's final write puts the
+bytes back inline, streamed one tensor at a time.
 
 Why: a ``ModelProto`` holds its weights in memory, and every copy (cut, stitch, keep_outputs, the head,
 ``SerializeToString`` for a session) duplicated them; a build from two 19 MB sources peaked at 21x their
@@ -33,7 +33,7 @@ from .errors import OnnxMergeError
 #: Initializers below this size stay inline: shapes, axes and scales that graph code and onnx's version
 #: converter read.
 OFFLOAD_BYTES = 1024
-#: onnxruntime memory-maps external data whose offset is page aligned.
+#: Each tensor starts on a 4 KB page, so a reader may memory-map it.
 PAGE = 4096
 #: onnxruntime's session option naming the folder that external data is relative to (model bytes have no path).
 ORT_FOLDER_KEY = "session.model_external_initializers_file_folder_path"
