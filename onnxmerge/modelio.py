@@ -181,12 +181,20 @@ def atomic_path(target: Path, suffix: str = "") -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        if os.name == "posix":  # mkstemp made it 0600; give it the mode a plain open() would (umask)
+            os.chmod(tmp_path, 0o666 & ~_umask())
         os.replace(tmp_path, target)
     except OSError as exc:
         raise OnnxMergeError(f"could not write {target} ({exc.strerror or exc}); check free space and permissions.") from exc
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it; put it straight back
+    os.umask(mask)
+    return mask
 
 
 def check_output_path(output: str | os.PathLike, protected: list[Path] = ()) -> Path:

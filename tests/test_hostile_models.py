@@ -212,6 +212,16 @@ def test_interrupted_write_keeps_the_old_file(tmp_path):
     assert target.read_bytes() == b"old model" and list(tmp_path.iterdir()) == [target]
 
 
+@pytest.mark.skipif(os.name != "posix", reason="file modes are POSIX")
+def test_written_file_gets_the_umask_mode_not_the_temporary_files_0600(tmp_path):
+    old = os.umask(0o027)
+    try:
+        save_model(onnx.load(str(FIXTURES / "skl_logreg.onnx")), tmp_path / "z.onnx")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "z.onnx").stat().st_mode & 0o777 == 0o640
+
+
 def test_unwritable_output_folder():
     model = onnx.load(str(FIXTURES / "skl_logreg.onnx"))
     with pytest.raises(OnnxMergeError, match="cannot write into /proc"):
