@@ -44,7 +44,8 @@ class WeightFolder:
 
     def __init__(self) -> None:
         try:
-            self._tmp = tempfile.TemporaryDirectory(prefix="onnxmerge-weights-")
+            # a file a session still maps cannot be removed on Windows: clean up what can be
+            self._tmp = tempfile.TemporaryDirectory(prefix="onnxmerge-weights-", ignore_cleanup_errors=True)
         except OSError as exc:
             raise OnnxMergeError(f"cannot create a temporary folder for the build's weights ({exc.strerror or exc}); "
                                  "set TMPDIR to a writable folder.") from exc
