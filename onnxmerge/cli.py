@@ -54,8 +54,7 @@ def _build(args) -> int:
             raise OnnxMergeError("--quantize needs labelled training images ([head] train) to calibrate on and to "
                                  "check accuracy before/after; build without --quantize.")
         data = merger._dataset(recipe.train, None)
-        merger.model_, merger.quantize_ = quantize_z(merger.model_, data.x, data.y)
-        merger._session = None
+        merger.model_, merger.quantize_ = quantize_z(merger.model_, data.x, data.y)  # the setter drops Z's session
     merger.save(args.output)
     print(build_summary(merger, args.output))
     return 0

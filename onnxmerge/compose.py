@@ -20,7 +20,7 @@ from . import cache as feature_cache
 from .cut import CutModel, cut, source_input
 from .data import Dataset, load_labelled, load_unlabeled
 from .errors import OnnxMergeError, first_line
-from .extract import ARENA_OFF_ABOVE_BYTES, CHECK_VALUES_PER_CALL, EXTRACT_VALUES_PER_CALL, make_session, run_batched
+from .extract import CHECK_VALUES_PER_CALL, EXTRACT_VALUES_PER_CALL, LARGE_MODEL_BYTES, make_session, run_batched
 from .head import FEATURES, LABEL, PROBABILITIES, HeadInput, TeachersHead, append_head, fit_head, select_C
 from .inspect import find_head, find_head_output, model_labels
 from .modelio import check_output_path, load_model_with_digest, save_model
@@ -192,6 +192,9 @@ class Merger:
         self.class_weight = class_weight
         self.batch_size = batch_size
         self.quiet = quiet
+        self._z = self._session = None  # Z (light) and its session, once fitted
+        self._sessions: dict[tuple[str, ...], object] = {}  # live sessions of groups of the stitched graph
+        self._parts: dict[tuple[str, ...], onnx.ModelProto] = {}  # light parts of the stitched graph
 
     # -- configuration checks -------------------------------------------------------------------------
     def _validate(self) -> None:
@@ -265,7 +268,7 @@ class Merger:
         # large sources run group by group (one's weights and activations in memory at a time); small ones
         # in one session, which computes their shared preprocessing once (the demo's extraction: 5-15% faster)
         names = [s.spec.name for s in self.sources_]
-        self._large = external_bytes(self.stitched_) > ARENA_OFF_ABOVE_BYTES
+        self._large = external_bytes(self.stitched_) > LARGE_MODEL_BYTES
         self.groups_ = extraction_groups(self.stitched_, names) if self._large else [names]
         self._graph_digest = None
         return self.stitched_
@@ -555,11 +558,12 @@ class Merger:
         features = [output_names(s.spec.name)["feature"] for s in self.sources_]
         needed = list(dict.fromkeys([n for n in wanted if n != FEATURES] + (features if FEATURES in wanted else [])))
         result: dict[str, np.ndarray] = {}
-        live = getattr(self, "_sessions", {})
-        for group in sorted(self.groups_, key=lambda g: tuple(g) not in live):  # the live session's group first
+        for group in sorted(self.groups_, key=lambda g: tuple(g) not in self._sessions):  # a live session first
             mine = [n for n in needed if _owner(n) in group]
             if mine:
                 result.update(run_batched(self._group_session(group), X, mine, self._batch(group, budget), self.quiet))
+        if self._large:
+            release_freed_memory()  # the runs' activations, freed but resident in the C heap
         if FEATURES in wanted:
             result[FEATURES] = np.concatenate([result[n] for n in features], axis=1)
         return {n: result[n] for n in wanted}
@@ -568,28 +572,27 @@ class Merger:
         """A session computing ``group``'s outputs of the stitched graph, kept for the next call; where the
         sources' weights are large, the other groups' sessions go first (one group's weights in memory)."""
         key = tuple(group)
-        sessions = self.__dict__.setdefault("_sessions", {})
-        if key not in sessions:
+        if key not in self._sessions:
             if self._large:
                 self._drop_sessions()
-            sessions[key] = self._part_session([o.name for o in self.stitched_.graph.output if _owner(o.name) in group])
-        return sessions[key]
+            outputs = [o.name for o in self.stitched_.graph.output if _owner(o.name) in group]
+            self._sessions[key] = self._part_session(outputs)
+        return self._sessions[key]
 
     def _part_session(self, outputs: list[str]):
         """A session of the part of the stitched graph that computes ``outputs`` (the part is kept: light)."""
-        parts = self.__dict__.setdefault("_parts", {})
         key = tuple(outputs)
-        if key not in parts:
+        if key not in self._parts:
             # onnxruntime 1.31's Identity elimination loses a tensor that an Identity copies into a graph output
             # while other nodes read it too ("not a graph input, initializer, or output of a previous node"): a
             # source's input shared away to another source's. Exposing that tensor as well avoids it.
             outputs = outputs + [n.input[0] for n in self.stitched_.graph.node if n.op_type == "Identity"
                                  and n.output[0] in outputs and n.input[0] not in outputs]
-            parts[key] = keep_outputs(self.stitched_, outputs)
-        return make_session(parts[key], weights=self.weights_)
+            self._parts[key] = keep_outputs(self.stitched_, outputs)
+        return make_session(self._parts[key], weights=self.weights_)
 
     def _drop_sessions(self) -> None:
-        if getattr(self, "_sessions", None):
+        if self._sessions:
             self._sessions.clear()
             release_freed_memory()
 
@@ -668,7 +671,7 @@ class Merger:
     @property
     def model_(self) -> onnx.ModelProto:
         """Z as a self-contained ``ModelProto`` (its weights read into memory; ``save`` streams them instead)."""
-        if getattr(self, "_z", None) is None:
+        if self._z is None:
             raise AttributeError("model_ is set by fit(); this Merger is not fitted yet")
         return self.weights_.inline(self._z)
 
@@ -677,9 +680,9 @@ class Merger:
         self._z, self._session = model, None
 
     def _z_session(self):
-        if getattr(self, "_z", None) is None:
+        if self._z is None:
             raise OnnxMergeError("this Merger is not fitted yet; call fit() first.")
-        if getattr(self, "_session", None) is None:
+        if self._session is None:
             self._session = make_session(self._z, weights=self.weights_)
         return self._session
 
@@ -693,7 +696,7 @@ class Merger:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write Z atomically (temporary file, then rename); never onto a source model."""
-        if getattr(self, "_z", None) is None:
+        if self._z is None:
             raise OnnxMergeError("this Merger is not fitted yet; call fit() before save().")
         output = check_output_path(path, [Path(s.model) for s in self.sources])
         return save_model(self._z, output, weights=self.weights_)

@@ -18,7 +18,9 @@ def progress_enabled(quiet: bool) -> bool:
     return not quiet and sys.stderr.isatty()
 
 
-ARENA_OFF_ABOVE_BYTES = 8 * 2**20
+#: Models with more weights than this are "large": their sessions run without onnxruntime's arena (below),
+#: and a build runs their sources one group at a time (``compose.Merger``).
+LARGE_MODEL_BYTES = 8 * 2**20
 
 
 def make_session(model: onnx.ModelProto | bytes | str, threads: int = 0, weights: WeightFolder | None = None
@@ -42,7 +44,7 @@ def make_session(model: onnx.ModelProto | bytes | str, threads: int = 0, weights
     # the arena every session keeps its largest batch's activations for its lifetime (building Z from two
     # EfficientNet-Lite0 on 64 images peaked at 5.4 GB with it, 1.6 GB without). Small models keep it: without
     # it the demo's extraction ran 5-20% slower (benchmarks/RESULTS.md).
-    if not isinstance(payload, str) and len(payload) + size > ARENA_OFF_ABOVE_BYTES:
+    if not isinstance(payload, str) and len(payload) + size > LARGE_MODEL_BYTES:
         options.enable_cpu_mem_arena = False
         # and without a memory pattern: it allocates the whole batch's planned activations in one block
         # (one EfficientNet-Lite0, 2 images per call: 44 MB peak above the session with it, 33 MB without)
@@ -99,5 +101,4 @@ def run_batched(session: ort.InferenceSession, images: np.ndarray, outputs: list
             bar.update(len(batch))
             if lean:
                 release_freed_memory()
-    release_freed_memory()  # the runs' activations, freed but resident in the C heap
     return {k: np.concatenate(v) if v else np.zeros((0,)) for k, v in parts.items()}

@@ -105,7 +105,7 @@ def test_large_source_path_builds_the_same_z(digits, monkeypatch, mode):
     kwargs = {"unlabeled": x[:300]} if mode == "teachers" else {}
     train = (None, None) if mode == "teachers" else (x[:300], y[:300])
     small = Merger(ImageInput(8, 8, 1), sources, mode=mode, quiet=True).fit(*train, **kwargs)
-    monkeypatch.setattr(compose, "ARENA_OFF_ABOVE_BYTES", 0)
+    monkeypatch.setattr(compose, "LARGE_MODEL_BYTES", 0)
     large = Merger(ImageInput(8, 8, 1), sources, mode=mode, quiet=True).fit(*train, **kwargs)
     exact(large)
     assert small.groups_ == [["a", "b", "c"]] and large.groups_ == [["a", "b"], ["c"]]
