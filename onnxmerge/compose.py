@@ -27,7 +27,7 @@ from .modelio import check_output_path, load_model_with_digest, save_model
 from .parity import CONVERTED, ParityCheck, SourceReference, Worst, compare, require
 from .preprocess import ImageInput, Preprocess, reference_preprocess
 from .routing import PSEUDO_LABEL_THRESHOLD, Teachers, head_kind, l2_blocks, match_sources, pseudo_labels
-from .share import extraction_groups, share_common
+from .share import ancestors, extraction_groups, share_common
 from .stitch import IMAGE, StitchSource, keep_outputs, output_names, stitch
 from .weights import WeightFolder, external_bytes, release_freed_memory
 
@@ -715,18 +715,6 @@ def _not_in(pool: np.ndarray, labelled: np.ndarray) -> np.ndarray:
 
 def _head_domains(graph: onnx.GraphProto, name: str) -> set[str]:
     """Op domains other than the default one that a source's own head adds on top of its features."""
-    nodes = list(graph.node)
-    producer = {out: i for i, node in enumerate(nodes) for out in node.output}
-
-    def ancestors(tensor: str) -> set[int]:
-        seen, stack = set(), [tensor]
-        while stack:
-            i = producer.get(stack.pop())
-            if i is not None and i not in seen:
-                seen.add(i)
-                stack.extend(nodes[i].input)
-        return seen
-
     names = output_names(name)
-    head_only = ancestors(names["head"]) - ancestors(names["feature"])
-    return {nodes[i].domain for i in head_only} - {"", "ai.onnx"}
+    head_only = ancestors(graph, [names["head"]]) - ancestors(graph, [names["feature"]])
+    return {graph.node[i].domain for i in head_only} - {"", "ai.onnx"}

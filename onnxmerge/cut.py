@@ -49,6 +49,15 @@ def _missing_tensor(name: str, names: list[str]) -> OnnxMergeError:
     )
 
 
+def exposing(model: onnx.ModelProto, tensor: str) -> onnx.ModelProto:
+    """A copy of ``model`` whose only output is ``tensor`` (onnxruntime then runs just what it needs)."""
+    exposed = onnx.ModelProto()
+    exposed.CopyFrom(model)
+    del exposed.graph.output[:]
+    exposed.graph.output.append(onnx.ValueInfoProto(name=tensor))
+    return exposed
+
+
 def feature_rank(model: onnx.ModelProto, feature: str, probe_input: np.ndarray,
                  weights: WeightFolder | None = None) -> int:
     """Rank of ``feature``: from shape inference, or by running one sample where inference cannot tell."""
@@ -57,11 +66,7 @@ def feature_rank(model: onnx.ModelProto, feature: str, probe_input: np.ndarray,
         return len(shape)
     from .extract import make_session  # only for the probe; graph code otherwise never runs models
 
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    del probe.graph.output[:]
-    probe.graph.output.append(onnx.ValueInfoProto(name=feature))
-    session = make_session(probe, weights=weights)
+    session = make_session(exposing(model, feature), weights=weights)
     return session.run([feature], {session.get_inputs()[0].name: probe_input})[0].ndim
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
+from .cut import exposing
 from .errors import OnnxMergeError
 from .extract import make_session
 from .weights import WeightFolder
@@ -60,11 +61,7 @@ class SourceReference:
     """
 
     def __init__(self, model: onnx.ModelProto, feature: str, pooled: bool, weights: WeightFolder | None = None):
-        exposed = onnx.ModelProto()
-        exposed.CopyFrom(model)
-        del exposed.graph.output[:]
-        exposed.graph.output.append(onnx.ValueInfoProto(name=feature))
-        self.session = make_session(exposed, weights=weights)
+        self.session = make_session(exposing(model, feature), weights=weights)
         self.feature, self.pooled = feature, pooled
 
     def features(self, inputs: np.ndarray) -> np.ndarray:

@@ -215,6 +215,21 @@ def share_common(model: onnx.ModelProto) -> tuple[onnx.ModelProto, ShareStats]:
     return model, stats
 
 
+def ancestors(graph: onnx.GraphProto, tensors: list[str]) -> set[int]:
+    """Indices of the nodes of ``graph`` that ``tensors`` depend on (through If/Loop/Scan bodies too)."""
+    nodes = graph.node
+    producer = {out: i for i, node in enumerate(nodes) for out in node.output if out}
+    seen, stack = set(), list(tensors)
+    while stack:
+        i = producer.get(stack.pop())
+        if i is not None and i not in seen:
+            seen.add(i)
+            stack.extend(nodes[i].input)
+            if _has_subgraph(nodes[i]):
+                stack.extend(_subgraph_inputs(nodes[i]))
+    return seen
+
+
 def extraction_groups(model: onnx.ModelProto, sources: list[str]) -> list[list[str]]:
     """Sources that must run in one onnxruntime session because they share weighted work.
 
@@ -223,23 +238,11 @@ def extraction_groups(model: onnx.ModelProto, sources: list[str]) -> list[list[s
     every other source runs alone, so a build holds one source's weights and activations at a time.
     Shared preprocessing and shape arithmetic are cheap to repeat and do not join sources.
     """
-    nodes = list(model.graph.node)
-    producer = {out: i for i, node in enumerate(nodes) for out in node.output if out}
+    nodes = model.graph.node
     weights = {t.name for t in model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL}
-
-    def weighted_ancestors(tensors: list[str]) -> set[int]:
-        seen, stack = set(), list(tensors)
-        while stack:
-            i = producer.get(stack.pop())
-            if i is not None and i not in seen:
-                seen.add(i)
-                stack.extend(nodes[i].input)
-                if _has_subgraph(nodes[i]):
-                    stack.extend(_subgraph_inputs(nodes[i]))
-        return {i for i in seen if weights.intersection(nodes[i].input)}
-
     outputs = [o.name for o in model.graph.output]
-    work = {s: weighted_ancestors([o for o in outputs if _source_of(o) == s]) for s in sources}
+    work = {s: {i for i in ancestors(model.graph, [o for o in outputs if _source_of(o) == s])
+                if weights.intersection(nodes[i].input)} for s in sources}
     groups: list[list[str]] = []
     for source in sources:
         joined = [g for g in groups if any(work[source] & work[other] for other in g)]
