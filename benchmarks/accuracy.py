@@ -26,11 +26,11 @@ from sklearn.datasets import load_digits
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from accuracy_sources import CLASSES, make_sources, read_split  # noqa: E402
 
-from onnxmerge.compose import Merger, Source  # noqa: E402
-from onnxmerge.head import ROUTE  # noqa: E402
-from onnxmerge.preprocess import ImageInput, Preprocess  # noqa: E402
-from onnxmerge.routing import head_kind, to_probabilities  # noqa: E402
-from onnxmerge.stitch import output_names  # noqa: E402
+from onnxmerge.merger import Merger, Source  # noqa: E402
+from onnxmerge.learn.head import ROUTE  # noqa: E402
+from onnxmerge.graph.preprocess import ImageInput, Preprocess  # noqa: E402
+from onnxmerge.learn.routing import head_kind, to_probabilities  # noqa: E402
+from onnxmerge.graph.stitch import output_names  # noqa: E402
 
 SPLITS = {
     "2 sources (5+5)": [("torch", CLASSES[:5]), ("sklearn", CLASSES[5:])],

@@ -134,8 +134,8 @@ def penultimate_check(name: str, folder: Path, weight: list[int], width: int) ->
     import onnx
     import onnxruntime as ort
 
-    from onnxmerge.inspect import find_head
-    from onnxmerge.modelio import load_model
+    from onnxmerge.graph.inspect import find_head
+    from onnxmerge.io.models import load_model
 
     model = load_model(folder / f"{name}.onnx")
     t = time.time()

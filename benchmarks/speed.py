@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from onnxmerge.preprocess import _resize_axis
+from onnxmerge.graph.preprocess import _resize_axis
 
 ROOT = Path(__file__).resolve().parent.parent
 EFFNET = ("lite0_imagenet.onnx", "lite0_head10.onnx", "lite0_other.onnx")
@@ -175,8 +175,8 @@ def extraction_throughput(label: str, merger, images: np.ndarray, labels: np.nda
     onnxruntime loop over the same files and the same stitched graph, interleaved."""
     from PIL import Image
 
-    from onnxmerge.data import load_labelled
-    from onnxmerge.stitch import output_names
+    from onnxmerge.io.images import load_labelled
+    from onnxmerge.graph.stitch import output_names
 
     n, mode = len(images), "L" if images.shape[-1] == 1 else "RGB"
     names = [output_names(s.spec.name)["feature"] for s in merger.sources_]
@@ -279,7 +279,7 @@ def case_d(args) -> None:
 # -- (q) build --quantize on a real CNN (not part of the default cases) ------------------------------------------
 def case_q(args) -> None:
     from onnxmerge import ImageInput, Merger, Preprocess, Source
-    from onnxmerge.quantize import quantize_z
+    from onnxmerge.learn.quantize import quantize_z
 
     folder = effnet_files(args)
     print("\n(q) --quantize: EfficientNet-Lite0 alone, 96 Fashion-MNIST images at 224x224x3")

@@ -7,13 +7,13 @@ import json
 import sys
 from pathlib import Path
 
-from . import __version__
+from .version import __version__
 from .errors import OnnxMergeError
 
 
 def _inspect(args) -> int:
-    from .inspect import describe
-    from .modelio import load_model
+    from .graph.inspect import describe
+    from .io.models import load_model
 
     info = describe(args.model, load_model(args.model))
     if args.json:
@@ -39,21 +39,22 @@ def _build(args) -> int:
 
     recipe = load_recipe(args.recipe, quiet=args.quiet)
     merger = recipe.merger
-    from .modelio import check_output_path
+    from .io.models import check_output_path
 
     check_output_path(args.output, [Path(s.model) for s in merger.sources] + [recipe.path])
     if not args.no_cache:
-        from .cache import default_cache_dir
+        from .runtime.cache import default_cache_dir
 
         merger.cache_dir = Path(args.cache) if args.cache else default_cache_dir()
     merger.fit(recipe.train, unlabeled=recipe.unlabeled)
     if args.quantize:
-        from .quantize import quantize_z
+        from .io.images import as_labelled
+        from .learn.quantize import quantize_z
 
         if recipe.train is None:
             raise OnnxMergeError("--quantize needs labelled training images ([head] train) to calibrate on and to "
                                  "check accuracy before/after; build without --quantize.")
-        data = merger._dataset(recipe.train, None)
+        data = as_labelled(recipe.train, None, merger.input)
         merger.model_, merger.quantize_ = quantize_z(merger.model_, data.x, data.y)  # the setter drops Z's session
     merger.save(args.output)
     print(build_summary(merger, args.output))
@@ -103,7 +104,7 @@ def build_summary(merger, output) -> str:
 
 
 def _predict(args) -> int:
-    from .data import read_images
+    from .io.images import read_images
     from .predict import ZModel
 
     z = ZModel(args.model, quiet=args.quiet)
@@ -119,7 +120,7 @@ def _predict(args) -> int:
 
 
 def _evaluate(args) -> int:
-    from .data import load_labelled
+    from .io.images import load_labelled
     from .evaluate import evaluate_predictions, write_report
     from .predict import ZModel
 

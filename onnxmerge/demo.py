@@ -16,7 +16,7 @@ import numpy as np
 from .errors import OnnxMergeError
 from .evaluate import evaluate_predictions, write_report
 from .recipe import load_recipe
-from .stitch import output_names
+from .graph.stitch import output_names
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "fashion"
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import confusion_matrix
 
-from .modelio import atomic_path
+from .io.models import atomic_path
 
 
 def evaluate_predictions(true: np.ndarray, predicted: np.ndarray, known: list[str]) -> dict:

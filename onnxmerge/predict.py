@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 
 from .errors import OnnxMergeError
-from .extract import make_session, run_batched
-from .head import LABEL, PROBABILITIES
-from .modelio import load_model
-from .preprocess import ImageInput
+from .runtime.session import make_session, run_batched
+from .learn.head import LABEL, PROBABILITIES
+from .io.models import load_model
+from .graph.preprocess import ImageInput
 
 
 class ZModel:

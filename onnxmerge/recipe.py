@@ -17,9 +17,9 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
-from .compose import DEFAULT_C, MODES, Merger, Source
+from .merger import DEFAULT_C, MODES, Merger, Source
 from .errors import OnnxMergeError
-from .preprocess import ImageInput, Preprocess
+from .graph.preprocess import ImageInput, Preprocess
 
 # key -> (type(s), required)
 _TOP = {"input": (dict, True), "sources": (list, True), "head": (dict, False)}

@@ -19,8 +19,8 @@ import pytest
 
 from conftest import FIXTURES
 from onnxmerge import ImageInput, Merger, OnnxMergeError, Preprocess, Source
-from onnxmerge.inspect import find_head
-from onnxmerge.modelio import load_model
+from onnxmerge.graph.inspect import find_head
+from onnxmerge.io.models import load_model
 
 GRAPHS = Path(__file__).parent / "fixtures" / "graphs"
 ENTRIES = {e["file"]: e for e in json.loads((GRAPHS / "manifest.json").read_text())}
@@ -144,7 +144,7 @@ def test_newest_onnx_opset_that_onnxruntime_cannot_run_is_refused(tmp_path, digi
 
 
 def test_sparse_initializers_are_densified_and_prefixed(digits):
-    from onnxmerge.cut import cut, densify_sparse_initializers
+    from onnxmerge.graph.cut import cut, densify_sparse_initializers
 
     model = load_model(GRAPHS / "sparse_initializer.onnx")
     sparse = {s.values.name for s in model.graph.sparse_initializer}
@@ -152,7 +152,7 @@ def test_sparse_initializers_are_densified_and_prefixed(digits):
     assert find_head(model).feature == ENTRIES["sparse_initializer.onnx"]["feature"]
     dense = densify_sparse_initializers(model)
     assert not dense.graph.sparse_initializer and sparse <= {i.name for i in dense.graph.initializer}
-    cut_model = cut(model, ENTRIES["sparse_initializer.onnx"]["feature"], None, np.zeros((1, 1, 8, 8), np.float32))
+    cut_model = cut(model, ENTRIES["sparse_initializer.onnx"]["feature"], None)
     assert sparse <= {i.name for i in cut_model.model.graph.initializer}
     x, y = digits
     # the partner has dense weights of the same names
@@ -165,7 +165,7 @@ def test_sparse_initializers_are_densified_and_prefixed(digits):
 
 
 def test_lying_value_info_is_ignored():
-    from onnxmerge.inspect import tensor_shapes
+    from onnxmerge.graph.inspect import tensor_shapes
 
     e = ENTRIES["lying_value_info.onnx"]
     model = load_model(GRAPHS / "lying_value_info.onnx")
@@ -176,15 +176,16 @@ def test_lying_value_info_is_ignored():
 
 
 def test_feature_width_unknown_to_shape_inference_is_probed():
-    from onnxmerge.cut import cut
-    from onnxmerge.inspect import tensor_shapes
+    from onnxmerge.graph.cut import cut
+    from onnxmerge.graph.inspect import tensor_shapes
+    from onnxmerge.runtime.session import tensor_rank
 
     e = ENTRIES["computed_reshape.onnx"]
     model = load_model(GRAPHS / "computed_reshape.onnx")
     # Shape -> Gather -> Unsqueeze -> Concat -> Reshape at opset 13: onnx infers no shape at all (not even the
-    # rank), so feature_rank has to run one sample through onnxruntime
+    # rank), so the build asks the runtime (tensor_rank) to run one sample through onnxruntime
     assert e["feature_static_shape"] is None and tensor_shapes(model).get(e["feature"]) is None
-    cut_model = cut(model, e["feature"], None, np.zeros((1, 1, 8, 8), np.float32))  # rank from one onnxruntime run
+    cut_model = cut(model, e["feature"], None, tensor_rank(model, e["feature"], np.zeros((1, 1, 8, 8), np.float32)))
     assert cut_model.rank == 2 and not cut_model.pooled
     # the width (128) is read from the features Z computes: see test_build_with_a_partner_keeps_parity
 
@@ -218,7 +219,7 @@ def test_different_local_functions_with_one_name_are_refused(digits):
 def test_sparse_initializer_with_indices_out_of_range_is_refused():
     import onnx
 
-    from onnxmerge.cut import densify_sparse_initializers
+    from onnxmerge.graph.cut import densify_sparse_initializers
 
     model = load_model(GRAPHS / "sparse_initializer.onnx")
     sparse = model.graph.sparse_initializer[0]

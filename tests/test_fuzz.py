@@ -14,11 +14,11 @@ from hypothesis import example, HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import FIXTURES
-from onnxmerge.compose import Merger, Source
+from onnxmerge.merger import Merger, Source
 from onnxmerge.errors import OnnxMergeError
-from onnxmerge.inspect import describe
-from onnxmerge.modelio import load_model
-from onnxmerge.preprocess import ImageInput, Preprocess
+from onnxmerge.graph.inspect import describe
+from onnxmerge.io.models import load_model
+from onnxmerge.graph.preprocess import ImageInput, Preprocess
 from onnxmerge.recipe import parse_recipe
 
 EXAMPLES = int(os.environ.get("ONNXMERGE_FUZZ_EXAMPLES", "40"))

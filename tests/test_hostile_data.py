@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from onnxmerge.data import load_labelled, load_unlabeled, read_image
+from onnxmerge.io.images import load_labelled, load_unlabeled, read_image
 from onnxmerge.errors import OnnxMergeError
-from onnxmerge.preprocess import ImageInput
+from onnxmerge.graph.preprocess import ImageInput
 
 GRAY = ImageInput(8, 8, 1)
 RGB = ImageInput(8, 8, 3)

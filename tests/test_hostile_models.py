@@ -12,7 +12,7 @@ from onnx import TensorProto, helper
 
 from conftest import FIXTURES
 from onnxmerge.errors import OnnxMergeError
-from onnxmerge.modelio import atomic_path, load_model, save_model
+from onnxmerge.io.models import atomic_path, load_model, save_model
 
 DYNAMO = "torch_dynamo_mlp.onnx"
 
@@ -169,8 +169,8 @@ def test_custom_domain_op_onnxruntime_cannot_run(tmp_path, digits_npz):
 
 
 def test_huge_declared_dimension(tmp_path, digits_npz):
-    from onnxmerge.compose import Merger, Source
-    from onnxmerge.preprocess import ImageInput, Preprocess
+    from onnxmerge.merger import Merger, Source
+    from onnxmerge.graph.preprocess import ImageInput, Preprocess
 
     graph = helper.make_graph([helper.make_node("Flatten", ["x"], ["f"]),
                                helper.make_node("ReduceSum", ["f"], ["s"], keepdims=1)], "huge",
@@ -186,8 +186,8 @@ def test_huge_declared_dimension(tmp_path, digits_npz):
 
 def test_nan_features_name_the_source(tmp_path, digits_npz):
     """A source that turns some inputs into NaN (log of a negative) is refused before fitting."""
-    from onnxmerge.compose import Merger, Source
-    from onnxmerge.preprocess import ImageInput, Preprocess
+    from onnxmerge.merger import Merger, Source
+    from onnxmerge.graph.preprocess import ImageInput, Preprocess
 
     graph = helper.make_graph([helper.make_node("Flatten", ["x"], ["f"]), helper.make_node("Log", ["f"], ["feat"]),
                                helper.make_node("ReduceSum", ["feat"], ["s"], keepdims=1)], "nan",

@@ -8,8 +8,8 @@ import pytest
 
 from conftest import FIXTURES, MANIFEST
 from onnxmerge.cli import main
-from onnxmerge.inspect import describe, find_head
-from onnxmerge.modelio import load_model
+from onnxmerge.graph.inspect import describe, find_head
+from onnxmerge.io.models import load_model
 
 KEYS = {"inputs", "outputs", "opsets", "ir_version", "producer", "labels", "candidates", "suggested", "reason"}
 

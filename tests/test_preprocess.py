@@ -8,7 +8,7 @@ import onnx_graphsurgeon as gs
 import onnxruntime as ort
 import pytest
 
-from onnxmerge.preprocess import ImageInput, Preprocess, build_preprocess, reference_preprocess
+from onnxmerge.graph.preprocess import ImageInput, Preprocess, build_preprocess, reference_preprocess
 
 
 def run_graph(image: ImageInput, spec: Preprocess, x: np.ndarray, opset: int) -> np.ndarray:

@@ -11,10 +11,10 @@ import pytest
 from onnx import TensorProto, helper
 
 from conftest import FIXTURES, write_recipe
-from onnxmerge import probe
+from onnxmerge.runtime import probe
 from onnxmerge.cli import main
 from onnxmerge.errors import OnnxMergeError
-from onnxmerge.modelio import load_model
+from onnxmerge.io.models import load_model
 
 pytestmark = pytest.mark.skipif(not probe.SUPPORTED, reason="the probe needs fork and resource (POSIX)")
 

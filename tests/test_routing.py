@@ -14,10 +14,10 @@ import onnx
 import pytest
 
 from onnxmerge.errors import OnnxMergeError
-from onnxmerge.head import ROUTE
+from onnxmerge.learn.head import ROUTE
 from onnxmerge.recipe import load_recipe
-from onnxmerge.routing import Teachers, head_kind, to_probabilities
-from onnxmerge.stitch import output_names
+from onnxmerge.learn.routing import Teachers, head_kind, to_probabilities
+from onnxmerge.graph.stitch import output_names
 
 FASHION = Path(__file__).resolve().parent.parent / "examples" / "fashion"
 
@@ -169,7 +169,7 @@ def test_a_teacher_no_pool_image_is_routed_to_gets_route_zero(test_set):
     z = merger.fit(recipe.train, unlabeled=recipe.unlabeled)
     assert all(check.ok for check in z.parity_)
     assert any("no pool image was routed to 'a_copy'" in w for w in z.warnings_), z.warnings_
-    from onnxmerge.extract import make_session
+    from onnxmerge.runtime.session import make_session
 
     x, y = test_set
     saved = onnx.load_from_string(z.model_.SerializeToString())  # Z as written: plain, self-contained ONNX

@@ -11,9 +11,10 @@ from test_exporter_graphs import source as graph_source
 
 from onnxmerge import ImageInput, Merger, Preprocess, Source
 from onnxmerge.cli import main
-from onnxmerge.extract import make_session
+from onnxmerge.runtime.engine import LocalEngine
+from onnxmerge.runtime.session import make_session
 from onnxmerge.recipe import load_recipe
-from onnxmerge.share import share_common
+from onnxmerge.graph.share import share_common
 
 
 def fixture_source(name: str, fixture: str, mean=None) -> Source:
@@ -111,39 +112,39 @@ def test_dedup_by_bytes_cse_dead_nodes_and_random_ops():
 
 
 # -- feature cache ---------------------------------------------------------------------------------------------
-def _counting(merger: Merger) -> list[int]:
-    """Record the number of images of every stitched-graph run."""
+def _counting(monkeypatch) -> list[int]:
+    """Record the number of images of every stitched-graph run (every run goes through the engine)."""
     sizes: list[int] = []
-    original = merger.source_outputs
+    original = LocalEngine.outputs
 
-    def counted(X, *args, **kwargs):
+    def counted(self, X, *args, **kwargs):
         sizes.append(len(X))
-        return original(X, *args, **kwargs)
+        return original(self, X, *args, **kwargs)
 
-    merger.source_outputs = counted
+    monkeypatch.setattr(LocalEngine, "outputs", counted)
     return sizes
 
 
-def test_cached_rebuild_with_another_head_does_not_run_the_sources(digits, tmp_path):
+def test_cached_rebuild_with_another_head_does_not_run_the_sources(digits, tmp_path, monkeypatch):
     x, y = digits
     sources = [fixture_source("a", "torch_legacy_cnn.onnx"), fixture_source("b", "torch_dynamo_mlp.onnx")]
     first = Merger(ImageInput(8, 8, 1), sources, quiet=True)
     first.cache_dir = tmp_path / "cache"
-    runs = _counting(first)
+    runs = _counting(monkeypatch)
     first.fit(x[:500], y[:500])
     assert 500 in runs and first.report_["features_from_cache"] is False
     written = sorted((tmp_path / "cache").glob("*.features.npy"))
     assert written
     second = Merger(ImageInput(8, 8, 1), sources, C=0.1, quiet=True)  # a changed head
     second.cache_dir = tmp_path / "cache"
-    runs = _counting(second)
+    runs = _counting(monkeypatch)
     second.fit(x[:500], y[:500])
     assert 500 not in runs                                         # at most probes and the parity sample ran
     assert second.report_["features_from_cache"] is True
     exact(second)
     third = Merger(ImageInput(8, 8, 1), sources, quiet=True)      # other images: another key
     third.cache_dir = tmp_path / "cache"
-    runs = _counting(third)
+    runs = _counting(monkeypatch)
     third.fit(x[:400], y[:400])
     assert 400 in runs
     after = sorted((tmp_path / "cache").iterdir())
@@ -186,7 +187,7 @@ def test_cli_cache_flags(tmp_path, digits_npz, capsys, monkeypatch):
 
 # -- build --quantize ------------------------------------------------------------------------------------------
 def test_quantize_reports_accuracy_before_after_and_keeps_a_valid_z(digits):
-    from onnxmerge.quantize import quantize_z
+    from onnxmerge.learn.quantize import quantize_z
 
     x, y = digits
     merger = Merger(ImageInput(8, 8, 1), [fixture_source("a", "torch_legacy_cnn.onnx")], quiet=True).fit(x[:400], y[:400])

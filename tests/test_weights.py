@@ -12,12 +12,12 @@ from conftest import FIXTURES
 from onnx import numpy_helper
 from test_share_cache import exact, fixture_source
 
-import onnxmerge.compose as compose
+import onnxmerge.build.stitching as stitching
 from onnxmerge import ImageInput, Merger
-from onnxmerge.modelio import load_model, load_model_with_digest, save_model
+from onnxmerge.io.models import load_model, load_model_with_digest, save_model
 from onnxmerge.predict import ZModel
-from onnxmerge.share import extraction_groups
-from onnxmerge.weights import OFFLOAD_BYTES, WeightFolder, checksum, external_initializers
+from onnxmerge.graph.share import extraction_groups
+from onnxmerge.runtime.weights import OFFLOAD_BYTES, WeightFolder, checksum, external_initializers
 
 CNN = FIXTURES / "torch_legacy_cnn.onnx"
 
@@ -105,22 +105,22 @@ def test_large_source_path_builds_the_same_z(digits, monkeypatch, mode):
     kwargs = {"unlabeled": x[:300]} if mode == "teachers" else {}
     train = (None, None) if mode == "teachers" else (x[:300], y[:300])
     small = Merger(ImageInput(8, 8, 1), sources, mode=mode, quiet=True).fit(*train, **kwargs)
-    monkeypatch.setattr(compose, "LARGE_MODEL_BYTES", 0)
+    monkeypatch.setattr(stitching, "LARGE_MODEL_BYTES", 0)
     large = Merger(ImageInput(8, 8, 1), sources, mode=mode, quiet=True).fit(*train, **kwargs)
     exact(large)
     assert small.groups_ == [["a", "b", "c"]] and large.groups_ == [["a", "b"], ["c"]]
-    assert len(large._sessions) <= 1  # at most one group's session alive after a build
+    assert len(large.engine_._sessions) <= 1  # at most one group's session alive after a build
     assert large.classes_ == small.classes_
     np.testing.assert_allclose(large.predict_proba(x[300:400]), small.predict_proba(x[300:400]), atol=1e-6)
     # b's input is an Identity of a's (shared preprocessing): a part of the graph computing it still loads
-    session = large._part_session(["b/input"])
+    session = large.engine_.part_session(["b/input"])
     assert session.run(["b/input"], {"image": x[:3]})[0].shape[0] == 3
 
 
 def test_no_room_for_the_temporary_weights_is_one_clear_error(digits, monkeypatch):
     import errno
 
-    import onnxmerge.weights as weights_module
+    import onnxmerge.runtime.weights as weights_module
     from onnxmerge.errors import OnnxMergeError
 
     def full(*args, **kwargs):

@@ -29,7 +29,6 @@ import onnx
 from onnx import numpy_helper
 from onnx.external_data_helper import ExternalDataInfo
 
-from .weights import checksum
 
 # Ops whose two calls with the same inputs may differ: never merged.
 NONDETERMINISTIC = {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial",
@@ -61,6 +60,11 @@ class ShareStats:
         return (f"shared: {self.nodes_shared} of {self.nodes_before} nodes computed once (nodes another source "
                 f"computes: {who}; repeats within a source: {self.within_source}), {self.initializers_shared} "
                 f"duplicate weights ({_size(self.bytes_shared)}) stored once; {self.nodes_after} nodes left")
+
+
+def _checksum(tensor: onnx.TensorProto) -> str | None:
+    """The ``checksum`` key the build's weight folder stored with an offloaded tensor (SHA-256 of its bytes)."""
+    return next((e.value for e in tensor.external_data if e.key == "checksum"), None)
 
 
 def _size(n: int) -> str:
@@ -123,15 +127,25 @@ def share_common(model: onnx.ModelProto) -> tuple[onnx.ModelProto, ShareStats]:
     """``model`` with duplicate initializers and repeated sub-graphs computed once (edited in place)."""
     graph = model.graph
     stats = ShareStats(nodes_before=len(graph.node))
-    per_source: dict[str, int] = defaultdict(int)
-    mapping: dict[str, str] = {}
+    mapping = _share_initializers(graph, stats)      # 1. initializers by bytes
+    nodes = _share_nodes(graph, mapping, stats)      # 2. common sub-expressions, in topological order
+    # graph outputs whose producer went away: an Identity of the tensor that replaced it
+    for output in graph.output:
+        if output.name in mapping:
+            nodes.append(onnx.helper.make_node("Identity", [mapping[output.name]], [output.name],
+                                               name=f"{output.name}/shared"))
+    _drop_dead(graph, nodes, stats)                  # 3. dead nodes and unused initializers
+    return model, stats
 
-    # 1. initializers by bytes
+
+def _share_initializers(graph: onnx.GraphProto, stats: ShareStats) -> dict[str, str]:
+    """Drop initializers byte-identical to an earlier one; returns ``{dropped name: kept name}``."""
+    mapping: dict[str, str] = {}
     seen: dict[tuple, onnx.TensorProto] = {}  # tensors, not their bytes: no second copy of the weights
     kept: list[bool] = []
     for tensor in graph.initializer:
         if tensor.data_location == onnx.TensorProto.EXTERNAL:
-            digest = checksum(tensor)
+            digest = _checksum(tensor)
             if digest is None:
                 kept.append(True)  # external data onnxmerge did not write: never merged
                 continue
@@ -154,9 +168,13 @@ def share_common(model: onnx.ModelProto) -> tuple[onnx.ModelProto, ShareStats]:
         seen.setdefault(key, tensor)
         kept.append(True)
     _drop(graph.initializer, kept)
+    return mapping
 
-    # 2. common sub-expressions, in topological order
+
+def _share_nodes(graph: onnx.GraphProto, mapping: dict[str, str], stats: ShareStats) -> list[onnx.NodeProto]:
+    """The nodes left once a node identical to an earlier one (same op, inputs, attributes) reuses its outputs."""
     computed: dict[tuple, onnx.NodeProto] = {}
+    per_source: dict[str, int] = defaultdict(int)
     nodes = []
     for node in graph.node:
         for i, name in enumerate(node.input):
@@ -186,14 +204,12 @@ def share_common(model: onnx.ModelProto) -> tuple[onnx.ModelProto, ShareStats]:
             stats.within_source += 1
         else:
             per_source[mine] += 1
+    stats.per_source = dict(per_source)
+    return nodes
 
-    # graph outputs whose producer went away: an Identity of the tensor that replaced it
-    for output in graph.output:
-        if output.name in mapping:
-            nodes.append(onnx.helper.make_node("Identity", [mapping[output.name]], [output.name],
-                                               name=f"{output.name}/shared"))
 
-    # 3. dead nodes (reverse topological order) and unused initializers
+def _drop_dead(graph: onnx.GraphProto, nodes: list[onnx.NodeProto], stats: ShareStats) -> None:
+    """Keep the nodes the outputs need (walked in reverse topological order) and the initializers they read."""
     needed = {o.name for o in graph.output}
     alive = []
     for node in reversed(nodes):
@@ -211,8 +227,6 @@ def share_common(model: onnx.ModelProto) -> tuple[onnx.ModelProto, ShareStats]:
     stats.dead_initializers = used.count(False)
     _drop(graph.initializer, used)
     stats.nodes_after = len(graph.node)
-    stats.per_source = dict(per_source)
-    return model, stats
 
 
 def ancestors(graph: onnx.GraphProto, tensors: list[str]) -> set[int]:

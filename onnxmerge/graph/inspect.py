@@ -8,7 +8,7 @@ from pathlib import Path
 
 import onnx
 
-from .errors import OnnxMergeError
+from ..errors import OnnxMergeError
 
 #: ops a classifier's scores pass through after its last linear layer without changing "which feature".
 _PASS_THROUGH = {

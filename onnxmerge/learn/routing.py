@@ -30,7 +30,7 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 from sklearn.cluster import KMeans
 
-from .errors import OnnxMergeError
+from ..errors import OnnxMergeError
 
 HEAD_KINDS = ("probabilities", "log-probabilities", "logits")
 LOG_FLOOR = 1e-6           # log-probabilities are clipped here: log(1e-6) = -13.8 keeps one bad source finite

@@ -10,7 +10,7 @@ import onnx_graphsurgeon as gs
 from onnx import version_converter
 
 from .cut import FEATURE, HEAD, CutModel
-from .errors import OnnxMergeError, first_line
+from ..errors import OnnxMergeError, first_line
 from .preprocess import ImageInput, Preprocess, build_preprocess
 
 IMAGE = "image"        # Z's one input

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .errors import OnnxMergeError
-from .preprocess import ImageInput
+from ..errors import OnnxMergeError
+from ..graph.preprocess import ImageInput
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 
@@ -142,3 +142,36 @@ def load_unlabeled(path: str | os.PathLike, image: ImageInput) -> Dataset:
     if not files:
         raise OnnxMergeError(f"{path} holds no images; add images or point to another folder.")
     return Dataset(read_images(files, image), None, [str(f) for f in files])
+
+
+def as_images(x, image: ImageInput, what: str) -> np.ndarray:
+    """``x`` checked as uint8 ``[N, height, width, channels]`` images (the API's array form)."""
+    array = np.asarray(x)
+    if array.dtype != np.uint8 or array.ndim != 4 or tuple(array.shape[1:]) != image.shape:
+        raise OnnxMergeError(f"{what} must be uint8 [N, {image.height}, {image.width}, {image.channels}], "
+                             f"got {array.dtype} {list(array.shape)}.")
+    if len(array) == 0:
+        raise OnnxMergeError(f"{what} holds no images.")
+    return array
+
+
+def as_labelled(X, y, image: ImageInput) -> Dataset:
+    """The API's labelled data: a folder or ``.npz`` path, a list of them (joined), or an array with ``y``."""
+    if isinstance(X, (str, os.PathLike)):
+        return load_labelled(X, image)
+    if isinstance(X, (list, tuple)) and X and all(isinstance(p, (str, os.PathLike)) for p in X):
+        parts = [load_labelled(p, image) for p in X]  # e.g. old classes + a new class's few images
+        return Dataset(np.concatenate([d.x for d in parts]), np.concatenate([d.y for d in parts]),
+                       [f for d in parts for f in d.files])
+    x = as_images(X, image, "X")
+    if y is None or len(y) != len(x):
+        raise OnnxMergeError("y must hold one label per image of X.")
+    return Dataset(x, np.asarray([str(v) for v in y]), [f"X[{i}]" for i in range(len(x))])
+
+
+def as_pool(unlabeled, image: ImageInput) -> Dataset:
+    """The API's unlabeled pool: a folder or ``.npz`` path, or a uint8 array."""
+    if isinstance(unlabeled, (str, os.PathLike)):
+        return load_unlabeled(unlabeled, image)
+    x = as_images(unlabeled, image, "unlabeled")
+    return Dataset(x, None, [f"unlabeled[{i}]" for i in range(len(x))])

@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from .errors import OnnxMergeError, first_line
-from .extract import make_session, run_batched
+from ..errors import OnnxMergeError, first_line
+from ..runtime.session import make_session, run_batched
 
 CALIBRATION_IMAGES = 256
 MAX_ACCURACY_DROP = 0.02  # more than 2 points lost on the training images: the float Z is kept

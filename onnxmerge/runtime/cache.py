@@ -22,7 +22,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from . import __version__
+from ..version import __version__
 
 ENV = "ONNXMERGE_CACHE_DIR"
 SUFFIX = ".features.npy"

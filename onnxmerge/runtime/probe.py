@@ -19,7 +19,7 @@ import sys
 import threading
 from pathlib import Path
 
-from .errors import OnnxMergeError
+from ..errors import OnnxMergeError
 
 try:
     import resource

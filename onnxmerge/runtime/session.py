@@ -9,7 +9,8 @@ import onnx
 import onnxruntime as ort
 from tqdm.auto import tqdm
 
-from .errors import OnnxMergeError, first_line
+from ..errors import OnnxMergeError, first_line
+from ..graph.cut import exposing
 from .weights import ORT_FOLDER_KEY, WeightFolder, external_bytes, release_freed_memory
 
 
@@ -19,7 +20,7 @@ def progress_enabled(quiet: bool) -> bool:
 
 
 #: Models with more weights than this are "large": their sessions run without onnxruntime's arena (below),
-#: and a build runs their sources one group at a time (``compose.Merger``).
+#: and a build runs their sources one group at a time (``runtime.engine.LocalEngine``).
 LARGE_MODEL_BYTES = 8 * 2**20
 
 
@@ -27,7 +28,7 @@ def make_session(model: onnx.ModelProto | bytes | str, threads: int = 0, weights
                  ) -> ort.InferenceSession:
     """An onnxruntime CPU session; idle threads do not spin, so back-to-back sessions do not slow each other.
 
-    ``weights`` is the folder a light model's offloaded tensors live in (``onnxmerge.weights``).
+    ``weights`` is the folder a light model's offloaded tensors live in (``onnxmerge.runtime.weights``).
     """
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
@@ -102,3 +103,10 @@ def run_batched(session: ort.InferenceSession, images: np.ndarray, outputs: list
             if lean:
                 release_freed_memory()
     return {k: np.concatenate(v) if v else np.zeros((0,)) for k, v in parts.items()}
+
+
+def tensor_rank(model: onnx.ModelProto, tensor: str, probe_input: np.ndarray, weights: WeightFolder | None = None
+                ) -> int:
+    """Rank of ``tensor``, measured by running ``model`` with it exposed on one sample input."""
+    session = make_session(exposing(model, tensor), weights=weights)
+    return session.run([tensor], {session.get_inputs()[0].name: probe_input})[0].ndim

@@ -28,7 +28,7 @@ import onnx
 from onnx import numpy_helper
 from onnx.external_data_helper import ExternalDataInfo, set_external_data, uses_external_data
 
-from .errors import OnnxMergeError
+from ..errors import OnnxMergeError
 
 #: Initializers below this size stay inline: shapes, axes and scales that graph code and onnx's version
 #: converter read.

@@ -9,9 +9,8 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from .errors import OnnxMergeError
+from ..errors import OnnxMergeError
 from .inspect import tensor_shapes
-from .weights import WeightFolder
 
 FEATURE = "feature"  # name of the cut graph's pooled feature output (prefixed later by stitch)
 HEAD = "head"        # name of the cut graph's copy of the source's classifier output
@@ -58,16 +57,13 @@ def exposing(model: onnx.ModelProto, tensor: str) -> onnx.ModelProto:
     return exposed
 
 
-def feature_rank(model: onnx.ModelProto, feature: str, probe_input: np.ndarray,
-                 weights: WeightFolder | None = None) -> int:
-    """Rank of ``feature``: from shape inference, or by running one sample where inference cannot tell."""
-    shape = tensor_shapes(model).get(feature)
-    if shape is not None:
-        return len(shape)
-    from .extract import make_session  # only for the probe; graph code otherwise never runs models
+def inferred_rank(model: onnx.ModelProto, feature: str) -> int | None:
+    """Rank of ``feature`` from shape inference; None where inference cannot tell (a computed Reshape).
 
-    session = make_session(exposing(model, feature), weights=weights)
-    return session.run([feature], {session.get_inputs()[0].name: probe_input})[0].ndim
+    The caller then asks the runtime (``runtime.session.tensor_rank``): graph code never runs models.
+    """
+    shape = tensor_shapes(model).get(feature)
+    return None if shape is None else len(shape)
 
 
 def densify_sparse_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -102,14 +98,14 @@ def densify_sparse_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
     return dense_model
 
 
-def cut(model: onnx.ModelProto, feature: str, head_output: str | None, probe_input: np.ndarray,
-        weights: WeightFolder | None = None) -> CutModel:
+def cut(model: onnx.ModelProto, feature: str, head_output: str | None, rank: int | None = None) -> CutModel:
     """Keep the sub-graph from the input to ``feature`` (and to ``head_output`` if given), nothing else.
 
     A 4-D feature map is globally average-pooled and flattened; any other rank above 2 is flattened.
     Unused nodes, initializers and value_info are dropped; value_info of the kept part is dropped too,
     because exporters' value_info sometimes lies and onnx re-infers it anyway. Sparse initializers
-    become dense ones (graphsurgeon would drop them).
+    become dense ones (graphsurgeon would drop them). ``rank`` is the feature's rank where shape inference
+    cannot tell it (``inferred_rank`` is None).
     """
     inp = source_input(model)
     model = densify_sparse_initializers(model)
@@ -117,7 +113,10 @@ def cut(model: onnx.ModelProto, feature: str, head_output: str | None, probe_inp
     tensors = graph.tensors()
     if feature not in tensors or isinstance(tensors[feature], gs.Constant):
         raise _missing_tensor(feature, [n for n, t in tensors.items() if isinstance(t, gs.Variable)])
-    rank = feature_rank(model, feature, probe_input, weights)
+    rank = rank or inferred_rank(model, feature)
+    if rank is None:
+        raise OnnxMergeError(f"the rank of tensor {feature!r} is unknown to shape inference; this is a bug in "
+                             "onnxmerge (the build measures it first), please report it.")
     feat = tensors[feature]
     out = gs.Variable(FEATURE, dtype=np.float32)
     if rank == 4:

@@ -18,9 +18,9 @@ from typing import Iterator
 import onnx
 from onnx.external_data_helper import ExternalDataInfo, uses_external_data
 
-from .errors import OnnxMergeError, first_line
-from .probe import probe_model
-from .weights import WeightFolder, external_bytes, external_initializers, release_freed_memory
+from ..errors import OnnxMergeError, first_line
+from ..runtime.probe import probe_model
+from ..runtime.weights import WeightFolder, external_bytes, external_initializers, release_freed_memory
 
 _EXTERNAL_KEYS = {"location", "offset", "length", "checksum", "basepath"}
 
@@ -102,7 +102,7 @@ def load_model_with_digest(path: str | os.PathLike, weights: WeightFolder | None
     order), computed from the same read so the file is parsed once.
 
     With ``weights``, the large initializers go to that folder and a light model referring to them is
-    returned (``onnxmerge.weights``): a build never holds a source's weights in memory after loading it.
+    returned (``onnxmerge.runtime.weights``): a build never holds a source's weights in memory after loading it.
     """
     path = Path(path)
     if not path.exists():

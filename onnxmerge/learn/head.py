@@ -18,9 +18,9 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from .errors import OnnxMergeError
+from ..errors import OnnxMergeError
 from .routing import LOG_FLOOR, Teachers, l2_blocks, to_probabilities
-from .stitch import FEATURES, output_names
+from ..graph.stitch import FEATURES, output_names
 
 LABEL = "label"
 PROBABILITIES = "probabilities"

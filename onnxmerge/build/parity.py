@@ -1,0 +1,159 @@
+"""Stage 5, check parity: Z must compute what its sources compute, and what the fitted head computes.
+
+PRODUCT.md's definition: for every source, the features inside Z equal the original source model run by
+onnxruntime with its feature tensor exposed, on the very tensor Z's preprocessing produced:
+``max |Z - source| <= 1e-5 * max(1, max |source|)`` in fp32. Preprocessing is checked separately against
+the numpy reference, and Z's probabilities against the estimator's ``predict_proba``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+
+from ..errors import OnnxMergeError
+from ..graph.cut import exposing
+from ..graph.preprocess import reference_preprocess
+from ..graph.stitch import FEATURES, IMAGE, output_names
+from ..learn.head import PROBABILITIES
+from ..runtime.session import CHECK_VALUES_PER_CALL, make_session, run_batched
+from ..runtime.weights import WeightFolder, release_freed_memory
+from .context import Build, Fitted
+
+EXACT = 1e-5     # the contract's tolerance, relative to max(1, max |reference|)
+CONVERTED = 1e-4  # the loosest allowed step (an opset conversion that changes an op's arithmetic)
+
+
+@dataclass
+class ParityCheck:
+    """One comparison: what was compared, the worst error, the tolerance it had to meet."""
+
+    step: str
+    max_abs_error: float
+    scale: float
+    tolerance: float
+    why: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.max_abs_error <= self.tolerance * self.scale
+
+    def line(self) -> str:
+        mark = "ok" if self.ok else "FAILED"
+        why = f" ({self.why})" if self.why else ""
+        return (f"{self.step}: max |diff| {self.max_abs_error:.2e} <= {self.tolerance:.0e} x {self.scale:.3g}"
+                f"{why} -> {mark}")
+
+
+def compare(step: str, actual: np.ndarray, reference: np.ndarray, tolerance: float = EXACT, why: str = "") -> ParityCheck:
+    """Compare two arrays the way the contract defines parity."""
+    if actual.shape != reference.shape:
+        raise OnnxMergeError(f"parity check {step} failed: shapes differ ({list(actual.shape)} vs "
+                             f"{list(reference.shape)}); this is a bug in onnxmerge, please report it.")
+    reference64 = reference.astype(np.float64)
+    error = float(np.max(np.abs(actual.astype(np.float64) - reference64))) if actual.size else 0.0
+    scale = max(1.0, float(np.max(np.abs(reference64)))) if reference.size else 1.0
+    return ParityCheck(step, error, scale, tolerance, why)
+
+
+class SourceReference:
+    """The original source in onnxruntime with its feature tensor exposed, pooled/flattened as cut did.
+
+    ``weights`` holds a light model's offloaded tensors (the bytes of the source file, moved unchanged).
+    """
+
+    def __init__(self, model: onnx.ModelProto, feature: str, pooled: bool, weights: WeightFolder | None = None):
+        self.session = make_session(exposing(model, feature), weights=weights)
+        self.feature, self.pooled = feature, pooled
+
+    def features(self, inputs: np.ndarray) -> np.ndarray:
+        """The source's features ``[N, d]`` for its own input tensor ``inputs`` (one onnxruntime call)."""
+        value = self.session.run([self.feature], {self.session.get_inputs()[0].name: inputs})[0]
+        if self.pooled:
+            return value.mean(axis=(2, 3), dtype=np.float64).astype(np.float32)
+        return value.reshape(len(value), -1)
+
+
+@dataclass
+class Worst:
+    """:func:`compare` accumulated over batches: the largest error and the largest reference magnitude."""
+
+    step: str
+    error: float = 0.0
+    scale: float = 1.0
+
+    def add(self, actual: np.ndarray, reference: np.ndarray) -> None:
+        part = compare(self.step, actual, reference)
+        self.error, self.scale = max(self.error, part.max_abs_error), max(self.scale, part.scale)
+
+    def check(self, tolerance: float = EXACT, why: str = "") -> ParityCheck:
+        return ParityCheck(self.step, self.error, self.scale, tolerance, why)
+
+
+def require(checks: list[ParityCheck]) -> None:
+    """Fail the build loudly if any check failed: never ship an unchecked Z."""
+    failed = [c for c in checks if not c.ok]
+    if failed:
+        raise OnnxMergeError("parity check failed, Z was not written: " + "; ".join(c.line() for c in failed)
+                             + ". Please report this with the source models.")
+
+
+SAMPLES = 64  # images per parity check, drawn from the images the build used
+
+
+def check_parity(build: Build, fitted: Fitted) -> list[ParityCheck]:
+    """Every check PRODUCT.md asks for, on real images the build used; raises if any fails.
+
+    One source's weights in memory at a time: the stitched graph's outputs the head reads, then per
+    source its preprocessing (a weightless part of Z) feeding the original source, then Z itself; each
+    batch by batch, so memory does not grow with the sample.
+    """
+    images, engine = fitted.parity_images, build.engine
+    pick = np.sort(np.random.default_rng(0).choice(len(images), size=min(SAMPLES, len(images)), replace=False))
+    sample = images if len(pick) == len(images) else images[pick]
+    inner = engine.outputs(sample, [n for n in build.graph_outputs() if n != FEATURES], CHECK_VALUES_PER_CALL)
+    engine.close()
+    references = [_source_reference(build, source, sample) for source in build.sources]
+    z_out = run_batched(engine.session(fitted.model), sample, [PROBABILITIES, FEATURES],
+                        engine.batch(budget=CHECK_VALUES_PER_CALL), quiet=True, lean=build.graph.large)
+    release_freed_memory()
+    start, checks = 0, []
+    for source, (reference, preprocessing_check) in zip(build.sources, references):
+        checks.append(preprocessing_check)
+        width = reference.shape[1]
+        check = compare(f"{source.name} features vs source {source.feature!r}",
+                        z_out[FEATURES][:, start:start + width], reference)
+        if not check.ok and source.name in build.graph.notes:
+            check = compare(check.step, z_out[FEATURES][:, start:start + width], reference, CONVERTED,
+                            f"{build.graph.notes[source.name]} may change an op's arithmetic")
+        checks.append(check)
+        start += width
+    if build.config.mode == "teachers":
+        expected, _ = fitted.head.numpy(inner)
+        checks.append(compare("probabilities vs the teachers' routed union (numpy)", z_out[PROBABILITIES], expected))
+    else:
+        expected = fitted.head.predict_proba(build.head_input().numpy(inner).astype(np.float64))
+        checks.append(compare("probabilities vs scikit-learn predict_proba", z_out[PROBABILITIES], expected))
+    require(checks)
+    return checks
+
+
+def _source_reference(build: Build, source, sample: np.ndarray) -> tuple[np.ndarray, ParityCheck]:
+    """The original source's features on what Z's preprocessing fed it, and that preprocessing's check."""
+    names = output_names(source.name)
+    preprocess = build.engine.part_session([names["input"]])
+    original = SourceReference(source.model, source.feature, source.cut.pooled, build.weights)
+    preprocessing = Worst(f"{source.name} preprocessing vs numpy reference")
+    parts, batch = [], build.engine.batch([source.name], CHECK_VALUES_PER_CALL)
+    for start in range(0, len(sample), batch):
+        chunk = sample[start:start + batch]
+        z_input = preprocess.run([names["input"]], {IMAGE: chunk})[0]
+        preprocessing.add(z_input, reference_preprocess(chunk, build.config.input, source.preprocess))
+        parts.append(original.features(z_input))
+        if build.graph.large:
+            release_freed_memory()
+    del preprocess, original
+    release_freed_memory()
+    return np.concatenate(parts), preprocessing.check()

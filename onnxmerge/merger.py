@@ -1,0 +1,158 @@
+"""The front object: configure sources, ``fit`` on images, ``predict``, ``save`` Z (scikit-learn style).
+
+A thin facade over the build's stages (``onnxmerge.build.pipeline``): it holds the parameters, keeps each
+stage's result as a fitted attribute, and runs Z for ``predict``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import onnx
+from sklearn.base import BaseEstimator, ClassifierMixin
+
+from .build import pipeline
+from .build.context import Build, BuildConfig
+from .build.sources import Source
+from .errors import OnnxMergeError
+from .graph.preprocess import ImageInput
+from .graph.stitch import FEATURES
+from .io.images import as_labelled, as_pool
+from .io.models import check_output_path, save_model
+from .learn.head import LABEL, PROBABILITIES
+from .runtime.session import EXTRACT_VALUES_PER_CALL, run_batched
+
+MODES = pipeline.MODES
+# The head's C is chosen from the number of labels per class ("auto", learn.head.select_C). The router's
+# C = 0.1 was best of 0.003-0.1 on the benchmark's seed 0 (routing 0.775 vs 0.748 at 0.003).
+DEFAULT_C = "auto"
+ROUTER_C = 0.1
+
+__all__ = ["Merger", "Source", "MODES", "DEFAULT_C"]
+
+
+class Merger(ClassifierMixin, BaseEstimator):
+    """Compose pretrained ONNX classifiers into one model Z.
+
+    Parameters
+    ----------
+    input : ImageInput
+        What Z accepts (uint8 ``[N, height, width, channels]``).
+    sources : list of Source
+        The pretrained classifiers; each is cut at its feature tensor.
+    mode : "fit" or "teachers"
+        ``"fit"`` trains a logistic-regression head on labelled images and/or the teachers' pseudo-labels of
+        an unlabeled pool; ``"teachers"`` needs no labels: Z routes between the sources' own heads
+        (``onnxmerge.learn.routing`` explains how), and a train set may add new classes.
+    C : the head's inverse regularisation, or ``"auto"`` (from the labels per class).
+    class_weight : passed to scikit-learn's ``LogisticRegression``.
+    batch_size : images per onnxruntime call during feature extraction.
+    quiet : no progress bars.
+    router_C : the teachers-mode router's inverse regularisation.
+    cache_dir : a folder for the feature cache (None: no cache).
+
+    Example
+    -------
+    >>> z = Merger(ImageInput(28, 28, 1), [Source("a", "a.onnx", Preprocess(1 / 255, (0.5,), (0.5,)))])
+    >>> z.fit("train.npz").save("z.onnx")  # doctest: +SKIP
+    """
+
+    def __init__(self, input: ImageInput, sources: list[Source], mode: str = "fit", C: float | str = DEFAULT_C,
+                 class_weight: str | None = "balanced", batch_size: int = 128, quiet: bool = False,
+                 router_C: float = ROUTER_C, cache_dir: str | os.PathLike | None = None):
+        self.input = input
+        self.sources = sources
+        self.mode = mode
+        self.C = C
+        self.class_weight = class_weight
+        self.batch_size = batch_size
+        self.quiet = quiet
+        self.router_C = router_C
+        self.cache_dir = cache_dir
+
+    def _config(self) -> BuildConfig:
+        return BuildConfig(self.input, list(self.sources), self.mode, self.C, self.router_C, self.class_weight,
+                           self.batch_size, self.quiet, self.cache_dir)
+
+    def build_graph(self) -> onnx.ModelProto:
+        """Load, cut and stitch the sources (no head yet); sets ``sources_``, ``stitched_`` and ``weights_``.
+
+        The sources' weights go to a temporary folder (``weights_``) that the graphs refer to; it lives as
+        long as this Merger (or until the next build).
+        """
+        self._z = self._session = None
+        self._build: Build = pipeline.prepare(self._config())
+        build = self._build
+        self.weights_, self.sources_, self.stitched_ = build.weights, build.sources, build.graph.model
+        self.notes_, self.share_, self.groups_ = build.graph.notes, build.graph.share, build.graph.groups
+        self.engine_ = build.engine  # where the stitched graph runs (runtime.engine)
+        return self.stitched_
+
+    def fit(self, X=None, y=None, unlabeled=None) -> Merger:
+        """Build Z: extract features, fit the head (or route the teachers), append it, check parity.
+
+        ``X`` is a labelled folder or ``.npz`` path (or a list of them, joined), or a uint8 array
+        ``[N, H, W, C]`` with labels ``y``. ``unlabeled`` is a pool of images without labels (a folder, an
+        ``.npz`` with ``x``, or a uint8 array). In mode ``"fit"`` at least one of them is needed; in mode
+        ``"teachers"`` both are optional and ``X`` may only hold new classes (stage 2 without old data).
+        """
+        pipeline.check(self._config())
+        labelled = as_labelled(X, y, self.input) if X is not None else None
+        pool = as_pool(unlabeled, self.input) if unlabeled is not None else None
+        self.build_graph()
+        build = self._build
+        self.warnings_, self.report_ = build.warnings, build.report
+        fitted, self.parity_ = pipeline.fit(build, labelled, pool)
+        self.teachers_, self.widths_ = build.teachers, build.widths
+        self.head_, self.classes_ = fitted.head, fitted.classes
+        self.features_from_cache_ = build.features.from_cache
+        self._z, self._session = fitted.model, None
+        return self
+
+    # -- the stitched graph's tensors ------------------------------------------------------------------
+    def transform(self, X: np.ndarray) -> np.ndarray:
+        """The concatenated source features ``[N, D]`` of uint8 images (Z's ``features`` output)."""
+        return self.source_outputs(X, [FEATURES])[FEATURES]
+
+    def source_outputs(self, X: np.ndarray, outputs: list[str] | None = None,
+                       budget: int = EXTRACT_VALUES_PER_CALL) -> dict[str, np.ndarray]:
+        """Named tensors of the stitched graph (``features``, ``NAME/feature``, ``NAME/head``, ``NAME/input``)."""
+        if getattr(self, "_build", None) is None:
+            raise OnnxMergeError("this Merger has no graph yet; call fit() or build_graph() first.")
+        return self.engine_.outputs(X, outputs or [o.name for o in self.stitched_.graph.output], budget)
+
+    # -- using Z ----------------------------------------------------------------------------------------
+    @property
+    def model_(self) -> onnx.ModelProto:
+        """Z as a self-contained ``ModelProto`` (its weights read into memory; ``save`` streams them instead)."""
+        if getattr(self, "_z", None) is None:
+            raise AttributeError("model_ is set by fit(); this Merger is not fitted yet")
+        return self.weights_.inline(self._z)
+
+    @model_.setter
+    def model_(self, model: onnx.ModelProto) -> None:  # e.g. the int8 Z of --quantize
+        self._z, self._session = model, None
+
+    def _z_session(self):
+        if getattr(self, "_z", None) is None:
+            raise OnnxMergeError("this Merger is not fitted yet; call fit() first.")
+        if self._session is None:
+            self._session = self.engine_.session(self._z)
+        return self._session
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        """Class names for uint8 images ``[N, H, W, C]``, computed by Z in onnxruntime."""
+        return run_batched(self._z_session(), X, [LABEL], self.batch_size, self.quiet)[LABEL]
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        """Class probabilities ``[N, K]`` in ``classes_`` order, computed by Z in onnxruntime."""
+        return run_batched(self._z_session(), X, [PROBABILITIES], self.batch_size, self.quiet)[PROBABILITIES]
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write Z atomically (temporary file, then rename); never onto a source model."""
+        if getattr(self, "_z", None) is None:
+            raise OnnxMergeError("this Merger is not fitted yet; call fit() before save().")
+        output = check_output_path(path, [Path(s.model) for s in self.sources])
+        return save_model(self._z, output, weights=self.weights_)
