@@ -376,7 +376,8 @@ class Merger:
         if folder and self._graph_digest is None:  # serialise and hash the stitched graph once per build
             self._graph_digest = feature_cache.graph_digest(self.stitched_)
         key = feature_cache.feature_key(self._graph_digest, images, names, self._batch()) if folder else None
-        joined = feature_cache.load(folder, key, len(images)) if folder else None
+        joined = feature_cache.load(folder, key, len(images), check=lambda rows: np.concatenate(  # spot check (cache.py)
+            [self.source_outputs(images[rows], names)[n] for n in names], axis=1)) if folder else None
         hit = joined is not None and joined.shape[1] == sum(widths)
         self.features_from_cache_ = self.features_from_cache_ and hit  # true only if every extraction was cached
         if hit:
