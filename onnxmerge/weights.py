@@ -142,7 +142,12 @@ class WeightFolder:
     def check(self, model: onnx.ModelProto, full_check: bool = True) -> None:
         """onnx's checker on a light model (it finds external data relative to the model's file)."""
         path = self.path / "check.onnx"
-        onnx.save_model(model, str(path))
+        try:
+            onnx.save_model(model, str(path))
+        except OSError as exc:  # a full $TMPDIR (or a file-size limit) this late in a build
+            path.unlink(missing_ok=True)
+            raise OnnxMergeError(f"could not write into the temporary folder {self.path} ({exc.strerror or exc}); "
+                                 "free disk space there or set TMPDIR to a larger disk.") from exc
         try:
             onnx.checker.check_model(str(path), full_check=full_check)
         finally:
