@@ -153,7 +153,7 @@ def load_labelled(path: str | os.PathLike, image: ImageInput) -> Dataset:
     path = Path(path)
     if not path.exists():
         raise OnnxMergeError(f"training data {path} does not exist; check the path.")
-    if path.is_file():
+    if not path.is_dir():  # an .npz; a FIFO or device in its place is refused when opened
         return _load_npz(path, image, labelled=True)
     classes = sorted(p for p in path.iterdir() if p.is_dir())
     if not classes:
@@ -174,7 +174,7 @@ def load_unlabeled(path: str | os.PathLike, image: ImageInput) -> Dataset:
     path = Path(path)
     if not path.exists():
         raise OnnxMergeError(f"image pool {path} does not exist; check the path.")
-    if path.is_file():
+    if not path.is_dir():  # an .npz; a FIFO or device in its place is refused when opened
         return _load_npz(path, image, labelled=False)
     files = _image_files(path)
     if not files:

@@ -146,7 +146,36 @@ def load_model_with_digest(path: str | os.PathLike, weights: WeightFolder | None
     release_freed_memory()
     # checked as a light model: the checker would otherwise serialise the whole model once more
     check_structure(light, path, weights)
+    check_text_attributes(light, path)
     return light, digest.hexdigest()
+
+
+def check_text_attributes(model: onnx.ModelProto, path: Path) -> None:
+    """Refuse a source whose string attributes (class labels of a classifier, ...) are not UTF-8 text: the
+    graph steps (onnx-graphsurgeon) and Z's JSON metadata read them as UTF-8. ``inspect`` still shows such a
+    model, with the bytes escaped."""
+    for graph in _graphs(model.graph):
+        for node in graph.node:
+            for attr in node.attribute:
+                for value in ([attr.s] if attr.type == onnx.AttributeProto.STRING else list(attr.strings)):
+                    try:
+                        value.decode("utf-8")
+                    except UnicodeDecodeError:
+                        shown = printable(value.decode("utf-8", "backslashreplace"))
+                        raise OnnxMergeError(f"{printable(path)}: node '{printable(node.name or node.op_type)}' has "
+                                             f"attribute '{printable(attr.name)}' with text that is not UTF-8 "
+                                             f"('{shown}'); re-export the model with UTF-8 class names.") from None
+
+
+def _graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
+    """A graph and every subgraph inside it (If/Loop/Scan bodies)."""
+    yield graph
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                yield from _graphs(attr.g)
+            for sub in attr.graphs:
+                yield from _graphs(sub)
 
 
 def check_structure(model: onnx.ModelProto, path: Path, weights: WeightFolder | None = None) -> None:
