@@ -84,6 +84,27 @@ def external_data_files(model: onnx.ModelProto, folder: Path) -> list[Path]:
     return list(files)
 
 
+def load_external_data(model: onnx.ModelProto, folder: Path) -> None:
+    """Read every external tensor's bytes into ``raw_data`` (what onnx's ``load_external_data_for_model``
+    does), from files opened as :func:`onnxmerge.safety.open_regular` opens them: regular files only,
+    checked on the descriptor, no symbolic link (the locations were validated by :func:`external_data_files`;
+    this closes the window between that check and the read)."""
+    handles: dict[str, object] = {}
+    try:
+        for tensor in _external_tensors(model):
+            info = ExternalDataInfo(tensor)
+            if info.location not in handles:
+                handles[info.location] = open_regular(folder / info.location, "external data file", nofollow=True)
+            handle = handles[info.location]
+            handle.seek(int(info.offset or 0))
+            tensor.raw_data = handle.read() if info.length is None else handle.read(int(info.length))
+            tensor.data_location = onnx.TensorProto.DEFAULT
+            del tensor.external_data[:]
+    finally:
+        for handle in handles.values():
+            handle.close()
+
+
 def load_model(path: str | os.PathLike) -> onnx.ModelProto:
     """Load an ONNX model with its external data, validating that data's locations first.
 
@@ -118,7 +139,7 @@ def load_model_with_digest(path: str | os.PathLike, weights: WeightFolder | None
     file_sha256 = digest.hexdigest()
     data_files = external_data_files(model, path.parent)
     for file in data_files:
-        with open_regular(file, "external data file") as handle:
+        with open_regular(file, "external data file", nofollow=True) as handle:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
     # onnx's checker and onnxruntime are native code that a hostile model can crash or make allocate
@@ -127,7 +148,9 @@ def load_model_with_digest(path: str | os.PathLike, weights: WeightFolder | None
     probe_model(path, file_sha256, len(content) + sum(f.stat().st_size for f in data_files),
                 path.parent if data_files else None)
     try:
-        onnx.external_data_helper.load_external_data_for_model(model, str(path.parent))
+        load_external_data(model, path.parent)
+    except OnnxMergeError:
+        raise
     except Exception as exc:
         raise OnnxMergeError(f"could not read the external data of {path} ({exc}); re-export the model.") from exc
     if weights is None:
