@@ -226,6 +226,9 @@ def say(text: str) -> None:
     """Print a line of the command's output to stdout; a closed or full stdout becomes :class:`_StdoutFailed`."""
     try:
         print(text)
+    except UnicodeEncodeError:  # a stdout that cannot encode a name or label (PYTHONIOENCODING=ascii)
+        encoding = getattr(sys.stdout, "encoding", None) or "ascii"
+        say(text.encode(encoding, "backslashreplace").decode(encoding))
     except OSError as exc:
         raise _StdoutFailed(exc) from None
 

@@ -337,6 +337,7 @@ def model_files(path: str | os.PathLike) -> list[Path]:
         files += external_data_files(model, path.parent)
     except Exception:  # noqa: BLE001 - the build's own load names whatever is wrong with the file
         pass
+    release_freed_memory()  # a model without external data was read whole: give that back before the build
     return files
 
 

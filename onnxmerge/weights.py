@@ -169,8 +169,12 @@ def _hold_lock(folder: Path):
         return None
     # locked under a temporary name, then renamed: a concurrent remove_stale never sees an unlocked .lock
     handle = open(folder / ".lock.new", "wb")
-    fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-    os.rename(folder / ".lock.new", folder / LOCK)
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        os.rename(folder / ".lock.new", folder / LOCK)
+    except OSError:  # a file system without flock (some network mounts): no stale detection for this folder
+        handle.close()
+        return None
     return handle
 
 

@@ -58,9 +58,9 @@ def weight_folders(tmp_path):
 
 
 def wait_for_weight_folder(tmp_path, process, timeout=60.0):
-    """Block until the child's build has created its weight folder (it is mid-build then)."""
+    """Block until the child's build has created its weight folder and its lock (it is mid-build then)."""
     end = time.monotonic() + timeout
-    while not weight_folders(tmp_path):
+    while not [f for f in weight_folders(tmp_path) if (f / weights.LOCK).exists()]:
         assert process.poll() is None, process.communicate()
         assert time.monotonic() < end, "the build never created its weight folder"
         time.sleep(0.005)
@@ -97,7 +97,6 @@ def test_sigterm_while_writing_z_keeps_the_old_z_and_leaves_no_temporary(tmp_pat
 def test_a_sigkilled_builds_weight_folder_is_removed_by_the_next_run(tmp_path, digits_npz):
     process = child(tmp_path, build_args(tmp_path, digits_npz))
     wait_for_weight_folder(tmp_path, process)
-    time.sleep(0.05)  # the lock file is in place right after the folder
     process.kill()
     process.communicate(timeout=60)
     (stale,) = weight_folders(tmp_path)
@@ -131,9 +130,14 @@ def test_sigint_while_writing_a_cache_entry_leaves_no_partial_file(tmp_path, mon
         time.sleep(5)
 
     monkeypatch.setattr(cache.os, "fsync", interrupted_fsync)
-    with signals.handled(), pytest.raises(signals.Interrupted):
-        cache.store(tmp_path, "k" * 64, np.ones((10, 4), np.float32))
-    assert list(tmp_path.iterdir()) == []
+    # a background job of a non-interactive shell starts with SIGINT ignored, and handled() keeps it so
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with signals.handled(), pytest.raises(signals.Interrupted) as info:
+            cache.store(tmp_path, "k" * 64, np.ones((10, 4), np.float32))
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert info.value.status == 130 and list(tmp_path.iterdir()) == []
 
 
 def closed_pipe(monkeypatch):
