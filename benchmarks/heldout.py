@@ -14,7 +14,7 @@ there to export, into a temporary folder:
 and records, with a torch forward hook, the true penultimate tensor: the 1280-d input of the final
 ``nn.Linear`` (``_fc``) on a few fixed images. Back in this Python (onnxmerge's own environment) it:
 
-1. runs ``onnxmerge.inspect.find_head`` (feature = "auto") on each ONNX file and checks the picked tensor is
+1. runs ``onnxmerge.graph.inspect.find_head`` (feature = "auto") on each ONNX file and checks the picked tensor is
    the penultimate one: the input of the last Gemm/MatMul whose weight is [1000, 1280], and, exposed in
    onnxruntime, equal to torch's hooked ``_fc`` input (max |diff| printed);
 2. builds Z from both (Fashion-MNIST 28x28 gray -> each source's size, RGB, ImageNet normalisation inside

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import errno
+import io
 import json
+import os
 import sys
 from pathlib import Path
 
 from .version import __version__
+
+from . import signals
 from .errors import OnnxMergeError
+from .safety import printable
 
 
 def _inspect(args) -> int:
@@ -17,31 +23,41 @@ def _inspect(args) -> int:
 
     info = describe(args.model, load_model(args.model))
     if args.json:
-        print(json.dumps(info, indent=2))
+        say(json.dumps(info, indent=2, default=_json_text))
         return 0
-    print(f"{info['file']}  ({info['size']:,} bytes, IR {info['ir_version']}, producer {info['producer'] or '?'})")
-    print("opsets:  " + ", ".join(f"{d} {v}" for d, v in info["opsets"].items()))
+    # names, labels and the producer come from the file: printed with control characters escaped
+    p = printable
+    say(f"{p(info['file'])}  ({info['size']:,} bytes, IR {info['ir_version']}, producer {p(info['producer']) or '?'})")
+    say("opsets:  " + ", ".join(f"{p(d)} {v}" for d, v in info["opsets"].items()))
     for kind in ("inputs", "outputs"):
         for io in info[kind]:
-            print(f"{kind[:-1]:7}  {io['name']}  {io['type']}")
+            say(f"{kind[:-1]:7}  {p(io['name'])}  {p(io['type'])}")
     if info["labels"]:
-        print(f"labels:  {len(info['labels'])}: {', '.join(info['labels'][:10])}{' ...' if len(info['labels']) > 10 else ''}")
-    print(f"suggested feature: {info['suggested']}\n  why: {info['reason']}")
+        labels = ", ".join(p(label) for label in info["labels"][:10])
+        say(f"labels:  {len(info['labels'])}: {labels}{' ...' if len(info['labels']) > 10 else ''}")
+    say(f"suggested feature: {p(info['suggested'])}\n  why: {p(info['reason'])}")
     shown = info["candidates"] if args.all else info["candidates"][:10]
-    print(f"candidates ({len(shown)} of {len(info['candidates'])}{'' if args.all else '; --all for every one'}):")
+    say(f"candidates ({len(shown)} of {len(info['candidates'])}{'' if args.all else '; --all for every one'}):")
     for c in shown:
-        print(f"  {'*' if c['suggested'] else ' '} {c['name']}  shape {c['shape']}  -> {c['op']}")
+        say(f"  {'*' if c['suggested'] else ' '} {p(c['name'])}  shape {p(c['shape'])}  -> {p(c['op'])}")
     return 0
 
 
+def _json_text(value):
+    """JSON for the odd values a hostile model's fields carry (bytes that are not UTF-8)."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "backslashreplace")
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
 def _build(args) -> int:
+    from .io.images import input_files
+    from .io.models import check_output_path, model_files
     from .recipe import load_recipe
 
     recipe = load_recipe(args.recipe, quiet=args.quiet)
     merger = recipe.merger
-    from .io.models import check_output_path
-
-    check_output_path(args.output, [Path(s.model) for s in merger.sources] + [recipe.path])
+    check_output_path(args.output, read_files(recipe, model_files, input_files))
     if not args.no_cache:
         from .runtime.cache import default_cache_dir
 
@@ -57,34 +73,47 @@ def _build(args) -> int:
         data = as_labelled(recipe.train, None, merger.input)
         merger.model_, merger.quantize_ = quantize_z(merger.model_, data.x, data.y)  # the setter drops Z's session
     merger.save(args.output)
-    print(build_summary(merger, args.output))
+    say(build_summary(merger, args.output))
     return 0
+
+
+def read_files(recipe, model_files, input_files) -> list[Path]:
+    """Every file a build of ``recipe`` reads: the recipe, each source and its external data, each image or
+    ``.npz`` of the training data and the pool. ``-o`` must be none of them (``modelio.check_output_path``)."""
+    files = [recipe.path]
+    for source in recipe.merger.sources:
+        files += model_files(source.model)
+    for data in list(recipe.train or []) + ([recipe.unlabeled] if recipe.unlabeled is not None else []):
+        files += input_files(data)
+    return files
 
 
 def build_summary(merger, output) -> str:
     """What ``build`` did, in a few lines: sources, feature widths, parity, classes, the file written."""
+    from .safety import printable as p  # names, labels and paths come from files: control characters escaped
+
     lines = []
     for s in merger.sources_:
         pre = s.preprocess
-        lines.append(f"source {s.spec.name}: {Path(s.spec.model).name}, feature {s.feature!r} "
+        lines.append(f"source {p(s.spec.name)}: {p(Path(s.spec.model).name)}, feature '{p(s.feature)}' "
                      f"({'pooled, ' if s.cut.pooled else ''}{pre.layout} {pre.height}x{pre.width}x{pre.channels}"
                      f"{', flat' if pre.flat else ''}), {len(s.labels or [])} labels")
-        lines.append(f"  why: {s.reason}")
+        lines.append(f"  why: {p(s.reason)}")
         if s.batch_note:
             lines.append(f"  note: {s.batch_note}")
     for name, note in merger.notes_.items():
-        lines.append(f"reconciled {name}: {note}")
+        lines.append(f"reconciled {p(name)}: {p(note)}")
     lines += ["parity: " + c.line() for c in merger.parity_]
     if getattr(merger, "quantize_", None) is not None:
         lines += merger.quantize_.lines
     lines.append(merger.share_.line())
     if merger.features_from_cache_:
-        lines.append(f"features: from cache {merger.cache_dir} (sources not run on the training images)")
+        lines.append(f"features: from cache {p(merger.cache_dir)} (checked; sources run only on a few spot-check images)")
     report = merger.report_
     if report.get("teachers"):
-        lines.append("teachers: " + ", ".join(f"{n} ({kind})" for n, kind in report["teachers"].items()))
+        lines.append("teachers: " + ", ".join(f"{p(n)} ({kind})" for n, kind in report["teachers"].items()))
     if "routing" in report:
-        share = ", ".join(f"{n} {v:.0%}" for n, v in report["routing"]["pool_share"].items())
+        share = ", ".join(f"{p(n)} {v:.0%}" for n, v in report["routing"]["pool_share"].items())
         lines.append(f"routing: {report['routing']['method']} on {report['pool_images']} pool images ({share})")
     elif report["mode"] == "teachers":
         lines.append("routing: softmax over the teachers' concatenated logits (no pool to calibrate on)")
@@ -95,11 +124,11 @@ def build_summary(merger, output) -> str:
         lines.append(f"head: logistic regression (C={report['C']:g}) on {report['head_inputs']} inputs, "
                      f"{report['train_images']} labelled images, train accuracy {report['train_accuracy']:.3f}")
     for warning in report["warnings"]:
-        lines.append(f"warning: {warning}")
-    lines.append(f"classes ({len(report['classes'])}): {', '.join(report['classes'])}")
+        lines.append(f"warning: {p(warning)}")
+    lines.append(f"classes ({len(report['classes'])}): {', '.join(map(p, report['classes']))}")
     if report["new_classes"]:
-        lines.append(f"new classes (no source knows them): {', '.join(report['new_classes'])}")
-    lines.append(f"wrote {output}")
+        lines.append(f"new classes (no source knows them): {', '.join(map(p, report['new_classes']))}")
+    lines.append(f"wrote {p(output)}")
     return "\n".join(lines)
 
 
@@ -111,35 +140,38 @@ def _predict(args) -> int:
     images = read_images(args.images, z.input)
     labels, probs = z.predict(images)
     rows = [{"file": f, "label": str(label), "probability": float(p.max())} for f, label, p in zip(args.images, labels, probs)]
-    if args.json:
-        print(json.dumps(rows, indent=2))
-    else:
+    if args.json:  # json escapes control characters itself; undecodable file-name bytes as \udcXX
+        say(json.dumps(rows, indent=2))
+    else:  # a TAB, newline or escape sequence in a name or label is escaped: always three fields per line
         for row in rows:
-            print(f"{row['file']}\t{row['label']}\t{row['probability']:.4f}")
+            say(f"{printable(row['file'])}\t{printable(row['label'])}\t{row['probability']:.4f}")
     return 0
 
 
 def _evaluate(args) -> int:
-    from .io.images import load_labelled
-    from .evaluate import evaluate_predictions, write_report
+    from .io.images import input_files, load_labelled
+    from .evaluate import REPORT_FILES, evaluate_predictions, write_report
+    from .io.models import check_output_folder, model_files
     from .predict import ZModel
 
+    if args.report:  # before any work: the folder can be made, and its files replace nothing the run reads
+        check_output_folder(args.report, REPORT_FILES, model_files(args.model) + input_files(args.data), "--report")
     z = ZModel(args.model, quiet=args.quiet)
     data = load_labelled(args.data, z.input)
     labels, _ = z.predict(data.x)
     result = evaluate_predictions(data.y, labels, z.labels)
     written = write_report(result, args.report, f"{Path(args.model).name} on {Path(args.data).name}") if args.report else []
     if args.json:
-        print(json.dumps(result, indent=2))
+        say(json.dumps(result, indent=2))
         return 0
-    print(f"accuracy {result['accuracy']:.4f} on {result['images']} images")
-    print(f"{'class':20} {'recall':>7} {'support':>8}")
+    say(f"accuracy {result['accuracy']:.4f} on {result['images']} images")
+    say(f"{'class':20} {'recall':>7} {'support':>8}")
     for label, v in result["per_class"].items():
-        print(f"{label:20} {v['recall']:7.3f} {v['support']:8d}")
+        say(f"{printable(label):20} {v['recall']:7.3f} {v['support']:8d}")
     if result["unknown_labels"]:
-        print(f"labels Z does not know (counted as wrong): {', '.join(result['unknown_labels'])}")
+        say(f"labels Z does not know (counted as wrong): {', '.join(map(printable, result['unknown_labels']))}")
     for path in written:
-        print(f"wrote {path}")
+        say(f"wrote {printable(path)}")
     return 0
 
 
@@ -189,17 +221,89 @@ def parser() -> argparse.ArgumentParser:
     return main
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``onnxmerge`` console script."""
-    args = parser().parse_args(argv)
+def say(text: str) -> None:
+    """Print a line of the command's output to stdout; a closed or full stdout becomes :class:`_StdoutFailed`."""
     try:
-        return args.func(args)
-    except OnnxMergeError as exc:
-        print(f"onnxmerge: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("onnxmerge: interrupted; nothing was written.", file=sys.stderr)
-        return 130
+        print(text)
+    except UnicodeEncodeError:  # a stdout that cannot encode a name or label (PYTHONIOENCODING=ascii)
+        encoding = getattr(sys.stdout, "encoding", None) or "ascii"
+        say(text.encode(encoding, "backslashreplace").decode(encoding))
+    except OSError as exc:
+        raise _StdoutFailed(exc) from None
+
+
+class _StdoutFailed(Exception):
+    """Writing the output failed: the reader went away (EPIPE) or the disk it goes to is full."""
+
+    def __init__(self, error: OSError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _detach_stdout() -> None:
+    """Point the stdout descriptor at /dev/null, so the interpreter's last flush at exit finds nothing to fail on."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        pass  # not a real descriptor (tests capture stdout in memory)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``onnxmerge`` console script: every ending is one line on stderr and an exit status.
+
+    0 done; 2 a problem the user can fix (bad input, a full disk, out of memory); 128 + N stopped by
+    signal N (SIGINT 130, SIGTERM 143, SIGHUP 129) after removing temporary files; 141 the reader of stdout
+    went away (``onnxmerge inspect m.onnx --json | head``), silently, as a program killed by SIGPIPE.
+    """
+    args = parser().parse_args(argv)
+    with signals.handled():
+        try:
+            code = args.func(args)
+            try:
+                sys.stdout.flush()
+            except OSError as exc:
+                raise _StdoutFailed(exc) from None
+            return code
+        except OnnxMergeError as exc:
+            return _error(str(exc))
+        except signals.Interrupted as exc:
+            print(f"onnxmerge: interrupted by {exc.name}; temporary files were removed, no output was left "
+                  "half-written.", file=sys.stderr)
+            return exc.status
+        except KeyboardInterrupt:
+            print("onnxmerge: interrupted; temporary files were removed, no output was left half-written.",
+                  file=sys.stderr)
+            return 130
+        except _StdoutFailed as exc:
+            _detach_stdout()
+            if isinstance(exc.error, BrokenPipeError) or exc.error.errno == errno.EPIPE:
+                return 128 + 13  # SIGPIPE's status; nothing to say, nobody reads it
+            return _error(f"could not write the output to stdout ({exc.error.strerror or exc.error}); the command "
+                          "itself finished (files it writes were written), free space where stdout goes or redirect it.")
+        except MemoryError:
+            return _error("ran out of memory; use fewer or smaller images, or a machine with more memory.")
+        except RecursionError:
+            return _error("an input is nested too deeply to process (a hostile or broken file); check the recipe "
+                          "and the model files.")
+        except OSError as exc:  # the environment, late in a run: a full $TMPDIR, a file-size limit, a lost disk
+            return _error(_os_error(exc))
+
+
+def _error(message: str) -> int:
+    print(f"onnxmerge: error: {printable(message)}", file=sys.stderr)
+    return 2
+
+
+def _os_error(exc: OSError) -> str:
+    """One sentence for an OSError nothing closer to it turned into an OnnxMergeError."""
+    where = f" at {exc.filename}" if exc.filename else ""
+    what = exc.strerror or str(exc) or type(exc).__name__
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return (f"a write failed{where} ({what}); free disk space (or raise the file-size limit), or set TMPDIR to "
+                "a larger disk if it is the temporary folder, and run again.")
+    return f"a file operation failed{where} ({what}); check free space and permissions, and run again."
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """The one exception type for problems a user can cause and fix, and how to quote a library's error in it."""
 
 import re
+import sys
 
 
 class OnnxMergeError(Exception):
@@ -21,3 +22,8 @@ def first_line(exc: BaseException) -> str:
     if not text:
         return type(exc).__name__
     return re.sub(r"/\S+\.(?:cc|cpp|h):\d+ \S*?\(.*?\) ", "", text.splitlines()[0])
+
+
+def warn(message: str) -> None:
+    """Print ``onnxmerge: warning: MESSAGE`` to stderr (something went wrong that the run could work around)."""
+    print(f"onnxmerge: warning: {message}", file=sys.stderr)

@@ -8,7 +8,12 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import confusion_matrix
 
+from .errors import OnnxMergeError
 from .io.models import atomic_path
+from .safety import printable
+
+#: The files ``write_report`` puts into its folder.
+REPORT_FILES = ("confusion.png", "report.html")
 
 
 def evaluate_predictions(true: np.ndarray, predicted: np.ndarray, known: list[str]) -> dict:
@@ -45,7 +50,11 @@ def write_report(result: dict, outdir: str | Path, title: str = "onnxmerge evalu
     import matplotlib.pyplot as plt
 
     outdir = Path(outdir)
-    outdir.mkdir(parents=True, exist_ok=True)
+    try:
+        outdir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OnnxMergeError(f"report folder {printable(outdir)} cannot be created ({exc.strerror or exc}); choose "
+                             "another --report path.") from exc
     labels, matrix = result["labels"], np.asarray(result["confusion"])
     size = max(4.0, 0.6 * len(labels) + 2)
     fig, ax = plt.subplots(figsize=(size, size * 0.85))

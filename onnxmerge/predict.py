@@ -12,6 +12,7 @@ from .runtime.session import make_session, run_batched
 from .learn.head import LABEL, PROBABILITIES
 from .io.models import load_model
 from .graph.preprocess import ImageInput
+from .safety import printable
 
 
 class ZModel:
@@ -25,9 +26,8 @@ class ZModel:
         if "onnxmerge.labels" not in props or not {LABEL, PROBABILITIES} <= outputs:
             raise OnnxMergeError(f"{self.path} was not built by onnxmerge (no onnxmerge.labels metadata or no "
                                  "label/probabilities outputs); build one with `onnxmerge build`.")
-        self.labels: list[str] = json.loads(props["onnxmerge.labels"])
-        dims = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
-        self.input = ImageInput(height=dims[1], width=dims[2], channels=dims[3])
+        self.labels = _labels(self.path, props["onnxmerge.labels"])
+        self.input = _image_input(self.path, model)
         self.session = make_session(model)
         self.batch_size, self.quiet = batch_size, quiet
 
@@ -35,3 +35,26 @@ class ZModel:
         """Labels ``[N]`` and probabilities ``[N, K]`` for uint8 images ``[N, H, W, C]``."""
         out = run_batched(self.session, images, [LABEL, PROBABILITIES], self.batch_size, self.quiet, desc="predict")
         return out[LABEL], out[PROBABILITIES]
+
+
+def _labels(path: Path, text: str) -> list[str]:
+    """Z's class names from its ``onnxmerge.labels`` metadata: a JSON list of strings, or a one-line refusal."""
+    try:
+        labels = json.loads(text)
+    except (ValueError, RecursionError):
+        labels = None
+    if not isinstance(labels, list) or not labels or not all(isinstance(v, str) for v in labels):
+        raise OnnxMergeError(f"{printable(path)} has malformed onnxmerge.labels metadata (not a JSON list of class "
+                             "names); the file was altered or damaged, rebuild it with `onnxmerge build`.")
+    return labels
+
+
+def _image_input(path: Path, model) -> ImageInput:
+    """The uint8 ``[N, H, W, C]`` image input Z declares, or a one-line refusal for any other input."""
+    inputs = model.graph.input
+    dims = inputs[0].type.tensor_type.shape.dim if inputs else []
+    values = [d.dim_value if d.HasField("dim_value") else 0 for d in dims]
+    if len(values) != 4 or not all(v > 0 for v in values[1:]) or values[3] not in (1, 3):
+        raise OnnxMergeError(f"{printable(path)} takes input {values} where onnxmerge's Z takes uint8 images "
+                             "[N, height, width, 1 or 3]; the file was altered or not built by onnxmerge, rebuild it.")
+    return ImageInput(height=values[1], width=values[2], channels=values[3])

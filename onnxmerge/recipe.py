@@ -19,8 +19,11 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 
 from .merger import DEFAULT_C, MODES, Merger, Source
 from .errors import OnnxMergeError
+from .safety import check_labels, printable, read_regular
 from .graph.preprocess import ImageInput, Preprocess
 
+#: A recipe is a few hundred bytes; a larger file is not one (and is not read into memory).
+MAX_RECIPE_BYTES = 1 << 20
 # key -> (type(s), required)
 _TOP = {"input": (dict, True), "sources": (list, True), "head": (dict, False)}
 _INPUT = {"height": (int, True), "width": (int, True), "channels": (int, True)}
@@ -110,6 +113,8 @@ def parse_recipe(data: dict, base: Path, path: Path, quiet: bool = False) -> Rec
         labels = table.get("labels")
         if labels is not None and (not labels or not all(isinstance(v, str) for v in labels)):
             raise OnnxMergeError(f"{where} labels must be a non-empty list of strings.")
+        if labels is not None:
+            check_labels(labels, f"{where} labels")
         model = (base / table["model"]).resolve()
         if model == path.resolve():
             raise OnnxMergeError(f"{where} model is the recipe file itself; point it to a .onnx file.")
@@ -143,10 +148,14 @@ def parse_recipe(data: dict, base: Path, path: Path, quiet: bool = False) -> Rec
 def load_recipe(path: str | Path, quiet: bool = False) -> Recipe:
     """Read and validate a recipe file; paths inside it are relative to the file."""
     path = Path(path)
-    if not path.is_file():
-        raise OnnxMergeError(f"recipe {path} does not exist; check the path.")
+    if not path.exists():
+        raise OnnxMergeError(f"recipe {printable(path)} does not exist; check the path.")
+    content = read_regular(path, "recipe", limit=MAX_RECIPE_BYTES)
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        data = tomllib.loads(content.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise OnnxMergeError(f"recipe {path} is not valid TOML ({exc}); fix the syntax.") from exc
+        raise OnnxMergeError(f"recipe {printable(path)} is not valid TOML ({printable(exc)}); fix the syntax.") from exc
+    except RecursionError:  # tomllib parses nested arrays and inline tables recursively
+        raise OnnxMergeError(f"recipe {printable(path)} nests arrays or tables too deeply for a recipe; fix its "
+                             "structure.") from None
     return parse_recipe(data, path.parent, path, quiet=quiet)

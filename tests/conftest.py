@@ -75,3 +75,24 @@ def write_recipe(folder: Path, sources: list[tuple[str, str]], train: Path | str
     path = folder / "recipe.toml"
     path.write_text(text)
     return path
+
+
+@pytest.fixture(scope="session")
+def built_z(tmp_path_factory, digits_npz) -> Path:
+    """A Z built by the CLI from two fixtures on the digits train split (read it, never write it)."""
+    from onnxmerge.cli import main
+
+    folder = tmp_path_factory.mktemp("built-z")
+    recipe = write_recipe(folder, [("a", "torch_legacy_cnn.onnx"), ("b", "skl_mlp.onnx")], digits_npz["train"])
+    assert main(["build", str(recipe), "-o", str(folder / "z.onnx"), "--quiet", "--no-cache"]) == 0
+    return folder / "z.onnx"
+
+
+@pytest.fixture(scope="session")
+def digit_png(tmp_path_factory, digits) -> Path:
+    """One digits image as an 8x8 grey PNG."""
+    from PIL import Image
+
+    path = tmp_path_factory.mktemp("png") / "digit.png"
+    Image.fromarray(digits[0][0][..., 0]).save(path)
+    return path

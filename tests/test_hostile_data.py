@@ -104,3 +104,40 @@ def test_npz_with_pickled_objects_is_not_unpickled(tmp_path):
     np.savez(path, x=np.zeros((1, 8, 8, 1), np.uint8), y=np.array([{"a": 1}], dtype=object))
     with pytest.raises(OnnxMergeError, match="not a readable .npz"):
         load_labelled(path, GRAY)
+
+
+# -- images as a viewer shows them (issue 17) ---------------------------------------------------------------
+def upright_and_sideways(tmp_path, suffix):
+    """An upright 8 wide x 16 high picture (white top, black bottom) stored rotated, with EXIF orientation 6
+    (rotate 90 degrees clockwise to display) as phone cameras write it."""
+    upright = np.zeros((16, 8), np.uint8)
+    upright[:8] = 255
+    stored = Image.fromarray(upright).transpose(Image.Transpose.ROTATE_90)  # 16 wide x 8 high on disk
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = tmp_path / f"photo{suffix}"
+    stored.save(path, exif=exif, **({"quality": 95} if suffix == ".jpg" else {}))
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".jpg", ".png"])
+def test_exif_orientation_is_applied(tmp_path, suffix):
+    array = read_image(upright_and_sideways(tmp_path, suffix), ImageInput(16, 8, 1))[..., 0]
+    assert array[:8].mean() > 240 and array[8:].mean() < 15  # the top is white, as every viewer shows it
+
+
+@pytest.mark.parametrize("suffix", [".gif", ".tiff"])
+def test_multi_frame_files_are_refused(tmp_path, suffix):
+    frames = [Image.fromarray(np.full((8, 8), v, np.uint8)) for v in (0, 128, 255)]
+    path = tmp_path / f"many{suffix}"
+    frames[0].save(path, save_all=True, append_images=frames[1:])
+    with pytest.raises(OnnxMergeError, match="has 3 frames .*save the frame to use as a single image"):
+        read_image(path, GRAY)
+
+
+def test_a_fifo_image_is_refused_not_waited_on(tmp_path):
+    os.mkfifo(tmp_path / "x.png")
+    with pytest.raises(OnnxMergeError, match="x.png is a FIFO"):
+        read_image(tmp_path / "x.png", GRAY)
+    with pytest.raises(OnnxMergeError, match="is a character device"):
+        read_image("/dev/zero", GRAY)

@@ -10,6 +10,7 @@ from onnx import TensorProto, helper, numpy_helper
 from test_exporter_graphs import source as graph_source
 
 from onnxmerge import ImageInput, Merger, Preprocess, Source
+from onnxmerge.runtime import cache as feature_cache
 from onnxmerge.cli import main
 from onnxmerge.runtime.engine import LocalEngine
 from onnxmerge.runtime.session import make_session
@@ -133,7 +134,7 @@ def test_cached_rebuild_with_another_head_does_not_run_the_sources(digits, tmp_p
     runs = _counting(monkeypatch)
     first.fit(x[:500], y[:500])
     assert 500 in runs and first.report_["features_from_cache"] is False
-    written = sorted((tmp_path / "cache").glob("*.features.npy"))
+    written = sorted((tmp_path / "cache").glob("*.features"))
     assert written
     second = Merger(ImageInput(8, 8, 1), sources, C=0.1, quiet=True)  # a changed head
     second.cache_dir = tmp_path / "cache"
@@ -148,7 +149,7 @@ def test_cached_rebuild_with_another_head_does_not_run_the_sources(digits, tmp_p
     third.fit(x[:400], y[:400])
     assert 400 in runs
     after = sorted((tmp_path / "cache").iterdir())
-    assert len(after) > len(written) and all(p.name.endswith(".features.npy") for p in after)  # no temporary left
+    assert len(after) > len(written) and all(p.name.endswith(".features") for p in after)  # no temporary left
 
 
 def test_a_corrupt_cache_file_is_recomputed(digits, tmp_path):
@@ -156,12 +157,12 @@ def test_a_corrupt_cache_file_is_recomputed(digits, tmp_path):
     merger = Merger(ImageInput(8, 8, 1), [fixture_source("a", "torch_legacy_cnn.onnx")], quiet=True)
     merger.cache_dir = tmp_path
     merger.fit(x[:300], y[:300])
-    paths = sorted(tmp_path.glob("*.features.npy"))
+    paths = sorted(tmp_path.glob("*.features"))
     for path in paths:
         path.write_bytes(b"not numpy")
     merger.fit(x[:300], y[:300])
     assert merger.report_["features_from_cache"] is False
-    assert any(np.load(path).shape[0] == 300 for path in paths)
+    assert any(feature_cache.load(tmp_path, path.name[:-len(feature_cache.SUFFIX)], 300) is not None for path in paths)
 
 
 def test_cli_cache_flags(tmp_path, digits_npz, capsys, monkeypatch):

@@ -71,14 +71,19 @@ def tensor_shapes(model: onnx.ModelProto) -> dict[str, list | None]:
     return shapes
 
 
+def _text(value: str | bytes) -> str:
+    """A model's string field as text: bytes that are not UTF-8 keep their value as ``\\xNN`` escapes."""
+    return value.decode("utf-8", "backslashreplace") if isinstance(value, bytes) else value
+
+
 def model_labels(model: onnx.ModelProto) -> list[str] | None:
     """Class labels a model carries: skl2onnx ``classlabels_*`` or a ``labels``-like metadata entry."""
     for key in ("onnxmerge.labels", "labels", "names"):
         for prop in model.metadata_props:
             if prop.key == key:
-                try:
-                    value = json.loads(prop.value)
-                except json.JSONDecodeError:
+                try:  # protobuf hands back bytes for a value that is not UTF-8
+                    value = json.loads(_text(prop.value))
+                except (ValueError, RecursionError):
                     continue
                 if isinstance(value, dict):  # {"0": "cat", ...} as ultralytics writes it
                     value = [value[k] for k in sorted(value, key=lambda k: int(k) if str(k).isdigit() else k)]
@@ -88,7 +93,7 @@ def model_labels(model: onnx.ModelProto) -> list[str] | None:
         if node.domain == "ai.onnx.ml":
             for attr in node.attribute:
                 if attr.name == "classlabels_strings" and attr.strings:
-                    return [s.decode() for s in attr.strings]
+                    return [_text(s) for s in attr.strings]
                 if attr.name == "classlabels_ints" and attr.ints:
                     return [str(i) for i in attr.ints]
     return None

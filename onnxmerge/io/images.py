@@ -9,11 +9,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import OnnxMergeError
+from ..safety import check_labels, open_regular, printable
 from ..graph.preprocess import ImageInput
 
+#: The EXIF tag that says how a camera held the picture (1 = as stored).
+ORIENTATION = 0x0112
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 
 
@@ -27,12 +30,24 @@ class Dataset:
 
 
 def read_image(path: str | os.PathLike, image: ImageInput) -> np.ndarray:
-    """One image file as uint8 ``[H, W, C]``: converted to the input's channels, resized bilinearly."""
+    """One image file as uint8 ``[H, W, C]``, as a viewer shows it: EXIF orientation applied, converted to
+    the input's channels, resized bilinearly.
+
+    Only a regular file is opened (checked on the descriptor: a FIFO named ``x.png`` is refused, not waited
+    on). A file of several frames (an animated GIF, PNG or WebP, a multi-page TIFF) is refused: which frame
+    is "the image" is the user's choice, not onnxmerge's.
+    """
     path = Path(path)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), open_regular(path, "image") as handle:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
+            with Image.open(handle) as img:
+                frames = getattr(img, "n_frames", 1) if getattr(img, "is_animated", False) else 1
+                if frames > 1:
+                    raise OnnxMergeError(f"image {printable(path)} has {frames} frames (an animation or a multi-page "
+                                         "file); save the frame to use as a single image.")
+                if img.getexif().get(ORIENTATION, 1) != 1:  # a phone photo stored sideways, shown upright
+                    img = ImageOps.exif_transpose(img)
                 mode = "L" if image.channels == 1 else "RGB"
                 if img.mode in ("I;16", "I", "F"):
                     img = _wide_to_8bit(img, image.channels)
@@ -41,12 +56,10 @@ def read_image(path: str | os.PathLike, image: ImageInput) -> np.ndarray:
                 if img.size != (image.width, image.height):
                     img = img.resize((image.width, image.height), Image.Resampling.BILINEAR)
                 array = np.asarray(img, dtype=np.uint8)
-    except FileNotFoundError:
-        raise OnnxMergeError(f"image {path} does not exist; check the path.") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise OnnxMergeError(f"image {path} cannot be read ({exc}); remove or replace it.") from exc
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise OnnxMergeError(f"image {printable(path)} cannot be read ({printable(exc)}); remove or replace it.") from exc
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise OnnxMergeError(f"image {path} is too large to decode safely ({exc}); shrink or remove it.") from exc
+        raise OnnxMergeError(f"image {printable(path)} is too large to decode safely ({exc}); shrink or remove it.") from exc
     return array.reshape(image.height, image.width, image.channels)
 
 
@@ -59,18 +72,41 @@ def _wide_to_8bit(img: Image.Image, channels: int) -> Image.Image:
 
 
 def read_images(paths: list[str | os.PathLike], image: ImageInput, threads: int = 4) -> np.ndarray:
-    """Decode many files in a thread pool (Pillow releases the GIL while decoding).
+    """Decode many files into one preallocated uint8 array, in a thread pool (Pillow releases the GIL).
 
-    With two cores or fewer the pool is skipped: on a 2-core machine decoding 1,800 28x28 PNGs took 395 ms in
-    4 threads, 297 ms in a plain loop (small images are GIL-bound; benchmarks/speed.py case c).
+    Each image is written into its row as it is decoded, so a pool costs its pixels once (stacking a list of
+    decoded images held every image twice at the peak). With two cores or fewer the pool is skipped: on a
+    2-core machine decoding 1,800 28x28 PNGs took 395 ms in 4 threads, 297 ms in a plain loop (small images
+    are GIL-bound; benchmarks/speed.py case c).
     """
+    out = np.empty((len(paths), *image.shape), np.uint8)
     if not paths:
-        return np.zeros((0, *image.shape), np.uint8)
+        return out
+
+    def decode(index: int) -> None:
+        out[index] = read_image(paths[index], image)
+
     threads = min(threads, (os.cpu_count() or 1) - 1)
     if threads <= 1:
-        return np.stack([read_image(p, image) for p in paths])
-    with ThreadPoolExecutor(max_workers=threads) as pool:
-        return np.stack(list(pool.map(lambda p: read_image(p, image), paths)))
+        for index in range(len(paths)):
+            decode(index)
+        return out
+    pool = ThreadPoolExecutor(max_workers=threads)
+    try:
+        for _ in pool.map(decode, range(len(paths))):
+            pass
+    finally:  # an error or Ctrl-C: drop the queued images instead of decoding them all first
+        pool.shutdown(wait=True, cancel_futures=True)
+    return out
+
+
+def input_files(path: str | os.PathLike) -> list[Path]:
+    """The files that loading ``path`` (a labelled folder, a pool folder or an ``.npz``) reads; used to refuse
+    an output path that would replace one of them (``modelio.check_output_path``)."""
+    path = Path(path)
+    if not path.is_dir():
+        return [path]
+    return _image_files(path)
 
 
 def _image_files(folder: Path) -> list[Path]:
@@ -83,7 +119,7 @@ def _image_files(folder: Path) -> list[Path]:
 
 def _load_npz(path: Path, image: ImageInput, labelled: bool) -> Dataset:
     try:
-        with np.load(path, allow_pickle=False) as data:
+        with open_regular(path, "data file") as handle, np.load(handle, allow_pickle=False) as data:
             if "x" not in data:
                 raise OnnxMergeError(f"{path} has no array 'x'; an .npz needs x (uint8 [N, H, W, C]) and, if labelled, y.")
             x = data["x"]
@@ -106,6 +142,7 @@ def _load_npz(path: Path, image: ImageInput, labelled: bool) -> Dataset:
         if len(y) != len(x):
             raise OnnxMergeError(f"{path}: x has {len(x)} images but y has {len(y)} labels; they must match.")
         y = np.asarray([str(v) for v in y])
+        check_labels(y, f"the labels y of {printable(path)}")
     if len(x) == 0:
         raise OnnxMergeError(f"{path} holds no images; give a file with at least one image.")
     return Dataset(x, y if labelled else None, [f"{path}[{i}]" for i in range(len(x))])
@@ -116,7 +153,7 @@ def load_labelled(path: str | os.PathLike, image: ImageInput) -> Dataset:
     path = Path(path)
     if not path.exists():
         raise OnnxMergeError(f"training data {path} does not exist; check the path.")
-    if path.is_file():
+    if not path.is_dir():  # an .npz; a FIFO or device in its place is refused when opened
         return _load_npz(path, image, labelled=True)
     classes = sorted(p for p in path.iterdir() if p.is_dir())
     if not classes:
@@ -126,6 +163,7 @@ def load_labelled(path: str | os.PathLike, image: ImageInput) -> Dataset:
         found = _image_files(folder)
         if not found:
             raise OnnxMergeError(f"class folder {folder} holds no images; add images or remove the folder.")
+        check_labels([folder.name], f"the class folder {printable(folder)}")
         files += found
         labels += [folder.name] * len(found)
     return Dataset(read_images(files, image), np.asarray(labels), [str(f) for f in files])
@@ -136,7 +174,7 @@ def load_unlabeled(path: str | os.PathLike, image: ImageInput) -> Dataset:
     path = Path(path)
     if not path.exists():
         raise OnnxMergeError(f"image pool {path} does not exist; check the path.")
-    if path.is_file():
+    if not path.is_dir():  # an .npz; a FIFO or device in its place is refused when opened
         return _load_npz(path, image, labelled=False)
     files = _image_files(path)
     if not files:

@@ -20,6 +20,8 @@ from onnx.external_data_helper import ExternalDataInfo, uses_external_data
 
 from ..errors import OnnxMergeError, first_line
 from ..runtime.probe import probe_model
+from ..safety import kind_of, open_regular, printable, read_regular
+from ..signals import temporary
 from ..runtime.weights import WeightFolder, external_bytes, external_initializers, release_freed_memory
 
 _EXTERNAL_KEYS = {"location", "offset", "length", "checksum", "basepath"}
@@ -82,6 +84,27 @@ def external_data_files(model: onnx.ModelProto, folder: Path) -> list[Path]:
     return list(files)
 
 
+def load_external_data(model: onnx.ModelProto, folder: Path) -> None:
+    """Read every external tensor's bytes into ``raw_data`` (what onnx's ``load_external_data_for_model``
+    does), from files opened as :func:`onnxmerge.safety.open_regular` opens them: regular files only,
+    checked on the descriptor, no symbolic link (the locations were validated by :func:`external_data_files`;
+    this closes the window between that check and the read)."""
+    handles: dict[str, object] = {}
+    try:
+        for tensor in _external_tensors(model):
+            info = ExternalDataInfo(tensor)
+            if info.location not in handles:
+                handles[info.location] = open_regular(folder / info.location, "external data file", nofollow=True)
+            handle = handles[info.location]
+            handle.seek(int(info.offset or 0))
+            tensor.raw_data = handle.read() if info.length is None else handle.read(int(info.length))
+            tensor.data_location = onnx.TensorProto.DEFAULT
+            del tensor.external_data[:]
+    finally:
+        for handle in handles.values():
+            handle.close()
+
+
 def load_model(path: str | os.PathLike) -> onnx.ModelProto:
     """Load an ONNX model with its external data, validating that data's locations first.
 
@@ -105,11 +128,7 @@ def load_model_with_digest(path: str | os.PathLike, weights: WeightFolder | None
     returned (``onnxmerge.runtime.weights``): a build never holds a source's weights in memory after loading it.
     """
     path = Path(path)
-    if not path.exists():
-        raise OnnxMergeError(f"model file {path} does not exist; check the path.")
-    if not path.is_file():
-        raise OnnxMergeError(f"model path {path} is not a file; give the path of a .onnx file.")
-    content = path.read_bytes()
+    content = read_regular(path, "model file")  # a FIFO or device is refused on the descriptor, never waited on
     try:
         model = onnx.load_from_string(content)
     except Exception as exc:  # protobuf raises its own DecodeError and friends
@@ -120,7 +139,7 @@ def load_model_with_digest(path: str | os.PathLike, weights: WeightFolder | None
     file_sha256 = digest.hexdigest()
     data_files = external_data_files(model, path.parent)
     for file in data_files:
-        with open(file, "rb") as handle:
+        with open_regular(file, "external data file", nofollow=True) as handle:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
     # onnx's checker and onnxruntime are native code that a hostile model can crash or make allocate
@@ -129,7 +148,9 @@ def load_model_with_digest(path: str | os.PathLike, weights: WeightFolder | None
     probe_model(path, file_sha256, len(content) + sum(f.stat().st_size for f in data_files),
                 path.parent if data_files else None)
     try:
-        onnx.external_data_helper.load_external_data_for_model(model, str(path.parent))
+        load_external_data(model, path.parent)
+    except OnnxMergeError:
+        raise
     except Exception as exc:
         raise OnnxMergeError(f"could not read the external data of {path} ({exc}); re-export the model.") from exc
     if weights is None:
@@ -148,7 +169,36 @@ def load_model_with_digest(path: str | os.PathLike, weights: WeightFolder | None
     release_freed_memory()
     # checked as a light model: the checker would otherwise serialise the whole model once more
     check_structure(light, path, weights)
+    check_text_attributes(light, path)
     return light, digest.hexdigest()
+
+
+def check_text_attributes(model: onnx.ModelProto, path: Path) -> None:
+    """Refuse a source whose string attributes (class labels of a classifier, ...) are not UTF-8 text: the
+    graph steps (onnx-graphsurgeon) and Z's JSON metadata read them as UTF-8. ``inspect`` still shows such a
+    model, with the bytes escaped."""
+    for graph in _graphs(model.graph):
+        for node in graph.node:
+            for attr in node.attribute:
+                for value in ([attr.s] if attr.type == onnx.AttributeProto.STRING else list(attr.strings)):
+                    try:
+                        value.decode("utf-8")
+                    except UnicodeDecodeError:
+                        shown = printable(value.decode("utf-8", "backslashreplace"))
+                        raise OnnxMergeError(f"{printable(path)}: node '{printable(node.name or node.op_type)}' has "
+                                             f"attribute '{printable(attr.name)}' with text that is not UTF-8 "
+                                             f"('{shown}'); re-export the model with UTF-8 class names.") from None
+
+
+def _graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
+    """A graph and every subgraph inside it (If/Loop/Scan bodies)."""
+    yield graph
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                yield from _graphs(attr.g)
+            for sub in attr.graphs:
+                yield from _graphs(sub)
 
 
 def check_structure(model: onnx.ModelProto, path: Path, weights: WeightFolder | None = None) -> None:
@@ -171,24 +221,28 @@ def check_structure(model: onnx.ModelProto, path: Path, weights: WeightFolder | 
 
 @contextlib.contextmanager
 def atomic_path(target: Path, suffix: str = "") -> Iterator[Path]:
-    """Yield a temporary path beside ``target``; rename it onto ``target`` only if the block succeeds."""
+    """Yield a temporary path beside ``target``; rename it onto ``target`` only if the block succeeds.
+
+    However the block ends (an error, Ctrl-C, SIGTERM or SIGHUP via ``onnxmerge.signals``), the temporary
+    file is gone afterwards and ``target`` is either untouched or complete.
+    """
     target = Path(target)
     try:
         handle, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix + ".tmp", dir=target.parent)
     except OSError as exc:
-        raise OnnxMergeError(f"cannot write into {target.parent} ({exc.strerror}); choose another output path.") from exc
+        raise OnnxMergeError(f"cannot write into {printable(target.parent)} ({exc.strerror}); choose another "
+                             "output path.") from exc
     os.close(handle)
     tmp_path = Path(tmp)
-    try:
-        yield tmp_path
-        if os.name == "posix":  # mkstemp made it 0600; give it the mode a plain open() would (umask)
-            os.chmod(tmp_path, 0o666 & ~_umask())
-        os.replace(tmp_path, target)
-    except OSError as exc:
-        raise OnnxMergeError(f"could not write {target} ({exc.strerror or exc}); check free space and permissions.") from exc
-    finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
+    with temporary(tmp_path):
+        try:
+            yield tmp_path
+            if os.name == "posix":  # mkstemp made it 0600; give it the mode a plain open() would (umask)
+                os.chmod(tmp_path, 0o666 & ~_umask())
+            os.replace(tmp_path, target)
+        except OSError as exc:
+            raise OnnxMergeError(f"could not write {printable(target)} ({exc.strerror or exc}); check free space "
+                                 "and permissions.") from exc
 
 
 def _umask() -> int:
@@ -197,20 +251,94 @@ def _umask() -> int:
     return mask
 
 
-def check_output_path(output: str | os.PathLike, protected: list[Path] = ()) -> Path:
-    """Validate an output path before any work: its folder exists and is writable, it is no input file."""
+def check_output_path(output: str | os.PathLike, protected: list[Path] = (), flag: str = "-o") -> Path:
+    """Validate an output path before any work: its folder exists and is writable, it is not a folder or a
+    special file (device, FIFO, socket), and it is none of the files the run reads.
+
+    ``protected`` lists the files the run reads (sources, their external-data files, the recipe, every
+    image and ``.npz``: :func:`onnxmerge.io.images.input_files`, :func:`model_files`). The output is refused if it
+    is one of them after symbolic links are resolved, or the same file under another name (a hard link:
+    same device and inode). ``flag`` names the option in the message (``-o``, ``--report``).
+    """
     output = Path(output)
     folder = output.parent if str(output.parent) else Path(".")
+    shown = printable(output)
     if not folder.is_dir():
-        raise OnnxMergeError(f"output folder {folder} does not exist; create it first or choose another -o path.")
+        raise OnnxMergeError(f"output folder {printable(folder)} does not exist; create it first or choose another "
+                             f"{flag} path.")
     if not os.access(folder, os.W_OK):
-        raise OnnxMergeError(f"output folder {folder} is not writable; choose another -o path.")
+        raise OnnxMergeError(f"output folder {printable(folder)} is not writable; choose another {flag} path.")
     if output.is_dir():
-        raise OnnxMergeError(f"output path {output} is a folder; give a file name such as {output / 'z.onnx'}.")
-    for source in protected:
-        if output.resolve() == Path(source).resolve():
-            raise OnnxMergeError(f"output path {output} is one of the source models; choose another -o path.")
+        raise OnnxMergeError(f"output path {shown} is a folder; give a file name such as {printable(output / 'z.onnx')}.")
+    kind = kind_of(output)
+    if kind is not None:  # os.replace would put a regular file in place of /dev/null, a FIFO or a socket
+        raise OnnxMergeError(f"output path {shown} is {kind}; onnxmerge writes regular files only, choose "
+                             f"another {flag} path.")
+    if os.path.lexists(output):
+        resolved = output.resolve()
+        for source in protected:
+            if resolved == Path(source).resolve() or _same_file(output, source):
+                raise OnnxMergeError(f"output path {shown} is {_role(source)} this run reads ({printable(source)}); "
+                                     f"writing there would replace it, choose another {flag} path.")
     return output
+
+
+def check_output_folder(folder: str | os.PathLike, names: tuple[str, ...], protected: list[Path] = (),
+                        flag: str = "--report") -> Path:
+    """Validate an output folder (created later if missing) and the files ``names`` to be written into it:
+    it is no file, it can be created (its nearest existing parent is a writable folder), and each file
+    passes :func:`check_output_path`."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise OnnxMergeError(f"{flag} {printable(folder)} is an existing file, not a folder; give a folder (created "
+                             "if missing) for the report files.")
+    if folder.is_dir():
+        for name in names:
+            check_output_path(folder / name, protected, flag)
+        return folder
+    parent = folder.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise OnnxMergeError(f"{flag} folder {printable(folder)} cannot be created ({printable(parent)} is not a "
+                             "writable folder); choose another path.")
+    return folder
+
+
+def _same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _role(path: str | os.PathLike) -> str:
+    name = Path(path).name.lower()
+    if name.endswith(".onnx"):
+        return "one of the source models"
+    if name.endswith(".toml"):
+        return "the recipe"
+    if name.endswith(".npz"):
+        return "a data file"
+    return "an input file (a source's external data, an image or data file)"
+
+
+def model_files(path: str | os.PathLike) -> list[Path]:
+    """A model file and the external-data files it refers to, for :func:`check_output_path`.
+
+    Reads only the model's graph (external data stays on disk). A model that cannot be parsed yields just
+    its own path: loading it later reports the problem.
+    """
+    path = Path(path)
+    files = [path]
+    try:
+        with open_regular(path, "model file") as handle:
+            model = onnx.load_model_from_string(handle.read())
+        files += external_data_files(model, path.parent)
+    except Exception:  # noqa: BLE001 - the build's own load names whatever is wrong with the file
+        pass
+    release_freed_memory()  # a model without external data was read whole: give that back before the build
+    return files
 
 
 def save_model(model: onnx.ModelProto, output: str | os.PathLike, size_limit: int = PROTOBUF_LIMIT,

@@ -1,6 +1,6 @@
 """The probe's worker process: checks untrusted models in memory-limited children, one fork per model.
 
-Started by :mod:`onnxmerge.probe` as ``python -c BOOT this_file``, so it imports only the standard library,
+Started by :mod:`onnxmerge.runtime.probe` as ``python -c BOOT this_file``, so it imports only the standard library,
 onnx and onnxruntime (not the ``onnxmerge`` package, whose import pulls in scikit-learn: ~1.5 s). It
 imports them once, then forks a child per request, so a probe costs a fork and the checks, not an
 interpreter start. Each child limits its address space, runs onnx's checker, shape inference and an

@@ -19,6 +19,7 @@ import ctypes
 import functools
 import hashlib
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,6 +30,15 @@ from onnx import numpy_helper
 from onnx.external_data_helper import ExternalDataInfo, set_external_data, uses_external_data
 
 from ..errors import OnnxMergeError
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; stale folders are not detected there
+    fcntl = None
+
+#: The weight folders' name prefix in the temporary directory.
+PREFIX = "onnxmerge-weights-"
+LOCK = ".lock"
 
 #: Initializers below this size stay inline: shapes, axes and scales that graph code and onnx's version
 #: converter read.
@@ -43,13 +53,15 @@ class WeightFolder:
     """A private temporary folder holding the weights that this build's light protos refer to."""
 
     def __init__(self) -> None:
+        remove_stale()
         try:
             # a file a session still maps cannot be removed on Windows: clean up what can be
-            self._tmp = tempfile.TemporaryDirectory(prefix="onnxmerge-weights-", ignore_cleanup_errors=True)
+            self._tmp = tempfile.TemporaryDirectory(prefix=PREFIX, ignore_cleanup_errors=True)
+            self.path = Path(self._tmp.name)
+            self._lock = _hold_lock(self.path)
         except OSError as exc:
             raise OnnxMergeError(f"cannot create a temporary folder for the build's weights ({exc.strerror or exc}); "
                                  "set TMPDIR to a writable folder.") from exc
-        self.path = Path(self._tmp.name)
         self._files = 0
 
     def offload(self, model: onnx.ModelProto) -> onnx.ModelProto:
@@ -130,15 +142,76 @@ class WeightFolder:
     def check(self, model: onnx.ModelProto, full_check: bool = True) -> None:
         """onnx's checker on a light model (it finds external data relative to the model's file)."""
         path = self.path / "check.onnx"
-        onnx.save_model(model, str(path))
+        try:
+            onnx.save_model(model, str(path))
+        except OSError as exc:  # a full $TMPDIR (or a file-size limit) this late in a build
+            path.unlink(missing_ok=True)
+            raise OnnxMergeError(f"could not write into the temporary folder {self.path} ({exc.strerror or exc}); "
+                                 "free disk space there or set TMPDIR to a larger disk.") from exc
         try:
             onnx.checker.check_model(str(path), full_check=full_check)
         finally:
             path.unlink()
 
     def close(self) -> None:
-        """Remove the folder (also done when the object is garbage-collected)."""
+        """Remove the folder (also done when the object is garbage-collected, and at exit)."""
         self._tmp.cleanup()
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
+
+def _hold_lock(folder: Path):
+    """Lock ``folder/.lock`` for as long as this process lives (the kernel drops the lock when it dies, even by
+    SIGKILL): how :func:`remove_stale` tells a live build's folder from a dead one's, without trusting
+    process ids (another machine or pid namespace may share the temporary folder)."""
+    if fcntl is None:
+        return None
+    # locked under a temporary name, then renamed: a concurrent remove_stale never sees an unlocked .lock
+    handle = open(folder / ".lock.new", "wb")
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        os.rename(folder / ".lock.new", folder / LOCK)
+    except OSError:  # a file system without flock (some network mounts): no stale detection for this folder
+        handle.close()
+        return None
+    return handle
+
+
+def remove_stale(tmpdir: str | os.PathLike | None = None) -> list[Path]:
+    """Remove the ``onnxmerge-weights-*`` folders of builds that died without cleaning up (SIGKILL, a power cut,
+    the OOM killer); returns those removed.
+
+    A folder is stale when its ``.lock`` exists and can be locked: its owner, which held the lock for its whole
+    life, is gone. Folders of live builds, of other users (not ours to remove) and of onnxmerge versions
+    without a lock are left alone.
+    """
+    if fcntl is None:
+        return []
+    removed = []
+    base = Path(tmpdir or tempfile.gettempdir())
+    try:
+        candidates = list(base.glob(PREFIX + "*"))
+    except OSError:
+        return []
+    for folder in candidates:
+        try:
+            if folder.is_symlink() or not folder.is_dir() or folder.stat().st_uid != os.getuid():
+                continue
+            fd = os.open(folder / LOCK, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)  # held: a live build
+            continue
+        try:
+            shutil.rmtree(folder, ignore_errors=True)
+        finally:
+            os.close(fd)
+        removed.append(folder)
+    return removed
 
 
 def external_initializers(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
