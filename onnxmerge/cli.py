@@ -57,7 +57,17 @@ def _build(args) -> int:
         merger.model_, merger.quantize_ = quantize_z(merger.model_, data.x, data.y)  # the setter drops Z's session
     merger.save(args.output)
     print(build_summary(merger, args.output))
+    quantize = getattr(merger, "quantize_", None)
+    for warning in merger.report_["warnings"] + [line.removeprefix("quantize: warning: ") for line in
+                                                 (quantize.lines if quantize is not None else [])
+                                                 if line.startswith("quantize: warning: ")]:
+        warn(warning)
     return 0
+
+
+def warn(message: str) -> None:
+    """A warning for the user: stderr, ``onnxmerge: warning: ...``, never mixed into the report on stdout."""
+    print(f"onnxmerge: warning: {message}", file=sys.stderr)
 
 
 def build_summary(merger, output) -> str:
@@ -74,8 +84,8 @@ def build_summary(merger, output) -> str:
     for name, note in merger.notes_.items():
         lines.append(f"reconciled {name}: {note}")
     lines += ["parity: " + c.line() for c in merger.parity_]
-    if getattr(merger, "quantize_", None) is not None:
-        lines += merger.quantize_.lines
+    if getattr(merger, "quantize_", None) is not None:  # its warnings go to stderr with the build's (_build)
+        lines += [line for line in merger.quantize_.lines if not line.startswith("quantize: warning: ")]
     lines.append(merger.share_.line())
     if merger.features_from_cache_:
         lines.append(f"features: from cache {merger.cache_dir} (sources not run on the training images)")
@@ -93,8 +103,10 @@ def build_summary(merger, output) -> str:
     if report["mode"] == "fit":
         lines.append(f"head: logistic regression (C={report['C']:g}) on {report['head_inputs']} inputs, "
                      f"{report['train_images']} labelled images, train accuracy {report['train_accuracy']:.3f}")
-    for warning in report["warnings"]:
-        lines.append(f"warning: {warning}")
+    if "expected_accuracy" in report:
+        lines.append(report["expected_accuracy"]["line"])
+    if report["warnings"]:
+        lines.append(f"warnings: {len(report['warnings'])} (on stderr)")
     lines.append(f"classes ({len(report['classes'])}): {', '.join(report['classes'])}")
     if report["new_classes"]:
         lines.append(f"new classes (no source knows them): {', '.join(report['new_classes'])}")

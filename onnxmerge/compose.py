@@ -30,6 +30,7 @@ from .routing import PSEUDO_LABEL_THRESHOLD, Teachers, head_kind, l2_blocks, mat
 from .share import ancestors, extraction_groups, share_common
 from .stitch import IMAGE, StitchSource, keep_outputs, output_names, stitch
 from .weights import WeightFolder, external_bytes, release_freed_memory
+from . import assess  # issue 13: held-out accuracy and source checks (HOOKS.md)
 
 MODES = ("fit", "teachers")
 MAX_PIXELS = 8192 * 8192  # a declared size beyond this is a hostile or broken model, not a photo
@@ -354,7 +355,7 @@ class Merger:
                 continue
             foreign = _head_domains(self.stitched_.graph, name)
             if foreign and self.mode == "fit":  # Z's head stays runnable on minimal onnxruntime builds
-                self.warnings_.append(f"source {name!r}'s own head uses {sorted(foreign)} ops, so Z's "
+                self.warnings_.append(f"the own head of source {name!r} uses {sorted(foreign)} ops, so Z's "
                                       "head does not read its probabilities (features only).")
                 continue
             kinds.append((name, head_kind(head)))
@@ -425,6 +426,7 @@ class Merger:
             weight[certain] = len(x_pool) / len(certain)
         router = fit_head(x_all, y_all, self._head_input().widths(self.widths_), C=self.router_C,
                           class_weight="balanced", sample_weight=weight)
+        self.router_data_ = (x_all, y_all, weight)  # issue 13: assess.teachers_mode refits it per fold (HOOKS.md)
         unrouted = [n for i, n in enumerate(teachers.names) if not np.any(y_all == i)]
         if unrouted:
             self.warnings_.append(f"no pool image was routed to {', '.join(map(repr, unrouted))} (another teacher "
@@ -457,6 +459,7 @@ class Merger:
             router = self._route(head_input.numpy(pool_out).astype(np.float64), teachers, pool_out, known)
         self.head_ = TeachersHead(head_input, teachers, router, new)
         self.classes_ = self.head_.classes
+        assess.teachers_mode(self, head_input, pool_out if pool is not None else None)  # issue 13 (HOOKS.md)
         model = self.head_.append(keep_outputs(self.stitched_, self._graph_outputs()), self.widths_)
         given = pool if pool is not None else labelled
         parity = given.x if given is not None else np.zeros((2, *self.input.shape), np.uint8)
@@ -515,6 +518,9 @@ class Merger:
             "feature_dim": int(sum(widths[:len(self.sources_)])),
             "head_inputs": int(x.shape[1]),
         })
+        assess.fit_mode(self, head_input, widths, C, xs[0] if labelled is not None else None,  # issue 13 (HOOKS.md)
+                        labelled.y if labelled is not None else None, *((x_pool, pseudo, keep, weights[-1] if weights
+                        else np.ones(int(keep.sum()))) if pool is not None else ()))
         model = append_head(keep_outputs(self.stitched_, self._graph_outputs()), head_input, self.head_, self.widths_)
         return model, (labelled if labelled is not None else pool).x
 
@@ -610,6 +616,7 @@ class Merger:
             "onnxmerge.mode": self.mode,
             "onnxmerge.version": __version__,
         }
+        props.update(getattr(self, "metadata_extra_", {}))  # issue 13: assess.py's entries (HOOKS.md)
         for key, value in props.items():
             model.metadata_props.add(key=key, value=value)
         model.producer_name, model.producer_version = "onnxmerge", __version__

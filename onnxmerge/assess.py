@@ -1,0 +1,139 @@
+"""The build's honest self-assessment: held-out accuracy, each source on its own task, no silent class loss.
+
+Called by the build (``Merger._fit_head`` / ``Merger._fit_teachers``, see HOOKS.md) once the head is fitted,
+with the head inputs the build computed anyway (no source runs again). Each function writes:
+
+- ``merger.report_``: ``expected_accuracy`` (``estimate.Estimate.as_dict`` plus its printed ``line``),
+  ``source_checks`` (``own_labels``: each teacher's accuracy on labelled images of its own labels;
+  ``outputs``: each source's output statistics on the pool / training images) and ``pool_labels``
+  (per union label: pool images routing gives it, and pool images Z predicts as it);
+- ``merger.warnings_``: the sentences of ``health`` (a source near chance or looking fed the wrong input;
+  a label Z never or hardly ever predicts on the pool);
+- ``merger.metadata_extra_``: Z's extra ``metadata_props`` (``onnxmerge.expected_accuracy``,
+  ``onnxmerge.route``, ``onnxmerge.head_inputs``), which ``Merger._set_metadata`` adds.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+
+from . import estimate, health
+
+OUTPUTS_ON = "pool images"
+
+
+def _head_inputs(merger, head_input) -> list[dict]:
+    """What the head reads, block by block (stored in Z for ``onnxmerge inspect``)."""
+    widths = head_input.widths(merger.widths_)
+    blocks = [{"source": n, "block": "features (L2-normalised)"} for n in head_input.sources]
+    blocks += [{"source": n, "block": "log-probabilities"} for n, _ in head_input.teachers]
+    return [dict(b, width=int(w)) for b, w in zip(blocks, widths)]
+
+
+def _start(merger, head_input) -> None:
+    merger.metadata_extra_ = {"onnxmerge.head_inputs": json.dumps(_head_inputs(merger, head_input))}
+    merger.report_["source_checks"] = {"own_labels": [], "outputs": []}
+
+
+def _set_estimate(merger, result: estimate.Estimate, seconds: float) -> None:
+    merger.report_["expected_accuracy"] = dict(result.as_dict(), line=result.line(), seconds=round(seconds, 3))
+    if result.accuracy is not None:
+        merger.metadata_extra_["onnxmerge.expected_accuracy"] = json.dumps(result.as_dict())
+
+
+def _check_sources(merger, head_input, x: np.ndarray, where: str, x_labelled: np.ndarray | None = None,
+                   y_labelled: np.ndarray | None = None) -> None:
+    """Output signatures of every source on head inputs ``x`` (``where``: what those images are), and each
+    teacher's accuracy on the labelled images of its own labels where ``x_labelled``/``y_labelled`` are given."""
+    widths = head_input.widths(merger.widths_)
+    n_sources = len(head_input.sources)
+    teachers = [n for n, _ in head_input.teachers]
+    labels = {s.spec.name: s.labels for s in merger.sources_}
+    checks = merger.report_["source_checks"]
+    if x_labelled is not None:
+        probs = estimate.teacher_probabilities(x_labelled, widths, n_sources)
+        own = [health.own_label_accuracy(n, labels[n], p, y_labelled) for n, p in zip(teachers, probs)]
+        checks["own_labels"] = [c for c in own if c is not None]
+        merger.warnings_ += health.accuracy_warnings(checks["own_labels"])
+    probs = dict(zip(teachers, estimate.teacher_probabilities(x, widths, n_sources)))
+    for name, (start, stop) in zip(head_input.sources, estimate.block_spans(widths)):
+        entry, warnings = health.output_signatures(name, probs.get(name), x[:, start:stop], where)
+        checks["outputs"].append(entry)
+        merger.warnings_ += warnings
+
+
+def _routed_labels(merger, head_input, x_pool: np.ndarray, route: np.ndarray) -> np.ndarray:
+    """The label routing gives each pool image: the routed teacher's own best label, or a routed new class."""
+    widths = head_input.widths(merger.widths_)
+    probs = estimate.teacher_probabilities(x_pool, widths, len(head_input.sources))
+    labels = {s.spec.name: s.labels for s in merger.sources_}
+    names = [n for n, _ in head_input.teachers]
+    columns = names + list(getattr(merger.head_, "new_classes", []))
+    best = route.argmax(axis=1)
+    out = np.empty(len(x_pool), dtype=object)
+    for i, column in enumerate(columns):
+        mine = best == i
+        out[mine] = (np.asarray(labels[column])[probs[i][mine].argmax(axis=1)] if i < len(names) else column)
+    return out.astype(str)
+
+
+def fit_mode(merger, head_input, widths: list[int], C: float, x_labelled: np.ndarray | None,
+             y_labelled: np.ndarray | None, x_pool: np.ndarray | None = None, pool_labels: np.ndarray | None = None,
+             pool_keep: np.ndarray | None = None, pool_weight: np.ndarray | None = None) -> None:
+    """Mode "fit": cross-validated accuracy, source checks, per-label pool counts (module docstring).
+
+    ``x_labelled``/``y_labelled``: the labelled images' head inputs and labels (None: a pool-only build);
+    ``x_pool``: every pool image's head input, ``pool_labels``/``pool_keep`` their pseudo-labels and which were
+    kept, ``pool_weight``: the kept rows' sample weight in the head's fit.
+    """
+    _start(merger, head_input)
+    if x_labelled is not None:
+        began = time.perf_counter()
+        extra = None
+        if x_pool is not None:
+            extra = (x_pool[pool_keep], pool_labels[pool_keep], pool_weight)
+        result = estimate.cross_validate(x_labelled, y_labelled, widths, C, merger.class_weight, extra=extra)
+        _set_estimate(merger, result, time.perf_counter() - began)
+    _check_sources(merger, head_input, x_pool if x_pool is not None else x_labelled,
+                   OUTPUTS_ON if x_pool is not None else "training images", x_labelled, y_labelled)
+    if x_pool is not None:
+        routed = np.where(pool_keep, pool_labels, "")
+        predicted = merger.head_.predict(x_pool)
+        union = merger._teacher_space().union
+        counts = health.pool_label_counts(union, routed, predicted)
+        merger.report_["pool_labels"] = counts
+        kept = {c: v for c, v in counts.items() if c in merger.classes_}  # the others are warned about already
+        merger.warnings_ += health.class_loss_warnings(kept, len(x_pool), set(y_labelled) if y_labelled is not None
+                                                       else set())
+
+
+def teachers_mode(merger, head_input, pool_out: dict | None) -> None:
+    """Mode "teachers": source checks on the pool, per-label pool counts, new classes' held-out recall.
+
+    ``pool_out`` is the pool's stitched-graph outputs (None: no pool); the new classes' labelled images are
+    in ``merger.router_data_`` (the router's training rows, set by ``Merger._route``).
+    """
+    _start(merger, head_input)
+    if pool_out is None:
+        return
+    x_pool = head_input.numpy(pool_out).astype(np.float64)
+    _check_sources(merger, head_input, x_pool, OUTPUTS_ON)
+    probs, route = merger.head_.numpy(pool_out)
+    merger.metadata_extra_["onnxmerge.route"] = json.dumps([n for n, _ in head_input.teachers]
+                                                           + list(merger.head_.new_classes))
+    predicted = np.asarray(merger.classes_)[probs.argmax(axis=1)]
+    counts = health.pool_label_counts(merger.classes_, _routed_labels(merger, head_input, x_pool, route), predicted)
+    merger.report_["pool_labels"] = counts
+    new = set(merger.head_.new_classes)
+    merger.warnings_ += health.class_loss_warnings(counts, len(x_pool), new)
+    data = getattr(merger, "router_data_", None)
+    if merger.head_.new_classes and data is not None:
+        began = time.perf_counter()
+        x, y, weight = data
+        result = estimate.cross_validate_new_classes(x, y, weight, head_input.widths(merger.widths_), merger.router_C,
+                                                     len(head_input.sources), merger.head_.space.merge_matrix(),
+                                                     merger.classes_)
+        _set_estimate(merger, result, time.perf_counter() - began)
