@@ -24,6 +24,9 @@ def _inspect(args) -> int:
     for kind in ("inputs", "outputs"):
         for io in info[kind]:
             print(f"{kind[:-1]:7}  {io['name']}  {io['type']}")
+    if info["z"] is not None:
+        print("\n".join(z_lines(info["z"])))
+        return 0
     if info["labels"]:
         print(f"labels:  {len(info['labels'])}: {', '.join(info['labels'][:10])}{' ...' if len(info['labels']) > 10 else ''}")
     print(f"suggested feature: {info['suggested']}\n  why: {info['reason']}")
@@ -32,6 +35,27 @@ def _inspect(args) -> int:
     for c in shown:
         print(f"  {'*' if c['suggested'] else ' '} {c['name']}  shape {c['shape']}  -> {c['op']}")
     return 0
+
+
+def z_lines(z: dict) -> list[str]:
+    """``inspect``'s text view of a built Z (``inspect.describe_z``)."""
+    lines = [f"onnxmerge Z, mode {z['mode']!r}, built by onnxmerge {z['version'] or '?'}"]
+    for s in z["sources"] or []:
+        lines.append(f"source   {s.get('name')}: feature {s.get('feature')!r}, sha256 {s.get('sha256')}")
+    classes = z["classes"] or []
+    lines.append(f"classes  ({len(classes)}, in probabilities order): {', '.join(classes)}")
+    if z["route"]:
+        lines.append(f"route    columns: {', '.join(z['route'])} (P(source or new class | image))")
+    estimate = z["expected_accuracy"]
+    if estimate:
+        lines.append(f"expected {estimate.get('measure', 'accuracy')} {estimate['accuracy']:.3f} +- "
+                     f"{estimate['standard_error']:.3f} ({estimate['folds']}-fold, {estimate['held_out_images']} "
+                     f"{estimate.get('what', 'labelled images')}, measured at build time)")
+    else:
+        lines.append("expected accuracy: not measured (the build had no labelled images to hold out)")
+    for block in z["head_inputs"] or []:
+        lines.append(f"head in  {block['source']} {block['block']}, width {block['width']}")
+    return lines
 
 
 def _build(args) -> int:
@@ -115,13 +139,13 @@ def build_summary(merger, output) -> str:
 
 
 def _predict(args) -> int:
-    from .data import read_images
+    from .data import expand_image_paths, read_images
     from .predict import ZModel
 
     z = ZModel(args.model, quiet=args.quiet)
-    images = read_images(args.images, z.input)
-    labels, probs = z.predict(images)
-    rows = [{"file": f, "label": str(label), "probability": float(p.max())} for f, label, p in zip(args.images, labels, probs)]
+    files = expand_image_paths(args.images)  # folders (recursively) and glob patterns too
+    labels, probs = z.predict(read_images(files, z.input))
+    rows = [{"file": str(f), "label": str(label), "probability": float(p.max())} for f, label, p in zip(files, labels, probs)]
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
@@ -136,7 +160,7 @@ def _evaluate(args) -> int:
     from .predict import ZModel
 
     z = ZModel(args.model, quiet=args.quiet)
-    data = load_labelled(args.data, z.input)
+    data = load_labelled(Path(args.data).expanduser(), z.input, "labelled data", "Z's input")
     labels, _ = z.predict(data.x)
     result = evaluate_predictions(data.y, labels, z.labels)
     written = write_report(result, args.report, f"{Path(args.model).name} on {Path(args.data).name}") if args.report else []
@@ -188,7 +212,7 @@ def parser() -> argparse.ArgumentParser:
                      "images; reports accuracy before/after and keeps the float Z where int8 is not faster")
     sub = command("predict", _predict, "classify image files with Z")
     sub.add_argument("model")
-    sub.add_argument("images", nargs="+")
+    sub.add_argument("images", nargs="+", help="image files, folders (searched recursively) or glob patterns")
     sub.add_argument("--json", action="store_true")
     sub = command("evaluate", _evaluate, "accuracy, per-class recall and confusion matrix of Z on a labelled folder")
     sub.add_argument("model")

@@ -18,7 +18,7 @@ from sklearn.pipeline import Pipeline
 from . import __version__
 from . import cache as feature_cache
 from .cut import CutModel, cut, source_input
-from .data import Dataset, load_labelled, load_unlabeled
+from .data import Dataset, as_images, load_labelled, load_unlabeled
 from .errors import OnnxMergeError, first_line
 from .extract import CHECK_VALUES_PER_CALL, EXTRACT_VALUES_PER_CALL, LARGE_MODEL_BYTES, make_session, run_batched
 from .head import FEATURES, LABEL, PROBABILITIES, HeadInput, TeachersHead, append_head, fit_head, select_C
@@ -525,7 +525,7 @@ class Merger:
         return model, (labelled if labelled is not None else pool).x
 
     def _images(self, X, what: str) -> np.ndarray:
-        x = np.asarray(X)
+        x = as_images(X, self.input, what)  # issue 13: files, folders, PIL images too (HOOKS.md)
         if x.dtype != np.uint8 or x.ndim != 4 or tuple(x.shape[1:]) != self.input.shape:
             raise OnnxMergeError(f"{what} must be uint8 [N, {self.input.height}, {self.input.width}, "
                                  f"{self.input.channels}], got {x.dtype} {list(x.shape)}.")
@@ -536,7 +536,7 @@ class Merger:
     def _dataset(self, X, y) -> Dataset:
         if isinstance(X, (str, os.PathLike)):
             return load_labelled(X, self.input)
-        if isinstance(X, (list, tuple)) and X and all(isinstance(p, (str, os.PathLike)) for p in X):
+        if y is None and isinstance(X, (list, tuple)) and X and all(isinstance(p, (str, os.PathLike)) for p in X):
             parts = [load_labelled(p, self.input) for p in X]  # e.g. old classes + a new class's few images
             return Dataset(np.concatenate([d.x for d in parts]), np.concatenate([d.y for d in parts]),
                            [f for d in parts for f in d.files])
@@ -694,12 +694,12 @@ class Merger:
         return self._session
 
     def predict(self, X: np.ndarray) -> np.ndarray:
-        """Class names for uint8 images ``[N, H, W, C]``, computed by Z in onnxruntime."""
-        return run_batched(self._z_session(), X, [LABEL], self.batch_size, self.quiet)[LABEL]
+        """Class names for uint8 images ``[N, H, W, C]`` (or image files, a folder, PIL images), computed by Z."""
+        return run_batched(self._z_session(), as_images(X, self.input),  [LABEL], self.batch_size, self.quiet)[LABEL]
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        """Class probabilities ``[N, K]`` in ``classes_`` order, computed by Z in onnxruntime."""
-        return run_batched(self._z_session(), X, [PROBABILITIES], self.batch_size, self.quiet)[PROBABILITIES]
+        """Class probabilities ``[N, K]`` in ``classes_`` order (inputs as ``predict``), computed by Z."""
+        return run_batched(self._z_session(), as_images(X, self.input),  [PROBABILITIES], self.batch_size, self.quiet)[PROBABILITIES]
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write Z atomically (temporary file, then rename); never onto a source model."""
