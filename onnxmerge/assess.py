@@ -38,8 +38,9 @@ def _start(merger, head_input) -> None:
     merger.report_["source_checks"] = {"own_labels": [], "outputs": []}
 
 
-def _set_estimate(merger, result: estimate.Estimate, seconds: float) -> None:
-    merger.report_["expected_accuracy"] = dict(result.as_dict(), line=result.line(), seconds=round(seconds, 3))
+def _set_estimate(merger, result: estimate.Estimate, seconds: float, cpu_seconds: float) -> None:
+    merger.report_["expected_accuracy"] = dict(result.as_dict(), line=result.line(), seconds=round(seconds, 3),
+                                               cpu_seconds=round(cpu_seconds, 3))
     if result.accuracy is not None:
         merger.metadata_extra_["onnxmerge.expected_accuracy"] = json.dumps(result.as_dict())
 
@@ -80,23 +81,26 @@ def _routed_labels(merger, head_input, x_pool: np.ndarray, route: np.ndarray) ->
     return out.astype(str)
 
 
-def fit_mode(merger, head_input, widths: list[int], C: float, x_labelled: np.ndarray | None,
-             y_labelled: np.ndarray | None, x_pool: np.ndarray | None = None, pool_labels: np.ndarray | None = None,
-             pool_keep: np.ndarray | None = None, pool_weight: np.ndarray | None = None) -> None:
+def fit_mode(merger, head_input, widths: list[int], C: float,
+             labelled: tuple[np.ndarray, np.ndarray] | None,
+             pool: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None) -> None:
     """Mode "fit": cross-validated accuracy, source checks, per-label pool counts (module docstring).
 
-    ``x_labelled``/``y_labelled``: the labelled images' head inputs and labels (None: a pool-only build);
-    ``x_pool``: every pool image's head input, ``pool_labels``/``pool_keep`` their pseudo-labels and which were
-    kept, ``pool_weight``: the kept rows' sample weight in the head's fit.
+    ``labelled`` is ``(head inputs, labels)`` of the labelled images (None: a pool-only build); ``pool`` is
+    ``(head inputs of every pool image, their pseudo-labels, which were kept, the kept rows' sample weight in
+    the head's fit)`` (None: no pool). ``widths`` and ``C`` are the head's, as passed to ``fit_head``.
     """
+    x_labelled, y_labelled = labelled if labelled is not None else (None, None)
+    x_pool, pool_labels, pool_keep, pool_weight = pool if pool is not None else (None,) * 4
     _start(merger, head_input)
     if x_labelled is not None:
-        began = time.perf_counter()
+        began, cpu = time.perf_counter(), time.process_time()
         extra = None
         if x_pool is not None:
             extra = (x_pool[pool_keep], pool_labels[pool_keep], pool_weight)
-        result = estimate.cross_validate(x_labelled, y_labelled, widths, C, merger.class_weight, extra=extra)
-        _set_estimate(merger, result, time.perf_counter() - began)
+        result = estimate.cross_validate(x_labelled, y_labelled, widths, C, merger.class_weight, extra=extra,
+                                         init=merger.head_)
+        _set_estimate(merger, result, time.perf_counter() - began, time.process_time() - cpu)
     _check_sources(merger, head_input, x_pool if x_pool is not None else x_labelled,
                    OUTPUTS_ON if x_pool is not None else "training images", x_labelled, y_labelled)
     if x_pool is not None:
@@ -131,9 +135,9 @@ def teachers_mode(merger, head_input, pool_out: dict | None) -> None:
     merger.warnings_ += health.class_loss_warnings(counts, len(x_pool), new)
     data = getattr(merger, "router_data_", None)
     if merger.head_.new_classes and data is not None:
-        began = time.perf_counter()
+        began, cpu = time.perf_counter(), time.process_time()
         x, y, weight = data
         result = estimate.cross_validate_new_classes(x, y, weight, head_input.widths(merger.widths_), merger.router_C,
                                                      len(head_input.sources), merger.head_.space.merge_matrix(),
-                                                     merger.classes_)
-        _set_estimate(merger, result, time.perf_counter() - began)
+                                                     merger.classes_, init=merger.head_.router)
+        _set_estimate(merger, result, time.perf_counter() - began, time.process_time() - cpu)

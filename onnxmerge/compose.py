@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 from sklearn.pipeline import Pipeline
 
-from . import __version__
+from . import __version__, assess  # assess: issue 13 (HOOKS.md)
 from . import cache as feature_cache
 from .cut import CutModel, cut, source_input
 from .data import Dataset, as_images, load_labelled, load_unlabeled
@@ -30,7 +30,6 @@ from .routing import PSEUDO_LABEL_THRESHOLD, Teachers, head_kind, l2_blocks, mat
 from .share import ancestors, extraction_groups, share_common
 from .stitch import IMAGE, StitchSource, keep_outputs, output_names, stitch
 from .weights import WeightFolder, external_bytes, release_freed_memory
-from . import assess  # issue 13: held-out accuracy and source checks (HOOKS.md)
 
 MODES = ("fit", "teachers")
 MAX_PIXELS = 8192 * 8192  # a declared size beyond this is a hostile or broken model, not a photo
@@ -518,9 +517,9 @@ class Merger:
             "feature_dim": int(sum(widths[:len(self.sources_)])),
             "head_inputs": int(x.shape[1]),
         })
-        assess.fit_mode(self, head_input, widths, C, xs[0] if labelled is not None else None,  # issue 13 (HOOKS.md)
-                        labelled.y if labelled is not None else None, *((x_pool, pseudo, keep, weights[-1] if weights
-                        else np.ones(int(keep.sum()))) if pool is not None else ()))
+        assess.fit_mode(self, head_input, widths, C,  # issue 13 (HOOKS.md)
+                        (xs[0], labelled.y) if labelled is not None else None,
+                        (x_pool, pseudo, keep, weights[-1] if weights else np.ones(int(keep.sum()))) if pool is not None else None)
         model = append_head(keep_outputs(self.stitched_, self._graph_outputs()), head_input, self.head_, self.widths_)
         return model, (labelled if labelled is not None else pool).x
 
@@ -695,11 +694,11 @@ class Merger:
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         """Class names for uint8 images ``[N, H, W, C]`` (or image files, a folder, PIL images), computed by Z."""
-        return run_batched(self._z_session(), as_images(X, self.input),  [LABEL], self.batch_size, self.quiet)[LABEL]
+        return run_batched(self._z_session(), as_images(X, self.input), [LABEL], self.batch_size, self.quiet)[LABEL]
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         """Class probabilities ``[N, K]`` in ``classes_`` order (inputs as ``predict``), computed by Z."""
-        return run_batched(self._z_session(), as_images(X, self.input),  [PROBABILITIES], self.batch_size, self.quiet)[PROBABILITIES]
+        return run_batched(self._z_session(), as_images(X, self.input), [PROBABILITIES], self.batch_size, self.quiet)[PROBABILITIES]
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write Z atomically (temporary file, then rename); never onto a source model."""

@@ -74,8 +74,9 @@ def test_fit_build_prints_a_cross_validated_accuracy_close_to_the_test_accuracy(
     assert set(estimate["per_class"]) == set(fit_right.classes_)
     assert all(0 <= v["recall"] <= 1 and v["support"] == 10 for v in estimate["per_class"].values())
     test = float(np.mean(fit_right.predict(split["test_x"]) == split["test_y"]))
-    # measured: 0.97 +- 0.02 held out against 0.895 on the 219 test images (the pool's pseudo-labels are fixed
-    # from all labelled images, so the estimate leans optimistic by a few points; README "Is my Z any good?")
+    # measured (seed 0 of this split): 0.97 +- 0.02 held out against 0.895 on the 219 test images; seeds 1 and 2:
+    # 0.911 vs 0.918 and 0.911 vs 0.913. Recomputing the pool's pseudo-labels per fold moved it by <= 0.011, so
+    # the seed-0 gap is the sampling of 90 labelled images, not leakage (benchmarks/RESULTS.md, issue 13).
     assert abs(estimate["accuracy"] - test) < 0.1, (estimate["accuracy"], test)
     assert estimate["accuracy"] < 1.0 and estimate["standard_error"] > 0
 
@@ -331,3 +332,16 @@ def test_demo_finds_its_example_where_a_plain_install_puts_it(tmp_path, monkeypa
     with pytest.raises(OnnxMergeError, match="reinstall onnxmerge"):
         demo.find_example()
     assert sys.prefix  # the installed location is <sys.prefix>/share/onnxmerge/examples/fashion (pyproject)
+
+
+def test_a_warm_started_fold_head_ends_where_a_cold_one_does(fit_right, split):
+    """estimate.cross_validate starts each fold's solver from the build's head (half the time); same minimum."""
+    from onnxmerge.head import fit_head
+
+    x = fit_right.transform(split["x"]).astype(np.float64)
+    full = fit_head(x, split["y"], [32, 32], C=0.1)
+    fold = np.arange(len(x)) % 5 != 0  # a fold's training set: 8 of each class's 10 images
+    cold = fit_head(x[fold], split["y"][fold], [32, 32], C=0.1)
+    warm = fit_head(x[fold], split["y"][fold], [32, 32], C=0.1, init=full)
+    assert warm[-1].n_iter_[0] < cold[-1].n_iter_[0]
+    assert np.abs(warm.predict_proba(x) - cold.predict_proba(x)).max() < 0.02
