@@ -80,13 +80,21 @@ def _build(args) -> int:
         data = merger._dataset(recipe.train, None)
         merger.model_, merger.quantize_ = quantize_z(merger.model_, data.x, data.y)  # the setter drops Z's session
     merger.save(args.output)
-    print(build_summary(merger, args.output))
+    if args.json:  # the whole report: expected accuracy with per-class recall, source checks, pool counts, ...
+        print(json.dumps(dict(merger.report_, output=str(args.output)), indent=2, default=_plain))
+    else:
+        print(build_summary(merger, args.output))
     quantize = getattr(merger, "quantize_", None)
     for warning in merger.report_["warnings"] + [line.removeprefix("quantize: warning: ") for line in
                                                  (quantize.lines if quantize is not None else [])
                                                  if line.startswith("quantize: warning: ")]:
         warn(warning)
     return 0
+
+
+def _plain(value):
+    """numpy scalars and arrays in the build report, as JSON values."""
+    return value.tolist() if hasattr(value, "tolist") else str(value)
 
 
 def warn(message: str) -> None:
@@ -208,6 +216,8 @@ def parser() -> argparse.ArgumentParser:
     cache.add_argument("--cache", metavar="DIR", help="feature cache folder (default: $ONNXMERGE_CACHE_DIR or "
                        "~/.cache/onnxmerge); a rebuild with a changed head does not run the sources again")
     cache.add_argument("--no-cache", action="store_true", help="neither read nor write the feature cache")
+    sub.add_argument("--json", action="store_true", help="print the build report as JSON (expected accuracy with "
+                     "per-class recall, source checks, per-label pool counts, warnings) instead of the text summary")
     sub.add_argument("--quantize", action="store_true", help="int8 static QDQ quantisation calibrated on the training "
                      "images; reports accuracy before/after and keeps the float Z where int8 is not faster")
     sub = command("predict", _predict, "classify image files with Z")

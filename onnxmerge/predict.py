@@ -35,5 +35,5 @@ class ZModel:
     def predict(self, images) -> tuple[np.ndarray, np.ndarray]:
         """Labels ``[N]`` and probabilities ``[N, K]`` for uint8 images ``[N, H, W, C]`` (or files, a folder,
         PIL images: ``data.as_images``)."""
-        out = run_batched(self.session, as_images(images, self.input, "the images"), [LABEL, PROBABILITIES], self.batch_size, self.quiet, desc="predict")
+        out = run_batched(self.session, as_images(images, self.input, "the input"), [LABEL, PROBABILITIES], self.batch_size, self.quiet, desc="predict")
         return out[LABEL], out[PROBABILITIES]

@@ -345,3 +345,56 @@ def test_a_warm_started_fold_head_ends_where_a_cold_one_does(fit_right, split):
     warm = fit_head(x[fold], split["y"][fold], [32, 32], C=0.1, init=full)
     assert warm[-1].n_iter_[0] < cold[-1].n_iter_[0]
     assert np.abs(warm.predict_proba(x) - cold.predict_proba(x)).max() < 0.02
+
+
+def test_build_json_report_has_per_class_recall_and_pool_counts(split, tmp_path, capsys):
+    np.savez(tmp_path / "train.npz", x=split["x"], y=split["y"])
+    np.savez(tmp_path / "pool.npz", x=split["pool"])
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text(textwrap.dedent(f"""\
+        [input]
+        height = 8
+        width = 8
+        channels = 1
+        [[sources]]
+        name = "digits_lo"
+        model = "{(SPLIT / 'digits_lo.onnx').as_posix()}"
+        [sources.preprocess]
+        height = 8
+        width = 8
+        channels = 1
+        scale = {RIGHT}
+        mean = [0.0]
+        std = [1.0]
+        [[sources]]
+        name = "digits_hi"
+        model = "{(SPLIT / 'digits_hi.onnx').as_posix()}"
+        [sources.preprocess]
+        scale = {1 / 255}
+        mean = [0.5]
+        std = [0.5]
+        [head]
+        train = "train.npz"
+        unlabeled = "pool.npz"
+        """))
+    assert main(["build", str(recipe), "-o", str(tmp_path / "z.onnx"), "--quiet", "--no-cache", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    recall = report["expected_accuracy"]["per_class"]
+    assert set(recall) == set(split["y"]) and all(0 <= v["recall"] <= 1 for v in recall.values())
+    assert set(report["pool_labels"]) == set(split["y"])
+    assert sum(v["predicted"] for v in report["pool_labels"].values()) == 177
+    assert report["output"] == str(tmp_path / "z.onnx") and report["mode"] == "fit"
+
+
+def test_a_teacher_near_chance_on_its_own_labelled_images_is_named(split):
+    """Labels in the wrong order (a real mistake: the recipe's labels are not the head's order) put a source far
+    below chance on its own labels; only labelled images can show that, and the build says so."""
+    wrong = [Source("digits_lo", SPLIT / "digits_lo.onnx", Preprocess(RIGHT, 0.0, 1.0, height=8, width=8, channels=1)),
+             Source("digits_hi", SPLIT / "digits_hi.onnx", Preprocess(1 / 255, 0.5, 0.5),
+                    labels=["eight", "seven", "six", "five"])]
+    z = Merger(ImageInput(8, 8, 1), wrong, quiet=True).fit(split["x"], split["y"])
+    own = {c["source"]: c["accuracy"] for c in z.report_["source_checks"]["own_labels"]}
+    assert own["digits_hi"] < 0.2 and own["digits_lo"] > 0.9
+    named = [w for w in z.warnings_ if w.startswith("source 'digits_hi' is right on only")]
+    assert len(named) == 1 and "of the 40 labelled images of its own labels" in named[0], z.warnings_
+    assert not [w for w in z.warnings_ if "'digits_lo'" in w]
