@@ -23,7 +23,8 @@ FAR_BELOW = 0.3          # ... or this far below the best other source on its ow
 MIN_OWN_IMAGES = 5       # fewer labelled images of a source's labels: too few to judge it
 MIN_SIGNATURE_IMAGES = 20
 UNIFORM_ENTROPY = 0.9    # mean entropy / log(K) above this: the source barely prefers any label
-ONE_CLASS_SHARE = 0.9    # one label for more than this share of all images
+ONE_CLASS_SHARE = 0.9    # one label for more than this share of all images ...
+SAME_OUTPUT = 0.1        # ... with probabilities that barely vary (mean total-variation distance to their mean)
 COLLAPSED_SPREAD = 1e-4  # mean squared distance of the L2-normalised features to their mean (max 2)
 FEW_SHARE = 0.25         # a label with under a quarter of the pool's mean images per label is implausibly few
 PREPROCESS_HINT = ("check its [sources.preprocess] scale, mean, std and channels against what the model was "
@@ -83,10 +84,14 @@ def output_signatures(name: str, probs: np.ndarray | None, features: np.ndarray,
         entropy = float(np.mean(-(p * np.log(p)).sum(axis=1)) / np.log(p.shape[1]))
         top = np.bincount(p.argmax(axis=1), minlength=p.shape[1])
         share, label = float(top.max() / n), int(top.argmax())
-        entry.update(mean_entropy=entropy, top_label_share=share)
+        variation = float(np.mean(0.5 * np.abs(p - p.mean(axis=0)).sum(axis=1)))
+        entry.update(mean_entropy=entropy, top_label_share=share, output_variation=variation)
         if entropy > UNIFORM_ENTROPY:
             found.append(f"its probabilities are nearly uniform (mean entropy {entropy:.0%} of the maximum)")
-        if share > ONE_CLASS_SHARE:
+        # a teacher shown mostly other teachers' images may well give most of them one label (the demo's
+        # 3-label source gives 75% of its pool one label): only when its answers also barely change with the
+        # image is that the signature of a wrong input
+        if share > ONE_CLASS_SHARE and variation < SAME_OUTPUT:
             entry["top_label"] = label
             found.append(f"it gives one label (column {label}) to {share:.0%} of them")
     if not found:

@@ -180,6 +180,12 @@ def test_output_signatures_on_collapsed_features_and_one_class():
     assert len(warnings) == 1 and "the same for every image" in warnings[0] and "one label (column 0)" in warnings[0]
     _, none = output_signatures("s", np.eye(3)[rng.integers(0, 3, 40)], rng.normal(size=(40, 8)), "pool images")
     assert none == []
+    # one label for 95% of the images, but confidently and image by image (a 2-label teacher shown mostly
+    # other teachers' images): not a wrong input
+    first = np.concatenate([rng.uniform(0.51, 1.0, 38), [0.01, 0.01]])
+    probs = np.stack([first, 1 - first], axis=1)
+    entry, none = output_signatures("s", probs, rng.normal(size=(40, 8)), "pool images")
+    assert entry["top_label_share"] == 0.95 and entry["output_variation"] > 0.1 and none == []
 
 
 # -- 3. no silent class loss in teachers mode ------------------------------------------------------------------
