@@ -98,8 +98,10 @@ def fit_mode(merger, head_input, widths: list[int], C: float,
         extra = None
         if x_pool is not None:
             extra = (x_pool[pool_keep], pool_labels[pool_keep], pool_weight)
-        result = estimate.cross_validate(x_labelled, y_labelled, widths, C, merger.class_weight, extra=extra,
-                                         init=merger.head_)
+        result = estimate.cross_validate(x_labelled, y_labelled, widths, C, merger.class_weight, extra=extra)
+        labelled_classes = len(set(y_labelled))
+        if labelled_classes < len(merger.classes_):  # the pool added classes no held-out image can test
+            result.what = f"labelled images of {labelled_classes} of Z's {len(merger.classes_)} classes"
         _set_estimate(merger, result, time.perf_counter() - began, time.process_time() - cpu)
     _check_sources(merger, head_input, x_pool if x_pool is not None else x_labelled,
                    OUTPUTS_ON if x_pool is not None else "training images", x_labelled, y_labelled)
@@ -139,5 +141,5 @@ def teachers_mode(merger, head_input, pool_out: dict | None) -> None:
         x, y, weight = data
         result = estimate.cross_validate_new_classes(x, y, weight, head_input.widths(merger.widths_), merger.router_C,
                                                      len(head_input.sources), merger.head_.space.merge_matrix(),
-                                                     merger.classes_, init=merger.head_.router)
+                                                     merger.classes_)
         _set_estimate(merger, result, time.perf_counter() - began, time.process_time() - cpu)

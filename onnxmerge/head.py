@@ -116,7 +116,7 @@ def select_C(labels: np.ndarray) -> float:
 
 def fit_head(features: np.ndarray, labels: np.ndarray, widths: list[int] | None = None, C: float = 1.0,
              class_weight: str | None = "balanced", sample_weight: np.ndarray | None = None,
-             max_iter: int = 3000, random_state: int = 0, init: Pipeline | None = None) -> Pipeline:
+             max_iter: int = 3000, random_state: int = 0, tol: float = 1e-4) -> Pipeline:
     """Multinomial logistic regression on standardised features, each block weighted equally.
 
     After standardisation every column has unit variance, so a 1280-wide block would outweigh a 10-wide
@@ -124,10 +124,7 @@ def fit_head(features: np.ndarray, labels: np.ndarray, widths: list[int] | None 
     the same total variance (the overall variance stays that of plain standardisation, so ``C`` means what it
     did). ``class_weight="balanced"`` by default so that a new class learned from a handful of
     images is not drowned by classes with hundreds (the stage 2 case).
-
-    ``init``: a head fitted on similar data (same classes, same columns) whose coefficients start the solver
-    (``estimate.cross_validate``'s folds start from the build's own head). The penalised loss has one minimum,
-    so the start changes how many iterations it takes, not where it ends (within the solver's tolerance).
+    ``tol`` is the solver's stopping tolerance (``estimate.FOLD_TOL`` for cross-validation folds).
     """
     classes = np.unique(labels)
     if len(classes) < 2:
@@ -143,15 +140,7 @@ def fit_head(features: np.ndarray, labels: np.ndarray, widths: list[int] | None 
     widths = widths or [x.shape[1]]
     for start, width in _spans(widths):  # equal total variance per block, same total as plain standardising
         scaler.scale_[start:start + width] *= np.sqrt(width * len(widths) / x.shape[1])
-    model = LogisticRegression(C=C, class_weight=class_weight, max_iter=max_iter, random_state=random_state,
-                               warm_start=init is not None)
-    if init is not None and list(init.classes_) == list(classes):
-        # the start in this scaler's coordinates: the same function of the raw features as ``init``'s
-        weights, bias = folded_weights(init)
-        coef, intercept = (weights.T * scaler.scale_).astype(np.float64), bias + weights.T @ scaler.mean_
-        if len(classes) == 2:  # sklearn's binary model keeps one logit: the second column minus the first
-            coef, intercept = coef[1:] - coef[:1], intercept[1:] - intercept[:1]
-        model.coef_, model.intercept_ = coef, intercept.astype(np.float64)
+    model = LogisticRegression(C=C, class_weight=class_weight, max_iter=max_iter, random_state=random_state, tol=tol)
     model.fit(scaler.transform(x), labels, sample_weight=sample_weight)
     return Pipeline([("scaler", scaler), ("logistic", model)])
 

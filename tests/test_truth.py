@@ -340,19 +340,6 @@ def test_demo_finds_its_example_where_a_plain_install_puts_it(tmp_path, monkeypa
     assert sys.prefix  # the installed location is <sys.prefix>/share/onnxmerge/examples/fashion (pyproject)
 
 
-def test_a_warm_started_fold_head_ends_where_a_cold_one_does(fit_right, split):
-    """estimate.cross_validate starts each fold's solver from the build's head (half the time); same minimum."""
-    from onnxmerge.head import fit_head
-
-    x = fit_right.transform(split["x"]).astype(np.float64)
-    full = fit_head(x, split["y"], [32, 32], C=0.1)
-    fold = np.arange(len(x)) % 5 != 0  # a fold's training set: 8 of each class's 10 images
-    cold = fit_head(x[fold], split["y"][fold], [32, 32], C=0.1)
-    warm = fit_head(x[fold], split["y"][fold], [32, 32], C=0.1, init=full)
-    assert warm[-1].n_iter_[0] < cold[-1].n_iter_[0]
-    assert np.abs(warm.predict_proba(x) - cold.predict_proba(x)).max() < 0.02
-
-
 def test_build_json_report_has_per_class_recall_and_pool_counts(split, tmp_path, capsys):
     np.savez(tmp_path / "train.npz", x=split["x"], y=split["y"])
     np.savez(tmp_path / "pool.npz", x=split["pool"])
