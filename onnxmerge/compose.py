@@ -519,7 +519,8 @@ class Merger:
         })
         assess.fit_mode(self, head_input, widths, C,  # issue 13 (HOOKS.md)
                         (xs[0], labelled.y) if labelled is not None else None,
-                        (x_pool, pseudo, keep, weights[-1] if weights else np.ones(int(keep.sum()))) if pool is not None else None)
+                        (x_pool, pseudo, keep, weights[-1] if weights else np.ones(int(keep.sum())))
+                        if pool is not None else None)
         model = append_head(keep_outputs(self.stitched_, self._graph_outputs()), head_input, self.head_, self.widths_)
         return model, (labelled if labelled is not None else pool).x
 
@@ -698,7 +699,8 @@ class Merger:
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         """Class probabilities ``[N, K]`` in ``classes_`` order (inputs as ``predict``), computed by Z."""
-        return run_batched(self._z_session(), as_images(X, self.input), [PROBABILITIES], self.batch_size, self.quiet)[PROBABILITIES]
+        return run_batched(self._z_session(), as_images(X, self.input), [PROBABILITIES], self.batch_size,
+                           self.quiet)[PROBABILITIES]
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write Z atomically (temporary file, then rename); never onto a source model."""
