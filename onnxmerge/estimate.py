@@ -106,7 +106,9 @@ def cross_validate(x: np.ndarray, y: np.ndarray, widths: list[int], C: float, cl
         train, test = plan != fold, plan == fold
         xs, ys, ws = [x[train]], [y[train]], [np.ones(int(train.sum()))]
         if extra is not None and len(extra[0]):
-            xs.append(extra[0]), ys.append(np.asarray(extra[1]).astype(str)), ws.append(extra[2])
+            xs.append(extra[0])
+            ys.append(np.asarray(extra[1]).astype(str))
+            ws.append(extra[2])
         head = fit_head(np.concatenate(xs), np.concatenate(ys), widths, C=C, class_weight=class_weight,
                         sample_weight=np.concatenate(ws) if extra is not None else None, tol=FOLD_TOL)
         predicted[test] = head.predict(x[test])
