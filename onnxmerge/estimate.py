@@ -3,9 +3,9 @@
 The build has every labelled image's head input already (the sources ran once), so a held-out estimate
 costs only refits of the logistic regression: stratified k-fold (k = 5, fewer where no class has 5
 images), each fold's head fitted as the build fits its own (same C, class weights, block widths, and the
-same always-trained extra rows, e.g. a pool's pseudo-labels; solver tolerance ``FOLD_TOL``). Classes with fewer images than folds
-are still held out, one image at a time (each with the others left to train on, as in leave-one-out); a
-class with a single image cannot be held out without the head never having seen it, so it always trains
+same always-trained extra rows, e.g. a pool's pseudo-labels; solver tolerance ``FOLD_TOL``). Classes
+with fewer images than folds are still held out, one image at a time (each with the others left to train
+on, as in leave-one-out); a class with a single image cannot be held out without the head never having seen it, so it always trains
 and is listed as too few to estimate rather than scored 0 or guessed.
 
 ``+-`` is one standard error of the held-out accuracy (binomial, ``sqrt(a (1 - a) / n)`` over the n
