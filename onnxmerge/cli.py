@@ -13,7 +13,7 @@ from pathlib import Path
 from .version import __version__
 
 from . import signals
-from .errors import OnnxMergeError
+from .errors import OnnxMergeError, warn
 from .safety import printable
 
 
@@ -32,6 +32,9 @@ def _inspect(args) -> int:
     for kind in ("inputs", "outputs"):
         for io in info[kind]:
             say(f"{kind[:-1]:7}  {p(io['name'])}  {p(io['type'])}")
+    if info["z"] is not None:
+        say("\n".join(z_lines(info["z"])))
+        return 0
     if info["labels"]:
         labels = ", ".join(p(label) for label in info["labels"][:10])
         say(f"labels:  {len(info['labels'])}: {labels}{' ...' if len(info['labels']) > 10 else ''}")
@@ -48,6 +51,28 @@ def _json_text(value):
     if isinstance(value, bytes):
         return value.decode("utf-8", "backslashreplace")
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def z_lines(z: dict) -> list[str]:
+    """``inspect``'s text view of a built Z (``graph.inspect.describe_z``); text from the file escaped."""
+    p = printable
+    lines = [f"onnxmerge Z, mode {p(z['mode'])!r}, built by onnxmerge {p(z['version'] or '?')}"]
+    for s in z["sources"] or []:
+        lines.append(f"source   {p(s.get('name'))}: feature {p(s.get('feature'))!r}, sha256 {p(s.get('sha256'))}")
+    classes = z["classes"] or []
+    lines.append(f"classes  ({len(classes)}, in probabilities order): {', '.join(map(p, classes))}")
+    if z["route"]:
+        lines.append(f"route    columns: {', '.join(map(p, z['route']))} (P(source or new class | image))")
+    estimate = z["expected_accuracy"]
+    if estimate:
+        lines.append(f"expected {p(estimate.get('measure', 'accuracy'))} {estimate['accuracy']:.3f} +- "
+                     f"{estimate['standard_error']:.3f} ({estimate['folds']}-fold, {estimate['held_out_images']} "
+                     f"{p(estimate.get('what', 'labelled images'))}, measured at build time)")
+    else:
+        lines.append("expected accuracy: not measured (the build had no labelled images to hold out)")
+    for block in z["head_inputs"] or []:
+        lines.append(f"head in  {p(block['source'])} {p(block['block'])}, width {block['width']}")
+    return lines
 
 
 def _build(args) -> int:
@@ -73,13 +98,26 @@ def _build(args) -> int:
         data = as_labelled(recipe.train, None, merger.input)
         merger.model_, merger.quantize_ = quantize_z(merger.model_, data.x, data.y)  # the setter drops Z's session
     merger.save(args.output)
-    say(build_summary(merger, args.output))
+    if args.json:  # the whole report: expected accuracy with per-class recall, source checks, pool counts, ...
+        say(json.dumps(dict(merger.report_, output=str(args.output)), indent=2, default=_plain))
+    else:
+        say(build_summary(merger, args.output))
+    quantize = getattr(merger, "quantize_", None)
+    for warning in merger.report_["warnings"] + [line.removeprefix("quantize: warning: ") for line in
+                                                 (quantize.lines if quantize is not None else [])
+                                                 if line.startswith("quantize: warning: ")]:
+        warn(printable(warning))
     return 0
+
+
+def _plain(value):
+    """numpy scalars and arrays in the build report, as JSON values."""
+    return value.tolist() if hasattr(value, "tolist") else str(value)
 
 
 def read_files(recipe, model_files, input_files) -> list[Path]:
     """Every file a build of ``recipe`` reads: the recipe, each source and its external data, each image or
-    ``.npz`` of the training data and the pool. ``-o`` must be none of them (``modelio.check_output_path``)."""
+    ``.npz`` of the training data and the pool. ``-o`` must be none of them (``io.models.check_output_path``)."""
     files = [recipe.path]
     for source in recipe.merger.sources:
         files += model_files(source.model)
@@ -104,8 +142,8 @@ def build_summary(merger, output) -> str:
     for name, note in merger.notes_.items():
         lines.append(f"reconciled {p(name)}: {p(note)}")
     lines += ["parity: " + c.line() for c in merger.parity_]
-    if getattr(merger, "quantize_", None) is not None:
-        lines += merger.quantize_.lines
+    if getattr(merger, "quantize_", None) is not None:  # its warnings go to stderr with the build's (_build)
+        lines += [line for line in merger.quantize_.lines if not line.startswith("quantize: warning: ")]
     lines.append(merger.share_.line())
     if merger.features_from_cache_:
         lines.append(f"features: from cache {p(merger.cache_dir)} (checked; sources run only on a few spot-check images)")
@@ -118,13 +156,16 @@ def build_summary(merger, output) -> str:
     elif report["mode"] == "teachers":
         lines.append("routing: softmax over the teachers' concatenated logits (no pool to calibrate on)")
     if "pseudo_labels" in report:
-        p = report["pseudo_labels"]
-        lines.append(f"pseudo-labels: {p['kept']} of {p['of']} pool images (routed probability >= {p['threshold']})")
+        kept = report["pseudo_labels"]
+        lines.append(f"pseudo-labels: {kept['kept']} of {kept['of']} pool images (routed probability >= "
+                     f"{kept['threshold']})")
     if report["mode"] == "fit":
         lines.append(f"head: logistic regression (C={report['C']:g}) on {report['head_inputs']} inputs, "
                      f"{report['train_images']} labelled images, train accuracy {report['train_accuracy']:.3f}")
-    for warning in report["warnings"]:
-        lines.append(f"warning: {p(warning)}")
+    if "expected_accuracy" in report:
+        lines.append(report["expected_accuracy"]["line"])
+    if report["warnings"]:
+        lines.append(f"warnings: {len(report['warnings'])} (on stderr)")
     lines.append(f"classes ({len(report['classes'])}): {', '.join(map(p, report['classes']))}")
     if report["new_classes"]:
         lines.append(f"new classes (no source knows them): {', '.join(map(p, report['new_classes']))}")
@@ -133,13 +174,13 @@ def build_summary(merger, output) -> str:
 
 
 def _predict(args) -> int:
-    from .io.images import read_images
+    from .io.images import expand_image_paths, read_images
     from .predict import ZModel
 
     z = ZModel(args.model, quiet=args.quiet)
-    images = read_images(args.images, z.input)
-    labels, probs = z.predict(images)
-    rows = [{"file": f, "label": str(label), "probability": float(p.max())} for f, label, p in zip(args.images, labels, probs)]
+    files = expand_image_paths(args.images)  # folders (recursively) and glob patterns too
+    labels, probs = z.predict(read_images(files, z.input))
+    rows = [{"file": str(f), "label": str(label), "probability": float(p.max())} for f, label, p in zip(files, labels, probs)]
     if args.json:  # json escapes control characters itself; undecodable file-name bytes as \udcXX
         say(json.dumps(rows, indent=2))
     else:  # a TAB, newline or escape sequence in a name or label is escaped: always three fields per line
@@ -157,7 +198,7 @@ def _evaluate(args) -> int:
     if args.report:  # before any work: the folder can be made, and its files replace nothing the run reads
         check_output_folder(args.report, REPORT_FILES, model_files(args.model) + input_files(args.data), "--report")
     z = ZModel(args.model, quiet=args.quiet)
-    data = load_labelled(args.data, z.input)
+    data = load_labelled(Path(args.data).expanduser(), z.input, "labelled data", "Z's input")
     labels, _ = z.predict(data.x)
     result = evaluate_predictions(data.y, labels, z.labels)
     written = write_report(result, args.report, f"{Path(args.model).name} on {Path(args.data).name}") if args.report else []
@@ -205,11 +246,13 @@ def parser() -> argparse.ArgumentParser:
     cache.add_argument("--cache", metavar="DIR", help="feature cache folder (default: $ONNXMERGE_CACHE_DIR or "
                        "~/.cache/onnxmerge); a rebuild with a changed head does not run the sources again")
     cache.add_argument("--no-cache", action="store_true", help="neither read nor write the feature cache")
+    sub.add_argument("--json", action="store_true", help="print the build report as JSON (expected accuracy with "
+                     "per-class recall, source checks, per-label pool counts, warnings) instead of the text summary")
     sub.add_argument("--quantize", action="store_true", help="int8 static QDQ quantisation calibrated on the training "
                      "images; reports accuracy before/after and keeps the float Z where int8 is not faster")
     sub = command("predict", _predict, "classify image files with Z")
     sub.add_argument("model")
-    sub.add_argument("images", nargs="+")
+    sub.add_argument("images", nargs="+", help="image files, folders (searched recursively) or glob patterns")
     sub.add_argument("--json", action="store_true")
     sub = command("evaluate", _evaluate, "accuracy, per-class recall and confusion matrix of Z on a labelled folder")
     sub.add_argument("model")

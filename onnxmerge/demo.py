@@ -18,7 +18,18 @@ from .evaluate import evaluate_predictions, write_report
 from .recipe import load_recipe
 from .graph.stitch import output_names
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "fashion"
+#: where the example lives: a source checkout, then where ``pip install .`` puts it (pyproject's data-files)
+EXAMPLES = (Path(__file__).resolve().parent.parent / "examples" / "fashion",
+            Path(sys.prefix) / "share" / "onnxmerge" / "examples" / "fashion")
+
+
+def find_example() -> Path:
+    """The first place in ``EXAMPLES`` holding the demo's files (the source checkout's if both do)."""
+    for folder in EXAMPLES:
+        if (folder / "stage1.toml").is_file():
+            return folder
+    raise OnnxMergeError(f"the demo's example files are in neither {EXAMPLES[0]} nor {EXAMPLES[1]}; reinstall "
+                         "onnxmerge (pip install . installs them), or run the demo from a source checkout.")
 
 
 def _source_accuracy(merger, name: str, labels: list[str], x: np.ndarray, y: np.ndarray) -> float:
@@ -27,11 +38,11 @@ def _source_accuracy(merger, name: str, labels: list[str], x: np.ndarray, y: np.
     return float(np.mean(np.asarray(labels)[head.argmax(axis=1)] == y))
 
 
-def run_demo(out: Path, example: Path = EXAMPLE, quiet: bool = False) -> dict:
+def run_demo(out: Path, example: Path | None = None, quiet: bool = False) -> dict:
     """Build stage 1 and stage 2 Z from the shipped example, print the table, write Z and the report."""
+    example = example if example is not None else find_example()
     if not (example / "stage1.toml").is_file():
-        raise OnnxMergeError(f"the demo files are not in {example}; run the demo from a source checkout "
-                             "(pip install -e .).")
+        raise OnnxMergeError(f"the demo files are not in {example}; give the folder holding stage1.toml.")
     out.mkdir(parents=True, exist_ok=True)
     test = np.load(example / "data" / "test.npz")
     x_test, y_test = test["x"], test["y"].astype(str)

@@ -19,7 +19,7 @@ from .build.sources import Source
 from .errors import OnnxMergeError
 from .graph.preprocess import ImageInput
 from .graph.stitch import FEATURES
-from .io.images import as_labelled, as_pool
+from .io.images import as_images, as_labelled, as_pool
 from .io.models import check_output_path, save_model
 from .learn.head import LABEL, PROBABILITIES
 from .runtime.session import EXTRACT_VALUES_PER_CALL, run_batched
@@ -142,13 +142,14 @@ class Merger(ClassifierMixin, BaseEstimator):
             self._session = self.engine_.session(self._z)
         return self._session
 
-    def predict(self, X: np.ndarray) -> np.ndarray:
-        """Class names for uint8 images ``[N, H, W, C]``, computed by Z in onnxruntime."""
-        return run_batched(self._z_session(), X, [LABEL], self.batch_size, self.quiet)[LABEL]
+    def predict(self, X) -> np.ndarray:
+        """Class names for uint8 images ``[N, H, W, C]`` (or image files, a folder, PIL images), computed by Z."""
+        return run_batched(self._z_session(), as_images(X, self.input), [LABEL], self.batch_size, self.quiet)[LABEL]
 
-    def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        """Class probabilities ``[N, K]`` in ``classes_`` order, computed by Z in onnxruntime."""
-        return run_batched(self._z_session(), X, [PROBABILITIES], self.batch_size, self.quiet)[PROBABILITIES]
+    def predict_proba(self, X) -> np.ndarray:
+        """Class probabilities ``[N, K]`` in ``classes_`` order (inputs as ``predict``), computed by Z."""
+        return run_batched(self._z_session(), as_images(X, self.input), [PROBABILITIES], self.batch_size,
+                           self.quiet)[PROBABILITIES]
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write Z atomically (temporary file, then rename); never onto a source model."""

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .io.images import as_images
 from .errors import OnnxMergeError
 from .runtime.session import make_session, run_batched
 from .learn.head import LABEL, PROBABILITIES
@@ -31,9 +32,10 @@ class ZModel:
         self.session = make_session(model)
         self.batch_size, self.quiet = batch_size, quiet
 
-    def predict(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Labels ``[N]`` and probabilities ``[N, K]`` for uint8 images ``[N, H, W, C]``."""
-        out = run_batched(self.session, images, [LABEL, PROBABILITIES], self.batch_size, self.quiet, desc="predict")
+    def predict(self, images) -> tuple[np.ndarray, np.ndarray]:
+        """Labels ``[N]`` and probabilities ``[N, K]`` for uint8 images ``[N, H, W, C]`` (or files, a folder,
+        PIL images: ``data.as_images``)."""
+        out = run_batched(self.session, as_images(images, self.input, "the input"), [LABEL, PROBABILITIES], self.batch_size, self.quiet, desc="predict")
         return out[LABEL], out[PROBABILITIES]
 
 

@@ -115,7 +115,7 @@ def parse_recipe(data: dict, base: Path, path: Path, quiet: bool = False) -> Rec
             raise OnnxMergeError(f"{where} labels must be a non-empty list of strings.")
         if labels is not None:
             check_labels(labels, f"{where} labels")
-        model = (base / table["model"]).resolve()
+        model = (base / Path(table["model"]).expanduser()).resolve()
         if model == path.resolve():
             raise OnnxMergeError(f"{where} model is the recipe file itself; point it to a .onnx file.")
         sources.append(Source(
@@ -140,14 +140,14 @@ def parse_recipe(data: dict, base: Path, path: Path, quiet: bool = False) -> Rec
         paths = head["train"] if isinstance(head["train"], list) else [head["train"]]
         if not paths or not all(isinstance(p, str) for p in paths):
             raise OnnxMergeError("head.train must be a path or a non-empty list of paths.")
-        train = [base / p for p in paths]
-    unlabeled = (base / head["unlabeled"]) if "unlabeled" in head else None
+        train = [base / Path(p).expanduser() for p in paths]
+    unlabeled = (base / Path(head["unlabeled"]).expanduser()) if "unlabeled" in head else None
     return Recipe(merger, train, unlabeled, path)
 
 
 def load_recipe(path: str | Path, quiet: bool = False) -> Recipe:
-    """Read and validate a recipe file; paths inside it are relative to the file."""
-    path = Path(path)
+    """Read and validate a recipe file; paths inside it are relative to the file (``~`` is the home folder)."""
+    path = Path(path).expanduser()
     if not path.exists():
         raise OnnxMergeError(f"recipe {printable(path)} does not exist; check the path.")
     content = read_regular(path, "recipe", limit=MAX_RECIPE_BYTES)

@@ -229,8 +229,32 @@ def _printable_type(t: onnx.TypeProto) -> str:
         return f"tensor(unknown elem_type {t.tensor_type.elem_type})"
 
 
+def describe_z(model: onnx.ModelProto) -> dict | None:
+    """What a Z built by onnxmerge says about itself (its ``onnxmerge.*`` metadata), or None for other models.
+
+    Keys: ``mode``, ``version``, ``sources`` (``{name, sha256, feature}``), ``classes`` (in ``probabilities``
+    order), ``route`` (teachers mode: the ``route`` output's columns, teachers then new classes), ``expected_accuracy``
+    (the build's held-out estimate, or None), ``head_inputs`` (the head's input blocks: source, block, width).
+    A Z built before a key existed shows None for it.
+    """
+    props = {p.key: p.value for p in model.metadata_props}
+    if "onnxmerge.mode" not in props or "onnxmerge.labels" not in props:
+        return None
+
+    def value(key: str):
+        try:
+            return json.loads(props[key]) if key in props else None
+        except json.JSONDecodeError:
+            return None
+
+    return {"mode": props["onnxmerge.mode"], "version": props.get("onnxmerge.version"),
+            "sources": value("onnxmerge.sources"), "classes": value("onnxmerge.labels"),
+            "route": value("onnxmerge.route"), "expected_accuracy": value("onnxmerge.expected_accuracy"),
+            "head_inputs": value("onnxmerge.head_inputs")}
+
+
 def describe(path: str | Path, model: onnx.ModelProto) -> dict:
-    """Everything ``onnxmerge inspect`` reports, as the contract's JSON keys."""
+    """Everything ``onnxmerge inspect`` reports, as the contract's JSON keys (``z`` too where it is a built Z)."""
     shapes = tensor_shapes(model)
 
     def io(values):
@@ -256,4 +280,5 @@ def describe(path: str | Path, model: onnx.ModelProto) -> dict:
         "candidates": candidates(model, suggested),
         "suggested": suggested,
         "reason": reason,
+        "z": describe_z(model),
     }

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from ..errors import OnnxMergeError
+
 # ITU-R 601-2 luma weights, the ones Pillow's "L" conversion uses.
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
@@ -49,6 +51,19 @@ class Preprocess:
     layout: str | None = None        # "NCHW" or "NHWC"
     flat: bool = False               # the source takes [N, H*W*C], flattened in ``layout`` order
     dtype: np.dtype = field(default=np.dtype(np.float32))
+
+    def __post_init__(self) -> None:
+        # a scalar mean/std (``Preprocess(16 / 255, 0.0, 1.0)``) means one value for every channel
+        for key in ("mean", "std"):
+            value = getattr(self, key)
+            try:
+                values = tuple(float(v) for v in np.atleast_1d(np.asarray(value, dtype=np.float64)).ravel())
+            except (TypeError, ValueError):
+                values = ()
+            if not values:
+                raise OnnxMergeError(f"Preprocess {key} must be a number or a list of numbers (one per channel), "
+                                     f"got {value!r}.")
+            object.__setattr__(self, key, values)
 
 
 def _const(name: str, value) -> gs.Constant:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -46,21 +47,12 @@ def read_image(path: str | os.PathLike, image: ImageInput) -> np.ndarray:
                 if frames > 1:
                     raise OnnxMergeError(f"image {printable(path)} has {frames} frames (an animation or a multi-page "
                                          "file); save the frame to use as a single image.")
-                if img.getexif().get(ORIENTATION, 1) != 1:  # a phone photo stored sideways, shown upright
-                    img = ImageOps.exif_transpose(img)
-                mode = "L" if image.channels == 1 else "RGB"
-                if img.mode in ("I;16", "I", "F"):
-                    img = _wide_to_8bit(img, image.channels)
-                elif img.mode != mode:
-                    img = img.convert(mode)
-                if img.size != (image.width, image.height):
-                    img = img.resize((image.width, image.height), Image.Resampling.BILINEAR)
-                array = np.asarray(img, dtype=np.uint8)
+                array = pil_image(img, image)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
         raise OnnxMergeError(f"image {printable(path)} cannot be read ({printable(exc)}); remove or replace it.") from exc
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise OnnxMergeError(f"image {printable(path)} is too large to decode safely ({exc}); shrink or remove it.") from exc
-    return array.reshape(image.height, image.width, image.channels)
+    return array
 
 
 def _wide_to_8bit(img: Image.Image, channels: int) -> Image.Image:
@@ -117,7 +109,7 @@ def _image_files(folder: Path) -> list[Path]:
     return files
 
 
-def _load_npz(path: Path, image: ImageInput, labelled: bool) -> Dataset:
+def _load_npz(path: Path, image: ImageInput, labelled: bool, expected_by: str = "the recipe's [input]") -> Dataset:
     try:
         with open_regular(path, "data file") as handle, np.load(handle, allow_pickle=False) as data:
             if "x" not in data:
@@ -135,7 +127,7 @@ def _load_npz(path: Path, image: ImageInput, labelled: bool) -> Dataset:
     expected = (image.height, image.width, image.channels)
     if x.ndim != 4 or tuple(x.shape[1:]) != expected:
         raise OnnxMergeError(f"{path}: x has shape {list(x.shape)}, expected [N, {expected[0]}, {expected[1]}, "
-                             f"{expected[2]}] as in the recipe's [input].")
+                             f"{expected[2]}] as in {expected_by}.")
     if labelled:
         if y is None:
             raise OnnxMergeError(f"{path} has no array 'y' of labels; add one or use it as an unlabeled pool.")
@@ -148,13 +140,18 @@ def _load_npz(path: Path, image: ImageInput, labelled: bool) -> Dataset:
     return Dataset(x, y if labelled else None, [f"{path}[{i}]" for i in range(len(x))])
 
 
-def load_labelled(path: str | os.PathLike, image: ImageInput) -> Dataset:
-    """A labelled folder (one sub-folder per class, ImageFolder style) or an ``.npz`` with x and y."""
+def load_labelled(path: str | os.PathLike, image: ImageInput, what: str = "training data",
+                  expected_by: str = "the recipe's [input]") -> Dataset:
+    """A labelled folder (one sub-folder per class, ImageFolder style) or an ``.npz`` with x and y.
+
+    ``what`` names the data in messages; ``expected_by`` says where its image size comes from ("Z's input"
+    when evaluating a built Z, where there is no recipe).
+    """
     path = Path(path)
     if not path.exists():
-        raise OnnxMergeError(f"training data {path} does not exist; check the path.")
+        raise OnnxMergeError(f"{what} {printable(path)} does not exist; check the path.")
     if not path.is_dir():  # an .npz; a FIFO or device in its place is refused when opened
-        return _load_npz(path, image, labelled=True)
+        return _load_npz(path, image, labelled=True, expected_by=expected_by)
     classes = sorted(p for p in path.iterdir() if p.is_dir())
     if not classes:
         raise OnnxMergeError(f"{path} has no class sub-folders; put each class's images in a folder named after it.")
@@ -182,26 +179,96 @@ def load_unlabeled(path: str | os.PathLike, image: ImageInput) -> Dataset:
     return Dataset(read_images(files, image), None, [str(f) for f in files])
 
 
-def as_images(x, image: ImageInput, what: str) -> np.ndarray:
-    """``x`` checked as uint8 ``[N, height, width, channels]`` images (the API's array form)."""
-    array = np.asarray(x)
-    if array.dtype != np.uint8 or array.ndim != 4 or tuple(array.shape[1:]) != image.shape:
-        raise OnnxMergeError(f"{what} must be uint8 [N, {image.height}, {image.width}, {image.channels}], "
-                             f"got {array.dtype} {list(array.shape)}.")
-    if len(array) == 0:
+GLOB_CHARACTERS = set("*?[")
+
+
+def expand_image_paths(arguments: list[str]) -> list[Path]:
+    """Image files from command-line arguments: files as given, folders searched recursively (sorted), and
+    glob patterns (``~`` expanded; a shell that did not expand a pattern, e.g. one quoted, leaves it to us)."""
+    files: list[Path] = []
+    for argument in arguments:
+        path = Path(argument).expanduser()
+        if path.is_dir():
+            found = _image_files(path)
+            if not found:
+                raise OnnxMergeError(f"folder {path} holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))}); "
+                                     "point to another folder.")
+            files += found
+        elif not path.exists() and GLOB_CHARACTERS & set(argument):
+            found = sorted(Path(p) for p in glob.glob(str(path), recursive=True) if Path(p).is_file())
+            if not found:
+                raise OnnxMergeError(f"no file matches {argument!r}; check the pattern.")
+            files += found
+        else:
+            files.append(path)
+    return files
+
+
+def as_images(X, image: ImageInput, what: str = "X") -> np.ndarray:
+    """What a user hands the Python API, as uint8 ``[N, H, W, C]``: an array of images (or a single image
+    ``[H, W, C]`` / ``[H, W]``), an image file, a folder (searched recursively), a PIL image, or a list of
+    files and PIL images (each converted and resized as ``read_image`` does). Anything else, a float array
+    or a wrong size, is a sentence saying what is expected."""
+    expected = f"uint8 [N, {image.height}, {image.width}, {image.channels}]"
+    if isinstance(X, (str, os.PathLike)):
+        X = expand_image_paths([os.fspath(X)])
+    if isinstance(X, Image.Image):
+        X = [X]
+    if isinstance(X, (list, tuple)) and X and all(isinstance(v, (str, os.PathLike, Image.Image)) for v in X):
+        return np.concatenate([pil_image(item, image)[None] if isinstance(item, Image.Image)
+                               else read_images(expand_image_paths([os.fspath(item)]), image) for item in X])
+    try:
+        x = np.asarray(X)
+    except Exception:
+        x = None
+    if x is None or x.dtype == object:
+        raise OnnxMergeError(f"{what} must be images: {expected}, image files, a folder or PIL images; got "
+                             f"{type(X).__name__}.")
+    if x.dtype != np.uint8:
+        hint = (" (convert with (x * 255).round().astype(np.uint8) if it holds 0..1 values; Z applies each "
+                "source's scale/mean/std itself)" if x.dtype.kind == "f" else "")
+        raise OnnxMergeError(f"{what} has dtype {x.dtype}; Z takes raw images, {expected}{hint}.")
+    if x.ndim == 2 and image.channels == 1 and x.shape == (image.height, image.width):
+        x = x[None, ..., None]
+    elif x.ndim == 3 and tuple(x.shape) == image.shape:
+        x = x[None]
+    elif x.ndim == 3 and image.channels == 1 and tuple(x.shape[1:]) == (image.height, image.width):
+        x = x[..., None]
+    if x.ndim != 4 or tuple(x.shape[1:]) != image.shape:
+        raise OnnxMergeError(f"{what} has shape {list(x.shape)}; Z takes {expected} (resize the images, or pass "
+                             "their files and onnxmerge resizes them).")
+    return x
+
+
+def pil_image(img: Image.Image, image: ImageInput) -> np.ndarray:
+    """A PIL image as uint8 ``[H, W, C]``, converted and resized exactly as ``read_image`` does a file."""
+    if img.getexif().get(ORIENTATION, 1) != 1:  # a phone photo stored sideways, shown upright
+        img = ImageOps.exif_transpose(img)
+    mode = "L" if image.channels == 1 else "RGB"
+    if img.mode in ("I;16", "I", "F"):
+        img = _wide_to_8bit(img, image.channels)
+    elif img.mode != mode:
+        img = img.convert(mode)
+    if img.size != (image.width, image.height):
+        img = img.resize((image.width, image.height), Image.Resampling.BILINEAR)
+    return np.asarray(img, dtype=np.uint8).reshape(image.height, image.width, image.channels)
+
+
+def _some(x: np.ndarray, what: str) -> np.ndarray:
+    if len(x) == 0:
         raise OnnxMergeError(f"{what} holds no images.")
-    return array
+    return x
 
 
 def as_labelled(X, y, image: ImageInput) -> Dataset:
     """The API's labelled data: a folder or ``.npz`` path, a list of them (joined), or an array with ``y``."""
     if isinstance(X, (str, os.PathLike)):
         return load_labelled(X, image)
-    if isinstance(X, (list, tuple)) and X and all(isinstance(p, (str, os.PathLike)) for p in X):
+    if y is None and isinstance(X, (list, tuple)) and X and all(isinstance(p, (str, os.PathLike)) for p in X):
         parts = [load_labelled(p, image) for p in X]  # e.g. old classes + a new class's few images
         return Dataset(np.concatenate([d.x for d in parts]), np.concatenate([d.y for d in parts]),
                        [f for d in parts for f in d.files])
-    x = as_images(X, image, "X")
+    x = _some(as_images(X, image, "X"), "X")
     if y is None or len(y) != len(x):
         raise OnnxMergeError("y must hold one label per image of X.")
     return Dataset(x, np.asarray([str(v) for v in y]), [f"X[{i}]" for i in range(len(x))])
@@ -211,5 +278,5 @@ def as_pool(unlabeled, image: ImageInput) -> Dataset:
     """The API's unlabeled pool: a folder or ``.npz`` path, or a uint8 array."""
     if isinstance(unlabeled, (str, os.PathLike)):
         return load_unlabeled(unlabeled, image)
-    x = as_images(unlabeled, image, "unlabeled")
+    x = _some(as_images(unlabeled, image, "unlabeled"), "unlabeled")
     return Dataset(x, None, [f"unlabeled[{i}]" for i in range(len(x))])

@@ -116,7 +116,7 @@ def select_C(labels: np.ndarray) -> float:
 
 def fit_head(features: np.ndarray, labels: np.ndarray, widths: list[int] | None = None, C: float = 1.0,
              class_weight: str | None = "balanced", sample_weight: np.ndarray | None = None,
-             max_iter: int = 3000, random_state: int = 0) -> Pipeline:
+             max_iter: int = 3000, random_state: int = 0, tol: float = 1e-4) -> Pipeline:
     """Multinomial logistic regression on standardised features, each block weighted equally.
 
     After standardisation every column has unit variance, so a 1280-wide block would outweigh a 10-wide
@@ -124,6 +124,7 @@ def fit_head(features: np.ndarray, labels: np.ndarray, widths: list[int] | None 
     the same total variance (the overall variance stays that of plain standardisation, so ``C`` means what it
     did). ``class_weight="balanced"`` by default so that a new class learned from a handful of
     images is not drowned by classes with hundreds (the stage 2 case).
+    ``tol`` is the solver's stopping tolerance (``estimate.FOLD_TOL`` for cross-validation folds).
     """
     classes = np.unique(labels)
     if len(classes) < 2:
@@ -139,7 +140,7 @@ def fit_head(features: np.ndarray, labels: np.ndarray, widths: list[int] | None 
     widths = widths or [x.shape[1]]
     for start, width in _spans(widths):  # equal total variance per block, same total as plain standardising
         scaler.scale_[start:start + width] *= np.sqrt(width * len(widths) / x.shape[1])
-    model = LogisticRegression(C=C, class_weight=class_weight, max_iter=max_iter, random_state=random_state)
+    model = LogisticRegression(C=C, class_weight=class_weight, max_iter=max_iter, random_state=random_state, tol=tol)
     model.fit(scaler.transform(x), labels, sample_weight=sample_weight)
     return Pipeline([("scaler", scaler), ("logistic", model)])
 
