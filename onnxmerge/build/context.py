@@ -1,0 +1,73 @@
+"""What the build's stages share: the configuration, and each stage's typed result as the build fills it."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+
+from ..graph.preprocess import ImageInput
+from ..graph.stitch import FEATURES, output_names
+from ..learn.head import HeadInput
+from ..learn.routing import Teachers
+from ..runtime.engine import LocalEngine
+from ..runtime.weights import WeightFolder
+from .features import Features
+from .sources import ResolvedSource, Source
+from .stitching import StitchedGraph
+from .teachers import teacher_space
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    """A build's parameters, as the recipe or the ``Merger`` gives them."""
+
+    input: ImageInput
+    sources: list[Source]
+    mode: str = "fit"
+    C: float | str = "auto"
+    router_C: float = 0.1
+    class_weight: str | None = "balanced"
+    batch_size: int = 128
+    quiet: bool = False
+    cache_dir: str | os.PathLike | None = None
+
+
+@dataclass
+class Build:
+    """One build in progress: stages 1-2 fill the sources and the graph, stage 3 the teachers and features."""
+
+    config: BuildConfig
+    weights: WeightFolder
+    sources: list[ResolvedSource]
+    graph: StitchedGraph
+    engine: LocalEngine
+    teachers: list[tuple[str, str]] = field(default_factory=list)  # (name, head kind) of the teaching sources
+    widths: dict[str, int] = field(default_factory=dict)          # width of every feature and head output
+    features: Features | None = None
+    warnings: list[str] = field(default_factory=list)
+    report: dict = field(default_factory=dict)
+
+    def head_input(self) -> HeadInput:
+        """What the head reads: every source's features, every teacher's head output."""
+        return HeadInput([s.name for s in self.sources], list(self.teachers))
+
+    def teacher_space(self) -> Teachers:
+        return teacher_space(self.sources, self.teachers)
+
+    def graph_outputs(self) -> list[str]:
+        """The stitched graph's outputs the head reads: features (joined and per source), the teachers' heads."""
+        return ([FEATURES] + [output_names(s.name)["feature"] for s in self.sources]
+                + [output_names(n)["head"] for n, _ in self.teachers])
+
+
+@dataclass
+class Fitted:
+    """Stage 4's result: Z (light: its weights in the build's folder), the head behind it, its classes."""
+
+    model: onnx.ModelProto
+    head: object                  # a scikit-learn Pipeline (mode "fit") or a TeachersHead
+    classes: list[str]
+    parity_images: np.ndarray     # real images the build used, for the parity check

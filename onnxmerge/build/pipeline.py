@@ -1,0 +1,94 @@
+"""The build as a pipeline of named stages, each in its own module of this package:
+
+1. ``sources``   resolve the sources: load safely, find feature and head, fill preprocessing, cut;
+2. ``stitching`` build the graph: one image input, per-source preprocessing, shared work once;
+3. ``teachers`` + ``features``  extract: which sources teach, their features and head outputs (cached);
+4. ``fit`` (mode "fit") or ``route`` (mode "teachers"): the head, appended to the graph: Z;
+5. ``parity``    check Z against every source and against the fitted head;
+then Z's metadata is set here, and ``Merger.save`` writes it.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+
+from ..errors import OnnxMergeError
+from ..io.images import Dataset
+from ..runtime.weights import WeightFolder
+from ..version import __version__
+from .context import Build, BuildConfig, Fitted
+from .features import Features
+from .fit import fit_labelled
+from .parity import ParityCheck, check_parity
+from .route import fit_teachers
+from .sources import check_config, resolve_sources
+from .stitching import local_engine, stitch_sources
+from .teachers import find_teachers
+
+MODES = ("fit", "teachers")
+
+
+def check(config: BuildConfig) -> None:
+    """The configuration's own checks (before any file is read)."""
+    check_config(config.input, config.sources, config.mode, MODES)
+
+
+def prepare(config: BuildConfig) -> Build:
+    """Stages 1-2: the sources resolved and cut, the stitched graph (no head yet) and its engine.
+
+    The sources' weights go to a temporary folder (``Build.weights``) that the graphs refer to.
+    """
+    check(config)
+    weights = WeightFolder()
+    sources = resolve_sources(config.sources, config.input, weights)
+    graph = stitch_sources(sources, config.input)
+    engine = local_engine(graph, sources, weights, config.batch_size, config.quiet)
+    return Build(config, weights, sources, graph, engine)
+
+
+def fit(build: Build, labelled: Dataset | None, pool: Dataset | None) -> tuple[Fitted, list[ParityCheck]]:
+    """Stages 3-5 on a prepared build: Z with its head and metadata, parity-checked (raises if a check fails)."""
+    config = build.config
+    if config.mode == "fit" and labelled is None and pool is None:
+        raise OnnxMergeError("mode \"fit\" needs labelled images (train) or an unlabeled pool; add [head] train "
+                             "or unlabeled, or use mode = \"teachers\".")
+    given = pool if pool is not None else labelled
+    probe = given.x[:16] if given is not None else np.zeros((1, *config.input.shape), np.uint8)
+    build.teachers, build.widths = find_teachers(build.sources, build.graph.model, build.engine, probe,
+                                                 config.mode, build.warnings)
+    build.features = Features(build.engine, build.graph, [s.name for s in build.sources],
+                              [n for n, _ in build.teachers], build.widths, build.engine.batch(), config.cache_dir)
+    fitted = fit_teachers(build, labelled, pool) if config.mode == "teachers" else fit_labelled(build, labelled, pool)
+    set_metadata(fitted.model, build, fitted.classes)
+    parity = check_parity(build, fitted)
+    build.weights.check(fitted.model)
+    known = {label for s in build.sources for label in (s.labels or [])}
+    build.report.update({
+        "mode": config.mode,
+        "classes": fitted.classes,
+        "new_classes": [c for c in fitted.classes if c not in known],
+        "train_images": len(labelled.x) if labelled is not None else 0,
+        "pool_images": len(pool.x) if pool is not None else 0,
+        "teachers": {name: kind for name, kind in build.teachers},
+        "warnings": build.warnings,
+        "shared": build.graph.share.as_dict(),
+        "features_from_cache": build.features.from_cache,
+    })
+    return fitted, parity
+
+
+def set_metadata(model: onnx.ModelProto, build: Build, classes: list[str]) -> None:
+    """Z's ``metadata_props`` as PRODUCT.md defines them, and its producer."""
+    props = {
+        "onnxmerge.labels": json.dumps(classes),
+        "onnxmerge.sources": json.dumps([{"name": s.name, "sha256": s.sha256, "feature": s.feature}
+                                         for s in build.sources]),
+        "onnxmerge.mode": build.config.mode,
+        "onnxmerge.version": __version__,
+    }
+    for key, value in props.items():
+        model.metadata_props.add(key=key, value=value)
+    model.producer_name, model.producer_version = "onnxmerge", __version__

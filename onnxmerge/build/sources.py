@@ -1,0 +1,229 @@
+"""Stage 1, resolve the sources: load each model safely, find its feature and head, fill in its
+preprocessing from its input, make a fixed batch dynamic, and cut it at the feature."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+
+from ..errors import OnnxMergeError, first_line
+from ..graph.cut import CutModel, cut, inferred_rank, source_input
+from ..graph.inspect import find_head, find_head_output, model_labels
+from ..graph.preprocess import ImageInput, Preprocess, reference_preprocess
+from ..graph.stitch import FEATURES
+from ..io.models import load_model_with_digest
+from ..learn.head import LABEL, PROBABILITIES
+from ..runtime.session import make_session, tensor_rank
+from ..runtime.weights import WeightFolder
+
+MAX_PIXELS = 8192 * 8192  # a declared size beyond this is a hostile or broken model, not a photo
+RESERVED = (FEATURES, LABEL, PROBABILITIES, "image", "head")
+
+
+@dataclass
+class Source:
+    """One pretrained classifier to compose, as a ``[[sources]]`` table of the recipe."""
+
+    name: str
+    model: str | os.PathLike
+    preprocess: Preprocess
+    feature: str = "auto"
+    head_output: str = "auto"
+    labels: list[str] | None = None
+    teacher: bool = True
+
+
+@dataclass
+class ResolvedSource:
+    """A source after loading: its model, the feature found, its labels, its full preprocessing, its cut."""
+
+    spec: Source
+    model: onnx.ModelProto
+    feature: str
+    reason: str
+    head_output: str | None
+    labels: list[str] | None
+    preprocess: Preprocess
+    sha256: str
+    cut: CutModel | None = None
+    batch_note: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+
+def check_config(image: ImageInput, sources: list[Source], mode: str, modes: tuple[str, ...]) -> None:
+    """The checks a configuration must pass before any model is read."""
+    if mode not in modes:
+        raise OnnxMergeError(f"mode {mode!r} is unknown; use \"fit\" or \"teachers\".")
+    if len(sources) < 1:
+        raise OnnxMergeError("no sources given; add at least one [[sources]] table.")
+    names = [s.name for s in sources]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise OnnxMergeError(f"source name {duplicates[0]!r} is used twice; give every source its own name.")
+    for name in names:
+        if not name or "/" in name or name in RESERVED:
+            raise OnnxMergeError(f"source name {name!r} is not usable as a namespace; use letters, digits, "
+                                 "'_' or '-', and not a reserved name (features, label, probabilities, image, head).")
+    if image.channels not in (1, 3) or image.height <= 0 or image.width <= 0:
+        raise OnnxMergeError(f"[input] {image} is invalid; height and width must be positive and channels 1 or 3.")
+
+
+def resolve_sources(specs: list[Source], image: ImageInput, weights: WeightFolder) -> list[ResolvedSource]:
+    """Every source loaded, checked, resolved and cut, in recipe order."""
+    resolved = []
+    for spec in specs:
+        try:
+            source = _resolve(spec, image, weights)
+            probe = reference_preprocess(np.zeros((1, *image.shape), np.uint8), image, source.preprocess)
+            rank = inferred_rank(source.model, source.feature)
+            if rank is None and source.feature in _tensor_names(source.model):
+                rank = tensor_rank(source.model, source.feature, probe, weights)  # e.g. a computed Reshape
+            source.cut = cut(source.model, source.feature, source.head_output, rank)
+        except OnnxMergeError:
+            raise
+        except Exception as exc:  # a model that passed onnx's checker and onnxruntime but defeats the graph steps
+            raise OnnxMergeError(f"source {spec.name!r} ({spec.model}) could not be cut ({type(exc).__name__}: "
+                                 f"{first_line(exc)}); name its feature tensor "
+                                 "explicitly, or report the model if it is valid.") from exc
+        resolved.append(source)
+    return resolved
+
+
+def _tensor_names(model: onnx.ModelProto) -> set[str]:
+    """The graph's inputs and every tensor a node computes (a missing feature is the cut's error to report)."""
+    return {o for n in model.graph.node for o in n.output} | {i.name for i in model.graph.input}
+
+
+def _resolve(spec: Source, image: ImageInput, weights: WeightFolder) -> ResolvedSource:
+    model, sha256 = load_model_with_digest(spec.model, weights)
+    try:
+        make_session(model, weights=weights)
+    except OnnxMergeError as exc:
+        raise OnnxMergeError(f"source {spec.name!r} ({spec.model}): {exc}") from exc
+    head_output = None
+    if spec.feature == "auto":
+        head = find_head(model, spec.head_output)
+        feature, reason, head_output = head.feature, head.reason, head.output
+    else:
+        feature, reason = spec.feature, "named in the recipe"
+        try:
+            head_output = find_head_output(model, spec.head_output)
+        except OnnxMergeError:
+            if spec.head_output != "auto":
+                raise
+    labels = list(spec.labels) if spec.labels is not None else model_labels(model)
+    preprocess = resolve_preprocess(spec.name, model, spec.preprocess, image)
+    model, note = dynamic_batch(spec.name, model, preprocess, image, weights)
+    return ResolvedSource(spec, model, feature, reason, head_output, labels, preprocess, sha256, batch_note=note)
+
+
+def _static(dim) -> int | None:
+    return dim if isinstance(dim, int) and dim > 0 else None
+
+
+def resolve_preprocess(name: str, model: onnx.ModelProto, spec: Preprocess, image: ImageInput) -> Preprocess:
+    """Fill height/width/channels/layout/dtype from the source's input where the recipe leaves them out."""
+    inp = source_input(model)
+    tt = inp.type.tensor_type
+    dims = [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim]
+    dtype = onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type) if tt.elem_type else np.dtype(np.float32)
+    if np.dtype(dtype).kind != "f":
+        raise OnnxMergeError(f"source {name!r} takes {np.dtype(dtype)} input; onnxmerge feeds sources float tensors.")
+    if len(dims) == 4:
+        height, width, channels, layout = _image_input(name, inp.name, dims, spec, image)
+    elif len(dims) == 2:
+        height, width, channels, layout = _flat_input(name, dims, spec, image)
+    else:
+        raise OnnxMergeError(f"source {name!r} takes an input of rank {len(dims)}; onnxmerge feeds images as "
+                             "[N, C, H, W], [N, H, W, C] or flat [N, H*W*C].")
+    if height * width > MAX_PIXELS:
+        raise OnnxMergeError(f"source {name!r} takes {height}x{width} images, more than onnxmerge accepts "
+                             f"({MAX_PIXELS:,} pixels); set a smaller height/width in its [sources.preprocess].")
+    if channels not in (1, 3):
+        raise OnnxMergeError(f"source {name!r} expects {channels} channels; onnxmerge converts between 1 and 3 only.")
+    mean, std = _per_channel_normalisation(name, spec, channels)
+    return Preprocess(scale=spec.scale, mean=mean, std=std, height=height, width=width, channels=channels,
+                      layout=layout, flat=len(dims) == 2, dtype=np.dtype(dtype))
+
+
+def _image_input(name: str, input_name: str, dims: list, spec: Preprocess, image: ImageInput
+                 ) -> tuple[int, int, int, str]:
+    """Size, channels and layout of a 4-D image input: the recipe's, else the model's static ones, else Z's."""
+    layout = spec.layout
+    if layout is None:
+        if _static(dims[1]) in (1, 3) and _static(dims[3]) not in (1, 3):
+            layout = "NCHW"
+        elif _static(dims[3]) in (1, 3):
+            layout = "NHWC"
+        else:
+            raise OnnxMergeError(f"source {name!r}: cannot tell the layout of input shape {dims}; set "
+                                 "layout = \"NCHW\" or \"NHWC\" in its [sources.preprocess].")
+    c, h, w = (dims[1], dims[2], dims[3]) if layout == "NCHW" else (dims[3], dims[1], dims[2])
+    for key, given, static in (("height", spec.height, h), ("width", spec.width, w), ("channels", spec.channels, c)):
+        if given is not None and _static(static) is not None and given != static:
+            raise OnnxMergeError(f"source {name!r}: preprocess {key} = {given} but the model's input "
+                                 f"{input_name!r} {dims} ({layout}) has {key} {static}; remove the key or fix it.")
+    height = spec.height or _static(h) or image.height
+    width = spec.width or _static(w) or image.width
+    channels = spec.channels or _static(c) or image.channels
+    return height, width, channels, layout
+
+
+def _flat_input(name: str, dims: list, spec: Preprocess, image: ImageInput) -> tuple[int, int, int, str]:
+    """Size and channels of the image a flat ``[N, H*W*C]`` input is the flattening of."""
+    height, width = spec.height, spec.width
+    layout = spec.layout or "NHWC"
+    channels = spec.channels or image.channels
+    if height is None or width is None:
+        if _static(dims[1]) == image.height * image.width * channels:
+            height, width = height or image.height, width or image.width
+        else:
+            raise OnnxMergeError(f"source {name!r} takes a flat input {dims}; set height, width and channels "
+                                 "in its [sources.preprocess] so that height*width*channels matches.")
+    if _static(dims[1]) and _static(dims[1]) != height * width * channels:
+        raise OnnxMergeError(f"source {name!r} takes {dims[1]} values per image but height*width*channels "
+                             f"is {height * width * channels}; fix its [sources.preprocess].")
+    return height, width, channels, layout
+
+
+def _per_channel_normalisation(name: str, spec: Preprocess, channels: int) -> tuple[tuple, tuple]:
+    for key in ("mean", "std"):
+        values = getattr(spec, key)
+        if len(values) not in (1, channels):
+            raise OnnxMergeError(f"source {name!r}: {key} has {len(values)} values but the source takes "
+                                 f"{channels} channels; give one value per channel.")
+    if any(s == 0 for s in spec.std):
+        raise OnnxMergeError(f"source {name!r}: std contains 0; every std must be non-zero.")
+    mean = tuple(spec.mean) * (channels if len(spec.mean) == 1 else 1)
+    std = tuple(spec.std) * (channels if len(spec.std) == 1 else 1)
+    return mean, std
+
+
+def dynamic_batch(name: str, model: onnx.ModelProto, preprocess: Preprocess, image: ImageInput,
+                  weights: WeightFolder) -> tuple[onnx.ModelProto, str | None]:
+    """Make a fixed batch dimension dynamic where the graph allows it (checked by running a batch of 2)."""
+    dim = source_input(model).type.tensor_type.shape.dim
+    if not dim or not dim[0].HasField("dim_value"):
+        return model, None
+    fixed = dim[0].dim_value
+    relaxed = onnx.ModelProto()
+    relaxed.CopyFrom(model)
+    for value in list(relaxed.graph.input) + list(relaxed.graph.output):
+        dims = value.type.tensor_type.shape.dim
+        if dims and dims[0].HasField("dim_value") and dims[0].dim_value == fixed:
+            dims[0].dim_param = "N"
+    del relaxed.graph.value_info[:]
+    probe = reference_preprocess(np.zeros((2, *image.shape), np.uint8), image, preprocess)
+    try:
+        session = make_session(relaxed, weights=weights)
+        session.run(None, {session.get_inputs()[0].name: probe})
+    except Exception:
+        raise OnnxMergeError(f"source {name!r} has a fixed batch of {fixed} baked into its graph (it fails on a batch "
+                             "of 2), so Z could not take a dynamic batch; re-export it with a dynamic batch axis.") from None
+    return relaxed, f"fixed batch {fixed} made dynamic (checked on a batch of 2)"

@@ -1,0 +1,47 @@
+"""Stage 2, build the graph: stitch the cut sources under their namespaces behind one image input (each
+with its preprocessing), compute identical work once, and decide which sources run together."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import onnx
+
+from ..graph.preprocess import ImageInput
+from ..graph.share import ShareStats, extraction_groups, share_common
+from ..graph.stitch import FEATURES, StitchSource, output_names, stitch
+from ..runtime.engine import LocalEngine
+from ..runtime.session import LARGE_MODEL_BYTES
+from ..runtime.weights import WeightFolder, external_bytes
+from .sources import ResolvedSource
+
+
+@dataclass
+class StitchedGraph:
+    """The sources' graph without a head: outputs ``features``, ``NAME/feature``, ``NAME/head``, ``NAME/input``."""
+
+    model: onnx.ModelProto
+    notes: dict[str, str]          # per source, a conversion the stitch made (an opset change)
+    share: ShareStats
+    groups: list[list[str]]        # sources that run in one session
+    large: bool                    # weights above LARGE_MODEL_BYTES: run group by group
+
+
+def stitch_sources(sources: list[ResolvedSource], image: ImageInput) -> StitchedGraph:
+    """One graph from every cut source, identical sub-graphs computed once."""
+    model, notes = stitch([StitchSource(s.name, s.cut, s.preprocess) for s in sources], image)
+    model, share = share_common(model)
+    # large sources run group by group (one's weights and activations in memory at a time); small ones in one
+    # session, which computes their shared preprocessing once (the demo's extraction: 5-15% faster)
+    names = [s.name for s in sources]
+    large = external_bytes(model) > LARGE_MODEL_BYTES
+    groups = extraction_groups(model, names) if large else [names]
+    return StitchedGraph(model, notes, share, groups, large)
+
+
+def local_engine(graph: StitchedGraph, sources: list[ResolvedSource], weights: WeightFolder,
+                 batch_size: int, quiet: bool) -> LocalEngine:
+    """The engine that runs ``graph`` here, its calls sized by each source's input."""
+    values = {s.name: s.preprocess.height * s.preprocess.width * s.preprocess.channels for s in sources}
+    joined = {FEATURES: [output_names(s.name)["feature"] for s in sources]}
+    return LocalEngine(graph.model, weights, graph.groups, values, joined, batch_size, graph.large, quiet)
