@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import glob
+import io
 import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -26,13 +29,16 @@ class Dataset:
     files: list[str]
 
 
-def read_image(path: str | os.PathLike, image: ImageInput) -> np.ndarray:
-    """One image file as uint8 ``[H, W, C]``: converted to the input's channels, resized bilinearly."""
-    path = Path(path)
+def read_image(path: str | os.PathLike, image: ImageInput, data: BinaryIO | None = None) -> np.ndarray:
+    """One image file as uint8 ``[H, W, C]``: converted to the input's channels, resized bilinearly.
+
+    ``data``: the file's bytes already opened (an fsspec URL's), ``path`` then only names it in errors.
+    """
+    path = Path(path) if data is None else path
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
+            with Image.open(path if data is None else data) as img:
                 mode = "L" if image.channels == 1 else "RGB"
                 if img.mode in ("I;16", "I", "F"):
                     img = _wide_to_8bit(img, image.channels)
@@ -118,17 +124,8 @@ def load_labelled(path: str | os.PathLike, image: ImageInput) -> Dataset:
         raise OnnxMergeError(f"training data {path} does not exist; check the path.")
     if path.is_file():
         return _load_npz(path, image, labelled=True)
-    classes = sorted(p for p in path.iterdir() if p.is_dir())
-    if not classes:
-        raise OnnxMergeError(f"{path} has no class sub-folders; put each class's images in a folder named after it.")
-    files, labels = [], []
-    for folder in classes:
-        found = _image_files(folder)
-        if not found:
-            raise OnnxMergeError(f"class folder {folder} holds no images; add images or remove the folder.")
-        files += found
-        labels += [folder.name] * len(found)
-    return Dataset(read_images(files, image), np.asarray(labels), [str(f) for f in files])
+    files, labels = list_labelled(path)
+    return Dataset(read_images(files, image), np.asarray(labels), files)
 
 
 def load_unlabeled(path: str | os.PathLike, image: ImageInput) -> Dataset:
@@ -175,3 +172,86 @@ def as_pool(unlabeled, image: ImageInput) -> Dataset:
         return load_unlabeled(unlabeled, image)
     x = as_images(unlabeled, image, "unlabeled")
     return Dataset(x, None, [f"unlabeled[{i}]" for i in range(len(x))])
+
+
+def is_url(location: str) -> bool:
+    """Whether ``location`` is an fsspec URL (``s3://...``, ``file://...``) rather than a local path."""
+    return "://" in str(location)
+
+
+def read_image_at(location: str, image: ImageInput) -> np.ndarray:
+    """:func:`read_image` on a local path or an fsspec URL (fsspec comes with the extra ``onnxmerge[dask]``)."""
+    if not is_url(location):
+        return read_image(location, image)
+    import fsspec
+
+    try:
+        with fsspec.open(location, "rb") as handle:
+            data = io.BytesIO(handle.read())
+    except FileNotFoundError:
+        raise OnnxMergeError(f"image {location} does not exist; check the path.") from None
+    except OSError as exc:
+        raise OnnxMergeError(f"image {location} cannot be read ({exc}); check the URL and its credentials.") from exc
+    return read_image(location, image, data)
+
+
+def list_images(sources: list[str]) -> list[str]:
+    """Image files named by ``sources``: files, folders (searched recursively), globs, or fsspec URLs of any
+    of these. Folders and globs are listed in sorted order, so rows come out in a stable order."""
+    files: list[str] = []
+    for source in map(str, sources):
+        if is_url(source):
+            files += _list_url(source)
+        elif glob.has_magic(source):
+            found = sorted(p for p in glob.glob(source, recursive=True) if os.path.isfile(p)
+                           and os.path.splitext(p)[1].lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise OnnxMergeError(f"no image file matches {source}; check the pattern.")
+            files += found
+        elif os.path.isdir(source):
+            found = _image_files(Path(source))
+            if not found:
+                raise OnnxMergeError(f"{source} holds no images; add images or point to another folder.")
+            files += [str(f) for f in found]
+        else:
+            files.append(source)  # a file: read_image says if it is missing or unreadable
+    return files
+
+
+def _list_url(source: str) -> list[str]:
+    try:
+        import fsspec
+    except ImportError:
+        raise OnnxMergeError(f"reading {source} needs fsspec; install the extra: pip install 'onnxmerge[dask]'.") from None
+    try:
+        fs, path = fsspec.core.url_to_fs(source)
+        if glob.has_magic(path):
+            found = fs.glob(path)
+        elif fs.isdir(path):
+            found = fs.find(path)
+        else:
+            return [source]
+    except (OSError, ValueError, ImportError) as exc:
+        raise OnnxMergeError(f"cannot list {source} ({exc}); check the URL and its credentials.") from exc
+    found = sorted(p for p in found if os.path.splitext(p)[1].lower() in IMAGE_SUFFIXES)
+    if not found:
+        raise OnnxMergeError(f"{source} holds no images; add images or point to another location.")
+    return [fs.unstrip_protocol(p) for p in found]
+
+
+def list_labelled(path: str | os.PathLike) -> tuple[list[str], list[str]]:
+    """The files and labels of a labelled folder (one sub-folder per class), without reading the images."""
+    path = Path(path)
+    if not path.is_dir():
+        raise OnnxMergeError(f"labelled folder {path} does not exist; check the path.")
+    classes = sorted(p for p in path.iterdir() if p.is_dir())
+    if not classes:
+        raise OnnxMergeError(f"{path} has no class sub-folders; put each class's images in a folder named after it.")
+    files, labels = [], []
+    for folder in classes:
+        found = _image_files(folder)
+        if not found:
+            raise OnnxMergeError(f"class folder {folder} holds no images; add images or remove the folder.")
+        files += [str(f) for f in found]
+        labels += [folder.name] * len(found)
+    return files, labels
