@@ -19,6 +19,7 @@ import logging
 import os
 import tempfile
 import uuid
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -33,6 +34,10 @@ from .tasks import chunk_rows, forget_model, model_digest, outputs_task, registe
 
 #: How long to try reaching a scheduler before saying it is unreachable.
 CONNECT_TIMEOUT = "5s"
+#: Tasks in flight per worker: enough that a worker never waits for its next chunk (one running, the rest
+#: queued on it), few enough that the scheduler holds a bounded number of chunks' file names.
+WINDOW_PER_WORKER = 4
+WINDOW_MIN = 8
 
 
 class ModelPlugin(WorkerPlugin):
@@ -64,9 +69,11 @@ class DaskCluster:
         self._plugins: dict[str, str] = {}  # digest -> plugin name
         if address is None:
             # loopback only: the cluster serves this process and nothing else on the network
-            self.cluster = LocalCluster(n_workers=workers or os.cpu_count() or 1, threads_per_worker=1,
-                                        processes=True, host="127.0.0.1", dashboard_address=None,
-                                        local_directory=self.scratch.name, silence_logs=logging.ERROR)
+            with warnings.catch_warnings():  # the scheduler's health endpoint found port 8787 taken: it takes another
+                warnings.filterwarnings("ignore", message="Port .* is already in use", category=UserWarning)
+                self.cluster = LocalCluster(n_workers=workers or os.cpu_count() or 1, threads_per_worker=1,
+                                            processes=True, host="127.0.0.1", dashboard_address=None,
+                                            local_directory=self.scratch.name, silence_logs=logging.ERROR)
             self.client = Client(self.cluster)
         else:
             try:
@@ -104,39 +111,59 @@ class DaskCluster:
             **kwargs) -> Iterator[Any]:
         """``func(chunk, **kwargs)`` for every chunk on the cluster; results in the chunks' order.
 
-        Every task is submitted at once (a task is a chunk: a few hundred for millions of images, light work
-        for the scheduler); results are taken as they complete, handed on in order and released, so this
-        process holds only those that arrived ahead of an earlier one. Arrays are scattered to the workers
-        first rather than sent inside the task graph.
+        At most ``WINDOW_PER_WORKER`` tasks per worker are in flight (at least ``WINDOW_MIN``): a new one is
+        submitted as one finishes, so the scheduler never holds millions of file names, and this process
+        holds only the results that arrived ahead of an earlier chunk's. Arrays are scattered to the
+        workers rather than sent inside the task graph.
         """
         task = functools.partial(func, **kwargs)
         token = uuid.uuid4().hex[:8]
-        futures, index = [], {}
-        for i, chunk in enumerate(chunks):
+        pending = iter(enumerate(chunks))
+        index: dict[str, int] = {}
+        live: set = set()
+
+        def submit() -> Any:
+            item = next(pending, None)
+            if item is None:
+                return None
+            i, chunk = item
             if isinstance(chunk, np.ndarray):
                 chunk = self.client.scatter(chunk, hash=False)
             future = self.client.submit(task, chunk, key=f"onnxmerge-{desc}-{token}-{i:06d}", pure=False)
-            futures.append(future)
             index[future.key] = i
+            live.add(future)
+            return future
+
+        queue = as_completed()
+        for _ in range(max(WINDOW_MIN, WINDOW_PER_WORKER * self.workers)):
+            future = submit()
+            if future is None:
+                break
+            queue.add(future)
         done: dict[int, Any] = {}
         following = 0
         try:
             with tqdm(total=sum(sizes), desc=desc, unit="img", disable=not progress_enabled(quiet),
                       leave=False) as bar:
-                for future in as_completed(futures):
-                    i = index[future.key]
+                for future in queue:
+                    i = index.pop(future.key)
                     try:
                         done[i] = future.result()
                     except KilledWorker as exc:
                         raise OnnxMergeError(f"Dask gave up on chunk {i} of {desc}: it killed {exc.last_worker} "
                                              "and the workers that retried it; give the workers more memory.") from None
+                    live.discard(future)
                     future.release()
+                    following_future = submit()
+                    if following_future is not None:
+                        queue.add(following_future)
                     bar.update(sizes[i])
                     while following in done:
                         yield done.pop(following)
                         following += 1
         finally:
-            self.client.cancel(futures)
+            if live:
+                self.client.cancel(list(live))
 
     def close(self) -> None:
         """Drop the shipped models, close the client and the cluster it started, remove the scratch folder."""
