@@ -183,7 +183,8 @@ def write_predictions(z: ZModel, files: list[str], tasks: Tasks, out: str, proba
         for path in written:  # a lost worker's half-written temporary file
             if not Path(path).name.startswith("part-"):
                 fs.rm(path)
-        present = sum(Path(p).name in {Path(w).name for w in written} for p in parts)  # a chunk of unreadable files has none
+        names = {Path(w).name for w in written}
+        present = sum(Path(p).name in names for p in parts)  # a chunk whose every file was unreadable has none
         if fs.exists(target):
             fs.rm(target, recursive=True)
         fs.mv(partial, target, recursive=True)
