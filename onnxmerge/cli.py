@@ -82,12 +82,16 @@ def _build(args) -> int:
 
     recipe = load_recipe(args.recipe, quiet=args.quiet)
     merger = recipe.merger
+    _engine_options(args, merger)
     check_output_path(args.output, read_files(recipe, model_files, input_files))
     if not args.no_cache:
         from .runtime.cache import default_cache_dir
 
         merger.cache_dir = Path(args.cache) if args.cache else default_cache_dir()
-    merger.fit(recipe.train, unlabeled=recipe.unlabeled)
+    try:
+        merger.fit(recipe.train, unlabeled=recipe.unlabeled)
+    finally:
+        merger.close()  # the Dask cluster, if any: quantisation and parity run here
     if args.quantize:
         from .io.images import as_labelled
         from .learn.quantize import quantize_z
@@ -159,6 +163,11 @@ def build_summary(merger, output) -> str:
         kept = report["pseudo_labels"]
         lines.append(f"pseudo-labels: {kept['kept']} of {kept['of']} pool images (routed probability >= "
                      f"{kept['threshold']})")
+    if merger.engine == "dask":
+        where = merger.address or "a LocalCluster on 127.0.0.1"
+        lines.append(f"engine: dask ({where}); the sources ran there on {report['train_images']} labelled and "
+                     f"{report['pool_images']} pool images, their features and teachers' outputs were gathered here "
+                     "for the head (the parity check's images ran here)")
     if report["mode"] == "fit":
         lines.append(f"head: logistic regression (C={report['C']:g}) on {report['head_inputs']} inputs, "
                      f"{report['train_images']} labelled images, train accuracy {report['train_accuracy']:.3f}")
@@ -173,14 +182,69 @@ def build_summary(merger, output) -> str:
     return "\n".join(lines)
 
 
-def _predict(args) -> int:
-    from .io.images import expand_image_paths, read_images
-    from .predict import ZModel
+def _engine_options(args, merger) -> None:
+    """--engine/--address/--workers over what the recipe's [engine] table said."""
+    if args.address or args.workers:
+        merger.engine = "dask" if args.engine is None else args.engine
+    if args.engine:
+        merger.engine = args.engine
+    merger.address = args.address or merger.address
+    merger.workers = args.workers or merger.workers
 
-    z = ZModel(args.model, quiet=args.quiet)
-    files = expand_image_paths(args.images)  # folders (recursively) and glob patterns too
-    labels, probs = z.predict(read_images(files, z.input))
-    rows = [{"file": str(f), "label": str(label), "probability": float(p.max())} for f, label, p in zip(files, labels, probs)]
+
+def _tasks(args):
+    from .runtime.tasks import open_tasks
+
+    return open_tasks(args.engine, args.address, args.workers, args.quiet)
+
+
+def _unreadable(errors: list[str], total: int) -> None:
+    """Per-file read errors of a chunked run: one warning line per file, then how many have no row."""
+    for error in errors:
+        warn(f"{printable(error.rstrip('.'))}; skipped.")
+    if errors:
+        print(f"onnxmerge: warning: {len(errors)} of {total} images could not be read and have no prediction.",
+              file=sys.stderr)
+
+
+def _predict(args) -> int:
+    from .io.images import list_images, read_images
+    from .predict import ZModel, predict_files, write_predictions
+
+    z = ZModel(args.model, quiet=args.quiet, chunk=args.chunk)
+    files = list_images(args.images)
+    if args.out or args.engine == "dask" or args.address:
+        # chunked: in this process (--out only) or on a cluster; unreadable files are reported and skipped
+        tasks = _tasks(args)
+        try:
+            if args.out:
+                written = write_predictions(z, files, tasks, args.out, args.probabilities)
+                _unreadable(written.errors, len(files))
+                say(f"wrote {written.rows} predictions of {len(files)} images to {written.path} "
+                      f"({written.parts} parquet parts)")
+                return 0
+            errors, rows = [], []
+            for chunk in predict_files(z, files, tasks):
+                errors += chunk.errors
+                for file, label, probability in chunk.rows:
+                    if args.json:
+                        rows.append({"file": file, "label": label, "probability": probability})
+                    else:
+                        say(f"{printable(file)}\t{printable(label)}\t{probability:.4f}")
+        finally:
+            tasks.close()
+        if args.json:
+            say(json.dumps(rows, indent=2))
+        _unreadable(errors, len(files))
+        if len(errors) == len(files):
+            raise OnnxMergeError(f"none of the {len(files)} images could be read; check the files.")
+        return 0
+    if args.probabilities:
+        raise OnnxMergeError("--probabilities is a column of --out's Parquet file; add --out PREDICTIONS.parquet.")
+    images = read_images(files, z.input)
+    labels, probs = z.predict(images)
+    rows = [{"file": str(f), "label": str(label), "probability": float(p.max())}
+            for f, label, p in zip(files, labels, probs)]
     if args.json:  # json escapes control characters itself; undecodable file-name bytes as \udcXX
         say(json.dumps(rows, indent=2))
     else:  # a TAB, newline or escape sequence in a name or label is escaped: always three fields per line
@@ -197,10 +261,13 @@ def _evaluate(args) -> int:
 
     if args.report:  # before any work: the folder can be made, and its files replace nothing the run reads
         check_output_folder(args.report, REPORT_FILES, model_files(args.model) + input_files(args.data), "--report")
-    z = ZModel(args.model, quiet=args.quiet)
-    data = load_labelled(Path(args.data).expanduser(), z.input, "labelled data", "Z's input")
-    labels, _ = z.predict(data.x)
-    result = evaluate_predictions(data.y, labels, z.labels)
+    z = ZModel(args.model, quiet=args.quiet, chunk=args.chunk)
+    if args.engine == "dask" or args.address:
+        result = _evaluate_chunked(args, z)
+    else:
+        data = load_labelled(Path(args.data).expanduser(), z.input, "labelled data", "Z's input")
+        labels, _ = z.predict(data.x)
+        result = evaluate_predictions(data.y, labels, z.labels)
     written = write_report(result, args.report, f"{Path(args.model).name} on {Path(args.data).name}") if args.report else []
     if args.json:
         say(json.dumps(result, indent=2))
@@ -216,11 +283,48 @@ def _evaluate(args) -> int:
     return 0
 
 
+def _evaluate_chunked(args, z) -> dict:
+    """Evaluate on a cluster: chunks of a labelled folder (read by the workers) or of an .npz's images;
+    only confusion counts come back."""
+    from .evaluate import evaluation_from_confusion, evaluation_labels
+    from .io.images import list_labelled, load_labelled
+    from .predict import evaluate_files
+
+    if Path(args.data).is_file():
+        data = load_labelled(args.data, z.input)
+        items, truths = data.x, [str(v) for v in data.y]
+    else:
+        items, truths = list_labelled(args.data)
+    labels = evaluation_labels(truths, z.labels)
+    tasks = _tasks(args)
+    try:
+        matrix, errors = evaluate_files(z, items, truths, tasks, labels)
+    finally:
+        tasks.close()
+    _unreadable(errors, len(truths))
+    if not matrix.sum():
+        raise OnnxMergeError(f"none of the {len(truths)} images of {args.data} could be read; check the files.")
+    return evaluation_from_confusion(matrix, labels, z.labels)
+
+
 def _demo(args) -> int:
     from .demo import run_demo
 
     run_demo(Path(args.out), quiet=args.quiet)
     return 0
+
+
+def engine_options(sub: argparse.ArgumentParser, chunk: bool = False) -> None:
+    """--engine, --address, --workers (and --chunk): where the sources or Z run."""
+    if chunk:
+        sub.add_argument("--chunk", type=int, default=1024, metavar="N", help="images per task (default 1024, fewer "
+                         "for large images: 16 MB of pixels at most); smaller chunks spread a run over more workers")
+    sub.add_argument("--engine", choices=["local", "dask"], help="local: this process (default); dask: a Dask "
+                     "cluster (the extra onnxmerge[dask]); a recipe's [engine] table may also name it")
+    sub.add_argument("--address", metavar="ADDR", help="the Dask scheduler (tcp://HOST:8786); implies --engine dask; "
+                     "without it a LocalCluster on 127.0.0.1 starts, one worker per core")
+    sub.add_argument("--workers", type=int, metavar="N", help="worker processes of that LocalCluster (default: one "
+                     "per core)")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -250,15 +354,22 @@ def parser() -> argparse.ArgumentParser:
                      "per-class recall, source checks, per-label pool counts, warnings) instead of the text summary")
     sub.add_argument("--quantize", action="store_true", help="int8 static QDQ quantisation calibrated on the training "
                      "images; reports accuracy before/after and keeps the float Z where int8 is not faster")
+    engine_options(sub)
     sub = command("predict", _predict, "classify image files with Z")
     sub.add_argument("model")
-    sub.add_argument("images", nargs="+", help="image files, folders (searched recursively) or glob patterns")
+    sub.add_argument("images", nargs="+", metavar="SOURCE",
+                     help="image files, folders (recursive), globs or fsspec URLs of them")
     sub.add_argument("--json", action="store_true")
+    sub.add_argument("--out", metavar="PREDICTIONS.parquet", help="write a Parquet dataset (one part file per "
+                     "chunk: file, label, probability) instead of printing; needs the extra onnxmerge[dask]")
+    sub.add_argument("--probabilities", action="store_true", help="with --out: also every class's probability")
+    engine_options(sub, chunk=True)
     sub = command("evaluate", _evaluate, "accuracy, per-class recall and confusion matrix of Z on a labelled folder")
     sub.add_argument("model")
     sub.add_argument("data", help="labelled folder (one sub-folder per class) or .npz with x and y")
     sub.add_argument("--json", action="store_true")
     sub.add_argument("--report", metavar="OUTDIR", help="also write confusion.png and report.html here")
+    engine_options(sub, chunk=True)
     sub = command("demo", _demo, "the whole story on the Fashion-MNIST example shipped in the repository")
     sub.add_argument("--out", default="demo-output", help="folder for Z files and reports (default: demo-output)")
     return main

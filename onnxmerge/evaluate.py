@@ -24,21 +24,31 @@ def evaluate_predictions(true: np.ndarray, predicted: np.ndarray, known: list[st
     """
     true = np.asarray([str(t) for t in true])
     predicted = np.asarray([str(p) for p in predicted])
-    unknown = sorted(set(true) - set(known))
-    labels = list(known) + unknown
-    matrix = confusion_matrix(true, predicted, labels=labels)
+    labels = evaluation_labels(true, known)
+    return evaluation_from_confusion(confusion_matrix(true, predicted, labels=labels), labels, known)
+
+
+def evaluation_labels(true, known: list[str]) -> list[str]:
+    """Z's classes followed by the true labels Z does not know (sorted): the confusion matrix's order."""
+    return list(known) + sorted(set(map(str, true)) - set(known))
+
+
+def evaluation_from_confusion(matrix: np.ndarray, labels: list[str], known: list[str]) -> dict:
+    """The evaluation JSON from a confusion matrix over ``labels`` (as ``evaluation_labels`` orders them)."""
+    unknown = labels[len(known):]
+    total = int(matrix.sum())
     per_class = {}
     for i, label in enumerate(labels):
         support = int(matrix[i].sum())
         if support:
             per_class[label] = {"recall": float(matrix[i, i] / support), "support": support}
     return {
-        "accuracy": float(np.mean(true == predicted)) if len(true) else 0.0,
+        "accuracy": float(np.trace(matrix) / total) if total else 0.0,
         "per_class": per_class,
         "confusion": matrix.tolist(),
         "labels": labels,
         "unknown_labels": unknown,
-        "images": int(len(true)),
+        "images": total,
     }
 
 

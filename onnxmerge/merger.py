@@ -23,6 +23,7 @@ from .io.images import as_images, as_labelled, as_pool
 from .io.models import check_output_path, save_model
 from .learn.head import LABEL, PROBABILITIES
 from .runtime.session import EXTRACT_VALUES_PER_CALL, run_batched
+from .runtime.tasks import open_tasks
 
 MODES = pipeline.MODES
 # The head's C is chosen from the number of labels per class ("auto", learn.head.select_C). The router's
@@ -52,6 +53,11 @@ class Merger(ClassifierMixin, BaseEstimator):
     quiet : no progress bars.
     router_C : the teachers-mode router's inverse regularisation.
     cache_dir : a folder for the feature cache (None: no cache).
+    engine : "local" (this process) or "dask" (a Dask cluster; the extra ``onnxmerge[dask]``): where the
+        sources run over the labelled set and the pool. Their features and teachers' outputs are gathered
+        here for the head's fit; the parity check's 64 images run here.
+    address : a Dask scheduler's address (``tcp://HOST:8786``); None with engine "dask": a LocalCluster on
+        loopback, ``workers`` single-threaded worker processes (default one per core). ``close()`` ends it.
 
     Example
     -------
@@ -61,7 +67,8 @@ class Merger(ClassifierMixin, BaseEstimator):
 
     def __init__(self, input: ImageInput, sources: list[Source], mode: str = "fit", C: float | str = DEFAULT_C,
                  class_weight: str | None = "balanced", batch_size: int = 128, quiet: bool = False,
-                 router_C: float = ROUTER_C, cache_dir: str | os.PathLike | None = None):
+                 router_C: float = ROUTER_C, cache_dir: str | os.PathLike | None = None, engine: str = "local",
+                 address: str | None = None, workers: int | None = None):
         self.input = input
         self.sources = sources
         self.mode = mode
@@ -71,6 +78,9 @@ class Merger(ClassifierMixin, BaseEstimator):
         self.quiet = quiet
         self.router_C = router_C
         self.cache_dir = cache_dir
+        self.engine = engine
+        self.address = address
+        self.workers = workers
 
     def _config(self) -> BuildConfig:
         return BuildConfig(self.input, list(self.sources), self.mode, self.C, self.router_C, self.class_weight,
@@ -83,7 +93,9 @@ class Merger(ClassifierMixin, BaseEstimator):
         long as this Merger (or until the next build).
         """
         self._z = self._session = None
-        self._build: Build = pipeline.prepare(self._config())
+        if getattr(self, "_tasks", None) is None:
+            self._tasks = open_tasks(self.engine, self.address, self.workers, self.quiet)
+        self._build: Build = pipeline.prepare(self._config(), self._tasks)
         build = self._build
         self.weights_, self.sources_, self.stitched_ = build.weights, build.sources, build.graph.model
         self.notes_, self.share_, self.groups_ = build.graph.notes, build.graph.share, build.graph.groups
@@ -157,3 +169,11 @@ class Merger(ClassifierMixin, BaseEstimator):
             raise OnnxMergeError("this Merger is not fitted yet; call fit() before save().")
         output = check_output_path(path, [Path(s.model) for s in self.sources])
         return save_model(self._z, output, weights=self.weights_)
+
+    def close(self) -> None:
+        """End the Dask cluster this Merger started or connected to (engine "dask"); Z stays usable."""
+        tasks, self._tasks = getattr(self, "_tasks", None), None
+        if getattr(self, "_build", None) is not None:
+            self.engine_.close()
+        if tasks is not None:
+            tasks.close()

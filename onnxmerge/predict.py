@@ -1,36 +1,60 @@
-"""Load a built Z and run it: the model's own input spec and labels come from the file."""
+"""Load a built Z and run it: the model's own input spec and labels come from the file.
+
+Besides ``ZModel.predict`` on an array, Z runs over lists of image files in chunks (``predict_files``,
+``write_predictions``, ``evaluate_files``) on any ``runtime.tasks.Tasks``: this process, or a Dask cluster.
+A chunk is one task: its worker reads the files (a file it cannot read is reported, not fatal), runs Z in its
+own cached session, and either returns the rows or writes them as one Parquet part file, so no process ever
+holds every row.
+"""
 
 from __future__ import annotations
 
 import json
+import os
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from .io.images import as_images
 from .errors import OnnxMergeError
-from .runtime.session import make_session, run_batched
-from .learn.head import LABEL, PROBABILITIES
-from .io.models import load_model
 from .graph.preprocess import ImageInput
 from .safety import printable
+from .io.images import is_url, read_image_at
+from .io.models import load_model
+from .learn.head import LABEL, PROBABILITIES
+from .runtime.session import make_session, run_batched
+from .runtime.tasks import CHUNK_IMAGES, Tasks, cached_session, chunk_rows
+
+PART = "part-{:05d}.parquet"
 
 
 class ZModel:
     """A Z file opened for inference: ``input`` (what images it takes), ``labels``, ``predict``."""
 
-    def __init__(self, path: str | Path, batch_size: int = 128, quiet: bool = False):
+    def __init__(self, path: str | Path, batch_size: int = 128, quiet: bool = False, chunk: int = CHUNK_IMAGES):
         self.path = Path(path)
-        model = load_model(self.path)
-        props = {p.key: p.value for p in model.metadata_props}
-        outputs = {o.name for o in model.graph.output}
+        self.model = load_model(self.path)
+        props = {p.key: p.value for p in self.model.metadata_props}
+        outputs = {o.name for o in self.model.graph.output}
         if "onnxmerge.labels" not in props or not {LABEL, PROBABILITIES} <= outputs:
             raise OnnxMergeError(f"{self.path} was not built by onnxmerge (no onnxmerge.labels metadata or no "
                                  "label/probabilities outputs); build one with `onnxmerge build`.")
         self.labels = _labels(self.path, props["onnxmerge.labels"])
-        self.input = _image_input(self.path, model)
-        self.session = make_session(model)
-        self.batch_size, self.quiet = batch_size, quiet
+        self.input = _image_input(self.path, self.model)
+        if chunk < 1:
+            raise OnnxMergeError(f"--chunk must be at least 1 image, got {chunk}.")
+        self.batch_size, self.quiet, self.chunk = batch_size, quiet, chunk
+        self._session = None
+
+    @property
+    def session(self):
+        """This process's session of Z (opened on first use: a cluster run never needs it here)."""
+        if self._session is None:
+            self._session = make_session(self.model)
+        return self._session
 
     def predict(self, images) -> tuple[np.ndarray, np.ndarray]:
         """Labels ``[N]`` and probabilities ``[N, K]`` for uint8 images ``[N, H, W, C]`` (or files, a folder,
@@ -38,6 +62,189 @@ class ZModel:
         out = run_batched(self.session, as_images(images, self.input, "the input"), [LABEL, PROBABILITIES], self.batch_size, self.quiet, desc="predict")
         return out[LABEL], out[PROBABILITIES]
 
+    def chunks(self, items: Sequence) -> list[Sequence]:
+        """``items`` (files or images) in task-sized chunks, each a whole number of onnxruntime calls."""
+        rows = chunk_rows(int(np.prod(self.input.shape)), self.batch_size, self.chunk)
+        return [items[start:start + rows] for start in range(0, len(items), rows)]
+
+
+@dataclass
+class Chunk:
+    """One task's result: its rows (when not written to a part file), rows written, unreadable files."""
+
+    rows: list[tuple[str, str, float]] = field(default_factory=list)
+    written: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+def _run_chunk(files: Sequence[str], digest: str, input: ImageInput, threads: int, batch: int
+               ) -> tuple[list[str], dict[str, np.ndarray] | None, list[str], list[int]]:
+    """Read ``files`` (collecting the ones that fail) and run Z on the rest: files, outputs, errors, kept rows."""
+    images, good, errors, kept = [], [], [], []
+    for i, file in enumerate(files):
+        try:
+            images.append(read_image_at(file, input))
+        except OnnxMergeError as exc:
+            errors.append(str(exc))
+            continue
+        good.append(file)
+        kept.append(i)
+    if not good:
+        return good, None, errors, kept
+    out = run_batched(cached_session(digest, threads), np.stack(images), [LABEL, PROBABILITIES], batch, quiet=True)
+    return good, out, errors, kept
+
+
+def predict_chunk(files: Sequence[str], digest: str, input: ImageInput, threads: int, batch: int,
+                  part: str | None = None, probabilities: bool = False) -> Chunk:
+    """A task: Z on ``files``; the rows returned, or written to the Parquet file ``part`` (a path or URL)."""
+    good, out, errors, _ = _run_chunk(files, digest, input, threads, batch)
+    if out is None:
+        return Chunk(errors=errors)
+    labels, probs = out[LABEL].astype(str), out[PROBABILITIES]
+    if part is None:
+        return Chunk(list(zip(good, labels.tolist(), probs.max(axis=1).tolist())), 0, errors)
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    columns = {"file": pa.array(good, pa.string()), "label": pa.array(labels, pa.string()),
+               "probability": pa.array(probs.max(axis=1), pa.float32())}
+    if probabilities:
+        columns["probabilities"] = pa.FixedSizeListArray.from_arrays(pa.array(probs.reshape(-1), pa.float32()),
+                                                                     probs.shape[1])
+    table = pa.table(columns)
+    if is_url(part):
+        import fsspec
+
+        with fsspec.open(part, "wb") as handle:
+            pq.write_table(table, handle)
+    else:  # a rerun of this task (its worker was lost) replaces the part whole
+        folder, name = os.path.split(part)
+        tmp = os.path.join(folder, f".{name}.{uuid.uuid4().hex[:8]}.tmp")  # hidden: Parquet readers skip it
+        pq.write_table(table, tmp)
+        os.replace(tmp, part)
+    return Chunk([], len(good), errors)
+
+
+def predict_files(z: ZModel, files: list[str], tasks: Tasks) -> Iterator[Chunk]:
+    """Z on image files, chunk by chunk on ``tasks``; each chunk's rows, in the files' order."""
+    digest = tasks.ship(z.model.SerializeToString())
+    chunks = z.chunks(files)
+    try:
+        yield from tasks.map(predict_chunk, chunks, [len(c) for c in chunks], "predict", z.quiet, digest=digest,
+                             input=z.input, threads=tasks.threads, batch=z.batch_size)
+    finally:
+        tasks.forget(digest)
+
+
+@dataclass
+class Written:
+    """What ``write_predictions`` wrote: the dataset folder, its part files, rows, unreadable files."""
+
+    path: str
+    parts: int
+    rows: int
+    errors: list[str]
+
+
+def write_predictions(z: ZModel, files: list[str], tasks: Tasks, out: str, probabilities: bool = False
+                      ) -> Written:
+    """Z on image files, written as a Parquet dataset ``out`` (a folder of ``part-NNNNN.parquet``, one per
+    chunk, in the files' order): ``file``, ``label``, ``probability`` and, with ``probabilities``, every
+    class's probability (in ``z.labels`` order). The workers write the parts, so ``out`` must be a path or URL
+    every worker reaches. Nothing appears at ``out`` unless the whole run succeeds.
+    """
+    try:
+        import fsspec
+        import pyarrow  # noqa: F401 - the workers write the parts with it
+    except ImportError as exc:
+        raise OnnxMergeError(f"--out needs the optional extra ({exc.name} is not installed); install it with "
+                             "pip install 'onnxmerge[dask]'.") from None
+    fs, target = fsspec.core.url_to_fs(out)
+    _check_replaceable(fs, target, out)
+    partial = f"{target}.partial-{uuid.uuid4().hex[:8]}"
+    fs.makedirs(partial, exist_ok=True)
+    try:
+        digest = tasks.ship(z.model.SerializeToString())
+        chunks = z.chunks(files)
+        parts = [fs.unstrip_protocol(f"{partial}/{PART.format(i)}") if is_url(out) else f"{partial}/{PART.format(i)}"
+                 for i in range(len(chunks))]
+        rows, errors = 0, []
+        try:
+            for chunk in tasks.map(_predict_part, list(zip(chunks, parts)), [len(c) for c in chunks], "predict",
+                                   z.quiet, digest=digest, input=z.input, threads=tasks.threads, batch=z.batch_size,
+                                   probabilities=probabilities):
+                rows += chunk.written
+                errors += chunk.errors
+        finally:
+            tasks.forget(digest)
+        if rows == 0:
+            raise OnnxMergeError(f"none of the {len(files)} images could be read (first: {errors[0]}); nothing "
+                                 "was written.")
+        written = set(fs.ls(partial, detail=False))
+        for path in written:  # a lost worker's half-written temporary file
+            if not Path(path).name.startswith("part-"):
+                fs.rm(path)
+        names = {Path(w).name for w in written}
+        present = sum(Path(p).name in names for p in parts)  # a chunk whose every file was unreadable has none
+        if fs.exists(target):
+            fs.rm(target, recursive=True)
+        fs.mv(partial, target, recursive=True)
+    except BaseException:
+        fs.rm(partial, recursive=True)
+        raise
+    return Written(out, present, rows, errors)
+
+
+def _predict_part(item: tuple[Sequence[str], str], **kwargs) -> Chunk:
+    files, part = item
+    return predict_chunk(files, part=part, **kwargs)
+
+
+def _check_replaceable(fs, target: str, out: str) -> None:
+    """``out`` may be replaced only if it is a dataset this command wrote (part files and nothing else)."""
+    if not fs.exists(target):
+        return
+    names = [Path(p).name for p in fs.ls(target, detail=False)] if fs.isdir(target) else None
+    if names is None or not all(n.startswith("part-") and n.endswith(".parquet") for n in names):
+        raise OnnxMergeError(f"{out} exists and is not a predictions dataset onnxmerge wrote; choose another --out "
+                             "or remove it.")
+
+
+def evaluate_chunk(item: tuple[Sequence, Sequence[str]], digest: str, input: ImageInput, threads: int, batch: int,
+                   labels: list[str]) -> tuple[np.ndarray, list[str]]:
+    """A task: the confusion counts (rows true, columns predicted, over ``labels``) of Z on a chunk of
+    ``(files or images, true labels)``, and the files it could not read."""
+    from sklearn.metrics import confusion_matrix
+
+    items, truths = item
+    if isinstance(items, np.ndarray):
+        out = run_batched(cached_session(digest, threads), items, [LABEL], batch, quiet=True)
+        kept, errors = list(range(len(items))), []
+    else:
+        _, out, errors, kept = _run_chunk(items, digest, input, threads, batch)
+    if out is None:
+        return np.zeros((len(labels), len(labels)), np.int64), errors
+    true = np.asarray([str(truths[i]) for i in kept])
+    return confusion_matrix(true, out[LABEL].astype(str), labels=labels).astype(np.int64), errors
+
+
+def evaluate_files(z: ZModel, items: Sequence, truths: Sequence[str], tasks: Tasks, labels: list[str]
+                   ) -> tuple[np.ndarray, list[str]]:
+    """The confusion matrix of Z over ``items`` (files or a uint8 array) with true ``truths``, summed chunk by
+    chunk on ``tasks``: nothing per image comes back but the files that could not be read."""
+    digest = tasks.ship(z.model.SerializeToString())
+    chunks = list(zip(z.chunks(items), z.chunks(list(truths))))
+    total, errors = np.zeros((len(labels), len(labels)), np.int64), []
+    try:
+        for matrix, failed in tasks.map(evaluate_chunk, chunks, [len(c[1]) for c in chunks], "evaluate", z.quiet,
+                                        digest=digest, input=z.input, threads=tasks.threads, batch=z.batch_size,
+                                        labels=labels):
+            total += matrix
+            errors += failed
+    finally:
+        tasks.forget(digest)
+    return total, errors
 
 def _labels(path: Path, text: str) -> list[str]:
     """Z's class names from its ``onnxmerge.labels`` metadata: a JSON list of strings, or a one-line refusal."""

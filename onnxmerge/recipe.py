@@ -18,6 +18,7 @@ else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
 from .merger import DEFAULT_C, MODES, Merger, Source
+from .runtime.tasks import ENGINES
 from .errors import OnnxMergeError
 from .safety import check_labels, printable, read_regular
 from .graph.preprocess import ImageInput, Preprocess
@@ -25,7 +26,8 @@ from .graph.preprocess import ImageInput, Preprocess
 #: A recipe is a few hundred bytes; a larger file is not one (and is not read into memory).
 MAX_RECIPE_BYTES = 1 << 20
 # key -> (type(s), required)
-_TOP = {"input": (dict, True), "sources": (list, True), "head": (dict, False)}
+_TOP = {"input": (dict, True), "sources": (list, True), "head": (dict, False), "engine": (dict, False)}
+_ENGINE = {"name": (str, True), "address": (str, False), "workers": (int, False)}
 _INPUT = {"height": (int, True), "width": (int, True), "channels": (int, True)}
 _SOURCE = {"name": (str, True), "model": (str, True), "feature": (str, False), "head_output": (str, False),
            "labels": (list, False), "teacher": (bool, False), "preprocess": (dict, True)}
@@ -134,7 +136,16 @@ def parse_recipe(data: dict, base: Path, path: Path, quiet: bool = False) -> Rec
     if mode == "fit" and "train" not in head and "unlabeled" not in head:
         raise OnnxMergeError("mode = \"fit\" needs head.train (a labelled folder or .npz) or head.unlabeled "
                              "(a pool the teachers pseudo-label), or use mode = \"teachers\".")
-    merger = Merger(ImageInput(height, width, channels), sources, mode=mode, C=_C(head.get("C", DEFAULT_C)), quiet=quiet)
+    engine = _check_table(data.get("engine", {"name": "local"}), _ENGINE, "engine")
+    if engine["name"] not in ENGINES:
+        close = difflib.get_close_matches(engine["name"], ENGINES, n=1)
+        raise OnnxMergeError(f"engine.name {engine['name']!r} is unknown" + (
+            f"; did you mean {close[0]!r}?" if close else f"; use one of {list(ENGINES)}."))
+    if engine["name"] == "local" and ("address" in engine or "workers" in engine):
+        raise OnnxMergeError("engine.address and engine.workers need engine.name = \"dask\"; set it or drop them.")
+    _positive(engine, "workers", "engine")
+    merger = Merger(ImageInput(height, width, channels), sources, mode=mode, C=_C(head.get("C", DEFAULT_C)), quiet=quiet,
+                    engine=engine["name"], address=engine.get("address"), workers=engine.get("workers"))
     train = None
     if "train" in head:
         paths = head["train"] if isinstance(head["train"], list) else [head["train"]]

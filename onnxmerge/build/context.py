@@ -12,7 +12,7 @@ from ..graph.preprocess import ImageInput
 from ..graph.stitch import FEATURES, output_names
 from ..learn.head import HeadInput
 from ..learn.routing import Teachers
-from ..runtime.engine import LocalEngine
+from ..runtime.engine import Engine
 from ..runtime.weights import WeightFolder
 from .features import Features
 from .sources import ResolvedSource, Source
@@ -43,7 +43,7 @@ class Build:
     weights: WeightFolder
     sources: list[ResolvedSource]
     graph: StitchedGraph
-    engine: LocalEngine
+    engine: Engine                # LocalEngine, or DaskEngine (runtime.dask_engine)
     teachers: list[tuple[str, str]] = field(default_factory=list)  # (name, head kind) of the teaching sources
     widths: dict[str, int] = field(default_factory=dict)          # width of every feature and head output
     features: Features | None = None

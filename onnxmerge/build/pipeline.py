@@ -17,6 +17,7 @@ import onnx
 
 from ..errors import OnnxMergeError
 from ..io.images import Dataset
+from ..runtime.tasks import Tasks
 from ..runtime.weights import WeightFolder
 from ..safety import check_labels
 from ..version import __version__
@@ -26,7 +27,7 @@ from .fit import fit_labelled
 from .parity import ParityCheck, check_parity
 from .route import fit_teachers
 from .sources import check_config, resolve_sources
-from .stitching import local_engine, stitch_sources
+from .stitching import make_engine, stitch_sources
 from .teachers import find_teachers
 
 MODES = ("fit", "teachers")
@@ -37,16 +38,17 @@ def check(config: BuildConfig) -> None:
     check_config(config.input, config.sources, config.mode, MODES)
 
 
-def prepare(config: BuildConfig) -> Build:
+def prepare(config: BuildConfig, tasks: Tasks | None = None) -> Build:
     """Stages 1-2: the sources resolved and cut, the stitched graph (no head yet) and its engine.
 
-    The sources' weights go to a temporary folder (``Build.weights``) that the graphs refer to.
+    The sources' weights go to a temporary folder (``Build.weights``) that the graphs refer to. ``tasks``
+    is where extraction runs (``runtime.tasks.open_tasks``: this process, or a Dask cluster).
     """
     check(config)
     weights = WeightFolder()
     sources = resolve_sources(config.sources, config.input, weights)
     graph = stitch_sources(sources, config.input)
-    engine = local_engine(graph, sources, weights, config.batch_size, config.quiet)
+    engine = make_engine(graph, sources, weights, config.batch_size, config.quiet, tasks)
     return Build(config, weights, sources, graph, engine)
 
 

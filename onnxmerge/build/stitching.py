@@ -10,8 +10,9 @@ import onnx
 from ..graph.preprocess import ImageInput
 from ..graph.share import ShareStats, extraction_groups, share_common
 from ..graph.stitch import FEATURES, StitchSource, output_names, stitch
-from ..runtime.engine import LocalEngine
+from ..runtime.engine import Engine, LocalEngine
 from ..runtime.session import LARGE_MODEL_BYTES
+from ..runtime.tasks import LocalTasks, Tasks
 from ..runtime.weights import WeightFolder, external_bytes
 from .sources import ResolvedSource
 
@@ -45,3 +46,14 @@ def local_engine(graph: StitchedGraph, sources: list[ResolvedSource], weights: W
     values = {s.name: s.preprocess.height * s.preprocess.width * s.preprocess.channels for s in sources}
     joined = {FEATURES: [output_names(s.name)["feature"] for s in sources]}
     return LocalEngine(graph.model, weights, graph.groups, values, joined, batch_size, graph.large, quiet)
+
+
+def make_engine(graph: StitchedGraph, sources: list[ResolvedSource], weights: WeightFolder, batch_size: int,
+                quiet: bool, tasks: Tasks | None = None) -> Engine:
+    """The local engine, or where ``tasks`` is a cluster (``runtime.dask_engine``), the Dask engine over it."""
+    local = local_engine(graph, sources, weights, batch_size, quiet)
+    if tasks is None or isinstance(tasks, LocalTasks):
+        return local
+    from ..runtime.dask_engine import DaskEngine
+
+    return DaskEngine(local, tasks)

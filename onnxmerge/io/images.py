@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import glob
+import contextlib
+import io
 import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -30,17 +33,19 @@ class Dataset:
     files: list[str]
 
 
-def read_image(path: str | os.PathLike, image: ImageInput) -> np.ndarray:
+def read_image(path: str | os.PathLike, image: ImageInput, data: BinaryIO | None = None) -> np.ndarray:
     """One image file as uint8 ``[H, W, C]``, as a viewer shows it: EXIF orientation applied, converted to
     the input's channels, resized bilinearly.
 
     Only a regular file is opened (checked on the descriptor: a FIFO named ``x.png`` is refused, not waited
     on). A file of several frames (an animated GIF, PNG or WebP, a multi-page TIFF) is refused: which frame
-    is "the image" is the user's choice, not onnxmerge's.
+    is "the image" is the user's choice, not onnxmerge's. ``data``: the file's bytes already opened (an
+    fsspec URL's); ``path`` then only names it in errors.
     """
-    path = Path(path)
+    path = Path(path) if data is None else path
     try:
-        with warnings.catch_warnings(), open_regular(path, "image") as handle:
+        opened = open_regular(path, "image") if data is None else contextlib.nullcontext(data)
+        with warnings.catch_warnings(), opened as handle:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(handle) as img:
                 frames = getattr(img, "n_frames", 1) if getattr(img, "is_animated", False) else 1
@@ -280,3 +285,87 @@ def as_pool(unlabeled, image: ImageInput) -> Dataset:
         return load_unlabeled(unlabeled, image)
     x = _some(as_images(unlabeled, image, "unlabeled"), "unlabeled")
     return Dataset(x, None, [f"unlabeled[{i}]" for i in range(len(x))])
+
+
+def is_url(location: str) -> bool:
+    """Whether ``location`` is an fsspec URL (``s3://...``, ``file://...``) rather than a local path."""
+    return "://" in str(location)
+
+
+def read_image_at(location: str, image: ImageInput) -> np.ndarray:
+    """:func:`read_image` on a local path or an fsspec URL (fsspec comes with the extra ``onnxmerge[dask]``)."""
+    if not is_url(location):
+        return read_image(location, image)
+    import fsspec
+
+    try:
+        with fsspec.open(location, "rb") as handle:
+            data = io.BytesIO(handle.read())
+    except FileNotFoundError:
+        raise OnnxMergeError(f"image {location} does not exist; check the path.") from None
+    except OSError as exc:
+        raise OnnxMergeError(f"image {location} cannot be read ({exc}); check the URL and its credentials.") from exc
+    return read_image(location, image, data)
+
+
+def list_images(sources: list[str]) -> list[str]:
+    """Image files named by ``sources``: files, folders (searched recursively), globs, or fsspec URLs of any
+    of these. Folders and globs are listed in sorted order, so rows come out in a stable order."""
+    files: list[str] = []
+    for source in map(str, sources):
+        if is_url(source):
+            files += _list_url(source)
+        elif glob.has_magic(source):
+            found = sorted(p for p in glob.glob(source, recursive=True) if os.path.isfile(p)
+                           and os.path.splitext(p)[1].lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise OnnxMergeError(f"no image file matches {source}; check the pattern.")
+            files += found
+        elif os.path.isdir(source):
+            found = _image_files(Path(source))
+            if not found:
+                raise OnnxMergeError(f"{source} holds no images; add images or point to another folder.")
+            files += [str(f) for f in found]
+        else:
+            files.append(source)  # a file: read_image says if it is missing or unreadable
+    return files
+
+
+def _list_url(source: str) -> list[str]:
+    try:
+        import fsspec
+    except ImportError:
+        raise OnnxMergeError(f"reading {source} needs fsspec; install the extra: pip install 'onnxmerge[dask]'.") from None
+    try:
+        fs, path = fsspec.core.url_to_fs(source)
+        if glob.has_magic(path):
+            found = fs.glob(path)
+        elif fs.isdir(path):
+            found = fs.find(path)
+        else:
+            return [source]
+    except (OSError, ValueError, ImportError) as exc:
+        raise OnnxMergeError(f"cannot list {source} ({exc}); check the URL and its credentials.") from exc
+    found = sorted(p for p in found if os.path.splitext(p)[1].lower() in IMAGE_SUFFIXES)
+    if not found:
+        raise OnnxMergeError(f"{source} holds no images; add images or point to another location.")
+    return [fs.unstrip_protocol(p) for p in found]
+
+
+def list_labelled(path: str | os.PathLike) -> tuple[list[str], list[str]]:
+    """The files and labels of a labelled folder (one sub-folder per class), without reading the images."""
+    path = Path(path)
+    if not path.is_dir():
+        raise OnnxMergeError(f"labelled folder {path} does not exist; check the path.")
+    classes = sorted(p for p in path.iterdir() if p.is_dir())
+    if not classes:
+        raise OnnxMergeError(f"{path} has no class sub-folders; put each class's images in a folder named after it.")
+    files, labels = [], []
+    for folder in classes:
+        found = _image_files(folder)
+        if not found:
+            raise OnnxMergeError(f"class folder {folder} holds no images; add images or remove the folder.")
+        check_labels([folder.name], f"the class folder {printable(folder)}")
+        files += [str(f) for f in found]
+        labels += [folder.name] * len(found)
+    return files, labels

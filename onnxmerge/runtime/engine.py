@@ -57,11 +57,7 @@ class LocalEngine:
 
     def outputs(self, images: np.ndarray, names: list[str], budget: int = EXTRACT_VALUES_PER_CALL
                 ) -> dict[str, np.ndarray]:
-        available = [o.name for o in self.model.graph.output]
-        unknown = [n for n in names if n not in available]
-        if unknown:
-            raise OnnxMergeError(f"the stitched graph has no output {unknown[0]!r}; it has {available}.")
-        needed = list(dict.fromkeys(part for n in names for part in self.joined.get(n, [n])))
+        needed = self.needed(names)
         result: dict[str, np.ndarray] = {}
         for group in sorted(self.groups, key=lambda g: tuple(g) not in self._sessions):  # a live session first
             mine = [n for n in needed if owner(n) in group]
@@ -70,10 +66,7 @@ class LocalEngine:
                                           self.quiet))
         if self.large:
             release_freed_memory()  # the runs' activations, freed but resident in the C heap
-        for name in names:
-            if name in self.joined:
-                result[name] = np.concatenate([result[n] for n in self.joined[name]], axis=1)
-        return {n: result[n] for n in names}
+        return self.join(result, names)
 
     def batch(self, group: list[str] | None = None, budget: int = EXTRACT_VALUES_PER_CALL) -> int:
         """Images per onnxruntime call: ``batch_size``, fewer where the sources' inputs are large."""
@@ -82,6 +75,29 @@ class LocalEngine:
 
     def part_session(self, outputs: list[str]):
         """A session of the part of the graph that computes ``outputs`` (the light part is kept for reuse)."""
+        return make_session(self.part(outputs), weights=self.weights)
+
+    def group_outputs(self, group: list[str]) -> list[str]:
+        """The stitched graph's outputs that ``group``'s session computes."""
+        return [o.name for o in self.model.graph.output if owner(o.name) in group]
+
+    def needed(self, names: list[str]) -> list[str]:
+        """The graph outputs that ``names`` stand for (a joined output by its parts), checked to exist."""
+        available = [o.name for o in self.model.graph.output]
+        unknown = [n for n in names if n not in available]
+        if unknown:
+            raise OnnxMergeError(f"the stitched graph has no output {unknown[0]!r}; it has {available}.")
+        return list(dict.fromkeys(part for n in names for part in self.joined.get(n, [n])))
+
+    def join(self, result: dict[str, np.ndarray], names: list[str]) -> dict[str, np.ndarray]:
+        """``names`` from the per-output ``result``, joined outputs concatenated."""
+        for name in names:
+            if name in self.joined:
+                result[name] = np.concatenate([result[n] for n in self.joined[name]], axis=1)
+        return {n: result[n] for n in names}
+
+    def part(self, outputs: list[str]) -> onnx.ModelProto:
+        """The light part of the graph that computes ``outputs`` (kept for reuse)."""
         key = tuple(outputs)
         if key not in self._parts:
             # onnxruntime 1.31's Identity elimination loses a tensor that an Identity copies into a graph output
@@ -90,7 +106,7 @@ class LocalEngine:
             outputs = outputs + [n.input[0] for n in self.model.graph.node if n.op_type == "Identity"
                                  and n.output[0] in outputs and n.input[0] not in outputs]
             self._parts[key] = keep_outputs(self.model, outputs)
-        return make_session(self._parts[key], weights=self.weights)
+        return self._parts[key]
 
     def session(self, model: onnx.ModelProto):
         """A session of another model whose weights live in the same folder (Z, once its head is appended)."""
@@ -101,8 +117,7 @@ class LocalEngine:
         if key not in self._sessions:
             if self.large:
                 self.close()
-            outputs = [o.name for o in self.model.graph.output if owner(o.name) in group]
-            self._sessions[key] = self.part_session(outputs)
+            self._sessions[key] = self.part_session(self.group_outputs(group))
         return self._sessions[key]
 
     def close(self) -> None:
