@@ -229,3 +229,54 @@ def test_sparse_initializer_with_indices_out_of_range_is_refused():
                                              r"\[\d+(, 4)?\]\) that do not place its \d+ values inside its shape "
                                              r"\[[\d, ]+\]; re-export the model with dense weights\.$"):
         densify_sparse_initializers(model)
+
+
+# -- third batch (tests/fixtures/generate_graphs_heads.py): heads as exporters write them ----------------------
+
+@pytest.mark.parametrize("name, chain", [
+    ("keras_torch_dynamo.onnx", "Softmax <- ReduceMean <- Add <- Transpose <- Conv"),
+    ("squeezenet_head.onnx", "Softmax <- Reshape <- ReduceMean <- Relu <- Conv"),
+    ("skl2onnx_binary.onnx", "Concat <- Sigmoid <- Add <- MatMul"),
+    ("distilled_heads.onnx", "Softmax <- Div <- Add <- {Gemm <- BatchNormalization, Gemm}"),
+])
+def test_reason_names_the_chain_walked(name, chain):
+    """The feature equals the framework's own classifier input (the manifest, from a hook); the reason says how."""
+    e = ENTRIES[name]
+    head = find_head(load_model(GRAPHS / name), e["head_output"] if len(e["outputs"]) > 1 else "auto")
+    assert head.feature == e["feature"] and e["framework_feature_max_abs_diff"] <= 1e-5
+    assert f"({chain})" in head.reason, head.reason
+
+
+def test_nhwc_map_behind_a_layout_transpose_is_pooled_over_its_own_spatial_axes(digits):
+    """Keras' NHWC map (before the Transpose that feeds the classifier Conv), named by hand: the same pooled
+    feature as the auto one, with parity."""
+    x, y = digits
+    from onnxmerge.cut import spatial_axes
+
+    model = load_model(GRAPHS / "keras_torch_dynamo.onnx")
+    assert spatial_axes(model, "relu_1") == (1, 2) and spatial_axes(model, "permute_6") == (2, 3)
+    auto = Merger(ImageInput(8, 8, 1), [source("keras_torch_dynamo.onnx")], C=1.0, quiet=True).fit(x[:200], y[:200])
+    nhwc = source("keras_torch_dynamo.onnx")
+    nhwc.feature = "relu_1"
+    named = Merger(ImageInput(8, 8, 1), [nhwc], C=1.0, quiet=True).fit(x[:200], y[:200])
+    assert named.sources_[0].cut.pooled == (1, 2) and auto.sources_[0].cut.pooled == (2, 3)
+    assert all(c.ok and c.tolerance == 1e-5 for c in named.parity_), [c.line() for c in named.parity_]
+    a, b = (m.source_outputs(x[:16], ["s/feature"])["s/feature"] for m in (auto, named))
+    assert np.allclose(a, b, atol=1e-5)
+
+
+def test_averaged_heads_that_read_different_tensors_are_one_sentence():
+    """DeiT-distilled style: two heads over two different tokens; the error names the chain."""
+    import onnx
+    from onnx import helper
+
+    model = load_model(GRAPHS / "distilled_heads.onnx")
+    graph = model.graph
+    gemm = next(n for n in graph.node if n.op_type == "Gemm" and n.input[0] == ENTRIES["distilled_heads.onnx"]["feature"])
+    # the second head reads the feature through a (non-affine) Relu: no longer one shared tensor
+    graph.node.insert(list(graph.node).index(gemm), helper.make_node("Relu", [gemm.input[0]], ["other_token"]))
+    gemm.input[0] = "other_token"
+    onnx.checker.check_model(model)
+    with pytest.raises(OnnxMergeError, match=r"heads averaged behind output 'probabilities' \(Softmax <- Div <- Add "
+                                             r"<- \{.*\}\) read different tensors; name the feature"):
+        find_head(model)
