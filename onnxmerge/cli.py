@@ -16,6 +16,8 @@ def _inspect(args) -> int:
     from .modelio import load_model
 
     info = describe(args.model, load_model(args.model))
+    for warning in info["label_warnings"]:  # e.g. a labels metadata value that is not a list or dict
+        print(f"onnxmerge: warning: {warning}", file=sys.stderr)
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
