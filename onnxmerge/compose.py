@@ -17,6 +17,7 @@ from sklearn.pipeline import Pipeline
 
 from . import __version__
 from . import cache as feature_cache
+from .batchloop import run_per_image
 from .cut import CutModel, cut, source_input
 from .data import Dataset, load_labelled, load_unlabeled
 from .errors import OnnxMergeError, first_line
@@ -135,7 +136,7 @@ def resolve_preprocess(name: str, model: onnx.ModelProto, spec: Preprocess, imag
 
 
 def _dynamic_batch(name: str, model: onnx.ModelProto, preprocess: Preprocess, image: ImageInput,
-                   weights: WeightFolder) -> tuple[onnx.ModelProto, str | None]:
+                   weights: WeightFolder, keep: list[str] = ()) -> tuple[onnx.ModelProto, str | None]:
     """Make a fixed batch dimension dynamic where the graph allows it (checked by running a batch of 2)."""
     dim = source_input(model).type.tensor_type.shape.dim
     if not dim or not dim[0].HasField("dim_value"):
@@ -152,9 +153,8 @@ def _dynamic_batch(name: str, model: onnx.ModelProto, preprocess: Preprocess, im
     try:
         session = make_session(relaxed, weights=weights)
         session.run(None, {session.get_inputs()[0].name: probe})
-    except Exception:
-        raise OnnxMergeError(f"source {name!r} has a fixed batch of {fixed} baked into its graph (it fails on a batch "
-                             "of 2), so Z could not take a dynamic batch; re-export it with a dynamic batch axis.") from None
+    except Exception:  # batch 1 baked into the graph: run it image by image inside Z (issue 12)
+        return run_per_image(name, model, fixed, probe, list(keep), weights)
     return relaxed, f"fixed batch {fixed} made dynamic (checked on a batch of 2)"
 
 
@@ -233,7 +233,7 @@ class Merger:
                     raise
         labels = list(spec.labels) if spec.labels is not None else model_labels(model)
         preprocess = resolve_preprocess(spec.name, model, spec.preprocess, self.input)
-        model, note = _dynamic_batch(spec.name, model, preprocess, self.input, self.weights_)
+        model, note = _dynamic_batch(spec.name, model, preprocess, self.input, self.weights_, [feature, head_output])
         resolved = ResolvedSource(spec, model, feature, reason, head_output, labels, preprocess, sha256)
         resolved.batch_note = note
         return resolved
