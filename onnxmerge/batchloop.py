@@ -111,6 +111,21 @@ def per_image(model: onnx.ModelProto, input_name: str, keep: list[str]) -> onnx.
     return wrapped
 
 
+def hoist_loop_weights(model: onnx.ModelProto) -> None:
+    """Move the initializers graphsurgeon put into a per-image Loop's body (``batchloop``) back to the main graph.
+
+    graphsurgeon's export stores a constant where it is used (cut, stitch and keep_outputs all export); the weights of a source run image by image are used only
+    in the Loop body, but the weight folder (and the saved Z's external data) handle main-graph initializers.
+    The body still reads them, from the outer scope.
+    """
+    for node in model.graph.node:
+        if node.op_type == "Loop" and (node.name or "").endswith(f"{PREFIX}/Loop"):
+            body = next(a.g for a in node.attribute if a.name == "body")
+            present = {init.name for init in model.graph.initializer}  # graphsurgeon may keep a copy outside too
+            model.graph.initializer.extend(init for init in body.initializer if init.name not in present)
+            del body.initializer[:]
+
+
 def check_per_image(original_session, wrapped_session, images: np.ndarray, names: list[str]) -> float:
     """The wrapped model on a batch of ``images`` vs the original run on each image alone: the largest
     |difference| relative to ``max(1, max |original|)`` over ``names`` (0.0: identical)."""

@@ -9,6 +9,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
+from .batchloop import hoist_loop_weights
 from .errors import OnnxMergeError
 from .inspect import tensor_shapes
 from .weights import WeightFolder
@@ -208,6 +209,7 @@ def cut(model: onnx.ModelProto, feature: str, head_output: str | None, probe_inp
         if isinstance(tensor, gs.Variable) and tensor not in graph.inputs:
             tensor.shape = None
     cut_model = gs.export_onnx(graph, do_type_check=False)
+    hoist_loop_weights(cut_model)
     cut_model.ir_version = model.ir_version
     del cut_model.graph.value_info[:]
     for prop in model.metadata_props:

@@ -81,7 +81,7 @@ BATCH_1_ONLY = [n for n in ("fixed_batch1.onnx", "dynamo_static_batch1.onnx") if
 
 
 @pytest.mark.parametrize("name", BATCH_1_ONLY)
-def test_batch_1_only_source_runs_image_by_image(name, digits, capfd):
+def test_batch_1_only_source_runs_image_by_image(name, digits, capfd, tmp_path):
     """torch legacy with a constant-batch Reshape, and torch 2.13's default (dynamo, static shapes) export:
     Z keeps its dynamic batch (a Loop over the images), runs at batch 1 and 7, features equal the original
     source run on each image alone; onnxruntime's own log lines (its failed batch-2 probe) stay off stderr."""
@@ -106,6 +106,8 @@ def test_batch_1_only_source_runs_image_by_image(name, digits, capfd):
         assert np.abs(got - alone).max() <= 1e-5 * max(1.0, np.abs(alone).max())
         assert merger.predict_proba(images).shape == (n, len(ENTRIES[name]["labels"]))
     assert np.mean(merger.predict(x[400:]) == y[400:]) > 0.85
+    saved = make_session(str(merger.save(tmp_path / "z.onnx")))  # the weights the Loop reads are in the file
+    assert np.allclose(saved.run(["probabilities"], {"image": x[:7]})[0], merger.predict_proba(x[:7]), atol=1e-6)
     err = capfd.readouterr().err
     assert "onnxruntime" not in err and "\x1b[" not in err, err[:300]
 
