@@ -30,7 +30,7 @@ def test_saturated_and_near_constant_teachers_build(factor, tmp_path, digits):
     with max |diff| 1.1e-5 / 3.7e-5 before)."""
     x, y = digits
     source = Source("t", edited_teacher(tmp_path, factor), Preprocess(1 / 255, (0.3,), (0.4,), 8, 8, 1))
-    merger = Merger(ImageInput(8, 8, 1), [source], C=1.0, quiet=True).fit(x[:600], y[:600])
+    merger = Merger(ImageInput(8, 8, 1), [source], C=1.0, quiet=True).fit(x[:400], y[:400])
     check = merger.parity_[-1]
     assert check.step == "probabilities vs scikit-learn predict_proba"
     assert check.ok and check.tolerance == 1e-5 and check.max_abs_error < 2e-6, check.line()
