@@ -82,8 +82,7 @@ def _checks(request: dict) -> tuple[str, str]:
             raise
         except Exception as lenient:  # not fatal: it only exercised the native code the parent will run
             note += f"; shape inference: {lenient}"
-    options = ort.SessionOptions()
-    options.log_severity_level = 3  # errors only: they go to the captured log, where memory markers are read
+    options = ort.SessionOptions()  # its log lines go to the child's captured log (memory markers are read there)
     options.intra_op_num_threads = 1  # session creation needs no pool; fewer threads, less address space
     options.inter_op_num_threads = 1
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
