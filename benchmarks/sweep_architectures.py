@@ -15,6 +15,7 @@ Results go to stdout as a markdown table (and JSON lines with --json FILE). Envi
 benchmarks/requirements-sweep.txt (torch 2.14.1 + torchvision 0.29.1, timm, transformers).
 
     nice -n 10 .venv-sweep/bin/python benchmarks/sweep_architectures.py [NAME ...] [--json out.jsonl]
+    .venv-sweep/bin/python benchmarks/sweep_architectures.py --table out.jsonl     # the markdown table
 """
 from __future__ import annotations
 
@@ -227,8 +228,32 @@ def run_one(name: str, folder: Path) -> dict:
     return row
 
 
+def table(path: Path) -> None:
+    """The markdown table of a --json file (one row per architecture, the last run of each)."""
+    rows = {}
+    for line in path.read_text().splitlines():
+        row = json.loads(line)
+        rows[row["name"]] = row
+    print("| architecture | input | auto feature (consumer) | width | vs framework | build parity |")
+    print("|---|---|---|---|---|---|")
+    for name in ARCHITECTURES:
+        r = rows.get(name)
+        if r is None:
+            continue
+        if r.get("auto") is None:
+            print(f"| {name} | {r.get('size', '')} | - | - | - | not run: {r.get('reason', '')[:120]} |")
+            continue
+        diff = f"{r['feature_diff']:.1e}" if r.get("feature_diff") is not None else "shape differs"
+        print(f"| {name} | {r['size']}x{r['size']} | `{r['auto']}` ({r.get('op')}) | {r.get('feature_width')} | "
+              f"{'ok' if r['feature_ok'] else 'WRONG'} ({diff}) | {'ok' if r['build_ok'] else 'FAILED: ' + r.get('parity', '')[:100]} |")
+    ok = sum(bool(r.get("feature_ok") and r.get("build_ok")) for r in rows.values())
+    print(f"\n{ok} of {len(rows)} architectures: auto feature right and build parity ok")
+
+
 def main() -> None:
     args = sys.argv[1:]
+    if "--table" in args:
+        return table(Path(args[args.index("--table") + 1]))
     out = None
     if "--json" in args:
         out = Path(args[args.index("--json") + 1])
