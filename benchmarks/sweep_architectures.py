@@ -100,7 +100,7 @@ ARCHITECTURES = {
     # timm
     "timm/deit_tiny_distilled": timm_model("deit_tiny_distilled_patch16_224", img_size=64),
     "timm/levit_128s": timm_model("levit_128s", img_size=64),
-    "timm/efficientformer_l1": timm_model("efficientformer_l1", img_size=64),
+    "timm/efficientformer_l1": timm_model("efficientformer_l1", size=224),  # its attention biases are sized for 224
     "timm/cait_xxs24": timm_model("cait_xxs24_224", img_size=64),
     "timm/mobilevit_xxs": timm_model("mobilevit_xxs"),
     "timm/mixer_s16": timm_model("mixer_s16_224", img_size=64),
