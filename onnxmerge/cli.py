@@ -22,6 +22,8 @@ def _inspect(args) -> int:
     from .io.models import load_model
 
     info = describe(args.model, load_model(args.model))
+    for warning in info["label_warnings"]:  # e.g. a labels metadata value that is not a list or dict
+        print(f"onnxmerge: warning: {warning}", file=sys.stderr)
     if args.json:
         say(json.dumps(info, indent=2, default=_json_text))
         return 0

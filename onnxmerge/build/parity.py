@@ -64,15 +64,17 @@ class SourceReference:
     ``weights`` holds a light model's offloaded tensors (the bytes of the source file, moved unchanged).
     """
 
-    def __init__(self, model: onnx.ModelProto, feature: str, pooled: bool, weights: WeightFolder | None = None):
+    def __init__(self, model: onnx.ModelProto, feature: str, pooled: tuple[int, ...] | bool,
+                 weights: WeightFolder | None = None):
         self.session = make_session(exposing(model, feature), weights=weights)
         self.feature, self.pooled = feature, pooled
 
     def features(self, inputs: np.ndarray) -> np.ndarray:
         """The source's features ``[N, d]`` for its own input tensor ``inputs`` (one onnxruntime call)."""
         value = self.session.run([self.feature], {self.session.get_inputs()[0].name: inputs})[0]
-        if self.pooled:
-            return value.mean(axis=(2, 3), dtype=np.float64).astype(np.float32)
+        if self.pooled:  # the spatial axes graph.cut.cut averaged over (True: NCHW)
+            axes = tuple(self.pooled) if isinstance(self.pooled, tuple) else (2, 3)
+            return value.mean(axis=axes, dtype=np.float64).astype(np.float32)
         return value.reshape(len(value), -1)
 
 

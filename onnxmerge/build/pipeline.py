@@ -55,6 +55,7 @@ def prepare(config: BuildConfig, tasks: Tasks | None = None) -> Build:
 def fit(build: Build, labelled: Dataset | None, pool: Dataset | None) -> tuple[Fitted, list[ParityCheck]]:
     """Stages 3-5 on a prepared build: Z with its head and metadata, parity-checked (raises if a check fails)."""
     config = build.config
+    build.warnings += [w for s in build.sources for w in (s.label_warnings or [])]
     if config.mode == "fit" and labelled is None and pool is None:
         raise OnnxMergeError("mode \"fit\" needs labelled images (train) or an unlabeled pool; add [head] train "
                              "or unlabeled, or use mode = \"teachers\".")

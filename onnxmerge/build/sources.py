@@ -10,14 +10,16 @@ import numpy as np
 import onnx
 
 from ..errors import OnnxMergeError, first_line
+from ..graph.batchloop import exposing_all, per_image
 from ..graph.cut import CutModel, cut, inferred_rank, source_input
-from ..graph.inspect import find_head, find_head_output, model_labels
+from ..graph.inspect import find_head, find_head_output, read_labels
 from ..graph.preprocess import ImageInput, Preprocess, reference_preprocess
 from ..graph.stitch import FEATURES
 from ..io.models import load_model_with_digest
 from ..learn.head import LABEL, PROBABILITIES
 from ..runtime.session import make_session, tensor_rank
 from ..runtime.weights import WeightFolder
+
 
 MAX_PIXELS = 8192 * 8192  # a declared size beyond this is a hostile or broken model, not a photo
 RESERVED = (FEATURES, LABEL, PROBABILITIES, "image", "head")
@@ -50,6 +52,7 @@ class ResolvedSource:
     sha256: str
     cut: CutModel | None = None
     batch_note: str | None = None
+    label_warnings: list[str] | None = None  # labels the model carries but onnxmerge could not read
 
     @property
     def name(self) -> str:
@@ -117,10 +120,13 @@ def _resolve(spec: Source, image: ImageInput, weights: WeightFolder) -> Resolved
         except OnnxMergeError:
             if spec.head_output != "auto":
                 raise
-    labels = list(spec.labels) if spec.labels is not None else model_labels(model)
+    carried = read_labels(model)
+    labels = list(spec.labels) if spec.labels is not None else carried.labels
+    warnings = [f"source {spec.name!r}: {w}" for w in carried.warnings] if spec.labels is None else []
     preprocess = resolve_preprocess(spec.name, model, spec.preprocess, image)
-    model, note = dynamic_batch(spec.name, model, preprocess, image, weights)
-    return ResolvedSource(spec, model, feature, reason, head_output, labels, preprocess, sha256, batch_note=note)
+    model, note = dynamic_batch(spec.name, model, preprocess, image, weights, [feature, head_output])
+    return ResolvedSource(spec, model, feature, reason, head_output, labels, preprocess, sha256, batch_note=note,
+                          label_warnings=warnings)
 
 
 def _static(dim) -> int | None:
@@ -206,8 +212,9 @@ def _per_channel_normalisation(name: str, spec: Preprocess, channels: int) -> tu
 
 
 def dynamic_batch(name: str, model: onnx.ModelProto, preprocess: Preprocess, image: ImageInput,
-                  weights: WeightFolder) -> tuple[onnx.ModelProto, str | None]:
-    """Make a fixed batch dimension dynamic where the graph allows it (checked by running a batch of 2)."""
+                  weights: WeightFolder, keep: list[str] = ()) -> tuple[onnx.ModelProto, str | None]:
+    """Make a fixed batch dimension dynamic where the graph allows it (checked by running a batch of 2); a
+    batch-1-only graph runs image by image inside a Loop (``keep``: tensors the build reads, kept exposed)."""
     dim = source_input(model).type.tensor_type.shape.dim
     if not dim or not dim[0].HasField("dim_value"):
         return model, None
@@ -223,7 +230,56 @@ def dynamic_batch(name: str, model: onnx.ModelProto, preprocess: Preprocess, ima
     try:
         session = make_session(relaxed, weights=weights)
         session.run(None, {session.get_inputs()[0].name: probe})
-    except Exception:
-        raise OnnxMergeError(f"source {name!r} has a fixed batch of {fixed} baked into its graph (it fails on a batch "
-                             "of 2), so Z could not take a dynamic batch; re-export it with a dynamic batch axis.") from None
+    except Exception:  # batch 1 baked into the graph: run it image by image inside Z
+        return run_per_image(name, model, fixed, probe, list(keep), weights)
     return relaxed, f"fixed batch {fixed} made dynamic (checked on a batch of 2)"
+
+
+def check_per_image(original_session, wrapped_session, images: np.ndarray, names: list[str]) -> float:
+    """The wrapped model on a batch of ``images`` vs the original run on each image alone: the largest
+    |difference| relative to ``max(1, max |original|)`` over ``names`` (0.0: identical)."""
+    input_name = original_session.get_inputs()[0].name
+    together = wrapped_session.run(names, {wrapped_session.get_inputs()[0].name: images})
+    worst = 0.0
+    for k in range(len(images)):
+        alone = original_session.run(names, {input_name: images[k:k + 1]})
+        for a, b in zip(alone, together):
+            a64, b64 = np.asarray(a, np.float64), np.asarray(b[k:k + 1], np.float64)
+            scale = max(1.0, float(np.abs(a64).max())) if a64.size else 1.0
+            worst = max(worst, float(np.abs(a64 - b64).max()) / scale if a64.size else 0.0)
+    return worst
+
+
+def run_per_image(name: str, model: onnx.ModelProto, fixed: int, probe: np.ndarray, keep: list[str],
+                  weights=None) -> tuple[onnx.ModelProto, str]:
+    """For the build: ``model`` (fixed batch ``fixed``) wrapped by ``per_image``, checked on ``probe``
+    (a few preprocessed images) against the original run image by image; ``(wrapped, the build's note)``.
+
+    A fixed batch other than 1, or a wrapper that does not reproduce the source, is a one-sentence error.
+    """
+    if fixed != 1:
+        raise OnnxMergeError(f"source {name!r} has a fixed batch of {fixed} baked into its graph (it fails on "
+                             "other batches), so Z could not take a dynamic batch; re-export it with a dynamic "
+                             "batch axis.")
+    input_name = source_input(model).name
+    wrapped = per_image(model, input_name, keep)
+    # checked on the build's probe and on random images in the range a normalised input has
+    noise = np.random.default_rng(0).standard_normal((3, *probe.shape[1:])).astype(probe.dtype)
+    probe = np.concatenate([probe, noise])
+    names = [o.name for o in wrapped.graph.output] + [k for k in keep if k and k not in
+                                                      {o.name for o in wrapped.graph.output} and k != input_name]
+    try:
+        exposed_original, exposed_wrapped = (exposing_all(m, names) for m in (model, wrapped))
+        error = check_per_image(make_session(exposed_original, weights=weights),
+                                make_session(exposed_wrapped, weights=weights), probe, names)
+    except OnnxMergeError:
+        raise
+    except Exception as exc:  # onnxruntime refused the wrapped graph
+        raise OnnxMergeError(f"source {name!r} runs only at batch 1 and could not be run image by image "
+                             f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); re-export it with a "
+                             "dynamic batch axis.") from None
+    if error > 1e-5:  # the contract's parity bound (build.parity.EXACT)
+        raise OnnxMergeError(f"source {name!r} runs only at batch 1 and, run image by image inside a Loop, "
+                             f"differs from itself by {error:.2e}; re-export it with a dynamic batch axis.")
+    return wrapped, (f"fixed batch 1: runs image by image inside Z (an ONNX Loop over the batch; checked on a "
+                     f"batch of {len(probe)}: max |diff| {error:.1e})")

@@ -10,6 +10,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from ..errors import OnnxMergeError
+from .batchloop import hoist_loop_weights
 from .inspect import tensor_shapes
 
 FEATURE = "feature"  # name of the cut graph's pooled feature output (prefixed later by stitch)
@@ -23,7 +24,7 @@ class CutModel:
     model: onnx.ModelProto
     input_name: str
     feature: str          # the tensor's name in the source model
-    pooled: bool          # True where a 4-D feature map was globally average-pooled
+    pooled: tuple[int, ...]  # the spatial axes a 4-D feature map was averaged over; () where it was not pooled
     rank: int             # rank of the source's feature tensor
 
 
@@ -66,6 +67,66 @@ def inferred_rank(model: onnx.ModelProto, feature: str) -> int | None:
     return None if shape is None else len(shape)
 
 
+#: ops that keep a 4-D map's layout (followed forward when telling a map's spatial axes)
+_SAME_LAYOUT = {"Relu", "Clip", "HardSwish", "HardSigmoid", "Sigmoid", "Tanh", "LeakyRelu", "Elu", "Gelu", "Add",
+                "Mul", "Sub", "Div", "Identity", "Dropout", "Cast", "Neg", "Erf", "Softplus", "PRelu"}
+#: ops whose first input is NCHW by ONNX's definition
+_NCHW_CONSUMERS = {"Conv", "GlobalAveragePool", "GlobalMaxPool", "MaxPool", "AveragePool", "BatchNormalization",
+                   "InstanceNormalization", "ConvTranspose", "LpPool", "GlobalLpPool"}
+
+
+def _constant_ints(graph: onnx.GraphProto, name: str) -> list[int] | None:
+    for init in graph.initializer:
+        if init.name == name:
+            return [int(v) for v in onnx.numpy_helper.to_array(init).reshape(-1)]
+    for node in graph.node:
+        if node.op_type == "Constant" and node.output[0] == name:
+            return [int(v) for v in onnx.numpy_helper.to_array(node.attribute[0].t).reshape(-1)]
+    return None
+
+
+def spatial_axes(model: onnx.ModelProto, feature: str) -> tuple[int, int]:
+    """The two spatial axes of the 4-D map ``feature``: ``(2, 3)`` for NCHW, ``(1, 2)`` for NHWC.
+
+    Told by what the model does with the map next, followed forward through layout-keeping ops and
+    Transposes: a Conv or a pooling op reads NCHW; a ``ReduceMean`` names the axes it averages; a
+    ``MatMul`` by a constant (a Keras Dense on a map) treats the last axis as channels. NCHW where nothing
+    tells (ONNX's own convention).
+    """
+    graph = model.graph
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    constants = {i.name for i in graph.initializer} | {o for n in graph.node if n.op_type == "Constant" for o in n.output}
+    frontier, seen = [(feature, [0, 1, 2, 3])], set()  # (tensor, the feature axis behind each of its axes)
+    while frontier:
+        name, axes = frontier.pop(0)
+        if name in seen:
+            continue
+        seen.add(name)
+        for node in consumers.get(name, []):
+            op, spatial = node.op_type, None
+            if op in _NCHW_CONSUMERS and node.input[0] == name:
+                spatial = [2, 3]
+            elif op == "MatMul" and node.input[0] == name and node.input[1] in constants:
+                spatial = [1, 2]
+            elif op == "ReduceMean":
+                attr = next((onnx.helper.get_attribute_value(a) for a in node.attribute if a.name == "axes"), None)
+                reduced = attr if attr is not None else (_constant_ints(graph, node.input[1]) if len(node.input) > 1 else None)
+                if reduced is not None and len(reduced) == 2 and 0 not in reduced and -4 not in reduced:
+                    spatial = [int(a) % 4 for a in reduced]
+            elif op == "Transpose":
+                perm = next((list(onnx.helper.get_attribute_value(a)) for a in node.attribute if a.name == "perm"),
+                            [3, 2, 1, 0])
+                frontier.append((node.output[0], [axes[p] for p in perm]))
+            elif op in _SAME_LAYOUT:
+                frontier.extend((out, axes) for out in node.output)
+            if spatial is not None:
+                return tuple(sorted(axes[a] for a in spatial))
+    return (2, 3)
+
+
 def densify_sparse_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy of ``model`` whose ``graph.sparse_initializer`` entries are ordinary dense initializers.
 
@@ -101,7 +162,8 @@ def densify_sparse_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
 def cut(model: onnx.ModelProto, feature: str, head_output: str | None, rank: int | None = None) -> CutModel:
     """Keep the sub-graph from the input to ``feature`` (and to ``head_output`` if given), nothing else.
 
-    A 4-D feature map is globally average-pooled and flattened; any other rank above 2 is flattened.
+    A 4-D feature map is globally average-pooled over its spatial axes (``spatial_axes``) and flattened;
+    any other rank above 2 is flattened.
     Unused nodes, initializers and value_info are dropped; value_info of the kept part is dropped too,
     because exporters' value_info sometimes lies and onnx re-infers it anyway. Sparse initializers
     become dense ones (graphsurgeon would drop them). ``rank`` is the feature's rank where shape inference
@@ -119,7 +181,15 @@ def cut(model: onnx.ModelProto, feature: str, head_output: str | None, rank: int
                              "onnxmerge (the build measures it first), please report it.")
     feat = tensors[feature]
     out = gs.Variable(FEATURE, dtype=np.float32)
+    axes: tuple[int, ...] = ()
     if rank == 4:
+        axes = spatial_axes(model, feature)
+        if axes != (2, 3):  # an NHWC map: to NCHW first, so one GlobalAveragePool serves every opset
+            channel = next(a for a in (1, 2, 3) if a not in axes)
+            nchw = gs.Variable(f"{feature}__nchw", dtype=np.float32)
+            graph.nodes.append(gs.Node("Transpose", f"{FEATURE}/to_nchw", attrs={"perm": [0, channel, *axes]},
+                                       inputs=[feat], outputs=[nchw]))
+            feat = nchw
         pooled = gs.Variable(f"{feature}__pooled", dtype=np.float32)
         graph.nodes.append(gs.Node("GlobalAveragePool", f"{FEATURE}/pool", inputs=[feat], outputs=[pooled]))
         graph.nodes.append(gs.Node("Flatten", f"{FEATURE}/flatten", attrs={"axis": 1}, inputs=[pooled], outputs=[out]))
@@ -138,8 +208,9 @@ def cut(model: onnx.ModelProto, feature: str, head_output: str | None, rank: int
         if isinstance(tensor, gs.Variable) and tensor not in graph.inputs:
             tensor.shape = None
     cut_model = gs.export_onnx(graph, do_type_check=False)
+    hoist_loop_weights(cut_model)
     cut_model.ir_version = model.ir_version
     del cut_model.graph.value_info[:]
     for prop in model.metadata_props:
         cut_model.metadata_props.add(key=prop.key, value=prop.value)
-    return CutModel(cut_model, inp.name, feature, pooled=rank == 4, rank=rank)
+    return CutModel(cut_model, inp.name, feature, pooled=axes, rank=rank)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,11 +11,17 @@ import onnx
 
 from ..errors import OnnxMergeError
 
-#: ops a classifier's scores pass through after its last linear layer without changing "which feature".
+#: ops a classifier's scores pass through after its last linear layer without changing "which feature":
+#: probability maps, activations, layout, pooling (a conv head's spatial average), casts.
 _PASS_THROUGH = {
     "Softmax", "LogSoftmax", "Sigmoid", "Identity", "Cast", "ZipMap", "Flatten", "Reshape", "Squeeze",
-    "Unsqueeze", "GlobalAveragePool", "ReduceMean", "Dropout", "Normalizer", "Transpose",
+    "Unsqueeze", "GlobalAveragePool", "ReduceMean", "Dropout", "Normalizer", "Transpose", "Relu", "Clip",
+    "HardSwish", "HardSigmoid", "LeakyRelu", "Elu", "Selu", "Celu", "Tanh", "Softplus", "Softsign", "Gelu",
+    "PRelu", "ThresholdedRelu", "Hardmax", "Neg", "BatchNormalization", "InstanceNormalization",
+    "Add", "Sub", "Mul", "Div",  # by constants only: a bias, a scale, a temperature (walked with one dynamic input)
 }
+#: affine ops between a shared tensor and each of several heads (LeViT's BatchNorm -> Linear per head)
+_AFFINE = {"BatchNormalization", "Identity", "Dropout", "Cast", "Flatten", "Reshape", "Squeeze"}
 #: ops after which a tensor is a reasonable hand-picked feature (listed by ``inspect --all``).
 _FEATURE_OPS = {"Relu", "Clip", "Flatten", "Reshape", "GlobalAveragePool", "ReduceMean", "Gemm", "MatMul",
                 "Add", "Sigmoid", "HardSwish", "Mul", "Tanh", "Gelu", "Concat", "MaxPool", "AveragePool",
@@ -37,9 +44,19 @@ def _graph_maps(graph: onnx.GraphProto):
     for node in graph.node:
         for name in node.input:
             consumers.setdefault(name, []).append(node)
+    return producers, consumers, _constants(graph)
+
+
+def _constants(graph: onnx.GraphProto) -> set[str]:
+    """Tensors whose value does not depend on the input: initializers, Constants, and what is computed from
+    them alone (exporters write a Keras kernel as ``Transpose(initializer)``, a bias as ``Reshape(initializer)``)."""
     constants = {init.name for init in graph.initializer} | {s.values.name for s in graph.sparse_initializer}
-    constants |= {out for node in graph.node if node.op_type == "Constant" for out in node.output}
-    return producers, consumers, constants
+    constants.add("")  # an omitted optional input
+    for node in graph.node:  # graph.node is in topological order (an ONNX requirement)
+        if node.op_type == "Constant" or (node.input and all(i in constants for i in node.input)
+                                          and not node.op_type.startswith("Random")):
+            constants.update(node.output)
+    return constants
 
 
 def _shape_of(vi: onnx.ValueInfoProto) -> list | None:
@@ -76,27 +93,72 @@ def _text(value: str | bytes) -> str:
     return value.decode("utf-8", "backslashreplace") if isinstance(value, bytes) else value
 
 
-def model_labels(model: onnx.ModelProto) -> list[str] | None:
-    """Class labels a model carries: skl2onnx ``classlabels_*`` or a ``labels``-like metadata entry."""
-    for key in ("onnxmerge.labels", "labels", "names"):
-        for prop in model.metadata_props:
-            if prop.key == key:
-                try:  # protobuf hands back bytes for a value that is not UTF-8
-                    value = json.loads(_text(prop.value))
-                except (ValueError, RecursionError):
-                    continue
-                if isinstance(value, dict):  # {"0": "cat", ...} as ultralytics writes it
-                    value = [value[k] for k in sorted(value, key=lambda k: int(k) if str(k).isdigit() else k)]
-                if isinstance(value, list) and value:
-                    return [str(v) for v in value]
+#: metadata keys a model's class labels are found under, in order (onnxmerge's own, then common exporters':
+#: Ultralytics ``names``, Hugging Face ``id2label``, ...)
+LABEL_KEYS = ("onnxmerge.labels", "labels", "names", "classes", "id2label")
+#: ai.onnx.ml attributes skl2onnx writes a classifier's classes to (ZipMap, LinearClassifier, TreeEnsemble...)
+LABEL_ATTRIBUTES = ("classlabels_strings", "classlabels_int64s", "classlabels_ints")
+
+
+@dataclass
+class Labels:
+    """The labels a model carries (None: none found) and a warning per carrier that could not be read."""
+
+    labels: list[str] | None
+    warnings: list[str]
+
+
+def _parse_labels(text: str) -> list[str] | None:
+    """A JSON list, a JSON object keyed by index, or the same as a Python literal (``{0: 'five', ...}``)."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        try:
+            value = ast.literal_eval(text)  # literals only: never runs code
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+            return None
+    if isinstance(value, dict):
+        try:
+            order = sorted(value, key=lambda k: int(k))
+        except (TypeError, ValueError):
+            return None
+        if [int(k) for k in order] != list(range(len(order))):
+            return None  # keyed by something other than 0..K-1: which column is which is unknowable
+        value = [value[k] for k in order]
+    if isinstance(value, (list, tuple)) and value and all(isinstance(v, (str, int, float)) for v in value):
+        return [str(v) for v in value]
+    return None
+
+
+def read_labels(model: onnx.ModelProto) -> Labels:
+    """Class labels a model carries, from the first carrier that holds readable ones.
+
+    Metadata first (``LABEL_KEYS``: a JSON list, a JSON object keyed by index, or a Python-literal dict as
+    Ultralytics writes it), then skl2onnx's ``classlabels_*`` attributes (integers become "0", "1", ...).
+    A metadata value that cannot be read is not skipped silently: it gives a warning naming its key.
+    """
+    warnings = []
+    props = {prop.key: prop.value for prop in model.metadata_props}
+    for key in LABEL_KEYS:
+        if key in props:
+            labels = _parse_labels(_text(props[key]))  # protobuf hands back bytes for non-UTF-8
+            if labels is not None:
+                return Labels(labels, warnings)
+            warnings.append(f"metadata {key!r} of the model does not hold labels onnxmerge can read (a JSON list, a "
+                            "JSON object keyed 0..K-1, or a Python dict literal); set labels for this source in the "
+                            "recipe")
     for node in model.graph.node:
         if node.domain == "ai.onnx.ml":
             for attr in node.attribute:
-                if attr.name == "classlabels_strings" and attr.strings:
-                    return [_text(s) for s in attr.strings]
-                if attr.name == "classlabels_ints" and attr.ints:
-                    return [str(i) for i in attr.ints]
-    return None
+                if attr.name in LABEL_ATTRIBUTES and (attr.strings or attr.ints):
+                    return Labels([_text(s) for s in attr.strings] if attr.strings else [str(i) for i in attr.ints],
+                                  warnings)
+    return Labels(None, warnings)
+
+
+def model_labels(model: onnx.ModelProto) -> list[str] | None:
+    """Class labels a model carries (``read_labels`` without its warnings)."""
+    return read_labels(model).labels
 
 
 def _is_float_matrix(vi: onnx.ValueInfoProto) -> bool:
@@ -135,64 +197,143 @@ def find_head_output(model: onnx.ModelProto, head_output: str = "auto") -> str:
     return chosen
 
 
-def find_head(model: onnx.ModelProto, head_output: str = "auto") -> HeadInfo:
-    """Walk back from the classifier output to its last linear layer; the input of that layer is the feature."""
-    graph = model.graph
-    producers, consumers, constants = _graph_maps(graph)
-    output = find_head_output(model, head_output)
-    name = output
-    path: list[str] = []
-    for _ in range(len(graph.node) + 1):
-        node = producers.get(name)
-        if node is None:
-            break
-        path.append(node.op_type)
-        op = node.op_type
+@dataclass
+class _Walk:
+    """One model's maps for walking back from a classifier output."""
+
+    producers: dict[str, onnx.NodeProto]
+    constants: set[str]
+    shapes: dict[str, list | None]
+    limit: int
+
+    def dynamic(self, node: onnx.NodeProto) -> list[str]:
+        return [i for i in node.input if i not in self.constants]
+
+    def linear_input(self, node: onnx.NodeProto) -> str | None:
+        """The data input of a linear classifier layer (constant weights), or None if ``node`` is not one."""
+        op, inputs = node.op_type, node.input
         if op == "Gemm":
             trans_a = next((a.i for a in node.attribute if a.name == "transA"), 0)
-            if not trans_a and node.input[1] in constants:
-                return HeadInfo(output, node.input[0], op, _reason(output, path, node))
-        if op == "MatMul" and node.input[1] in constants:
-            return HeadInfo(output, node.input[0], op, _reason(output, path, node))
-        if op == "LinearClassifier" and node.domain == "ai.onnx.ml":  # scikit-learn linear models
-            return HeadInfo(output, node.input[0], op, _reason(output, path, node))
-        if op == "Conv" and node.input[1] in constants and _is_pointwise(graph, node):
-            return HeadInfo(output, node.input[0], "Conv", _reason(output, path, node))
-        if op == "Add":
-            # MatMul + Add (bias): follow the non-constant side
-            dynamic = [i for i in node.input if i not in constants]
-            if len(dynamic) == 1:
+            return inputs[0] if not trans_a and inputs[1] in self.constants else None
+        if op == "MatMul":
+            return inputs[0] if inputs[1] in self.constants and inputs[0] not in self.constants else None
+        if op in ("LinearClassifier", "LinearRegressor") and node.domain == "ai.onnx.ml":  # scikit-learn linear models
+            return inputs[0]
+        if op == "Conv" and inputs[1] in self.constants and self._pointwise(node):
+            return inputs[0]
+        return None
+
+    def _pointwise(self, node: onnx.NodeProto) -> bool:
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        if attrs.get("group", 1) != 1:
+            return False
+        kernel = attrs.get("kernel_shape")
+        if kernel is None:
+            weight = self.shapes.get(node.input[1])
+            kernel = weight[2:] if weight is not None else None
+        return kernel is not None and all(k == 1 for k in kernel)
+
+    def complement_of(self, name: str) -> str:
+        """``p`` for skl2onnx's ``1 - p`` (``Sub(constant, p)``), else ``name`` itself."""
+        node = self.producers.get(name)
+        if node is not None and node.op_type == "Sub" and node.input[0] in self.constants \
+                and node.input[1] not in self.constants:
+            return node.input[1]
+        return name
+
+    def back(self, name: str, path: list[str]) -> tuple[str, onnx.NodeProto | None, str]:
+        """Walk back from ``name`` to the last linear layer: ``(feature, that layer or None, where it stopped)``.
+
+        ``path`` collects the ops walked, in order. Several heads averaged (``Add`` of two dynamic inputs)
+        resolve to the one tensor they all read; skl2onnx's two-class ``Concat(1 - p, p)`` to ``p``.
+        """
+        for _ in range(self.limit):
+            node = self.producers.get(name)
+            if node is None:
+                return name, None, "input"
+            op = node.op_type
+            path.append(op)
+            feature = self.linear_input(node)
+            if feature is not None:
+                return feature, node, "linear"
+            dynamic = self.dynamic(node)
+            if op == "Concat" and dynamic:
+                bases = {self.complement_of(i) for i in dynamic}
+                if len(bases) == 1:  # every part is p or 1 - p: the classifier is behind p
+                    name = bases.pop()
+                    if name not in dynamic:
+                        path.append("Sub")
+                    continue
+                return name, None, "stop"
+            if op in ("Add", "Sum", "Mean") and len(dynamic) >= 2:
+                return self.shared(node, dynamic, path)
+            if op in _PASS_THROUGH and len(dynamic) == 1:
                 name = dynamic[0]
                 continue
-            break
-        elementwise_by_constant = op in ("Mul", "Div", "Sub") and sum(i not in constants for i in node.input) == 1
-        if op in _PASS_THROUGH or elementwise_by_constant:
-            name = next(i for i in node.input if i not in constants)
-            continue
-        if op in ("ArgMax", "ArrayFeatureExtractor", "LabelEncoder"):
-            break
-        break
+            return name, None, "stop"
+        return name, None, "stop"
+
+    def shared(self, node: onnx.NodeProto, heads: list[str], path: list[str]) -> tuple[str, onnx.NodeProto | None, str]:
+        """Averaged heads (``(Gemm(f) + Gemm(BatchNorm(f))) / 2``): the tensor ``f`` every head reads."""
+        branches, chains, firsts = [], [], None
+        for head in heads:
+            branch: list[str] = []
+            feature, linear, how = self.back(head, branch)
+            if linear is None:
+                path.append("{" + ", ".join(" <- ".join(b) for b in branches + [branch]) + "}")
+                return feature, None, "stop"
+            firsts = firsts or linear
+            chain = [feature]  # the head's input, then back through affine ops to what it is computed from
+            while (producer := self.producers.get(chain[-1])) is not None and producer.op_type in _AFFINE \
+                    and len(self.dynamic(producer)) == 1:
+                branch.append(producer.op_type)
+                chain.append(self.dynamic(producer)[0])
+            branches.append(branch)
+            chains.append(chain)
+        path.append("{" + ", ".join(" <- ".join(b) for b in branches) + "}")
+        for tensor in chains[0]:
+            if all(tensor in chain for chain in chains[1:]):
+                trimmed = [chain[:chain.index(tensor) + 1] for chain in chains]
+                path[-1] = "{" + ", ".join(" <- ".join(b[:len(c)]) for b, c in zip(branches, trimmed)) + "}"
+                return tensor, firsts, "shared"
+        return chains[0][0], None, "different"
+
+
+def find_head(model: onnx.ModelProto, head_output: str = "auto") -> HeadInfo:
+    """Walk back from the classifier output to its last linear layer; the input of that layer is the feature.
+
+    The walk passes what exporters put between the linear layer and the scores: probability maps,
+    activations, bias/scale arithmetic by constants and BatchNormalization, layout ops (Transpose, Reshape,
+    Squeeze, Flatten), spatial pooling (GlobalAveragePool, ReduceMean: a conv head's average), skl2onnx's
+    two-class ``Concat(1 - p, p)``; several heads averaged over one tensor (distilled heads) give that tensor.
+    """
+    graph = model.graph
+    producers, _, constants = _graph_maps(graph)
+    output = find_head_output(model, head_output)
+    walk = _Walk(producers, constants, tensor_shapes(model), len(graph.node) + 1)
+    path: list[str] = []
+    feature, node, how = walk.back(output, path)
+    chain = " <- ".join(path) or "nothing"
+    if node is not None:
+        layer = f"{node.op_type} {node.name or node.output[0]!r}"
+        if how == "shared":
+            return HeadInfo(output, feature, node.op_type,
+                            f"the tensor every averaged head reads (first: {layer}) behind output {output!r} ({chain})")
+        return HeadInfo(output, feature, node.op_type,
+                        f"input of the last linear layer ({layer}) behind output {output!r} ({chain})")
     input_names = [i.name for i in graph.input if i.name not in constants]
-    if name in input_names:
-        return HeadInfo(output, name, "input",
-                        f"the classifier output {output!r} is a linear function of the model input {name!r}, "
+    if how == "input" and feature in input_names:
+        return HeadInfo(output, feature, "input",
+                        f"the classifier output {output!r} is a linear function of the model input {feature!r}, "
                         "so the preprocessed input itself is the feature")
+    if how == "different":
+        raise OnnxMergeError(
+            f"the heads averaged behind output {output!r} ({chain}) read different tensors; name the feature "
+            "tensor in the recipe (run `onnxmerge inspect MODEL --all` to list candidates).")
     raise OnnxMergeError(
-        f"could not find the last linear layer behind output {output!r} (walked back through {' <- '.join(path) or 'nothing'}); "
+        f"could not find the last linear layer behind output {output!r} (walked back through {chain}); "
         "name the feature tensor in the recipe (run `onnxmerge inspect MODEL --all` to list candidates)."
     )
-
-
-def _is_pointwise(graph: onnx.GraphProto, node: onnx.NodeProto) -> bool:
-    for init in graph.initializer:
-        if init.name == node.input[1]:
-            return list(init.dims[2:]) in ([1, 1], [1], [])
-    return False
-
-
-def _reason(output: str, path: list[str], node: onnx.NodeProto) -> str:
-    chain = " <- ".join(path)
-    return f"input of the last linear layer ({node.op_type} {node.name or node.output[0]!r}) behind output {output!r} ({chain})"
 
 
 def candidates(model: onnx.ModelProto, suggested: str | None) -> list[dict]:
@@ -262,6 +403,7 @@ def describe(path: str | Path, model: onnx.ModelProto) -> dict:
                 for v in values]
 
     initializers = {i.name for i in model.graph.initializer}
+    labels = read_labels(model)
     try:
         head = find_head(model)
         suggested, reason = head.feature, head.reason
@@ -276,7 +418,8 @@ def describe(path: str | Path, model: onnx.ModelProto) -> dict:
         "opsets": {(o.domain or "ai.onnx"): o.version for o in model.opset_import},
         "ir_version": model.ir_version,
         "producer": f"{model.producer_name} {model.producer_version}".strip(),
-        "labels": model_labels(model),
+        "labels": labels.labels,
+        "label_warnings": labels.warnings,
         "candidates": candidates(model, suggested),
         "suggested": suggested,
         "reason": reason,

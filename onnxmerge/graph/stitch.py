@@ -9,6 +9,7 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx import version_converter
 
+from .batchloop import hoist_loop_weights
 from .cut import FEATURE, HEAD, CutModel
 from ..errors import OnnxMergeError, first_line
 from .preprocess import ImageInput, Preprocess, build_preprocess
@@ -135,6 +136,7 @@ def stitch(sources: list[StitchSource], image: ImageInput) -> tuple[onnx.ModelPr
                       opset=opset, import_domains=_merge_domains(models, opset), functions=functions)
     merged.toposort()
     model = gs.export_onnx(merged, do_type_check=False)
+    hoist_loop_weights(model)
     model.ir_version = max(max(m.ir_version for m in models), 7)
     del model.graph.value_info[:]
     return model, notes
@@ -147,6 +149,7 @@ def keep_outputs(model: onnx.ModelProto, outputs: list[str]) -> onnx.ModelProto:
     graph.outputs = [tensors[name] for name in outputs]
     graph.cleanup(remove_unused_graph_inputs=False).toposort()
     result = gs.export_onnx(graph, do_type_check=False)
+    hoist_loop_weights(result)
     result.ir_version = model.ir_version
     del result.graph.value_info[:]
     used = {n.domain for n in result.graph.node} | {n.domain for f in result.functions for n in f.node}

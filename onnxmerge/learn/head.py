@@ -99,6 +99,9 @@ def log_probability_nodes(name: str, kind: str) -> list[onnx.NodeProto]:
 
 
 FEW_SHOT_C, MANY_SHOT_C, MANY_SHOT = 0.1, 1.0, 50
+#: a column's scale is at least this fraction of its largest |value| (fit_head); 1e-2 kept parity with a 3x
+#: margin on the near-constant teachers of benchmarks/head_numerics.py, 3e-2 with 20x, at the same accuracy
+SCALE_FLOOR = 3e-2
 
 
 def select_C(labels: np.ndarray) -> float:
@@ -116,7 +119,8 @@ def select_C(labels: np.ndarray) -> float:
 
 def fit_head(features: np.ndarray, labels: np.ndarray, widths: list[int] | None = None, C: float = 1.0,
              class_weight: str | None = "balanced", sample_weight: np.ndarray | None = None,
-             max_iter: int = 3000, random_state: int = 0, tol: float = 1e-4) -> Pipeline:
+             max_iter: int = 3000, random_state: int = 0, tol: float = 1e-4,
+             scale_floor: float | None = None) -> Pipeline:
     """Multinomial logistic regression on standardised features, each block weighted equally.
 
     After standardisation every column has unit variance, so a 1280-wide block would outweigh a 10-wide
@@ -125,7 +129,13 @@ def fit_head(features: np.ndarray, labels: np.ndarray, widths: list[int] | None 
     did). ``class_weight="balanced"`` by default so that a new class learned from a handful of
     images is not drowned by classes with hundreds (the stage 2 case).
     ``tol`` is the solver's stopping tolerance (``estimate.FOLD_TOL`` for cross-validation folds).
+
+    Each column's scale is floored at ``scale_floor`` (default ``SCALE_FLOOR``) times its largest magnitude:
+    a near-constant column (a teacher that gives every image p = 0.1 +- 1e-4, or a saturated one) would
+    otherwise get a weight so large that one float32 rounding step in Z's head input (onnxruntime's Log or
+    L2 norm vs numpy's) moves the probabilities by more than the parity bound (benchmarks/head_numerics.py).
     """
+    scale_floor = SCALE_FLOOR if scale_floor is None else scale_floor
     classes = np.unique(labels)
     if len(classes) < 2:
         raise OnnxMergeError(
@@ -137,6 +147,8 @@ def fit_head(features: np.ndarray, labels: np.ndarray, widths: list[int] | None 
                              "sources' preprocessing (scale/mean/std) in the recipe.")
     x = features.astype(np.float64)
     scaler = StandardScaler().fit(x)
+    if scale_floor:  # a column's spread below float32's resolution of its values is rounding noise, not signal
+        scaler.scale_ = np.maximum(scaler.scale_, scale_floor * np.abs(x).max(axis=0))
     widths = widths or [x.shape[1]]
     for start, width in _spans(widths):  # equal total variance per block, same total as plain standardising
         scaler.scale_[start:start + width] *= np.sqrt(width * len(widths) / x.shape[1])
@@ -152,8 +164,14 @@ def _spans(widths: list[int]):
         start += width
 
 
-def folded_weights(pipeline: Pipeline) -> tuple[np.ndarray, np.ndarray]:
-    """``(W [D, K], b [K])`` with the scaler folded in: softmax(x @ W + b) == pipeline.predict_proba(x)."""
+def folded_weights(pipeline: Pipeline, centre: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``(W [D, K], b [K])`` with the scaler folded in: ``softmax((x - centre) @ W + b) == predict_proba(x)``.
+
+    Folded in float64 and cast once. ``centre`` (float32, default 0) is subtracted in the graph before the
+    MatMul: with the columns' means there, a near-constant column's huge weight multiplies a small
+    difference instead of cancelling against a huge bias in float32; ``b`` makes up, in float64, for the
+    means having been rounded to float32.
+    """
     scaler: StandardScaler = pipeline[0]
     model: LogisticRegression = pipeline[-1]
     coef, intercept = model.coef_, model.intercept_
@@ -161,17 +179,28 @@ def folded_weights(pipeline: Pipeline) -> tuple[np.ndarray, np.ndarray]:
         coef = np.vstack([np.zeros_like(coef), coef])
         intercept = np.concatenate([[0.0], intercept])
     scale = scaler.scale_
+    centre64 = np.zeros_like(scaler.mean_) if centre is None else centre.astype(np.float64)
     weights = (coef / scale).T
-    bias = intercept - (coef * (scaler.mean_ / scale)).sum(axis=1)
+    bias = intercept + (coef * ((centre64 - scaler.mean_) / scale)).sum(axis=1)
     return weights.astype(np.float32), bias.astype(np.float32)
 
 
-def _linear(x: str, pipeline: Pipeline, prefix: str, out: str) -> tuple[list, list]:
-    weights, bias = folded_weights(pipeline)
-    return ([helper.make_node("MatMul", [x, f"{prefix}/W"], [f"{prefix}/matmul"], name=f"{prefix}/MatMul"),
-             helper.make_node("Add", [f"{prefix}/matmul", f"{prefix}/b"], [f"{prefix}/logits"], name=f"{prefix}/Add"),
-             helper.make_node("Softmax", [f"{prefix}/logits"], [out], name=f"{prefix}/Softmax", axis=1)],
-            [numpy_helper.from_array(weights, f"{prefix}/W"), numpy_helper.from_array(bias, f"{prefix}/b")])
+def _linear(x: str, pipeline: Pipeline, prefix: str, out: str, centred: bool = True) -> tuple[list, list]:
+    """``x`` -> Sub(means) -> MatMul + Add -> Softmax: the fitted pipeline in plain ONNX ops (``folded_weights``).
+
+    ``centred=False`` is the plain fold (no Sub), kept for benchmarks/head_numerics.py's comparison.
+    """
+    centre = pipeline[0].mean_.astype(np.float32) if centred else None
+    weights, bias = folded_weights(pipeline, centre)
+    nodes, inits = [], [numpy_helper.from_array(weights, f"{prefix}/W"), numpy_helper.from_array(bias, f"{prefix}/b")]
+    if centred:
+        nodes.append(helper.make_node("Sub", [x, f"{prefix}/mean"], [f"{prefix}/centred"], name=f"{prefix}/Centre"))
+        inits.append(numpy_helper.from_array(centre, f"{prefix}/mean"))
+        x = f"{prefix}/centred"
+    return (nodes + [
+        helper.make_node("MatMul", [x, f"{prefix}/W"], [f"{prefix}/matmul"], name=f"{prefix}/MatMul"),
+        helper.make_node("Add", [f"{prefix}/matmul", f"{prefix}/b"], [f"{prefix}/logits"], name=f"{prefix}/Add"),
+        helper.make_node("Softmax", [f"{prefix}/logits"], [out], name=f"{prefix}/Softmax", axis=1)], inits)
 
 
 def _finish(model: onnx.ModelProto, nodes: list, inits: list, classes: list[str], outputs: list[str],
@@ -196,10 +225,10 @@ def _finish(model: onnx.ModelProto, nodes: list, inits: list, classes: list[str]
 
 
 def append_head(model: onnx.ModelProto, head_input: HeadInput, pipeline: Pipeline, width_of: Mapping[str, int],
-                outputs: list[str] = (FEATURES,)) -> onnx.ModelProto:
-    """Mode "fit": ``head/input`` -> MatMul + Add + Softmax -> ArgMax + Gather(labels)."""
+                outputs: list[str] = (FEATURES,), centred: bool = True) -> onnx.ModelProto:
+    """Mode "fit": ``head/input`` -> Sub + MatMul + Add + Softmax -> ArgMax + Gather(labels)."""
     nodes, inits = head_input.nodes(width_of)
-    more, more_inits = _linear(HEAD_INPUT, pipeline, "head", PROBABILITIES)
+    more, more_inits = _linear(HEAD_INPUT, pipeline, "head", PROBABILITIES, centred)
     return _finish(model, nodes + more, inits + more_inits, [str(c) for c in pipeline.classes_], outputs)
 
 

@@ -82,7 +82,7 @@ def _checks(request: dict) -> tuple[str, str]:
             raise
         except Exception as lenient:  # not fatal: it only exercised the native code the parent will run
             note += f"; shape inference: {lenient}"
-    options = ort.SessionOptions()
+    options = ort.SessionOptions()  # its log lines go to the child's captured log (memory markers are read there)
     options.intra_op_num_threads = 1  # session creation needs no pool; fewer threads, less address space
     options.inter_op_num_threads = 1
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
@@ -133,6 +133,7 @@ def _warm_up() -> None:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
     onnx.checker.check_model(model, full_check=True)
     options = ort.SessionOptions()
+    options.log_severity_level = 4  # before the fork, stderr is still the terminal's
     options.intra_op_num_threads = options.inter_op_num_threads = 1  # no thread pool alive across fork
     ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 

@@ -19,6 +19,9 @@ def progress_enabled(quiet: bool) -> bool:
     return not quiet and sys.stderr.isatty()
 
 
+#: onnxruntime's log severity for onnxmerge's sessions: 0 verbose .. 3 error, 4 fatal
+ORT_LOG_FATAL_ONLY = 4
+
 #: Models with more weights than this are "large": their sessions run without onnxruntime's arena (below),
 #: and a build runs their sources one group at a time (``runtime.engine.LocalEngine``).
 LARGE_MODEL_BYTES = 8 * 2**20
@@ -32,6 +35,9 @@ def make_session(model: onnx.ModelProto | bytes | str, threads: int = 0, weights
     """
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
+    # onnxruntime's own log lines (ANSI-coloured, on stderr) never reach the user: what goes wrong surfaces
+    # as the exception it raises, which onnxmerge turns into its one-line error
+    options.log_severity_level = ORT_LOG_FATAL_ONLY
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     size = 0
     if isinstance(model, onnx.ModelProto):
