@@ -26,7 +26,7 @@ from .inspect import find_head, find_head_output, model_labels
 from .modelio import check_output_path, load_model_with_digest, save_model
 from .parity import CONVERTED, ParityCheck, SourceReference, Worst, compare, require
 from .preprocess import ImageInput, Preprocess, reference_preprocess
-from .routing import PSEUDO_LABEL_THRESHOLD, Teachers, head_kind, l2_blocks, match_sources, pseudo_labels
+from .routing import PSEUDO_LABEL_THRESHOLD, Teachers, head_kind, l2_blocks, pseudo_labels, route_pool
 from .share import ancestors, extraction_groups, share_common
 from .stitch import IMAGE, StitchSource, keep_outputs, output_names, stitch
 from .weights import WeightFolder, external_bytes, release_freed_memory
@@ -409,7 +409,9 @@ class Merger:
         """
         blocks = [pool[output_names(s.spec.name)["feature"]] for s in self.sources_]
         probs = [HeadInput.probabilities(pool, n, k) for n, k in self.teachers_]
-        targets = match_sources(l2_blocks(blocks), teachers, probs)
+        routing = route_pool(l2_blocks(blocks), teachers, probs)  # issue 16: HOOKS.md
+        targets = routing.targets()
+        x_pool, targets = x_pool[targets >= 0], targets[targets >= 0]  # runs disagreed: not a router target
         x_known = np.concatenate([x for x, _ in known]) if known else np.zeros((0, x_pool.shape[1]))
         y_known = np.concatenate([np.full(len(x), c) for x, c in known]) if known else np.zeros(0, int)
         x_all, y_all = np.concatenate([x_pool, x_known]), np.concatenate([targets, y_known])
@@ -431,7 +433,9 @@ class Merger:
                                   "claims the same images); Z never uses its head.")
         self.report_["routing"] = {
             "method": "label-matched clustering + logistic-regression router",
-            "pool_share": {n: float(np.mean(targets == i)) for i, n in enumerate(teachers.names)},
+            "pool_share": {n: float(np.mean(routing.source == i)) for i, n in enumerate(teachers.names)},
+            "router_targets": int(len(targets)), "label_counts": routing.label_counts(),
+            "scarce_labels": routing.scarce_labels(),
         }
         return router
 
