@@ -10,7 +10,7 @@ from ..errors import OnnxMergeError
 from ..graph.stitch import keep_outputs, output_names
 from ..io.images import Dataset
 from ..learn.head import HeadInput, TeachersHead, fit_head
-from ..learn.routing import Teachers, l2_blocks, match_sources
+from ..learn.routing import Teachers, l2_blocks, route_pool
 from . import assess
 from .context import Build, Fitted
 
@@ -53,7 +53,9 @@ def fit_router(build: Build, x_pool: np.ndarray, teachers: Teachers, pool: dict[
     """
     blocks = [pool[output_names(s.name)["feature"]] for s in build.sources]
     probs = [HeadInput.probabilities(pool, n, k) for n, k in build.teachers]
-    targets = match_sources(l2_blocks(blocks), teachers, probs)
+    routing = route_pool(l2_blocks(blocks), teachers, probs)
+    targets = routing.targets()
+    x_pool, targets = x_pool[targets >= 0], targets[targets >= 0]  # the k-means runs disagreed: not a target
     x_known = np.concatenate([x for x, _ in known]) if known else np.zeros((0, x_pool.shape[1]))
     y_known = np.concatenate([np.full(len(x), c) for x, c in known]) if known else np.zeros(0, int)
     x_all, y_all = np.concatenate([x_pool, x_known]), np.concatenate([targets, y_known])
@@ -76,6 +78,8 @@ def fit_router(build: Build, x_pool: np.ndarray, teachers: Teachers, pool: dict[
                               "claims the same images); Z never uses its head.")
     build.report["routing"] = {
         "method": "label-matched clustering + logistic-regression router",
-        "pool_share": {n: float(np.mean(targets == i)) for i, n in enumerate(teachers.names)},
+        "pool_share": {n: float(np.mean(routing.source == i)) for i, n in enumerate(teachers.names)},
+        "router_targets": int(len(targets)), "label_counts": routing.label_counts(),
+        "scarce_labels": routing.scarce_labels(),
     }
     return router

@@ -319,7 +319,7 @@ def list_images(sources: list[str]) -> list[str]:
             found = sorted(p for p in glob.glob(source, recursive=True) if os.path.isfile(p)
                            and os.path.splitext(p)[1].lower() in IMAGE_SUFFIXES)
             if not found:
-                raise OnnxMergeError(f"no image file matches {source}; check the pattern.")
+                raise OnnxMergeError(f"no file matches {source!r}; check the pattern.")
             files += found
         elif os.path.isdir(source):
             found = _image_files(Path(source))
