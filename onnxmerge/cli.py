@@ -27,6 +27,8 @@ def _inspect(args) -> int:
     if info["labels"]:
         print(f"labels:  {len(info['labels'])}: {', '.join(info['labels'][:10])}{' ...' if len(info['labels']) > 10 else ''}")
     print(f"suggested feature: {info['suggested']}\n  why: {info['reason']}")
+    for line in quantization_lines(info["quantization"]):
+        print(line)
     shown = info["candidates"] if args.all else info["candidates"][:10]
     print(f"candidates ({len(shown)} of {len(info['candidates'])}{'' if args.all else '; --all for every one'}):")
     for c in shown:
@@ -48,16 +50,27 @@ def _build(args) -> int:
         merger.cache_dir = Path(args.cache) if args.cache else default_cache_dir()
     merger.fit(recipe.train, unlabeled=recipe.unlabeled)
     if args.quantize:
-        from .quantize import quantize_z
+        from .quantize import quantize_merger
 
-        if recipe.train is None:
-            raise OnnxMergeError("--quantize needs labelled training images ([head] train) to calibrate on and to "
-                                 "check accuracy before/after; build without --quantize.")
-        data = merger._dataset(recipe.train, None)
-        merger.model_, merger.quantize_ = quantize_z(merger.model_, data.x, data.y)  # the setter drops Z's session
+        # the setter drops Z's session; the report's lines say per source float/int8, time ratio and why
+        merger.model_, merger.quantize_ = quantize_merger(merger, recipe.train, recipe.unlabeled)
     merger.save(args.output)
     print(build_summary(merger, args.output))
     return 0
+
+
+def quantization_lines(q: dict | None) -> list[str]:
+    """``inspect``'s lines for an int8 Z: per source float/int8, time ratio and why; accuracy before/after."""
+    if not q:
+        return []
+    lines = [f"quantization: int8 static QDQ, {q['method']} calibration on {q['calibration_images']} images; "
+             f"accuracy held out ({q['held_out']}) {q['accuracy_before']:.3f} float -> {q['accuracy_after']:.3f} "
+             f"int8{', head refitted on the int8 features' if q['head_refit'] else ''}; Z int8 / float time "
+             f"{q['time_ratio']:.2f}, size {q['size_ratio']:.2f}x"]
+    for s in q["sources"]:
+        kept = f"; float: {', '.join(s['float_layers'])}" if s["float_layers"] else ""
+        lines.append(f"  {s['name']}: {'int8' if s['int8'] else 'float'}, {s['reason']}{kept}")
+    return lines
 
 
 def build_summary(merger, output) -> str:

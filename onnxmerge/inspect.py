@@ -251,4 +251,15 @@ def describe(path: str | Path, model: onnx.ModelProto) -> dict:
         "candidates": candidates(model, suggested),
         "suggested": suggested,
         "reason": reason,
+        "quantization": _quantization(model),
     }
+
+
+def _quantization(model: onnx.ModelProto) -> dict | None:
+    """What ``build --quantize`` chose for an int8 Z (its ``onnxmerge.quantization`` metadata), else None."""
+    from .quantize import quantization_info
+
+    try:
+        return quantization_info(model)
+    except ValueError:  # not JSON: a hand-edited file; inspect still describes the rest
+        return None
