@@ -79,6 +79,7 @@ class QuantizeReport:
     size_ratio: float = 1.0    # file size int8 / float
     method: str = ""
     calibration_images: int = 0
+    pool_images: int = 0       # unlabelled images the calibration images were drawn from, besides ``images``
     head_refit: bool = False
     held_out: str = ""         # how the accuracies were measured
     sources: list[SourceChoice] = field(default_factory=list)
@@ -88,7 +89,7 @@ class QuantizeReport:
     def metadata(self) -> str:
         """The JSON stored under ``onnxmerge.quantization`` in the int8 Z."""
         keep = ("accuracy_before", "accuracy_after", "images", "time_ratio", "size_ratio", "method",
-                "calibration_images", "head_refit", "held_out")
+                "calibration_images", "pool_images", "head_refit", "held_out")
         data = {k: v for k, v in asdict(self).items() if k in keep}
         data["sources"] = [asdict(s) for s in self.sources]
         return json.dumps(data)
@@ -362,7 +363,7 @@ def quantize_z(model: onnx.ModelProto, sources: list[str], images: np.ndarray, l
         else:
             before = score(float_model, None)[0]
         report = QuantizeReport(False, before, before, len(labels), 1.0, calibration_images=len(calibration),
-                                held_out=held_out, sources=choices)
+                                pool_images=0 if pool is None else len(pool), held_out=held_out, sources=choices)
         if not chosen:
             report.lines = [_summary(report), *[_source_line(c) for c in choices],
                             "quantize: refused, no source's int8 form is faster on this machine; wrote the float Z"]
@@ -432,8 +433,9 @@ def quantize_merger(merger, train, unlabeled=None, methods: tuple[str, ...] = ME
 
 
 def _summary(r: QuantizeReport) -> str:
+    drawn = f"the {r.images} labelled" + (f" and {r.pool_images} pool" if r.pool_images else "")
     line = (f"quantize: int8 static QDQ (per-channel int8 weights, uint8 activations), calibrated on "
-            f"{r.calibration_images} pool and training images; accuracy held out ({r.held_out}): "
+            f"{r.calibration_images} of {drawn} images; accuracy held out ({r.held_out}): "
             f"{r.accuracy_before:.3f} float")
     if r.method:
         line += (f" -> {r.accuracy_after:.3f} int8 ({r.method} calibration, head "
