@@ -41,6 +41,8 @@ def _inspect(args) -> int:
         labels = ", ".join(p(label) for label in info["labels"][:10])
         say(f"labels:  {len(info['labels'])}: {labels}{' ...' if len(info['labels']) > 10 else ''}")
     say(f"suggested feature: {p(info['suggested'])}\n  why: {p(info['reason'])}")
+    for line in quantization_lines(info["quantization"]):
+        say(printable(line))
     shown = info["candidates"] if args.all else info["candidates"][:10]
     say(f"candidates ({len(shown)} of {len(info['candidates'])}{'' if args.all else '; --all for every one'}):")
     for c in shown:
@@ -95,14 +97,10 @@ def _build(args) -> int:
     finally:
         merger.close()  # the Dask cluster, if any: quantisation and parity run here
     if args.quantize:
-        from .io.images import as_labelled
-        from .learn.quantize import quantize_z
+        from .learn.quantize import quantize_merger
 
-        if recipe.train is None:
-            raise OnnxMergeError("--quantize needs labelled training images ([head] train) to calibrate on and to "
-                                 "check accuracy before/after; build without --quantize.")
-        data = as_labelled(recipe.train, None, merger.input)
-        merger.model_, merger.quantize_ = quantize_z(merger.model_, data.x, data.y)  # the setter drops Z's session
+        # the setter drops Z's session; the report's lines say per source float/int8, time ratio and why
+        merger.model_, merger.quantize_ = quantize_merger(merger, recipe.train, recipe.unlabeled)
     merger.save(args.output)
     if args.json:  # the whole report: expected accuracy with per-class recall, source checks, pool counts, ...
         say(json.dumps(dict(merger.report_, output=str(args.output)), indent=2, default=_plain))
@@ -130,6 +128,21 @@ def read_files(recipe, model_files, input_files) -> list[Path]:
     for data in list(recipe.train or []) + ([recipe.unlabeled] if recipe.unlabeled is not None else []):
         files += input_files(data)
     return files
+
+
+def quantization_lines(q: dict | None) -> list[str]:
+    """``inspect``'s lines for an int8 Z: per source float/int8, time ratio and why; accuracy before/after."""
+    if not q:
+        return []
+    lines = [f"quantization: int8 static QDQ, {q['method']} calibration on {q['calibration_images']} images "
+             f"(of {q['images']} labelled and {q.get('pool_images', 0)} pool images); "
+             f"accuracy held out ({q['held_out']}) {q['accuracy_before']:.3f} float -> {q['accuracy_after']:.3f} "
+             f"int8{', head refitted on the int8 features' if q['head_refit'] else ''}; Z int8 / float time "
+             f"{q['time_ratio']:.2f}, size {q['size_ratio']:.2f}x"]
+    for s in q["sources"]:
+        kept = f"; float: {', '.join(s['float_layers'])}" if s["float_layers"] else ""
+        lines.append(f"  {s['name']}: {'int8' if s['int8'] else 'float'}, {s['reason']}{kept}")
+    return lines
 
 
 def build_summary(merger, output) -> str:

@@ -118,6 +118,7 @@ class Merger(ClassifierMixin, BaseEstimator):
         self.warnings_, self.report_ = build.warnings, build.report
         fitted, self.parity_ = pipeline.fit(build, labelled, pool)
         self.teachers_, self.widths_ = build.teachers, build.widths
+        self.head_input_ = build.head_input()  # what the head reads, block by block
         self.head_, self.classes_ = fitted.head, fitted.classes
         self.features_from_cache_ = build.features.from_cache
         self._z, self._session = fitted.model, None

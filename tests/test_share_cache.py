@@ -188,20 +188,25 @@ def test_cli_cache_flags(tmp_path, digits_npz, capsys, monkeypatch):
 
 # -- build --quantize ------------------------------------------------------------------------------------------
 def test_quantize_reports_accuracy_before_after_and_keeps_a_valid_z(digits):
-    from onnxmerge.learn.quantize import quantize_z
+    from onnxmerge.learn.head import fit_head
+    from onnxmerge.learn.quantize import quantization_info, quantize_z
 
     x, y = digits
     merger = Merger(ImageInput(8, 8, 1), [fixture_source("a", "torch_legacy_cnn.onnx")], quiet=True).fit(x[:400], y[:400])
-    float_z = merger.model_
-    model, report = quantize_z(float_z, x[:400], y[:400], rounds=1, runs=2)
+    float_z, widths = merger.model_, merger.head_input_.widths(merger.widths_)
+    model, report = quantize_z(float_z, ["a"], x[:400], y[:400], x[400:500],
+                               lambda f, t: fit_head(f, t, widths, C=merger.report_["C"]), methods=("MinMax",), rounds=1)
     onnx.checker.check_model(model, full_check=True)
-    assert 0 <= report.accuracy_after <= 1 and report.accuracy_before > 0.8 and report.time_ratio > 0
-    assert "accuracy on the 400 training images" in report.lines[0]
+    assert report.calibration_images == 480 and "5-fold cross-validation on the 400 labelled images" in report.lines[0]
+    assert 0.8 < report.accuracy_before <= 1 and 0 <= report.accuracy_after <= 1
+    assert [c.name for c in report.sources] == ["a"] and report.sources[0].time_ratio > 0
+    assert report.lines[1].startswith("quantize: source a: " + ("int8" if report.sources[0].int8 else "float"))
     if report.accepted:
         assert any(n.op_type == "QuantizeLinear" for n in model.graph.node)
-        assert {p.key for p in model.metadata_props} >= {"onnxmerge.labels", "onnxmerge.quantized"}
+        info = quantization_info(model)
+        assert info["sources"][0]["int8"] and info["method"] == "MinMax" and info["accuracy_before"] == report.accuracy_before
     else:
-        assert model is float_z and "refused" in report.lines[1]
+        assert model is float_z and "refused" in report.lines[-1] and quantization_info(model) is None
     label = make_session(model).run(["label"], {"image": x[:3]})[0]
     assert set(label) <= set(merger.classes_)
 
@@ -210,5 +215,5 @@ def test_cli_quantize_flag(tmp_path, digits_npz, capsys):
     recipe = write_recipe(tmp_path, [("a", "torch_legacy_cnn.onnx")], digits_npz["train"])
     assert main(["build", str(recipe), "-o", str(tmp_path / "z.onnx"), "--quiet", "--no-cache", "--quantize"]) == 0
     out = capsys.readouterr().out
-    assert "quantize: int8 static QDQ" in out and (tmp_path / "z.onnx").exists()
+    assert "quantize: int8 static QDQ" in out and "quantize: source a: " in out and (tmp_path / "z.onnx").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["recipe.toml", "z.onnx"]  # nothing else written here

@@ -424,4 +424,17 @@ def describe(path: str | Path, model: onnx.ModelProto) -> dict:
         "suggested": suggested,
         "reason": reason,
         "z": describe_z(model),
+        "quantization": _quantization(model),
     }
+
+
+def _quantization(model: onnx.ModelProto) -> dict | None:
+    """What ``build --quantize`` chose for an int8 Z (its ``onnxmerge.quantization`` metadata), else None."""
+    for prop in model.metadata_props:
+        if prop.key == "onnxmerge.quantization":
+            try:
+                value = json.loads(_text(prop.value))
+            except (ValueError, RecursionError):  # a hand-edited file: inspect still describes the rest
+                return None
+            return value if isinstance(value, dict) else None
+    return None

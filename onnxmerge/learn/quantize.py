@@ -1,127 +1,457 @@
-"""``build --quantize``: static int8 QDQ quantisation of Z, calibrated on the training images.
+"""``build --quantize``: int8 where it pays and keeps accuracy, chosen per source by measurement.
 
-onnxruntime's ``quantize_static`` (QDQ format, int8 per-channel weights, uint8 activations) quantises Z's
-Conv, MatMul and Gemm nodes, calibrated on the build's training images. Quantisation cannot be exact, so
-PRODUCT.md's parity becomes "accuracy before/after": both models classify the labelled training images and
-the report gives both accuracies. A quantised Z that is slower than the float one (ASSETS.md: on small CNNs
-int8 can be slower), or that loses more than 2 accuracy points on the training images, is refused: the float
-Z is kept and the report says why. The head (``head/`` nodes: the feature standardisation is folded into its
-weights, so its inputs have very different scales) stays float: quantising it cost EfficientNet-Lite0 46
-points instead of 9.
+onnxruntime's static QDQ quantisation (int8 per-channel weights, uint8 activations: the U8S8 kernels of x86
+VNNI and of onnxruntime mobile/web) is applied to the nodes of each source's network only: the
+preprocessing (element-wise arithmetic on the raw image) and the head (its standardisation is folded into
+its weights, so its inputs have very different scales: quantising it cost EfficientNet-Lite0 46 points)
+stay float. What is decided by measurement, in this order:
 
-The calibration writes its temporary models into a temporary folder that is removed afterwards.
+1. **Which sources.** Each source's part of Z (its preprocessing and network, up to its feature) is timed
+   float and int8 at batch 32, interleaved; a source becomes int8 only when its int8 part takes at most
+   ``PAYS`` of the float time (on tiny networks the Quantize/Dequantize pairs cost more than they save).
+2. **The calibration method** (MinMax, percentile, entropy), on the pool and training images (at most
+   ``CALIBRATION_IMAGES``): the one with the best held-out accuracy.
+3. **The first and last weighted layer of each source**: kept float unless quantising them as well costs
+   at most ``LAYER_TOLERANCE`` of held-out accuracy.
+4. **The head refitted on the int8 features** (mode "fit", head fitted on labelled images only) when that is
+   more accurate held out than the float head on int8 features.
+
+"Held out" is stratified k-fold cross-validation on the labelled images' head inputs: a head fitted as the
+build fits it, on k-1 folds of float (or int8) head inputs, scored on the remaining fold, so no image is
+scored by a head that saw it. The int8 Z is refused (the float Z is kept, with the reason) when no
+source pays or when it loses more than ``MAX_ACCURACY_DROP``. The choice per source is stored in Z's
+metadata (``onnxmerge.quantization``, JSON) for ``onnxmerge inspect``.
+
+Temporary models and the calibration tables go into a temporary folder that is removed afterwards.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
+import json
 import logging
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import onnx
+from onnx import helper, numpy_helper
 
 from ..errors import OnnxMergeError, first_line
+from ..graph.share import ancestors
+from ..graph.stitch import keep_outputs, output_names
+from ..io.images import as_labelled, as_pool
 from ..runtime.session import make_session, run_batched
+from .head import HEAD_INPUT, fit_head, folded_weights
 
-CALIBRATION_IMAGES = 256
-MAX_ACCURACY_DROP = 0.02  # more than 2 points lost on the training images: the float Z is kept
+CALIBRATION_IMAGES = 512
+CALIBRATION_BATCH = 8
+METHODS = ("MinMax", "Percentile", "Entropy")
+PAYS = 0.9                 # a source goes int8 when its int8 part takes <= 90% of its float time
+LAYER_TOLERANCE = 0.005    # first/last layers go int8 as well when that costs <= 0.5 points held out
+MAX_ACCURACY_DROP = 0.02   # more than 2 points lost held out: the float Z is kept
 SPEED_BATCH = 32
+FOLDS = 5
+WEIGHTED = ("Conv", "ConvTranspose", "MatMul", "Gemm")
+METADATA_KEY = "onnxmerge.quantization"
+
+
+@dataclass
+class SourceChoice:
+    """What ``--quantize`` decided for one source, and why."""
+
+    name: str
+    int8: bool
+    time_ratio: float          # its part of Z, int8 / float time at batch ``SPEED_BATCH`` (median of rounds)
+    reason: str
+    float_layers: list[str] = field(default_factory=list)  # weighted nodes left float inside an int8 source
 
 
 @dataclass
 class QuantizeReport:
     accepted: bool
-    accuracy_before: float
-    accuracy_after: float
-    images: int
-    time_ratio: float            # quantised / float, median over interleaved rounds (lower is faster)
+    accuracy_before: float     # held-out (cross-validated) accuracy of the float Z's head
+    accuracy_after: float      # the same for the Z written when accepted (int8 sources, chosen head)
+    images: int                # labelled images the accuracies are measured on
+    time_ratio: float          # Z int8 / Z float at batch ``SPEED_BATCH`` (median of interleaved rounds)
+    size_ratio: float = 1.0    # file size int8 / float
+    method: str = ""
+    calibration_images: int = 0
+    pool_images: int = 0       # unlabelled images the calibration images were drawn from, besides ``images``
+    head_refit: bool = False
+    held_out: str = ""         # how the accuracies were measured
+    sources: list[SourceChoice] = field(default_factory=list)
+    trials: dict[str, float] = field(default_factory=dict)  # held-out accuracy of every variant measured
     lines: list[str] = field(default_factory=list)
 
+    def metadata(self) -> str:
+        """The JSON stored under ``onnxmerge.quantization`` in the int8 Z."""
+        keep = ("accuracy_before", "accuracy_after", "images", "time_ratio", "size_ratio", "method",
+                "calibration_images", "pool_images", "head_refit", "held_out")
+        data = {k: v for k, v in asdict(self).items() if k in keep}
+        data["sources"] = [asdict(s) for s in self.sources]
+        return json.dumps(data)
 
-def _median_time(session, images: np.ndarray, runs: int) -> float:
-    name = session.get_inputs()[0].name
-    times = []
-    for _ in range(runs):
+
+# -- the graph: which nodes belong to which source -----------------------------------------------------------------
+@dataclass
+class SourceNodes:
+    name: str
+    network: list[str]         # node names of the source's network (its preprocessing and Z's head excluded)
+    first: str | None          # first and last weighted nodes (Conv/MatMul/Gemm) of the network
+    last: list[str]            # the last before the feature, and the source's own head layer if Z keeps it
+
+
+def source_nodes(model: onnx.ModelProto, names: list[str]) -> list[SourceNodes]:
+    """Each source's network nodes in Z, found from the graph: ancestors of its feature (and of its own
+    head, for a teacher), minus the ancestors of its preprocessed input (``NAME/input``)."""
+    graph = model.graph
+    produced = {o for n in graph.node for o in n.output}
+    result = []
+    for name in names:
+        tensors = output_names(name)
+        ends = [t for t in (tensors["feature"], tensors["head"]) if t in produced]
+        network = ancestors(graph, ends) - ancestors(graph, [tensors["input"]])
+        order = sorted(network)  # graph order is topological
+        weighted = [i for i in order if graph.node[i].op_type in WEIGHTED]
+        before_feature = [i for i in weighted if i in ancestors(graph, [tensors["feature"]])]
+        last = ([graph.node[before_feature[-1]].name] if before_feature else [])
+        last += [graph.node[i].name for i in weighted if i not in before_feature][-1:]
+        result.append(SourceNodes(name, [graph.node[i].name for i in order],
+                                  graph.node[weighted[0]].name if weighted else None, last))
+    return result
+
+
+def _named(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy whose every node has a unique name (quantize_static selects nodes by name)."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    seen: set[str] = set()
+    for i, node in enumerate(copy.graph.node):
+        if not node.name or node.name in seen:
+            node.name = f"{node.name or node.op_type}__{i}"
+        seen.add(node.name)
+    return copy
+
+
+# -- calibration and quantisation --------------------------------------------------------------------------------
+class _Reader:
+    """onnxruntime's calibration reader over uint8 images, in batches, with the strided ``set_range`` protocol
+    (quantize_static then collects ``CalibStridedMinMax`` batches at a time, so histogram calibration holds a
+    few batches' activations, not the whole set's)."""
+
+    def __init__(self, images: np.ndarray, batch: int = CALIBRATION_BATCH):
+        self.batches = [images[i:i + batch] for i in range(0, len(images), batch)]
+        self.set_range(0, len(self.batches))
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        self._items = iter(self.batches[start_index:end_index])
+
+    def get_next(self):
+        batch = next(self._items, None)
+        return None if batch is None else {"image": batch}
+
+    def __iter__(self):  # quantize_static copies readers it iterates (SmoothQuant only)
+        return iter({"image": b} for b in self.batches)
+
+
+class Quantizer:
+    """Quantises one float Z repeatedly (other nodes, other methods), calibrating each method once."""
+
+    def __init__(self, model: onnx.ModelProto, calibration: np.ndarray, folder: Path):
+        self.model = _named(model)
+        self.calibration = calibration
+        self.folder = folder
+        self.source_path = folder / "z.onnx"
+        onnx.save(self.model, str(self.source_path))
+        self.seconds: dict[str, float] = {}
+
+    def quantize(self, nodes: list[str], method: str = "MinMax") -> onnx.ModelProto:
+        """Z with ``nodes`` quantised (int8 per-channel weights, uint8 activations), calibrated by ``method``."""
+        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+        cache = self.folder / f"ranges-{method}.json"
+        reader = None if cache.exists() else _Reader(self.calibration)
+        target = self.folder / "z_int8.onnx"
         start = time.perf_counter()
-        session.run(["probabilities"], {name: images})
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
-
-
-def quantize_z(model: onnx.ModelProto, images: np.ndarray, labels: np.ndarray, rounds: int = 5, runs: int = 10
-               ) -> tuple[onnx.ModelProto, QuantizeReport]:
-    """Z quantised (or ``model`` itself where int8 was slower or lost accuracy) and what was measured."""
-    try:
-        from onnxruntime.quantization import (
-            CalibrationDataReader,
-            QuantFormat,
-            QuantType,
-            quantize_static,
-        )
-    except ImportError as exc:  # pragma: no cover - part of onnxruntime's wheel
-        raise OnnxMergeError(f"--quantize needs onnxruntime.quantization ({exc}).") from exc
-    if len(images) == 0:
-        raise OnnxMergeError("--quantize needs labelled training images to calibrate on and to check accuracy.")
-    rng = np.random.default_rng(0)
-    calibration = images[np.sort(rng.choice(len(images), size=min(CALIBRATION_IMAGES, len(images)), replace=False))]
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.batches = iter([{"image": calibration[i:i + 32]} for i in range(0, len(calibration), 32)])
-
-        def get_next(self):
-            return next(self.batches, None)
-
-    with tempfile.TemporaryDirectory(prefix="onnxmerge-quantize-") as tmp:
-        source, target = Path(tmp) / "z.onnx", Path(tmp) / "z_int8.onnx"
-        onnx.save(model, str(source))
         logging.disable(logging.WARNING)  # onnxruntime.quantization's root-logger advice ("consider pre-processing")
         try:
-            quantize_static(str(source), str(target), Reader(), quant_format=QuantFormat.QDQ,
-                            op_types_to_quantize=["Conv", "MatMul", "Gemm"], per_channel=True,
-                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                            nodes_to_exclude=[n.name for n in model.graph.node if n.name.startswith("head/")])
+            with contextlib.redirect_stdout(io.StringIO()):  # the histogram calibrators' progress prints
+                quantize_static(str(self.source_path), str(target), reader, quant_format=QuantFormat.QDQ,
+                                per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                                nodes_to_quantize=list(nodes), calibrate_method=getattr(CalibrationMethod, method),
+                                calibration_cache_path=str(cache),
+                                extra_options={"CalibStridedMinMax": 4 if reader else None,
+                                               # uint8 activations after ReLU/ReLU6: a range symmetric around 0
+                                               # (percentile's default) would waste half of the 256 codes
+                                               "CalibTensorRangeSymmetric": False})
         except Exception as exc:
             raise OnnxMergeError(f"onnxruntime could not quantise Z ({type(exc).__name__}: "
                                  f"{first_line(exc)}); build without --quantize.") from exc
         finally:
             logging.disable(logging.NOTSET)
+        if reader is not None:
+            self.seconds[method] = time.perf_counter() - start
         quantized = onnx.load(str(target))
-    del quantized.metadata_props[:]
-    quantized.metadata_props.extend(model.metadata_props)
-    note = f"int8 static QDQ (onnxruntime), calibrated on {len(calibration)} training images"
-    quantized.metadata_props.add(key="onnxmerge.quantized", value=note)
-    quantized.producer_name, quantized.producer_version = model.producer_name, model.producer_version
-    onnx.checker.check_model(quantized, full_check=True)
+        del quantized.metadata_props[:]
+        quantized.metadata_props.extend(self.model.metadata_props)
+        quantized.producer_name, quantized.producer_version = self.model.producer_name, self.model.producer_version
+        return quantized
 
-    float_session, int8_session = make_session(model), make_session(quantized)
-    before = run_batched(float_session, images, ["label"], quiet=True)["label"]
-    after = run_batched(int8_session, images, ["label"], quiet=True)["label"]
-    accuracy_before = float(np.mean(before.astype(str) == labels.astype(str)))
-    accuracy_after = float(np.mean(after.astype(str) == labels.astype(str)))
-    batch = images[:SPEED_BATCH]
+
+def _strided_ready(n: int) -> int:
+    """Calibration images, a multiple of 4 batches (quantize_static's strided collection needs it)."""
+    return max(CALIBRATION_BATCH * 4, n - n % (CALIBRATION_BATCH * 4))
+
+
+# -- measuring ---------------------------------------------------------------------------------------------------
+def _with_output(model: onnx.ModelProto, name: str) -> onnx.ModelProto:
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    copy.graph.output.append(helper.make_empty_tensor_value_info(name))
+    return copy
+
+
+def head_inputs(model: onnx.ModelProto, images: np.ndarray) -> np.ndarray:
+    """Z's ``head/input`` (the logistic regression's input) on ``images``, as Z computes it."""
+    session = make_session(_with_output(model, HEAD_INPUT))
+    return run_batched(session, images, [HEAD_INPUT], batch_size=16, quiet=True)[HEAD_INPUT].astype(np.float64)
+
+
+def folds(labels: np.ndarray, k: int = FOLDS) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Stratified k-fold splits (seeded); fewer folds where the smallest class has fewer than k images."""
+    from sklearn.model_selection import StratifiedKFold
+
+    _, counts = np.unique(labels, return_counts=True)
+    k = min(k, int(counts.min()))
+    if k < 2:
+        return []
+    return list(StratifiedKFold(k, shuffle=True, random_state=0).split(np.zeros(len(labels)), labels))
+
+
+def held_out_accuracy(fit_on: np.ndarray, score_on: np.ndarray, labels: np.ndarray,
+                      splits: list[tuple[np.ndarray, np.ndarray]], fit) -> float:
+    """Cross-validated accuracy: ``fit(x, y)`` on each split's training part of ``fit_on``, scored on the
+    held-out part of ``score_on`` (the same images' head inputs from another Z)."""
+    right = 0
+    for train, test in splits:
+        head = fit(fit_on[train], labels[train])
+        right += int(np.sum(head.predict(score_on[test]) == labels[test]))
+    return right / len(labels)
+
+
+def _median_time(session, images: np.ndarray, outputs: list[str], runs: int) -> float:
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        session.run(outputs, {"image": images})
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def time_ratio(first: onnx.ModelProto, second: onnx.ModelProto, images: np.ndarray, outputs: list[str],
+               rounds: int = 5, runs: int = 3) -> float:
+    """Median over ``rounds`` of (median time of ``second``) / (median time of ``first``), blocks alternating
+    order, each session in its own block, idle threads not spinning (ASSETS.md's fair timing)."""
+    a, b = make_session(first), make_session(second)
+    _median_time(a, images, outputs, 1), _median_time(b, images, outputs, 1)  # warm-up
     ratios = []
-    for r in range(rounds):  # interleaved blocks, alternating order
+    for r in range(rounds):
         if r % 2:
-            t_int8, t_float = _median_time(int8_session, batch, runs), _median_time(float_session, batch, runs)
+            tb, ta = _median_time(b, images, outputs, runs), _median_time(a, images, outputs, runs)
         else:
-            t_float, t_int8 = _median_time(float_session, batch, runs), _median_time(int8_session, batch, runs)
-        ratios.append(t_int8 / t_float)
-    ratio = float(np.median(ratios))
-    drop = accuracy_before - accuracy_after
-    accepted = ratio < 1.0 and drop <= MAX_ACCURACY_DROP
-    lines = [(f"quantize: int8 static QDQ calibrated on {len(calibration)} training images; accuracy on the "
-             f"{len(images)} training images {accuracy_before:.3f} (float) -> {accuracy_after:.3f} (int8); "
-             f"time int8 / float at batch {len(batch)}: {ratio:.2f}")]
-    if ratio >= 1.0:
-        lines.append("quantize: refused, the int8 Z is not faster than the float Z on this machine; wrote the float Z")
-    elif drop > MAX_ACCURACY_DROP:
-        lines.append(f"quantize: refused, int8 costs {100 * drop:.1f} accuracy points on the training images (more "
-                     f"than {100 * MAX_ACCURACY_DROP:.0f}); wrote the float Z")
-    elif drop > 0:
-        lines.append(f"quantize: warning: int8 costs {100 * drop:.1f} accuracy points on the training images")
-    report = QuantizeReport(accepted, accuracy_before, accuracy_after, len(images), ratio, lines)
-    return (quantized if accepted else model), report
+            ta, tb = _median_time(a, images, outputs, runs), _median_time(b, images, outputs, runs)
+        ratios.append(tb / ta)
+    return float(np.median(ratios))
+
+
+def _part(model: onnx.ModelProto, outputs: list[str]) -> onnx.ModelProto:
+
+    return keep_outputs(model, outputs)
+
+
+def _runs_for(model: onnx.ModelProto, images: np.ndarray) -> int:
+    """Runs per timing block: about 0.5 s of work, 3 to 50 runs."""
+    session = make_session(model)
+    start = time.perf_counter()
+    session.run(None, {"image": images})
+    return int(np.clip(0.5 / max(time.perf_counter() - start, 1e-6), 3, 50))
+
+
+def _replace_head(model: onnx.ModelProto, head) -> onnx.ModelProto:
+    """``model`` with its logistic-regression head's ``head/W`` and ``head/b`` swapped for ``head``'s."""
+    weights, bias = folded_weights(head)
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    for init in copy.graph.initializer:
+        if init.name == "head/W":
+            init.CopyFrom(numpy_helper.from_array(weights, "head/W"))
+        elif init.name == "head/b":
+            init.CopyFrom(numpy_helper.from_array(bias, "head/b"))
+    return copy
+
+
+# -- the whole decision --------------------------------------------------------------------------------------------
+def quantize_z(model: onnx.ModelProto, sources: list[str], images: np.ndarray, labels: np.ndarray,
+               pool: np.ndarray | None = None, fit=None, methods: tuple[str, ...] = METHODS,
+               rounds: int = 5) -> tuple[onnx.ModelProto, QuantizeReport]:
+    """Z with the sources that pay quantised (or ``model`` itself), and what was measured.
+
+    ``sources`` are Z's source names; ``images``/``labels`` the labelled training images (accuracy, and
+    calibration together with ``pool``); ``fit(x, y)`` fits a head as the build did (for the held-out
+    accuracy and the refit), or None where Z's head was not fitted on these labels alone (teachers mode, a
+    pseudo-labelled pool): then accuracy is Z's own on the labelled images and the head is never refitted.
+    """
+    if len(images) == 0:
+        raise OnnxMergeError("--quantize needs labelled training images to calibrate on and to check accuracy.")
+    labels = np.asarray(labels).astype(str)
+    rng = np.random.default_rng(0)
+    candidates = images if pool is None or len(pool) == 0 else np.concatenate([images, pool])
+    n = min(CALIBRATION_IMAGES, len(candidates))
+    if n >= CALIBRATION_BATCH * 4:
+        n = _strided_ready(n)
+    calibration = candidates[np.sort(rng.choice(len(candidates), size=n, replace=False))]
+    has_head = any(i.name == "head/W" for i in model.graph.initializer)
+    splits = folds(labels) if fit is not None and has_head else []
+    held_out = (f"{len(splits)}-fold cross-validation on the {len(labels)} labelled images" if splits else
+                f"Z itself on the {len(labels)} labelled images")
+    batch = images[:SPEED_BATCH]
+    lines: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="onnxmerge-quantize-") as tmp:
+        quantizer = Quantizer(model, calibration, Path(tmp))
+        float_model = quantizer.model
+        layers = {s.name: s for s in source_nodes(float_model, sources)}
+        edge = {s: [n for n in [layers[s].first, *layers[s].last] if n] for s in sources}
+
+        def nodes_of(chosen: list[str], with_edges: bool) -> list[str]:
+            keep = {n for s in chosen for n in edge[s]} if not with_edges else set()
+            return [n for s in chosen for n in layers[s].network if n not in keep]
+
+        # 1. per source: is its int8 part faster? (MinMax: timing does not depend on the ranges)
+        everything = quantizer.quantize(nodes_of(sources, False))
+        choices = []
+        for s in sources:
+            part = [output_names(s)["feature"]]
+            f_part, q_part = _part(float_model, part), _part(everything, part)
+            ratio = time_ratio(f_part, q_part, batch, part, rounds, _runs_for(f_part, batch))
+            pays = ratio <= PAYS
+            reason = (f"int8 part takes {ratio:.2f}x its float time at batch {len(batch)}" +
+                      ("" if pays else f" (int8 only where <= {PAYS:.2f}x: the Quantize/Dequantize pairs cost "
+                                       "about what the int8 kernels save)"))
+            choices.append(SourceChoice(s, pays, ratio, reason))
+        chosen = [c.name for c in choices if c.int8]
+
+        def score(candidate: onnx.ModelProto, float_x: np.ndarray) -> tuple[float, float]:
+            """(held-out accuracy with the float head, with the head refitted on int8 head inputs)."""
+            if not splits:
+                got = run_batched(make_session(candidate), images, ["label"], 16, quiet=True)["label"]
+                acc = float(np.mean(got.astype(str) == labels))
+                return acc, acc
+            q_x = head_inputs(candidate, images)
+            return (held_out_accuracy(float_x, q_x, labels, splits, fit),
+                    held_out_accuracy(q_x, q_x, labels, splits, fit))
+
+        float_x = head_inputs(float_model, images) if splits else None
+        if splits:
+            before = held_out_accuracy(float_x, float_x, labels, splits, fit)
+        else:
+            before = score(float_model, None)[0]
+        report = QuantizeReport(False, before, before, len(labels), 1.0, calibration_images=len(calibration),
+                                pool_images=0 if pool is None else len(pool), held_out=held_out, sources=choices)
+        if not chosen:
+            report.lines = [_summary(report), *[_source_line(c) for c in choices],
+                            "quantize: refused, no source's int8 form is faster on this machine; wrote the float Z"]
+            return model, report
+
+        # 2. calibration method, first/last layers float; 3. first/last layers int8 as well
+        trials: dict[str, float] = {}
+        best = None
+        for method in methods:
+            candidate = quantizer.quantize(nodes_of(chosen, False), method)
+            plain, refit = score(candidate, float_x)
+            trials[f"{method}, first/last layers float"] = max(plain, refit)
+            if best is None or max(plain, refit) > best[0] + 1e-9:
+                best = (max(plain, refit), method, False, candidate, refit > plain)
+        candidate = quantizer.quantize(nodes_of(chosen, True), best[1])
+        plain, refit = score(candidate, float_x)
+        trials[f"{best[1]}, every layer int8"] = max(plain, refit)
+        if max(plain, refit) >= best[0] - LAYER_TOLERANCE:
+            best = (max(plain, refit), best[1], True, candidate, refit > plain)
+        accuracy, method, all_layers, quantized, refit = best
+        if refit:  # 4. the head, fitted on the int8 head inputs of every labelled image
+            quantized = _replace_head(quantized, fit(head_inputs(quantized, images), labels))
+        for c in choices:
+            if c.int8 and not all_layers:
+                c.float_layers = edge[c.name]
+        report.method, report.head_refit, report.trials, report.accuracy_after = method, refit, trials, accuracy
+        report.calibration_images = len(calibration)
+        report.time_ratio = time_ratio(float_model, quantized, batch, ["probabilities"], rounds,
+                                       _runs_for(float_model, batch))
+        report.size_ratio = quantized.ByteSize() / max(model.ByteSize(), 1)
+        drop = before - accuracy
+        report.accepted = drop <= MAX_ACCURACY_DROP and report.time_ratio < 1.0
+        report.lines = [_summary(report), *[_source_line(c) for c in choices]]
+        report.lines.append("quantize: calibration on held-out accuracy: " +
+                            "; ".join(f"{k} {v:.3f}" for k, v in trials.items()) +
+                            "".join(f"; {m} calibration {s:.0f} s" for m, s in quantizer.seconds.items()))
+        if report.time_ratio >= 1.0:
+            report.lines.append("quantize: refused, the int8 Z is not faster than the float Z on this machine; "
+                                "wrote the float Z")
+        elif drop > MAX_ACCURACY_DROP:
+            report.lines.append(f"quantize: refused, int8 costs {100 * drop:.1f} accuracy points held out (more "
+                                f"than {100 * MAX_ACCURACY_DROP:.0f}); wrote the float Z")
+        if not report.accepted:
+            return model, report
+        quantized.metadata_props.add(key=METADATA_KEY, value=report.metadata())
+        onnx.checker.check_model(quantized, full_check=True)
+        return quantized, report
+
+
+def quantize_merger(merger, train, unlabeled=None, methods: tuple[str, ...] = METHODS
+                    ) -> tuple[onnx.ModelProto, QuantizeReport]:
+    """``quantize_z`` for a fitted ``compose.Merger``: its labelled ``train`` images (and ``unlabeled`` pool)
+    calibrate; its head is refitted the way the build fitted it, where it was fitted on these labels alone."""
+    if train is None:
+        raise OnnxMergeError("--quantize needs labelled training images ([head] train) to calibrate on and to "
+                             "check accuracy before/after; build without --quantize.")
+    data = as_labelled(train, None, merger.input)
+    pool = as_pool(unlabeled, merger.input).x if unlabeled is not None else None
+    fit = None
+    if merger.mode == "fit" and "pseudo_labels" not in merger.report_:
+        widths = merger.head_input_.widths(merger.widths_)
+        C = merger.report_["C"]
+
+        def fit(x: np.ndarray, y: np.ndarray):
+            return fit_head(x, y, widths, C=C, class_weight=merger.class_weight)
+    return quantize_z(merger.model_, [s.name for s in merger.sources_], data.x, data.y, pool, fit, methods)
+
+
+def _summary(r: QuantizeReport) -> str:
+    drawn = f"the {r.images} labelled" + (f" and {r.pool_images} pool" if r.pool_images else "")
+    line = (f"quantize: int8 static QDQ (per-channel int8 weights, uint8 activations), calibrated on "
+            f"{r.calibration_images} of {drawn} images; accuracy held out ({r.held_out}): "
+            f"{r.accuracy_before:.3f} float")
+    if r.method:
+        line += (f" -> {r.accuracy_after:.3f} int8 ({r.method} calibration, head "
+                 f"{'refitted on the int8 features' if r.head_refit else 'kept'}); Z int8 / float time at batch "
+                 f"{SPEED_BATCH}: {r.time_ratio:.2f}; size {r.size_ratio:.2f}x")
+    return line
+
+
+def _source_line(c: SourceChoice) -> str:
+    kept = f"; float: {', '.join(c.float_layers)}" if c.float_layers else ""
+    return f"quantize: source {c.name}: {'int8' if c.int8 else 'float'}, {c.reason}{kept}"
+
+
+def quantization_info(model: onnx.ModelProto) -> dict | None:
+    """The ``onnxmerge.quantization`` record of an int8 Z (None for a float Z)."""
+    for prop in model.metadata_props:
+        if prop.key == METADATA_KEY:
+            return json.loads(prop.value)
+    return None

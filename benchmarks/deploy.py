@@ -1,0 +1,268 @@
+"""Edge deployment of Z (issue 15): int8 that keeps accuracy, and Z on the runtimes users ship to.
+
+Phases (``--phases``, default all, in this order; each reads what the one before wrote into ``--out``):
+
+build     EfficientNet-Lite0 (ImageNet weights, 224x224 RGB) + the demo's PyTorch CNN (28->32 gray) -> float Z,
+          fitted on ``--train`` labelled Fashion-MNIST training images upscaled to 224x224 RGB (Pillow bilinear).
+quantize  ``onnxmerge.learn.quantize.quantize_z`` on that Z: calibrated on the labelled images plus ``--pool``
+          other (unlabelled) training images; then, apart from what the build measures, the float and int8 Z
+          run in onnxruntime on ``--test`` held-out Fashion-MNIST test images (never fitted on): accuracy
+          before/after, Z int8 / Z float time at batch 32 (interleaved rounds, median), file sizes.
+demo      ``onnxmerge build examples/fashion/stage1.toml --quantize`` (the small demo sources).
+ort       the ORT format for onnxruntime mobile: ``python -m onnxruntime.tools.convert_onnx_models_to_ort``
+          on float and int8 Z (its ``required_operators.config`` is the reduced-operator build config); the
+          .ort files run in onnxruntime against the .onnx ones on the same images.
+web       onnxruntime-web (WASM) in headless Chromium: ``benchmarks/web/page.html`` loads each Z, runs
+          the same images and posts labels and probabilities back; compared to onnxruntime CPU.
+
+    python benchmarks/deploy.py [--phases build,quantize,demo,ort,web] [--out /tmp/onnxmerge-deploy]
+
+Needs the EfficientNet ONNX file (``benchmarks/export_efficientnet.py``, see speed.py's ``--torch-python``),
+and for ``web``: Debian's ``chromium`` and ``npm install onnxruntime-web`` in ``benchmarks/web`` (git-ignored).
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.server
+import json
+import platform
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from speed import effnet_files  # noqa: E402
+
+IMAGENET = {"scale": 1 / 255, "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
+INT8_TOLERANCE = 2e-2   # max |p_runtime - p_onnxruntime| allowed for int8 Z (requantisation rounding differs)
+FLOAT_TOLERANCE = 1e-3
+
+
+def upscale(x: np.ndarray, size: int = 224) -> np.ndarray:
+    from PIL import Image
+
+    return np.stack([np.asarray(Image.fromarray(img[..., 0]).convert("RGB").resize((size, size), Image.BILINEAR))
+                     for img in x])
+
+
+def data(args) -> dict[str, np.ndarray]:
+    """Labelled, pool and held-out images (224x224 RGB uint8), disjoint, seeded."""
+    train = np.load(ROOT / "examples/fashion/data/train.npz")
+    test = np.load(ROOT / "examples/fashion/data/test.npz")
+    order = np.random.default_rng(0).permutation(len(train["x"]))
+    labelled, pool = order[:args.train], order[args.train:args.train + args.pool]
+    known = np.flatnonzero(np.isin(test["y"], np.unique(train["y"])))  # the test file also holds "Bag"
+    held = np.random.default_rng(1).permutation(known)[:args.test]
+    return {"x": upscale(train["x"][labelled]), "y": train["y"][labelled].astype(str),
+            "pool": upscale(train["x"][pool]), "test_x": upscale(test["x"][held]), "test_y": test["y"][held].astype(str)}
+
+
+def session(path_or_model, threads: int = 2) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    payload = path_or_model.SerializeToString() if hasattr(path_or_model, "SerializeToString") else str(path_or_model)
+    return ort.InferenceSession(payload, options, providers=["CPUExecutionProvider"])
+
+
+def run(sess, images: np.ndarray, batch: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    labels, probs = [], []
+    for i in range(0, len(images), batch):
+        label, prob = sess.run(["label", "probabilities"], {"image": images[i:i + batch]})
+        labels.append(label)
+        probs.append(prob)
+    return np.concatenate(labels).astype(str), np.concatenate(probs)
+
+
+def merger_for(args):
+    from onnxmerge import ImageInput, Merger, Preprocess, Source
+
+    folder = effnet_files(args)
+    cnn = ROOT / "examples/fashion/models/a_torch_cnn.onnx"
+    return Merger(ImageInput(224, 224, 3), [
+        Source("lite0", folder / "lite0_imagenet.onnx", Preprocess(**IMAGENET)),
+        Source("cnn", cnn, Preprocess(scale=1 / 255, mean=(0.286,), std=(0.353,)))], quiet=True)
+
+
+def phase_build(args, d) -> None:
+    from onnxmerge.cli import build_summary
+
+    start = time.perf_counter()
+    merger = merger_for(args).fit(d["x"], d["y"])
+    merger.save(args.out / "z_float.onnx")
+    print(build_summary(merger, args.out / "z_float.onnx"))
+    print(f"build: {len(d['x'])} labelled images, {time.perf_counter() - start:.0f} s")
+    args.merger = merger
+
+
+def phase_quantize(args, d) -> None:
+    from onnxmerge.learn.head import fit_head
+    from onnxmerge.learn.quantize import quantize_z, time_ratio
+
+    merger = getattr(args, "merger", None)
+    if merger is None:
+        merger = args.merger = merger_for(args).fit(d["x"], d["y"])
+    widths, C = merger._head_input().widths(merger.widths_), merger.report_["C"]
+
+    def fit(x, y):
+        return fit_head(x, y, widths, C=C, class_weight=merger.class_weight)
+
+    start = time.perf_counter()
+    float_z = onnx.load(str(args.out / "z_float.onnx"))
+    int8_z, report = quantize_z(float_z, [s.spec.name for s in merger.sources_], d["x"], d["y"], d["pool"], fit,
+                                methods=tuple(args.methods.split(",")))
+    print("\n".join(report.lines))
+    print(f"quantize: {time.perf_counter() - start:.0f} s")
+    if int8_z is float_z:
+        print("quantize: the int8 Z was refused; nothing more to compare")
+        return
+    onnx.save(int8_z, str(args.out / "z_int8.onnx"))
+    sizes = {k: (args.out / f"z_{k}.onnx").stat().st_size for k in ("float", "int8")}
+    print(f"size: float {sizes['float'] / 1e6:.2f} MB, int8 {sizes['int8'] / 1e6:.2f} MB, "
+          f"ratio {sizes['int8'] / sizes['float']:.3f} (target <= 0.3)")
+    f_labels, _ = run(session(float_z), d["test_x"])
+    q_labels, _ = run(session(int8_z), d["test_x"])
+    acc_f, acc_q = np.mean(f_labels == d["test_y"]), np.mean(q_labels == d["test_y"])
+    print(f"held-out test images ({len(d['test_y'])}, never fitted on): accuracy float {acc_f:.3f}, int8 {acc_q:.3f}, "
+          f"difference {100 * (acc_q - acc_f):+.1f} points (target >= -1); labels agree on "
+          f"{np.mean(f_labels == q_labels):.1%}")
+    batch = d["test_x"][:32]
+    ratio = time_ratio(float_z, int8_z, batch, ["label", "probabilities"], rounds=args.rounds, runs=args.runs)
+    print(f"time Z int8 / Z float at batch 32: {ratio:.3f} (median of {args.rounds} interleaved rounds, {args.runs} "
+          f"runs per block; target <= 0.6)")
+
+
+def phase_demo(args, d) -> None:
+    out = args.out / "demo_z.onnx"
+    result = subprocess.run([sys.executable, "-m", "onnxmerge", "build", str(ROOT / "examples/fashion/stage1.toml"),
+                             "-o", str(out), "--quiet", "--no-cache", "--quantize"], capture_output=True, text=True)
+    print(result.stdout + result.stderr)
+
+
+# -- ORT format (onnxruntime mobile) ---------------------------------------------------------------------------------
+def models(args) -> list[Path]:
+    return [p for p in (args.out / "z_float.onnx", args.out / "z_int8.onnx") if p.exists()]
+
+
+def phase_ort(args, d) -> None:
+    from onnxmerge.runtime.deploy import ort_format
+
+    images = d["test_x"][:args.images]
+    for path in models(args):
+        result = ort_format(path, args.out / "ort")
+        ref_l, ref_p = run(session(path), images)
+        got_l, got_p = run(session(result.ort), images)
+        tol = INT8_TOLERANCE if "int8" in path.name else FLOAT_TOLERANCE
+        diff = float(np.abs(ref_p - got_p).max())
+        print(f"ort format: {path.name} {path.stat().st_size / 1e6:.2f} MB -> {result.ort.name} "
+              f"{result.ort.stat().st_size / 1e6:.2f} MB; {len(result.operators)} op types in "
+              f"{result.config.name}: {', '.join(result.operators)}")
+        print(f"ort format: {path.name} on {len(images)} images: labels equal {np.mean(ref_l == got_l):.0%}, "
+              f"max |p_ort - p_onnx| {diff:.2e} (tolerance {tol:g}) -> {'ok' if diff <= tol and (ref_l == got_l).all() else 'FAIL'}")
+
+
+# -- onnxruntime-web (WASM) in headless Chromium --------------------------------------------------------------------
+WEB = ROOT / "benchmarks/web"
+
+
+class _Handler(http.server.SimpleHTTPRequestHandler):
+    results: dict = {}
+
+    def do_POST(self):  # the page posts its results here
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        _Handler.results[self.path.strip("/")] = json.loads(body)
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *a):
+        pass
+
+
+def phase_web(args, d) -> None:
+    if not (WEB / "node_modules/onnxruntime-web/dist").exists():
+        print(f"web: skipped, run `npm install onnxruntime-web` in {WEB}")
+        return
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        print("web: skipped, no chromium (apt-get install -y chromium)")
+        return
+    images = d["test_x"][:args.images]
+    serve = args.out / "web"
+    serve.mkdir(exist_ok=True)
+    (serve / "images.bin").write_bytes(np.ascontiguousarray(images).tobytes())
+    for path in models(args):
+        shutil.copy(path, serve / path.name)
+    shutil.copy(WEB / "page.html", serve / "page.html")
+    dist = serve / "ort"
+    if not dist.exists():
+        dist.symlink_to(WEB / "node_modules/onnxruntime-web/dist")
+    version = json.loads((WEB / "node_modules/onnxruntime-web/package.json").read_text())["version"]
+
+    handler = lambda *a, **k: _Handler(*a, directory=str(serve), **k)  # noqa: E731
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port = server.server_address[1]
+    for path in models(args):
+        _Handler.results.clear()
+        h, w, c = images.shape[1:]
+        url = f"http://127.0.0.1:{port}/page.html?model={path.name}&n={len(images)}&h={h}&w={w}&c={c}"
+        start = time.perf_counter()
+        browser = subprocess.Popen([chromium, "--headless=new", "--no-sandbox", "--disable-gpu",
+                                    "--disable-dev-shm-usage", "--no-first-run", f"--user-data-dir={serve / 'profile'}", url],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        while "result" not in _Handler.results and time.perf_counter() - start < args.web_timeout:
+            time.sleep(0.5)
+        browser.terminate()
+        browser.wait(timeout=30)
+        result = _Handler.results.get("result")
+        if result is None or "error" in result:
+            print(f"web: {path.name}: FAIL ({(result or {}).get('error', 'no answer within the timeout')})")
+            continue
+        ref_l, ref_p = run(session(path), images)
+        got_l = np.asarray(result["labels"]).astype(str)
+        got_p = np.asarray(result["probabilities"], np.float32).reshape(ref_p.shape)
+        tol = INT8_TOLERANCE if "int8" in path.name else FLOAT_TOLERANCE
+        diff = float(np.abs(ref_p - got_p).max())
+        print(f"web: onnxruntime-web {version} (wasm, 1 thread) in {Path(chromium).name} headless, {path.name} on "
+              f"{len(images)} images: labels equal {np.mean(ref_l == got_l):.0%}, max |p_web - p_onnx| {diff:.2e} "
+              f"(tolerance {tol:g}) -> {'ok' if diff <= tol and (ref_l == got_l).all() else 'FAIL'}; "
+              f"session {result['load_ms']:.0f} ms, run {result['run_ms']:.0f} ms")
+    server.shutdown()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--phases", default="build,quantize,demo,ort,web")
+    parser.add_argument("--out", default="/tmp/onnxmerge-deploy")
+    parser.add_argument("--models", default="/tmp/onnxmerge-bench", help="EfficientNet ONNX files (speed.py)")
+    parser.add_argument("--torch-python", default=str(ROOT / ".venv-fx/bin/python"))
+    parser.add_argument("--train", type=int, default=240, help="labelled training images (30 per class)")
+    parser.add_argument("--pool", type=int, default=272, help="unlabelled training images for calibration")
+    parser.add_argument("--test", type=int, default=400, help="held-out test images")
+    parser.add_argument("--images", type=int, default=32, help="images run on the ORT-format and web runtimes")
+    parser.add_argument("--methods", default="MinMax,Percentile,Entropy")
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--web-timeout", type=float, default=600)
+    args = parser.parse_args()
+    args.out = Path(args.out)
+    args.out.mkdir(parents=True, exist_ok=True)
+    print(f"machine: {platform.machine()}, {len(__import__('os').sched_getaffinity(0))} cores; python "
+          f"{platform.python_version()}, onnx {onnx.__version__}, onnxruntime {ort.__version__}")
+    d = data(args)
+    for phase in args.phases.split(","):
+        print(f"\n== {phase}")
+        globals()[f"phase_{phase}"](args, d)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,26 @@
+"""Z in the ORT format for onnxruntime mobile (onnxmerge/deploy.py): the same labels and probabilities."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+from test_share_cache import fixture_source
+
+from onnxmerge import ImageInput, Merger
+from onnxmerge.runtime.deploy import ort_format
+
+
+def test_ort_format_round_trip_gives_the_same_labels_and_probabilities(tmp_path, digits):
+    x, y = digits
+    merger = Merger(ImageInput(8, 8, 1), [fixture_source("a", "torch_legacy_cnn.onnx")], quiet=True).fit(x[:300], y[:300])
+    path = merger.save(tmp_path / "z.onnx")
+    result = ort_format(path, tmp_path / "mobile")
+    assert result.ort.name == "z.ort" and result.ort.stat().st_size > 0
+    ops = {n.op_type for n in merger.model_.graph.node}
+    assert {o.split(";")[2] for o in result.operators} <= ops | {"FusedConv", "FusedGemm", "FusedMatMul"}
+    assert "Gather" in {o.split(";")[2] for o in result.operators}  # the head's label lookup is listed too
+    images = x[300:364]
+    ref = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"image": images})
+    got = ort.InferenceSession(str(result.ort), providers=["CPUExecutionProvider"]).run(None, {"image": images})
+    assert (ref[0] == got[0]).all()
+    assert np.abs(ref[1] - got[1]).max() <= 1e-5
