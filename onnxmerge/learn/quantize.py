@@ -46,16 +46,15 @@ from ..graph.stitch import keep_outputs, output_names
 from ..io.images import as_labelled, as_pool
 from ..runtime.session import make_session, run_batched
 from .head import HEAD_INPUT, fit_head, folded_weights
+from .qdq import CALIBRATION_BATCH, WEIGHTED, Quantizer, SourceNodes, source_nodes  # noqa: F401
 
 CALIBRATION_IMAGES = 512
-CALIBRATION_BATCH = 8
 METHODS = ("MinMax", "Percentile", "Entropy")
 PAYS = 0.9                 # a source goes int8 when its int8 part takes <= 90% of its float time
 LAYER_TOLERANCE = 0.005    # first/last layers go int8 as well when that costs <= 0.5 points held out
 MAX_ACCURACY_DROP = 0.02   # more than 2 points lost held out: the float Z is kept
 SPEED_BATCH = 32
 FOLDS = 5
-WEIGHTED = ("Conv", "ConvTranspose", "MatMul", "Gemm")
 METADATA_KEY = "onnxmerge.quantization"
 
 
@@ -97,114 +96,6 @@ class QuantizeReport:
 
 
 # -- the graph: which nodes belong to which source -----------------------------------------------------------------
-@dataclass
-class SourceNodes:
-    name: str
-    network: list[str]         # node names of the source's network (its preprocessing and Z's head excluded)
-    first: str | None          # first and last weighted nodes (Conv/MatMul/Gemm) of the network
-    last: list[str]            # the last before the feature, and the source's own head layer if Z keeps it
-
-
-def source_nodes(model: onnx.ModelProto, names: list[str]) -> list[SourceNodes]:
-    """Each source's network nodes in Z, found from the graph: ancestors of its feature (and of its own
-    head, for a teacher), minus the ancestors of its preprocessed input (``NAME/input``)."""
-    graph = model.graph
-    produced = {o for n in graph.node for o in n.output}
-    result = []
-    for name in names:
-        tensors = output_names(name)
-        ends = [t for t in (tensors["feature"], tensors["head"]) if t in produced]
-        network = ancestors(graph, ends) - ancestors(graph, [tensors["input"]])
-        order = sorted(network)  # graph order is topological
-        weighted = [i for i in order if graph.node[i].op_type in WEIGHTED]
-        before_feature = [i for i in weighted if i in ancestors(graph, [tensors["feature"]])]
-        last = ([graph.node[before_feature[-1]].name] if before_feature else [])
-        last += [graph.node[i].name for i in weighted if i not in before_feature][-1:]
-        result.append(SourceNodes(name, [graph.node[i].name for i in order],
-                                  graph.node[weighted[0]].name if weighted else None, last))
-    return result
-
-
-def _named(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy whose every node has a unique name (quantize_static selects nodes by name)."""
-    copy = onnx.ModelProto()
-    copy.CopyFrom(model)
-    seen: set[str] = set()
-    for i, node in enumerate(copy.graph.node):
-        if not node.name or node.name in seen:
-            node.name = f"{node.name or node.op_type}__{i}"
-        seen.add(node.name)
-    return copy
-
-
-# -- calibration and quantisation --------------------------------------------------------------------------------
-class _Reader:
-    """onnxruntime's calibration reader over uint8 images, in batches, with the strided ``set_range`` protocol
-    (quantize_static then collects ``CalibStridedMinMax`` batches at a time, so histogram calibration holds a
-    few batches' activations, not the whole set's)."""
-
-    def __init__(self, images: np.ndarray, batch: int = CALIBRATION_BATCH):
-        self.batches = [images[i:i + batch] for i in range(0, len(images), batch)]
-        self.set_range(0, len(self.batches))
-
-    def __len__(self) -> int:
-        return len(self.batches)
-
-    def set_range(self, start_index: int, end_index: int) -> None:
-        self._items = iter(self.batches[start_index:end_index])
-
-    def get_next(self):
-        batch = next(self._items, None)
-        return None if batch is None else {"image": batch}
-
-    def __iter__(self):  # quantize_static copies readers it iterates (SmoothQuant only)
-        return iter({"image": b} for b in self.batches)
-
-
-class Quantizer:
-    """Quantises one float Z repeatedly (other nodes, other methods), calibrating each method once."""
-
-    def __init__(self, model: onnx.ModelProto, calibration: np.ndarray, folder: Path):
-        self.model = _named(model)
-        self.calibration = calibration
-        self.folder = folder
-        self.source_path = folder / "z.onnx"
-        onnx.save(self.model, str(self.source_path))
-        self.seconds: dict[str, float] = {}
-
-    def quantize(self, nodes: list[str], method: str = "MinMax") -> onnx.ModelProto:
-        """Z with ``nodes`` quantised (int8 per-channel weights, uint8 activations), calibrated by ``method``."""
-        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-
-        cache = self.folder / f"ranges-{method}.json"
-        reader = None if cache.exists() else _Reader(self.calibration)
-        target = self.folder / "z_int8.onnx"
-        start = time.perf_counter()
-        logging.disable(logging.WARNING)  # onnxruntime.quantization's root-logger advice ("consider pre-processing")
-        try:
-            with contextlib.redirect_stdout(io.StringIO()):  # the histogram calibrators' progress prints
-                quantize_static(str(self.source_path), str(target), reader, quant_format=QuantFormat.QDQ,
-                                per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                                nodes_to_quantize=list(nodes), calibrate_method=getattr(CalibrationMethod, method),
-                                calibration_cache_path=str(cache),
-                                extra_options={"CalibStridedMinMax": 4 if reader else None,
-                                               # uint8 activations after ReLU/ReLU6: a range symmetric around 0
-                                               # (percentile's default) would waste half of the 256 codes
-                                               "CalibTensorRangeSymmetric": False})
-        except Exception as exc:
-            raise OnnxMergeError(f"onnxruntime could not quantise Z ({type(exc).__name__}: "
-                                 f"{first_line(exc)}); build without --quantize.") from exc
-        finally:
-            logging.disable(logging.NOTSET)
-        if reader is not None:
-            self.seconds[method] = time.perf_counter() - start
-        quantized = onnx.load(str(target))
-        del quantized.metadata_props[:]
-        quantized.metadata_props.extend(self.model.metadata_props)
-        quantized.producer_name, quantized.producer_version = self.model.producer_name, self.model.producer_version
-        return quantized
-
-
 def _strided_ready(n: int) -> int:
     """Calibration images, a multiple of 4 batches (quantize_static's strided collection needs it)."""
     return max(CALIBRATION_BATCH * 4, n - n % (CALIBRATION_BATCH * 4))
@@ -334,17 +225,7 @@ def quantize_z(model: onnx.ModelProto, sources: list[str], images: np.ndarray, l
             return [n for s in chosen for n in layers[s].network if n not in keep]
 
         # 1. per source: is its int8 part faster? (MinMax: timing does not depend on the ranges)
-        everything = quantizer.quantize(nodes_of(sources, False))
-        choices = []
-        for s in sources:
-            part = [output_names(s)["feature"]]
-            f_part, q_part = _part(float_model, part), _part(everything, part)
-            ratio = time_ratio(f_part, q_part, batch, part, rounds, _runs_for(f_part, batch))
-            pays = ratio <= PAYS
-            reason = (f"int8 part takes {ratio:.2f}x its float time at batch {len(batch)}" +
-                      ("" if pays else f" (int8 only where <= {PAYS:.2f}x: the Quantize/Dequantize pairs cost "
-                                       "about what the int8 kernels save)"))
-            choices.append(SourceChoice(s, pays, ratio, reason))
+        choices = _choose_sources(float_model, quantizer.quantize(nodes_of(sources, False)), sources, batch, rounds)
         chosen = [c.name for c in choices if c.int8]
 
         def score(candidate: onnx.ModelProto, float_x: np.ndarray) -> tuple[float, float]:
@@ -390,27 +271,47 @@ def quantize_z(model: onnx.ModelProto, sources: list[str], images: np.ndarray, l
             if c.int8 and not all_layers:
                 c.float_layers = edge[c.name]
         report.method, report.head_refit, report.trials, report.accuracy_after = method, refit, trials, accuracy
-        report.calibration_images = len(calibration)
         report.time_ratio = time_ratio(float_model, quantized, batch, ["probabilities"], rounds,
                                        _runs_for(float_model, batch))
-        report.size_ratio = quantized.ByteSize() / max(model.ByteSize(), 1)
-        drop = before - accuracy
-        report.accepted = drop <= MAX_ACCURACY_DROP and report.time_ratio < 1.0
-        report.lines = [_summary(report), *[_source_line(c) for c in choices]]
-        report.lines.append("quantize: calibration on held-out accuracy: " +
-                            "; ".join(f"{k} {v:.3f}" for k, v in trials.items()) +
-                            "".join(f"; {m} calibration {s:.0f} s" for m, s in quantizer.seconds.items()))
-        if report.time_ratio >= 1.0:
-            report.lines.append("quantize: refused, the int8 Z is not faster than the float Z on this machine; "
-                                "wrote the float Z")
-        elif drop > MAX_ACCURACY_DROP:
-            report.lines.append(f"quantize: refused, int8 costs {100 * drop:.1f} accuracy points held out (more "
-                                f"than {100 * MAX_ACCURACY_DROP:.0f}); wrote the float Z")
-        if not report.accepted:
-            return model, report
-        quantized.metadata_props.add(key=METADATA_KEY, value=report.metadata())
-        onnx.checker.check_model(quantized, full_check=True)
-        return quantized, report
+        return _decide(model, quantized, report, before - accuracy, quantizer.seconds)
+
+
+def _choose_sources(float_model: onnx.ModelProto, everything: onnx.ModelProto, sources: list[str],
+                    batch: np.ndarray, rounds: int) -> list[SourceChoice]:
+    """Per source: int8 only where its int8 part of Z runs in at most ``PAYS`` x its float time."""
+    choices = []
+    for s in sources:
+        part = [output_names(s)["feature"]]
+        f_part, q_part = _part(float_model, part), _part(everything, part)
+        ratio = time_ratio(f_part, q_part, batch, part, rounds, _runs_for(f_part, batch))
+        pays = ratio <= PAYS
+        reason = (f"int8 part takes {ratio:.2f}x its float time at batch {len(batch)}" +
+                  ("" if pays else f" (int8 only where <= {PAYS:.2f}x: the Quantize/Dequantize pairs cost "
+                                   "about what the int8 kernels save)"))
+        choices.append(SourceChoice(s, pays, ratio, reason))
+    return choices
+
+
+def _decide(model: onnx.ModelProto, quantized: onnx.ModelProto, report: QuantizeReport, drop: float,
+            seconds: dict[str, float]) -> tuple[onnx.ModelProto, QuantizeReport]:
+    """The int8 Z where it is faster and loses at most ``MAX_ACCURACY_DROP``, else ``model``; the report's lines."""
+    report.size_ratio = quantized.ByteSize() / max(model.ByteSize(), 1)
+    report.accepted = drop <= MAX_ACCURACY_DROP and report.time_ratio < 1.0
+    report.lines = [_summary(report), *[_source_line(c) for c in report.sources]]
+    report.lines.append("quantize: calibration on held-out accuracy: " +
+                        "; ".join(f"{k} {v:.3f}" for k, v in report.trials.items()) +
+                        "".join(f"; {m} calibration {s:.0f} s" for m, s in seconds.items()))
+    if report.time_ratio >= 1.0:
+        report.lines.append("quantize: refused, the int8 Z is not faster than the float Z on this machine; "
+                            "wrote the float Z")
+    elif drop > MAX_ACCURACY_DROP:
+        report.lines.append(f"quantize: refused, int8 costs {100 * drop:.1f} accuracy points held out (more "
+                            f"than {100 * MAX_ACCURACY_DROP:.0f}); wrote the float Z")
+    if not report.accepted:
+        return model, report
+    quantized.metadata_props.add(key=METADATA_KEY, value=report.metadata())
+    onnx.checker.check_model(quantized, full_check=True)
+    return quantized, report
 
 
 def quantize_merger(merger, train, unlabeled=None, methods: tuple[str, ...] = METHODS

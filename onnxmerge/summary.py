@@ -1,0 +1,99 @@
+"""What the commands print about a build and a built Z: the build summary, ``inspect``'s view of a Z.
+
+Names, labels and paths come from files: every one is printed with control characters escaped.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .safety import printable
+
+
+def z_lines(z: dict) -> list[str]:
+    """``inspect``'s text view of a built Z (``graph.inspect.describe_z``); text from the file escaped."""
+    p = printable
+    lines = [f"onnxmerge Z, mode {p(z['mode'])!r}, built by onnxmerge {p(z['version'] or '?')}"]
+    for s in z["sources"] or []:
+        lines.append(f"source   {p(s.get('name'))}: feature {p(s.get('feature'))!r}, sha256 {p(s.get('sha256'))}")
+    classes = z["classes"] or []
+    lines.append(f"classes  ({len(classes)}, in probabilities order): {', '.join(map(p, classes))}")
+    if z["route"]:
+        lines.append(f"route    columns: {', '.join(map(p, z['route']))} (P(source or new class | image))")
+    estimate = z["expected_accuracy"]
+    if estimate:
+        lines.append(f"expected {p(estimate.get('measure', 'accuracy'))} {estimate['accuracy']:.3f} +- "
+                     f"{estimate['standard_error']:.3f} ({estimate['folds']}-fold, {estimate['held_out_images']} "
+                     f"{p(estimate.get('what', 'labelled images'))}, measured at build time)")
+    else:
+        lines.append("expected accuracy: not measured (the build had no labelled images to hold out)")
+    for block in z["head_inputs"] or []:
+        lines.append(f"head in  {p(block['source'])} {p(block['block'])}, width {block['width']}")
+    return lines
+
+
+def quantization_lines(q: dict | None) -> list[str]:
+    """``inspect``'s lines for an int8 Z: per source float/int8, time ratio and why; accuracy before/after."""
+    if not q:
+        return []
+    lines = [f"quantization: int8 static QDQ, {q['method']} calibration on {q['calibration_images']} images "
+             f"(of {q['images']} labelled and {q.get('pool_images', 0)} pool images); "
+             f"accuracy held out ({q['held_out']}) {q['accuracy_before']:.3f} float -> {q['accuracy_after']:.3f} "
+             f"int8{', head refitted on the int8 features' if q['head_refit'] else ''}; Z int8 / float time "
+             f"{q['time_ratio']:.2f}, size {q['size_ratio']:.2f}x"]
+    for s in q["sources"]:
+        kept = f"; float: {', '.join(s['float_layers'])}" if s["float_layers"] else ""
+        lines.append(f"  {s['name']}: {'int8' if s['int8'] else 'float'}, {s['reason']}{kept}")
+    return lines
+
+
+def build_summary(merger, output) -> str:
+    """What ``build`` did, in a few lines: sources, feature widths, parity, classes, the file written."""
+    p = printable
+
+    lines = []
+    for s in merger.sources_:
+        pre = s.preprocess
+        lines.append(f"source {p(s.spec.name)}: {p(Path(s.spec.model).name)}, feature '{p(s.feature)}' "
+                     f"({'pooled, ' if s.cut.pooled else ''}{pre.layout} {pre.height}x{pre.width}x{pre.channels}"
+                     f"{', flat' if pre.flat else ''}), {len(s.labels or [])} labels")
+        lines.append(f"  why: {p(s.reason)}")
+        if s.batch_note:
+            lines.append(f"  note: {s.batch_note}")
+    for name, note in merger.notes_.items():
+        lines.append(f"reconciled {p(name)}: {p(note)}")
+    lines += ["parity: " + c.line() for c in merger.parity_]
+    if getattr(merger, "quantize_", None) is not None:  # its warnings go to stderr with the build's (_build)
+        lines += [line for line in merger.quantize_.lines if not line.startswith("quantize: warning: ")]
+    lines.append(merger.share_.line())
+    if merger.features_from_cache_:
+        lines.append(f"features: from cache {p(merger.cache_dir)} (checked; sources run only on a few spot-check images)")
+    report = merger.report_
+    if report.get("teachers"):
+        lines.append("teachers: " + ", ".join(f"{p(n)} ({kind})" for n, kind in report["teachers"].items()))
+    if "routing" in report:
+        share = ", ".join(f"{p(n)} {v:.0%}" for n, v in report["routing"]["pool_share"].items())
+        lines.append(f"routing: {report['routing']['method']} on {report['pool_images']} pool images ({share})")
+    elif report["mode"] == "teachers":
+        lines.append("routing: softmax over the teachers' concatenated logits (no pool to calibrate on)")
+    if "pseudo_labels" in report:
+        kept = report["pseudo_labels"]
+        lines.append(f"pseudo-labels: {kept['kept']} of {kept['of']} pool images (routed probability >= "
+                     f"{kept['threshold']})")
+    if merger.engine == "dask":
+        where = merger.address or "a LocalCluster on 127.0.0.1"
+        lines.append(f"engine: dask ({where}); the sources ran there on {report['train_images']} labelled and "
+                     f"{report['pool_images']} pool images, their features and teachers' outputs were gathered here "
+                     "for the head (the parity check's images ran here)")
+    if report["mode"] == "fit":
+        lines.append(f"head: logistic regression (C={report['C']:g}) on {report['head_inputs']} inputs, "
+                     f"{report['train_images']} labelled images, train accuracy {report['train_accuracy']:.3f}")
+    if "expected_accuracy" in report:
+        lines.append(report["expected_accuracy"]["line"])
+    if report["warnings"]:
+        lines.append(f"warnings: {len(report['warnings'])} (on stderr)")
+    lines.append(f"classes ({len(report['classes'])}): {', '.join(map(p, report['classes']))}")
+    if report["new_classes"]:
+        lines.append(f"new classes (no source knows them): {', '.join(map(p, report['new_classes']))}")
+    lines.append(f"wrote {p(output)}")
+    return "\n".join(lines)
