@@ -157,18 +157,8 @@ def load_labelled(path: str | os.PathLike, image: ImageInput, what: str = "train
         raise OnnxMergeError(f"{what} {printable(path)} does not exist; check the path.")
     if not path.is_dir():  # an .npz; a FIFO or device in its place is refused when opened
         return _load_npz(path, image, labelled=True, expected_by=expected_by)
-    classes = sorted(p for p in path.iterdir() if p.is_dir())
-    if not classes:
-        raise OnnxMergeError(f"{path} has no class sub-folders; put each class's images in a folder named after it.")
-    files, labels = [], []
-    for folder in classes:
-        found = _image_files(folder)
-        if not found:
-            raise OnnxMergeError(f"class folder {folder} holds no images; add images or remove the folder.")
-        check_labels([folder.name], f"the class folder {printable(folder)}")
-        files += found
-        labels += [folder.name] * len(found)
-    return Dataset(read_images(files, image), np.asarray(labels), [str(f) for f in files])
+    files, labels = list_labelled(path)
+    return Dataset(read_images(files, image), np.asarray(labels), files)
 
 
 def load_unlabeled(path: str | os.PathLike, image: ImageInput) -> Dataset:
