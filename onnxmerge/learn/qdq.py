@@ -127,8 +127,19 @@ class Quantizer:
             logging.disable(logging.NOTSET)
         if reader is not None:
             self.seconds[method] = time.perf_counter() - start
-        quantized = onnx.load(str(target))
+        quantized = _unique_node_names(onnx.load(str(target)))
         del quantized.metadata_props[:]
         quantized.metadata_props.extend(self.model.metadata_props)
         quantized.producer_name, quantized.producer_version = self.model.producer_name, self.model.producer_version
         return quantized
+
+
+def _unique_node_names(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Node names made unique: ``quantize_static`` can give a QDQ pair its node's name, which onnxruntime CPU
+    accepts but onnxruntime-web refuses ("two nodes with same node name"); a repeat gets a ``/qdqN`` suffix."""
+    seen: set[str] = set()
+    for i, node in enumerate(model.graph.node):
+        if node.name and node.name in seen:
+            node.name = f"{node.name}/qdq{i}"
+        seen.add(node.name)
+    return model
