@@ -62,6 +62,40 @@ def teachers_right(split):
     return build("teachers", RIGHT, split, labels=False)
 
 
+def split_recipe(tmp_path, split, lo_scale: float):
+    """A recipe file for the split's two sources, its labelled images and its pool, as a user writes one."""
+    np.savez(tmp_path / "train.npz", x=split["x"], y=split["y"])
+    np.savez(tmp_path / "pool.npz", x=split["pool"])
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text(textwrap.dedent(f"""\
+        [input]
+        height = 8
+        width = 8
+        channels = 1
+        [[sources]]
+        name = "digits_lo"
+        model = "{(SPLIT / 'digits_lo.onnx').as_posix()}"
+        [sources.preprocess]
+        height = 8
+        width = 8
+        channels = 1
+        scale = {lo_scale}
+        mean = [0.0]
+        std = [1.0]
+        [[sources]]
+        name = "digits_hi"
+        model = "{(SPLIT / 'digits_hi.onnx').as_posix()}"
+        [sources.preprocess]
+        scale = {1 / 255}
+        mean = [0.5]
+        std = [0.5]
+        [head]
+        train = "train.npz"
+        unlabeled = "pool.npz"
+        """))
+    return recipe
+
+
 def preprocessing_warnings(z: Merger) -> list[str]:
     return [w for w in z.warnings_ if "digits_lo" in w and "preprocess" in w]
 
@@ -137,35 +171,7 @@ def test_wrong_scale_warns_naming_the_source(split, mode, labels):
 
 
 def test_wrong_scale_warning_goes_to_stderr_not_stdout(split, tmp_path, capsys):
-    np.savez(tmp_path / "train.npz", x=split["x"], y=split["y"])
-    np.savez(tmp_path / "pool.npz", x=split["pool"])
-    recipe = tmp_path / "recipe.toml"
-    recipe.write_text(textwrap.dedent(f"""\
-        [input]
-        height = 8
-        width = 8
-        channels = 1
-        [[sources]]
-        name = "digits_lo"
-        model = "{(SPLIT / 'digits_lo.onnx').as_posix()}"
-        [sources.preprocess]
-        height = 8
-        width = 8
-        channels = 1
-        scale = {WRONG}
-        mean = [0.0]
-        std = [1.0]
-        [[sources]]
-        name = "digits_hi"
-        model = "{(SPLIT / 'digits_hi.onnx').as_posix()}"
-        [sources.preprocess]
-        scale = {1 / 255}
-        mean = [0.5]
-        std = [0.5]
-        [head]
-        train = "train.npz"
-        unlabeled = "pool.npz"
-        """))
+    recipe = split_recipe(tmp_path, split, WRONG)
     assert main(["build", str(recipe), "-o", str(tmp_path / "z.onnx"), "--quiet", "--no-cache"]) == 0
     captured = capsys.readouterr()
     assert "expected accuracy " in captured.out and "warning:" not in captured.out
@@ -342,35 +348,7 @@ def test_demo_finds_its_example_where_a_plain_install_puts_it(tmp_path, monkeypa
 
 
 def test_build_json_report_has_per_class_recall_and_pool_counts(split, tmp_path, capsys):
-    np.savez(tmp_path / "train.npz", x=split["x"], y=split["y"])
-    np.savez(tmp_path / "pool.npz", x=split["pool"])
-    recipe = tmp_path / "recipe.toml"
-    recipe.write_text(textwrap.dedent(f"""\
-        [input]
-        height = 8
-        width = 8
-        channels = 1
-        [[sources]]
-        name = "digits_lo"
-        model = "{(SPLIT / 'digits_lo.onnx').as_posix()}"
-        [sources.preprocess]
-        height = 8
-        width = 8
-        channels = 1
-        scale = {RIGHT}
-        mean = [0.0]
-        std = [1.0]
-        [[sources]]
-        name = "digits_hi"
-        model = "{(SPLIT / 'digits_hi.onnx').as_posix()}"
-        [sources.preprocess]
-        scale = {1 / 255}
-        mean = [0.5]
-        std = [0.5]
-        [head]
-        train = "train.npz"
-        unlabeled = "pool.npz"
-        """))
+    recipe = split_recipe(tmp_path, split, RIGHT)
     assert main(["build", str(recipe), "-o", str(tmp_path / "z.onnx"), "--quiet", "--no-cache", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     recall = report["expected_accuracy"]["per_class"]

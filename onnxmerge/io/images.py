@@ -174,31 +174,6 @@ def load_unlabeled(path: str | os.PathLike, image: ImageInput) -> Dataset:
     return Dataset(read_images(files, image), None, [str(f) for f in files])
 
 
-GLOB_CHARACTERS = set("*?[")
-
-
-def expand_image_paths(arguments: list[str]) -> list[Path]:
-    """Image files from command-line arguments: files as given, folders searched recursively (sorted), and
-    glob patterns (``~`` expanded; a shell that did not expand a pattern, e.g. one quoted, leaves it to us)."""
-    files: list[Path] = []
-    for argument in arguments:
-        path = Path(argument).expanduser()
-        if path.is_dir():
-            found = _image_files(path)
-            if not found:
-                raise OnnxMergeError(f"folder {path} holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))}); "
-                                     "point to another folder.")
-            files += found
-        elif not path.exists() and GLOB_CHARACTERS & set(argument):
-            found = sorted(Path(p) for p in glob.glob(str(path), recursive=True) if Path(p).is_file())
-            if not found:
-                raise OnnxMergeError(f"no file matches {argument!r}; check the pattern.")
-            files += found
-        else:
-            files.append(path)
-    return files
-
-
 def as_images(X, image: ImageInput, what: str = "X") -> np.ndarray:
     """What a user hands the Python API, as uint8 ``[N, H, W, C]``: an array of images (or a single image
     ``[H, W, C]`` / ``[H, W]``), an image file, a folder (searched recursively), a PIL image, or a list of
@@ -206,12 +181,12 @@ def as_images(X, image: ImageInput, what: str = "X") -> np.ndarray:
     or a wrong size, is a sentence saying what is expected."""
     expected = f"uint8 [N, {image.height}, {image.width}, {image.channels}]"
     if isinstance(X, (str, os.PathLike)):
-        X = expand_image_paths([os.fspath(X)])
+        X = list_images([os.fspath(X)])
     if isinstance(X, Image.Image):
         X = [X]
     if isinstance(X, (list, tuple)) and X and all(isinstance(v, (str, os.PathLike, Image.Image)) for v in X):
         return np.concatenate([pil_image(item, image)[None] if isinstance(item, Image.Image)
-                               else read_images(expand_image_paths([os.fspath(item)]), image) for item in X])
+                               else read_images(list_images([os.fspath(item)]), image) for item in X])
     try:
         x = np.asarray(X)
     except Exception:
@@ -300,12 +275,15 @@ def read_image_at(location: str, image: ImageInput) -> np.ndarray:
 
 def list_images(sources: list[str]) -> list[str]:
     """Image files named by ``sources``: files, folders (searched recursively), globs, or fsspec URLs of any
-    of these. Folders and globs are listed in sorted order, so rows come out in a stable order."""
+    of these (``~`` expanded; a pattern the shell left alone, e.g. quoted, is expanded here). Folders and globs
+    are listed in sorted order, so rows come out in a stable order."""
     files: list[str] = []
     for source in map(str, sources):
         if is_url(source):
             files += _list_url(source)
-        elif glob.has_magic(source):
+            continue
+        source = os.path.expanduser(source)
+        if glob.has_magic(source) and not os.path.exists(source):
             found = sorted(p for p in glob.glob(source, recursive=True) if os.path.isfile(p)
                            and os.path.splitext(p)[1].lower() in IMAGE_SUFFIXES)
             if not found:
