@@ -111,7 +111,7 @@ def phase_quantize(args, d) -> None:
     merger = getattr(args, "merger", None)
     if merger is None:
         merger = args.merger = merger_for(args).fit(d["x"], d["y"])
-    widths, C = merger._head_input().widths(merger.widths_), merger.report_["C"]
+    widths, C = merger.head_input_.widths(merger.widths_), merger.report_["C"]
 
     def fit(x, y):
         return fit_head(x, y, widths, C=C, class_weight=merger.class_weight)

@@ -155,20 +155,23 @@ class Setup:
         return rng.permutation(np.concatenate(pick)), junk
 
 
+from onnxmerge.build.teachers import teacher_space  # noqa: E402
+
+
 class Features:
     """A teachers-mode Merger without a pool, used for its stitched graph's outputs (feature-cached)."""
 
     def __init__(self, setup: Setup, cache: Path) -> None:
         self.setup = setup
         self.base = merger(setup.sources, "teachers", cache).fit()
-        self.teachers = self.base._teacher_space()
-        self.head_input = self.base._head_input()
+        self.teachers = teacher_space(self.base.sources_, self.base.teachers_)
+        self.head_input = self.base.head_input_
         self.widths = self.head_input.widths(self.base.widths_)
-        self.reserve = self.base._outputs(setup.x_res)
-        self.test = self.base._outputs(setup.x_test)
+        self.reserve = self.base._build.features(setup.x_res)
+        self.test = self.base._build.features(setup.x_test)
 
     def outputs(self, x: np.ndarray) -> dict[str, np.ndarray]:
-        return self.base._outputs(x)
+        return self.base._build.features(x)
 
 
 def take(outputs: dict[str, np.ndarray], idx) -> dict[str, np.ndarray]:

@@ -24,7 +24,7 @@ def _inspect(args) -> int:
 
     info = describe(args.model, load_model(args.model))
     for warning in info["label_warnings"]:  # e.g. a labels metadata value that is not a list or dict
-        print(f"onnxmerge: warning: {warning}", file=sys.stderr)
+        warn(printable(warning))
     if args.json:
         say(json.dumps(info, indent=2, default=_json_text))
         return 0
@@ -130,8 +130,7 @@ def _unreadable(errors: list[str], total: int) -> None:
     for error in errors:
         warn(f"{printable(error.rstrip('.'))}; skipped.")
     if errors:
-        print(f"onnxmerge: warning: {len(errors)} of {total} images could not be read and have no prediction.",
-              file=sys.stderr)
+        warn(f"{len(errors)} of {total} images could not be read and have no prediction.")
 
 
 def _predict(args) -> int:

@@ -140,7 +140,7 @@ def cross_validate_new_classes(router_x: np.ndarray, router_y: np.ndarray, route
                                classes: list[str], folds: int = MAX_FOLDS, seed: int = 0) -> Estimate:
     """Teachers mode with labelled new classes: held-out recall of the new classes, through Z's routed union.
 
-    ``router_x``/``router_y``/``router_weight`` are the router's training rows (``Merger._route``: the pool's
+    ``router_x``/``router_y``/``router_weight`` are the router's training rows (``build.route.fit_router``: the pool's
     routed sources, then the labelled new-class images as router classes ``T, T+1, ...``), ``merge`` the
     teachers' ``merge_matrix`` and ``classes`` Z's classes (union, then new). Only the labelled new-class rows
     are folded; each fold's router is refitted as the build fits it, and a held-out image counts as right

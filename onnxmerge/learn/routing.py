@@ -50,7 +50,7 @@ The Merger then trains a logistic regression "which source" router on the agreed
 labelled images, whose source is known, and any new classes' images, each new class a router class of
 its own). Z's probability of label ``l`` of source ``s`` is ``router(s | x) * p_s(l | x)``. (Self-training
 the router on its own predictions lost 1-4 points here, so it is not done.) ``Routing.label_counts`` and
-``Routing.scarce_labels`` say which labels routing gave no or implausibly few pool images (HOOKS.md).
+``Routing.scarce_labels`` say which labels routing gave no or implausibly few pool images (the build report's ``routing`` entry; its warnings come from ``learn.health.class_loss_warnings``).
 """
 
 from __future__ import annotations
@@ -176,7 +176,7 @@ class Routing:
     def scarce_labels(self, share: float = SCARCE_SHARE, at_least: int = SCARCE_MIN_IMAGES) -> list[str]:
         """Union labels routing gave no or implausibly few agreed images: fewer than ``share`` of an even
         split of them, or fewer than ``at_least``. Z still has these labels, but nothing in the pool
-        vouches for routing to them; the build warns (HOOKS.md)."""
+        vouches for routing to them; they are listed in the build report."""
         counts = self.label_counts()
         floor = max(at_least, share * sum(counts.values()) / max(len(counts), 1))
         return [label for label, c in counts.items() if c < floor]
