@@ -8,7 +8,7 @@ input size (for 224x224, Z's graph resizes to each source's 28x28 / 32x32 input)
 Throughput (images/s, files to predictions, decoding included), one process each, interleaved round by
 round, medians over ``--rounds``:
 
-* ``loop tN``: the plain loop: Pillow decodes batch by batch, one onnxruntime session of Z with N intra-op
+* ``loop tN``: the plain loop: the folder listed as the Dask run lists it, Pillow decodes batch by batch, one onnxruntime session of Z with N intra-op
   threads runs each batch of 128; rows kept in memory.
 * ``dask Nw``: ``onnxmerge.predict.write_predictions`` (what ``predict --engine dask --out`` runs) on an
   already started LocalCluster of N single-threaded worker processes on 127.0.0.1, writing the Parquet
@@ -83,13 +83,17 @@ def build_z(out: Path, size: int) -> Path:
     return out
 
 
-def plain_loop(z: Path, files: list[str], threads: int, batch: int = 128) -> float:
-    """Files -> predictions in one process: Pillow + one onnxruntime session. Returns seconds."""
+def plain_loop(z: Path, folder: Path, threads: int, batch: int = 128) -> float:
+    """Files -> predictions in one process: Pillow + one onnxruntime session. Returns seconds (listing the
+    folder included, with the same ``list_images`` the Dask run lists it with)."""
+    from onnxmerge.io.images import list_images
+
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = ort.InferenceSession(str(z), options, providers=["CPUExecutionProvider"])
     start = time.perf_counter()
+    files = list_images([str(folder)])
     labels = []
     for i in range(0, len(files), batch):
         images = np.stack([np.asarray(Image.open(f).convert("L"), np.uint8)[..., None] for f in files[i:i + batch]])
@@ -195,7 +199,7 @@ def main() -> None:
                 dask_run(z, folder, clusters[w], args.data / "p.parquet")
             times: dict[str, list[float]] = {}
             for r in range(args.rounds):
-                order = [("loop t1", lambda: plain_loop(z, files, 1)), ("loop t2", lambda: plain_loop(z, files, 2)),
+                order = [("loop t1", lambda: plain_loop(z, folder, 1)), ("loop t2", lambda: plain_loop(z, folder, 2)),
                          ("dask 1w", lambda: dask_run(z, folder, clusters[1], args.data / "p.parquet")),
                          ("dask 2w", lambda: dask_run(z, folder, clusters[2], args.data / "p.parquet"))]
                 for key, run in (order if r % 2 == 0 else order[::-1]):

@@ -140,3 +140,38 @@ def test_the_recipe_names_the_engine(fitted, tmp_path, capsys):
         assert message in capsys.readouterr().err
     recipe.write_text(text.replace("[head]", '[engine]\nname = "dask"\naddress = "tcp://10.255.255.1:8786"\n\n[head]'))
     assert load_recipe(recipe).merger.get_params()["address"] == "tcp://10.255.255.1:8786"
+
+
+def test_evaluate_on_the_cluster_equals_local(fitted, image_files, digits_npz, cluster, tmp_path, capsys):
+    """``evaluate --address``: a labelled folder (read by the workers) and an .npz (chunks of its array)
+    give the same report as the local engine; only confusion counts come back."""
+    local, _, _ = fitted
+    z = local.save(tmp_path / "z.onnx")
+    folder = tmp_path / "labelled"
+    for f in list_images([str(image_files)])[:300]:
+        if "bad" not in f:
+            (folder / Path(f).parent.name).mkdir(parents=True, exist_ok=True)
+            os.symlink(f, folder / Path(f).parent.name / Path(f).name)
+    for data in (folder, digits_npz["test"]):
+        reports = []
+        for engine in (["--engine", "local"], ["--address", cluster.scheduler_address, "--chunk", "64"]):
+            assert main(["evaluate", str(z), str(data), "--json", "--quiet", *engine]) == 0
+            reports.append(capsys.readouterr().out)
+        assert reports[0] == reports[1] and '"accuracy"' in reports[0]
+
+
+def test_fsspec_urls_are_read_by_the_workers(fitted, image_files, cluster, tmp_path, capsys):
+    """An fsspec URL (``file://`` here: what the workers reach) lists and reads like the local path."""
+    local, _, _ = fitted
+    z = local.save(tmp_path / "z.onnx")
+    sub = image_files / "0"
+    tables = []
+    for where in (str(sub), f"file://{sub}"):
+        out = tmp_path / f"p{len(tables)}.parquet"
+        assert main(["predict", str(z), where, "--out", str(out), "--address", cluster.scheduler_address,
+                     "--quiet"]) == 0
+        tables.append(pq.read_table(out))
+    assert tables[0].num_rows == 600
+    assert tables[0].column("label").equals(tables[1].column("label"))
+    assert [f.removeprefix("file://") for f in tables[1].column("file").to_pylist()] == tables[0].column("file").to_pylist()
+    capsys.readouterr()

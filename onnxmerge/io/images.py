@@ -103,14 +103,16 @@ def input_files(path: str | os.PathLike) -> list[Path]:
     path = Path(path)
     if not path.is_dir():
         return [path]
-    return _image_files(path)
+    return [Path(f) for f in _image_files(path)]
 
 
-def _image_files(folder: Path) -> list[Path]:
-    files = []
+def _image_files(folder: str | os.PathLike) -> list[str]:
+    """The image files under ``folder``, sorted folder by folder, as strings (a Path per file cost a third of
+    the time of listing 20,000 files)."""
+    files: list[str] = []
     for root, dirs, names in os.walk(folder, followlinks=False):
         dirs.sort()
-        files += [Path(root, n) for n in sorted(names) if os.path.splitext(n)[1].lower() in IMAGE_SUFFIXES]
+        files += [os.path.join(root, n) for n in sorted(names) if os.path.splitext(n)[1].lower() in IMAGE_SUFFIXES]
     return files
 
 
@@ -290,10 +292,10 @@ def list_images(sources: list[str]) -> list[str]:
                 raise OnnxMergeError(f"no file matches {source!r}; check the pattern.")
             files += found
         elif os.path.isdir(source):
-            found = _image_files(Path(source))
+            found = _image_files(source)
             if not found:
                 raise OnnxMergeError(f"{source} holds no images; add images or point to another folder.")
-            files += [str(f) for f in found]
+            files += found
         else:
             files.append(source)  # a file: read_image says if it is missing or unreadable
     return files
@@ -334,6 +336,6 @@ def list_labelled(path: str | os.PathLike) -> tuple[list[str], list[str]]:
         if not found:
             raise OnnxMergeError(f"class folder {folder} holds no images; add images or remove the folder.")
         check_labels([folder.name], f"the class folder {printable(folder)}")
-        files += [str(f) for f in found]
+        files += found
         labels += [folder.name] * len(found)
     return files, labels
