@@ -36,10 +36,14 @@ def quantization_lines(q: dict | None) -> list[str]:
     """``inspect``'s lines for an int8 Z: per source float/int8, time ratio and why; accuracy before/after."""
     if not q:
         return []
+    weights = q.get("int8_weights", 0)
+    light = f", weights of {weights} float layers stored int8" if weights else ""
     lines = [f"quantization: int8 static QDQ, {q['method']} calibration on {q['calibration_images']} images "
              f"(of {q['images']} labelled and {q.get('pool_images', 0)} pool images); "
              f"accuracy held out ({q['held_out']}) {q['accuracy_before']:.3f} float -> {q['accuracy_after']:.3f} "
-             f"int8{', head refitted on the int8 features' if q['head_refit'] else ''}; Z int8 / float time "
+             f"int8{', head refitted on the int8 features' if q['head_refit'] else ''}"
+             f"{light}; "
+             f"Z int8 / float time "
              f"{q['time_ratio']:.2f}, size {q['size_ratio']:.2f}x"]
     for s in q["sources"]:
         kept = f"; float: {', '.join(s['float_layers'])}" if s["float_layers"] else ""

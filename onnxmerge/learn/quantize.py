@@ -13,7 +13,10 @@ stay float. What is decided by measurement, in this order:
    ``CALIBRATION_IMAGES``): the one with the best held-out accuracy.
 3. **The first and last weighted layer of each source**: kept float unless quantising them as well costs
    at most ``LAYER_TOLERANCE`` of held-out accuracy.
-4. **The head refitted on the int8 features** (mode "fit", head fitted on labelled images only) when that is
+4. **Weight-only int8 for the layers still float** (``qdq.int8_weights``: int8 weights, per-channel scale,
+   a DequantizeLinear, float arithmetic): kept when it costs at most ``LAYER_TOLERANCE`` held out. It is
+   what brings the file to under a third of the float Z where first/last layers or a whole source stay float.
+5. **The head refitted on the int8 features** (mode "fit", head fitted on labelled images only) when that is
    more accurate held out than the float head on int8 features.
 
 "Held out" is stratified k-fold cross-validation on the labelled images' head inputs: a head fitted as the
@@ -21,6 +24,9 @@ build fits it, on k-1 folds of float (or int8) head inputs, scored on the remain
 scored by a head that saw it. The int8 Z is refused (the float Z is kept, with the reason) when no
 source pays or when it loses more than ``MAX_ACCURACY_DROP``. The choice per source is stored in Z's
 metadata (``onnxmerge.quantization``, JSON) for ``onnxmerge inspect``.
+
+Before any of this, every zero ``Pad`` feeding a ``Conv`` is folded into the Conv's padding (``graph.fold``,
+exact, checked on the calibration images): left in, they and their Q/DQ pairs took 60% of Lite0's int8 time.
 
 Temporary models and the calibration tables go into a temporary folder that is removed afterwards.
 """
@@ -46,7 +52,7 @@ from ..graph.stitch import keep_outputs, output_names
 from ..io.images import as_labelled, as_pool
 from ..runtime.session import make_session, run_batched
 from .head import HEAD_INPUT, fit_head, folded_weights
-from .qdq import CALIBRATION_BATCH, WEIGHTED, Quantizer, SourceNodes, source_nodes  # noqa: F401
+from .qdq import CALIBRATION_BATCH, WEIGHTED, Quantizer, SourceNodes, int8_weights, source_nodes  # noqa: F401
 
 CALIBRATION_IMAGES = 512
 METHODS = ("MinMax", "Percentile", "Entropy")
@@ -81,6 +87,7 @@ class QuantizeReport:
     calibration_images: int = 0
     pool_images: int = 0       # unlabelled images the calibration images were drawn from, besides ``images``
     head_refit: bool = False
+    int8_weights: int = 0      # weights of float layers stored int8 (weight-only, computed in float)
     held_out: str = ""         # how the accuracies were measured
     sources: list[SourceChoice] = field(default_factory=list)
     trials: dict[str, float] = field(default_factory=dict)  # held-out accuracy of every variant measured
@@ -89,7 +96,7 @@ class QuantizeReport:
     def metadata(self) -> str:
         """The JSON stored under ``onnxmerge.quantization`` in the int8 Z."""
         keep = ("accuracy_before", "accuracy_after", "images", "time_ratio", "size_ratio", "method",
-                "calibration_images", "pool_images", "head_refit", "held_out")
+                "calibration_images", "pool_images", "head_refit", "int8_weights", "held_out")
         data = {k: v for k, v in asdict(self).items() if k in keep}
         data["sources"] = [asdict(s) for s in self.sources]
         return json.dumps(data)
@@ -189,6 +196,77 @@ def _replace_head(model: onnx.ModelProto, head) -> onnx.ModelProto:
 
 
 # -- the whole decision --------------------------------------------------------------------------------------------
+class _Scorer:
+    """Held-out accuracy of candidate Zs on the labelled images (see the module docstring)."""
+
+    def __init__(self, float_model: onnx.ModelProto, images: np.ndarray, labels: np.ndarray, fit):
+        has_head = any(i.name == "head/W" for i in float_model.graph.initializer)
+        self.images, self.labels, self.fit = images, labels, fit
+        self.splits = folds(labels) if fit is not None and has_head else []
+        self.held_out = (f"{len(self.splits)}-fold cross-validation on the {len(labels)} labelled images"
+                         if self.splits else f"Z itself on the {len(labels)} labelled images")
+        self.float_x = head_inputs(float_model, images) if self.splits else None
+        self.before = (held_out_accuracy(self.float_x, self.float_x, labels, self.splits, fit) if self.splits
+                       else self(float_model)[0])
+
+    def __call__(self, candidate: onnx.ModelProto) -> tuple[float, float]:
+        """(held-out accuracy with the float head, with the head refitted on the candidate's head inputs)."""
+        if not self.splits:
+            got = run_batched(make_session(candidate), self.images, ["label"], 16, quiet=True)["label"]
+            acc = float(np.mean(got.astype(str) == self.labels))
+            return acc, acc
+        q_x = head_inputs(candidate, self.images)
+        return (held_out_accuracy(self.float_x, q_x, self.labels, self.splits, self.fit),
+                held_out_accuracy(q_x, q_x, self.labels, self.splits, self.fit))
+
+
+@dataclass
+class _Variant:
+    accuracy: float
+    method: str
+    all_layers: bool
+    model: onnx.ModelProto
+    refit: bool
+    int8_weights: int = 0      # float layers whose weights are stored int8 (weight-only)
+
+
+def _calibration_images(images: np.ndarray, pool: np.ndarray | None) -> np.ndarray:
+    """At most ``CALIBRATION_IMAGES`` of the labelled and pool images (seeded), in a strided-ready count."""
+    candidates = images if pool is None or len(pool) == 0 else np.concatenate([images, pool])
+    n = min(CALIBRATION_IMAGES, len(candidates))
+    if n >= CALIBRATION_BATCH * 4:
+        n = _strided_ready(n)
+    return candidates[np.sort(np.random.default_rng(0).choice(len(candidates), size=n, replace=False))]
+
+
+def _best_variant(quantizer: Quantizer, score: _Scorer, layers: dict[str, SourceNodes], chosen: list[str],
+                  methods: tuple[str, ...], trials: dict[str, float]) -> _Variant:
+    """Steps 2-4 of the module docstring: the calibration method, the first/last layers, weight-only int8."""
+    edge = {s: {n for n in [layers[s].first, *layers[s].last] if n} for s in layers}
+
+    def nodes_of(with_edges: bool) -> list[str]:
+        return [n for s in chosen for n in layers[s].network if with_edges or n not in edge[s]]
+
+    def variant(name: str, model: onnx.ModelProto, method: str, all_layers: bool, stored: int = 0) -> _Variant:
+        plain, refit = score(model)
+        trials[name] = max(plain, refit)
+        return _Variant(max(plain, refit), method, all_layers, model, refit > plain, stored)
+
+    best = None
+    for method in methods:
+        v = variant(f"{method}, first/last layers float", quantizer.quantize(nodes_of(False), method), method, False)
+        best = v if best is None or v.accuracy > best.accuracy + 1e-9 else best
+    v = variant(f"{best.method}, every layer int8", quantizer.quantize(nodes_of(True), best.method), best.method, True)
+    best = v if v.accuracy >= best.accuracy - LAYER_TOLERANCE else best
+    still_float = {n for s in layers for n in (layers[s].network if s not in chosen else
+                                               ([] if best.all_layers else edge[s]))}
+    light, stored = int8_weights(best.model, still_float)
+    if stored:
+        v = variant(f"{best.method}, float layers' weights int8", light, best.method, best.all_layers, stored)
+        best = v if v.accuracy >= best.accuracy - LAYER_TOLERANCE else best
+    return best
+
+
 def quantize_z(model: onnx.ModelProto, sources: list[str], images: np.ndarray, labels: np.ndarray,
                pool: np.ndarray | None = None, fit=None, methods: tuple[str, ...] = METHODS,
                rounds: int = 5) -> tuple[onnx.ModelProto, QuantizeReport]:
@@ -202,78 +280,37 @@ def quantize_z(model: onnx.ModelProto, sources: list[str], images: np.ndarray, l
     if len(images) == 0:
         raise OnnxMergeError("--quantize needs labelled training images to calibrate on and to check accuracy.")
     labels = np.asarray(labels).astype(str)
-    rng = np.random.default_rng(0)
-    candidates = images if pool is None or len(pool) == 0 else np.concatenate([images, pool])
-    n = min(CALIBRATION_IMAGES, len(candidates))
-    if n >= CALIBRATION_BATCH * 4:
-        n = _strided_ready(n)
-    calibration = candidates[np.sort(rng.choice(len(candidates), size=n, replace=False))]
-    has_head = any(i.name == "head/W" for i in model.graph.initializer)
-    splits = folds(labels) if fit is not None and has_head else []
-    held_out = (f"{len(splits)}-fold cross-validation on the {len(labels)} labelled images" if splits else
-                f"Z itself on the {len(labels)} labelled images")
+    calibration = _calibration_images(images, pool)
     batch = images[:SPEED_BATCH]
-    lines: list[str] = []
     with tempfile.TemporaryDirectory(prefix="onnxmerge-quantize-") as tmp:
         quantizer = Quantizer(model, calibration, Path(tmp))
         float_model = quantizer.model
         layers = {s.name: s for s in source_nodes(float_model, sources)}
-        edge = {s: [n for n in [layers[s].first, *layers[s].last] if n] for s in sources}
-
-        def nodes_of(chosen: list[str], with_edges: bool) -> list[str]:
-            keep = {n for s in chosen for n in edge[s]} if not with_edges else set()
-            return [n for s in chosen for n in layers[s].network if n not in keep]
-
         # 1. per source: is its int8 part faster? (MinMax: timing does not depend on the ranges)
-        choices = _choose_sources(float_model, quantizer.quantize(nodes_of(sources, False)), sources, batch, rounds)
+        everything = quantizer.quantize([n for s in sources for n in layers[s].network
+                                         if n not in (layers[s].first, *layers[s].last)])
+        choices = _choose_sources(float_model, everything, sources, batch, rounds)
         chosen = [c.name for c in choices if c.int8]
-
-        def score(candidate: onnx.ModelProto, float_x: np.ndarray) -> tuple[float, float]:
-            """(held-out accuracy with the float head, with the head refitted on int8 head inputs)."""
-            if not splits:
-                got = run_batched(make_session(candidate), images, ["label"], 16, quiet=True)["label"]
-                acc = float(np.mean(got.astype(str) == labels))
-                return acc, acc
-            q_x = head_inputs(candidate, images)
-            return (held_out_accuracy(float_x, q_x, labels, splits, fit),
-                    held_out_accuracy(q_x, q_x, labels, splits, fit))
-
-        float_x = head_inputs(float_model, images) if splits else None
-        if splits:
-            before = held_out_accuracy(float_x, float_x, labels, splits, fit)
-        else:
-            before = score(float_model, None)[0]
-        report = QuantizeReport(False, before, before, len(labels), 1.0, calibration_images=len(calibration),
-                                pool_images=0 if pool is None else len(pool), held_out=held_out, sources=choices)
+        score = _Scorer(float_model, images, labels, fit)
+        report = QuantizeReport(False, score.before, score.before, len(labels), 1.0,
+                                calibration_images=len(calibration), pool_images=0 if pool is None else len(pool),
+                                held_out=score.held_out, sources=choices)
         if not chosen:
             report.lines = [_summary(report), *[_source_line(c) for c in choices],
                             "quantize: refused, no source's int8 form is faster on this machine; wrote the float Z"]
             return model, report
-
-        # 2. calibration method, first/last layers float; 3. first/last layers int8 as well
-        trials: dict[str, float] = {}
-        best = None
-        for method in methods:
-            candidate = quantizer.quantize(nodes_of(chosen, False), method)
-            plain, refit = score(candidate, float_x)
-            trials[f"{method}, first/last layers float"] = max(plain, refit)
-            if best is None or max(plain, refit) > best[0] + 1e-9:
-                best = (max(plain, refit), method, False, candidate, refit > plain)
-        candidate = quantizer.quantize(nodes_of(chosen, True), best[1])
-        plain, refit = score(candidate, float_x)
-        trials[f"{best[1]}, every layer int8"] = max(plain, refit)
-        if max(plain, refit) >= best[0] - LAYER_TOLERANCE:
-            best = (max(plain, refit), best[1], True, candidate, refit > plain)
-        accuracy, method, all_layers, quantized, refit = best
-        if refit:  # 4. the head, fitted on the int8 head inputs of every labelled image
+        best = _best_variant(quantizer, score, layers, chosen, methods, report.trials)
+        quantized = best.model
+        if best.refit:  # 4. the head, fitted on the int8 head inputs of every labelled image
             quantized = _replace_head(quantized, fit(head_inputs(quantized, images), labels))
         for c in choices:
-            if c.int8 and not all_layers:
-                c.float_layers = edge[c.name]
-        report.method, report.head_refit, report.trials, report.accuracy_after = method, refit, trials, accuracy
+            if c.int8 and not best.all_layers:
+                c.float_layers = [n for n in [layers[c.name].first, *layers[c.name].last] if n]
+        report.method, report.head_refit, report.accuracy_after = best.method, best.refit, best.accuracy
+        report.int8_weights = best.int8_weights
         report.time_ratio = time_ratio(float_model, quantized, batch, ["probabilities"], rounds,
                                        _runs_for(float_model, batch))
-        return _decide(model, quantized, report, before - accuracy, quantizer.seconds)
+        return _decide(model, quantized, report, score.before - best.accuracy, quantizer.seconds)
 
 
 def _choose_sources(float_model: onnx.ModelProto, everything: onnx.ModelProto, sources: list[str],
@@ -340,7 +377,9 @@ def _summary(r: QuantizeReport) -> str:
             f"{r.accuracy_before:.3f} float")
     if r.method:
         line += (f" -> {r.accuracy_after:.3f} int8 ({r.method} calibration, head "
-                 f"{'refitted on the int8 features' if r.head_refit else 'kept'}); Z int8 / float time at batch "
+                 f"{'refitted on the int8 features' if r.head_refit else 'kept'}"
+                 f"{f', weights of {r.int8_weights} float layers stored int8' if r.int8_weights else ''}); "
+                 f"Z int8 / float time at batch "
                  f"{SPEED_BATCH}: {r.time_ratio:.2f}; size {r.size_ratio:.2f}x")
     return line
 
