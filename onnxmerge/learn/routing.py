@@ -45,6 +45,17 @@ that no label is matched to (their images vote "none of these", ``extra_clusters
 router learns from (20% junk of no union class: 76% -> 64% of it kept, accuracy 0.660 -> 0.665) but cost
 a clean pool 5 points (0.668 -> 0.619), so the default is 0: with the agreement filter, 20% junk costs
 0.8 points (0.660 vs 0.668).
+Partial-label EM (``benchmarks/routing_ideas.py``, seed 100, validation reserve; Z's accuracy in numpy,
+K=3 4+3+3 balanced / minority10, K=5 balanced, K=2 balanced; this routing 0.668 / 0.638 / 0.584 / 0.801):
+each image's candidates are the teachers' argmax labels, a logistic regression over the union labels on
+soft candidate targets, E-step = its probability x the teacher's, Saerens priors, started from this
+routing. Every image as a target: 0.677 / 0.658 / 0.589 / 0.788; only q >= 0.9: 0.684 / 0.653 / 0.602 /
+0.796; a floor on each label's share (half an even share, 10 iterations): 0.672 / 0.662 / 0.614 / 0.747;
+split-pool cross-fitting: 0.656 / 0.648. +1 to +2 points on one seed and a loss at K=2 is no clear
+win: EM keeps the clustering's class-level swaps (Pullover routed to the Coat teacher: 2-4% right in
+every iteration), and max-probability starts collapse (0.29). Per-image "is it mine" scores in a
+teacher's own block (max-probability, feature norm, kNN similarity, cosine to the pool's class centroid)
+told its images from the others' with AUROC 0.22-0.93 on K=3 / K=5, often under 0.6.
 
 The Merger then trains a logistic regression "which source" router on the agreed pool images (plus any
 labelled images, whose source is known, and any new classes' images, each new class a router class of
