@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
-import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,10 +17,8 @@ from onnx import helper, numpy_helper
 from ..errors import OnnxMergeError, first_line
 from ..graph.fold import fold_pads_into_convs
 from ..graph.share import ancestors
-from ..graph.stitch import keep_outputs, output_names
-from ..io.images import as_labelled, as_pool
-from ..runtime.session import make_session, run_batched
-from .head import HEAD_INPUT, fit_head, folded_weights
+from ..graph.stitch import output_names
+from ..runtime.session import make_session
 
 CALIBRATION_BATCH = 8
 WEIGHTED = ("Conv", "ConvTranspose", "MatMul", "Gemm")

@@ -33,10 +33,8 @@ Temporary models and the calibration tables go into a temporary folder that is r
 
 from __future__ import annotations
 
-import contextlib
-import io
+import functools
 import json
-import logging
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -46,13 +44,12 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from ..errors import OnnxMergeError, first_line
-from ..graph.share import ancestors
+from ..errors import OnnxMergeError
 from ..graph.stitch import keep_outputs, output_names
 from ..io.images import as_labelled, as_pool
 from ..runtime.session import make_session, run_batched
 from .head import HEAD_INPUT, fit_head, folded_weights
-from .qdq import CALIBRATION_BATCH, WEIGHTED, Quantizer, SourceNodes, int8_weights, source_nodes  # noqa: F401
+from .qdq import CALIBRATION_BATCH, Quantizer, SourceNodes, int8_weights, source_nodes
 
 CALIBRATION_IMAGES = 512
 METHODS = ("MinMax", "Percentile", "Entropy")
@@ -360,14 +357,15 @@ def quantize_merger(merger, train, unlabeled=None, methods: tuple[str, ...] = ME
                              "check accuracy before/after; build without --quantize.")
     data = as_labelled(train, None, merger.input)
     pool = as_pool(unlabeled, merger.input).x if unlabeled is not None else None
-    fit = None
+    fit = None  # teachers mode or a pseudo-labelled head: not fitted on these labels alone, never refitted
     if merger.mode == "fit" and "pseudo_labels" not in merger.report_:
-        widths = merger.head_input_.widths(merger.widths_)
-        C = merger.report_["C"]
-
-        def fit(x: np.ndarray, y: np.ndarray):
-            return fit_head(x, y, widths, C=C, class_weight=merger.class_weight)
+        widths, C = merger.head_input_.widths(merger.widths_), merger.report_["C"]
+        fit = functools.partial(_fit_head, widths=widths, C=C, class_weight=merger.class_weight)
     return quantize_z(merger.model_, [s.name for s in merger.sources_], data.x, data.y, pool, fit, methods)
+
+
+def _fit_head(x: np.ndarray, y: np.ndarray, widths, C: float, class_weight):
+    return fit_head(x, y, widths, C=C, class_weight=class_weight)
 
 
 def _summary(r: QuantizeReport) -> str:
