@@ -40,7 +40,7 @@ def quantization_lines(q: dict | None) -> list[str]:
     light = f", weights of {weights} float layers stored int8" if weights else ""
     lines = [f"quantization: int8 static QDQ, {q['method']} calibration on {q['calibration_images']} images "
              f"(of {q['images']} labelled and {q.get('pool_images', 0)} pool images); "
-             f"accuracy held out ({q['held_out']}) {q['accuracy_before']:.3f} float -> {q['accuracy_after']:.3f} "
+             f"accuracy ({q['held_out']}) {q['accuracy_before']:.3f} float -> {q['accuracy_after']:.3f} "
              f"int8{', head refitted on the int8 features' if q['head_refit'] else ''}"
              f"{light}; "
              f"Z int8 / float time "

@@ -201,7 +201,8 @@ class _Scorer:
         self.images, self.labels, self.fit = images, labels, fit
         self.splits = folds(labels) if fit is not None and has_head else []
         self.held_out = (f"{len(self.splits)}-fold cross-validation on the {len(labels)} labelled images"
-                         if self.splits else f"Z itself on the {len(labels)} labelled images")
+                         if self.splits else f"Z itself on the {len(labels)} labelled images, not held out: its "
+                         "router or pseudo-labelled head was fitted with them")
         self.float_x = head_inputs(float_model, images) if self.splits else None
         self.before = (held_out_accuracy(self.float_x, self.float_x, labels, self.splits, fit) if self.splits
                        else self(float_model)[0])
@@ -371,7 +372,7 @@ def _fit_head(x: np.ndarray, y: np.ndarray, widths, C: float, class_weight):
 def _summary(r: QuantizeReport) -> str:
     drawn = f"the {r.images} labelled" + (f" and {r.pool_images} pool" if r.pool_images else "")
     line = (f"quantize: int8 static QDQ (per-channel int8 weights, uint8 activations), calibrated on "
-            f"{r.calibration_images} of {drawn} images; accuracy held out ({r.held_out}): "
+            f"{r.calibration_images} of {drawn} images; accuracy ({r.held_out}): "
             f"{r.accuracy_before:.3f} float")
     if r.method:
         line += (f" -> {r.accuracy_after:.3f} int8 ({r.method} calibration, head "
