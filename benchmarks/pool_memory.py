@@ -6,6 +6,9 @@ the child's peak resident memory (``ru_maxrss`` from ``wait4``). The slope betwe
 memory per pool image; a 224x224x3 uint8 image is 150,528 bytes (0.144 MiB).
 
     nice -n 10 .venv/bin/python benchmarks/pool_memory.py 1000 2000
+    # a cluster build (issue 14): the builds run with --address on a LocalCluster of 2 workers started here;
+    # the client's own RSS is sampled every 20 ms (the workers are not its children)
+    nice -n 10 .venv/bin/python benchmarks/pool_memory.py --dask 1000 4000
     # the code before a change, side by side:
     git archive <commit> onnxmerge | tar -x -C /tmp/old && PYTHONPATH=/tmp/old nice -n 10 .venv/bin/python benchmarks/pool_memory.py 1000 2000
 """
@@ -49,25 +52,51 @@ def recipe(folder: Path, pool: Path) -> Path:
     return path
 
 
-def peak_mib(recipe_path: Path, output: Path) -> float:
+def peak_mib(recipe_path: Path, output: Path, address: str | None = None) -> float:
+    """Peak RSS of a build process: ``ru_maxrss`` from ``wait4`` (the build and its probe children), or
+    with ``address`` the build process alone, sampled every 20 ms."""
+    import time
+
+    extra = ["--address", address] if address else []
     process = subprocess.Popen([sys.executable, "-m", "onnxmerge", "build", str(recipe_path), "-o", str(output),
-                                "--quiet", "--no-cache"], stdout=subprocess.DEVNULL)
+                                "--quiet", "--no-cache", *extra], stdout=subprocess.DEVNULL)
+    sampled = 0
+    if address:
+        import psutil
+
+        me = psutil.Process(process.pid)
+        while process.poll() is None:
+            try:
+                sampled = max(sampled, me.memory_info().rss)
+            except psutil.Error:
+                pass
+            time.sleep(0.02)
+        status = process.returncode
+        if status != 0:
+            raise SystemExit(f"build failed ({status})")
+        return sampled / 2**20
     _, status, usage = os.wait4(process.pid, 0)
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"build failed ({status})")
     return usage.ru_maxrss / 1024  # KiB on Linux
 
 
-def main(counts: list[int]) -> None:
+def main(counts: list[int], dask: bool = False) -> None:
     import onnxmerge
 
-    print(f"onnxmerge from {Path(onnxmerge.__file__).parent}")
+    print(f"onnxmerge from {Path(onnxmerge.__file__).parent}" + ("; builds on a 2-worker LocalCluster" if dask else ""))
     peaks = {}
+    cluster = None
+    if dask:
+        from onnxmerge.runtime.dask_engine import DaskCluster
+
+        cluster = DaskCluster(workers=2, quiet=True)
+    address = cluster.cluster.scheduler_address if cluster else None
     with tempfile.TemporaryDirectory() as tmp:
         for count in counts:
             pool = Path(tmp) / f"pool{count}"
             write_pool(pool, count)
-            peaks[count] = peak_mib(recipe(Path(tmp), pool), Path(tmp) / "z.onnx")
+            peaks[count] = peak_mib(recipe(Path(tmp), pool), Path(tmp) / "z.onnx", address)
             print(f"{count} pool images: peak RSS {peaks[count]:.0f} MiB")
     if len(counts) >= 2:
         a, b = counts[0], counts[-1]
@@ -75,5 +104,10 @@ def main(counts: list[int]) -> None:
         print(f"per pool image: {slope * 1024:.0f} KiB ({slope * 1024 / 147:.2f} x its 147 KiB of pixels)")
 
 
+    if cluster:
+        cluster.close()
+
+
 if __name__ == "__main__":
-    main([int(a) for a in sys.argv[1:]] or [1000, 2000])
+    args = [a for a in sys.argv[1:] if a != "--dask"]
+    main([int(a) for a in args] or [1000, 2000], dask="--dask" in sys.argv)

@@ -112,7 +112,9 @@ class Merger(ClassifierMixin, BaseEstimator):
         """
         pipeline.check(self._config())
         labelled = as_labelled(X, y, self.input) if X is not None else None
-        pool = as_pool(unlabeled, self.input) if unlabeled is not None else None
+        # on a cluster the workers read a pool folder's files themselves: its pixels never come here
+        lazy = self.engine == "dask" or bool(self.address)
+        pool = as_pool(unlabeled, self.input, lazy) if unlabeled is not None else None
         self.build_graph()
         build = self._build
         self.warnings_, self.report_ = build.warnings, build.report

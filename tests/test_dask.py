@@ -175,3 +175,34 @@ def test_fsspec_urls_are_read_by_the_workers(fitted, image_files, cluster, tmp_p
     assert tables[0].column("label").equals(tables[1].column("label"))
     assert [f.removeprefix("file://") for f in tables[1].column("file").to_pylist()] == tables[0].column("file").to_pylist()
     capsys.readouterr()
+
+
+def test_a_pool_folder_is_read_by_the_workers(image_files, digits_npz, cluster, tmp_path, capsys):
+    """A cluster build reads a pool folder's files on the workers (the pixels never come to the client)
+    and writes the same Z, byte for byte, as the local build that decodes them here; in mode "fit" (the
+    pool pseudo-labelled) and in mode "teachers". A broken file in the pool is one sentence."""
+    from onnxmerge.io.images import ImageFiles
+
+    pool = image_files / "0"  # 600 good PNGs
+    fit = write_recipe(tmp_path, SOURCES, digits_npz["train"], extra=f'unlabeled = "{pool.as_posix()}"\n')
+    teachers = tmp_path / "teachers.toml"
+    teachers.write_text(fit.read_text().replace('mode = "fit"', 'mode = "teachers"')
+                        .replace(f'train = "{Path(digits_npz["train"]).as_posix()}"\n', ""))
+    for recipe in (fit, teachers):
+        models = []
+        for address in (None, cluster.scheduler_address):
+            loaded = load_recipe(recipe, quiet=True)
+            merger = loaded.merger
+            merger.engine, merger.address = ("dask", address) if address else ("local", None)
+            merger.fit(loaded.train, unlabeled=loaded.unlabeled)
+            models.append(merger.model_.SerializeToString())
+            merger.close()
+        assert models[0] == models[1], recipe.name
+    assert len(ImageFiles(list_images([str(pool)]), load_recipe(fit).merger.input)[::2]) == 300
+    broken = tmp_path / "broken.toml"
+    broken.write_text(teachers.read_text().replace(pool.as_posix(), (image_files / "1").as_posix()))
+    assert main(["build", str(broken), "-o", str(tmp_path / "z.onnx"), "--quiet", "--address",
+                 cluster.scheduler_address]) == 2
+    err = capsys.readouterr().err
+    assert "00007_bad.png cannot be read" in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not (tmp_path / "z.onnx").exists()

@@ -27,7 +27,8 @@ class Features:
 
     def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]:
         """``{NAME/feature, NAME/head: array}`` on uint8 ``images``."""
-        key = self._key(images) if self.cache_dir else None
+        # the cache is keyed on pixels; a cluster's pool of files is not read here, so it is not cached
+        key = self._key(images) if self.cache_dir and isinstance(images, np.ndarray) else None
         # a few rows of an entry are recomputed and must agree (runtime/cache.py: a consistent forgery)
         joined = feature_cache.load(self.cache_dir, key, len(images), check=lambda rows: np.concatenate(
             [self.engine.outputs(images[rows], self.names)[n] for n in self.names], axis=1)) if key else None

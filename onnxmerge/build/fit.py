@@ -7,9 +7,10 @@ import numpy as np
 
 from ..errors import OnnxMergeError
 from ..graph.stitch import keep_outputs
-from ..io.images import Dataset
+from ..io.images import Dataset, ImageFiles
 from ..learn.head import TeachersHead, append_head, fit_head, select_C
 from ..learn.routing import PSEUDO_LABEL_THRESHOLD, pseudo_labels
+from ..runtime.tasks import digests_task
 from . import assess
 from .context import Build, Fitted
 from .route import fit_router
@@ -57,7 +58,7 @@ def _pseudo_labelled_pool(build: Build, labelled: Dataset | None, pool: Dataset,
         raise OnnxMergeError("an unlabeled pool needs at least one teacher source (teacher = true, with "
                              "labels) to pseudo-label it.")
     head_input = build.head_input()
-    fresh = _not_in(pool.x, labelled.x) if labelled is not None else np.ones(len(pool.x), bool)
+    fresh = _not_in(pool.x, labelled.x, build.engine) if labelled is not None else np.ones(len(pool.x), bool)
     pool_out = build.features(pool.x[fresh])  # labelled samples win: pool copies of them are dropped
     x_pool = head_input.numpy(pool_out).astype(np.float64)
     teachers = build.teacher_space()
@@ -86,7 +87,11 @@ def _pseudo_labelled_pool(build: Build, labelled: Dataset | None, pool: Dataset,
     return x_pool, pseudo, keep
 
 
-def _not_in(pool: np.ndarray, labelled: np.ndarray) -> np.ndarray:
-    """Mask of pool images that are not byte-identical to a labelled image."""
+def _not_in(pool, labelled: np.ndarray, engine) -> np.ndarray:
+    """Mask of pool images that are not byte-identical to a labelled image. A pool of files that a cluster
+    reads (``ImageFiles``) is compared by digests of its pixels, computed on the workers."""
+    if isinstance(pool, ImageFiles):
+        known = set(digests_task(labelled))  # the labelled images are here already
+        return np.asarray([d not in known for d in engine.pixel_digests(pool)], bool)
     seen = {img.tobytes() for img in labelled}
     return np.asarray([img.tobytes() not in seen for img in pool], bool)

@@ -17,6 +17,7 @@ from ..errors import OnnxMergeError
 from ..graph.cut import exposing
 from ..graph.preprocess import reference_preprocess
 from ..graph.stitch import FEATURES, IMAGE, output_names
+from ..io.images import decoded
 from ..learn.head import PROBABILITIES
 from ..runtime.session import CHECK_VALUES_PER_CALL, make_session, run_batched
 from ..runtime.weights import WeightFolder, release_freed_memory
@@ -114,7 +115,7 @@ def check_parity(build: Build, fitted: Fitted) -> list[ParityCheck]:
     """
     images, engine = fitted.parity_images, build.engine
     pick = np.sort(np.random.default_rng(0).choice(len(images), size=min(SAMPLES, len(images)), replace=False))
-    sample = images if len(pick) == len(images) else images[pick]
+    sample = decoded(images if len(pick) == len(images) else images[pick])  # a lazy pool's 64 files read here
     inner = engine.outputs(sample, [n for n in build.graph_outputs() if n != FEATURES], CHECK_VALUES_PER_CALL)
     engine.close()
     references = [_source_reference(build, source, sample) for source in build.sources]

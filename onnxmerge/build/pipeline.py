@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 
 from ..errors import OnnxMergeError
-from ..io.images import Dataset
+from ..io.images import Dataset, decoded
 from ..runtime.tasks import Tasks
 from ..runtime.weights import WeightFolder
 from ..safety import check_labels
@@ -60,7 +60,7 @@ def fit(build: Build, labelled: Dataset | None, pool: Dataset | None) -> tuple[F
         raise OnnxMergeError("mode \"fit\" needs labelled images (train) or an unlabeled pool; add [head] train "
                              "or unlabeled, or use mode = \"teachers\".")
     given = pool if pool is not None else labelled
-    probe = given.x[:16] if given is not None else np.zeros((1, *config.input.shape), np.uint8)
+    probe = decoded(given.x[:16]) if given is not None else np.zeros((1, *config.input.shape), np.uint8)
     build.teachers, build.widths = find_teachers(build.sources, build.graph.model, build.engine, probe,
                                                  config.mode, build.warnings)
     build.features = Features(build.engine, build.graph, [s.name for s in build.sources],

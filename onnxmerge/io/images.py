@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import contextlib
+import functools
 import io
 import os
 import warnings
@@ -163,8 +164,48 @@ def load_labelled(path: str | os.PathLike, image: ImageInput, what: str = "train
     return Dataset(read_images(files, image), np.asarray(labels), files)
 
 
-def load_unlabeled(path: str | os.PathLike, image: ImageInput) -> Dataset:
-    """An unlabeled pool: a folder searched recursively (sub-folder names ignored) or an ``.npz`` with x."""
+@dataclass(frozen=True)
+class ImageFiles:
+    """A folder's images, read only where they are used: a cluster build's pool, which the workers read
+    chunk by chunk, so the pixels never pass through (or pile up in) the building process.
+
+    Indexing gives the subset (still files); ``np.asarray`` decodes (``read_images``). ``load`` is the
+    picklable function a worker decodes a chunk of ``files`` with.
+    """
+
+    files: list[str]
+    image: ImageInput
+    dtype = np.dtype(np.uint8)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self.files), *self.image.shape)
+
+    def __getitem__(self, index) -> ImageFiles:
+        if isinstance(index, slice):
+            return ImageFiles(self.files[index], self.image)
+        index = np.asarray(index)
+        picked = np.flatnonzero(index) if index.dtype == bool else index.reshape(-1)
+        return ImageFiles([self.files[i] for i in picked], self.image)
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        x = read_images(self.files, self.image)
+        return x if dtype is None else x.astype(dtype)
+
+    def chunks(self, rows: int) -> list[list[str]]:
+        return [self.files[start:start + rows] for start in range(0, len(self.files), rows)]
+
+    @property
+    def load(self):
+        return functools.partial(read_images, image=self.image, threads=1)
+
+
+def load_unlabeled(path: str | os.PathLike, image: ImageInput, lazy: bool = False) -> Dataset:
+    """An unlabeled pool: a folder searched recursively (sub-folder names ignored) or an ``.npz`` with x.
+    With ``lazy``, a folder's images are not read here (``ImageFiles``)."""
     path = Path(path)
     if not path.exists():
         raise OnnxMergeError(f"image pool {path} does not exist; check the path.")
@@ -173,7 +214,12 @@ def load_unlabeled(path: str | os.PathLike, image: ImageInput) -> Dataset:
     files = _image_files(path)
     if not files:
         raise OnnxMergeError(f"{path} holds no images; add images or point to another folder.")
-    return Dataset(read_images(files, image), None, [str(f) for f in files])
+    return Dataset(ImageFiles(files, image) if lazy else read_images(files, image), None, files)
+
+
+def decoded(images) -> np.ndarray:
+    """``images`` as a uint8 array (``ImageFiles`` read here, an array as it is)."""
+    return images if isinstance(images, np.ndarray) else np.asarray(images)
 
 
 def as_images(X, image: ImageInput, what: str = "X") -> np.ndarray:
@@ -246,10 +292,10 @@ def as_labelled(X, y, image: ImageInput) -> Dataset:
     return Dataset(x, np.asarray([str(v) for v in y]), [f"X[{i}]" for i in range(len(x))])
 
 
-def as_pool(unlabeled, image: ImageInput) -> Dataset:
-    """The API's unlabeled pool: a folder or ``.npz`` path, or a uint8 array."""
+def as_pool(unlabeled, image: ImageInput, lazy: bool = False) -> Dataset:
+    """The API's unlabeled pool: a folder or ``.npz`` path, or a uint8 array (``lazy``: ``load_unlabeled``)."""
     if isinstance(unlabeled, (str, os.PathLike)):
-        return load_unlabeled(unlabeled, image)
+        return load_unlabeled(unlabeled, image, lazy)
     x = _some(as_images(unlabeled, image, "unlabeled"), "unlabeled")
     return Dataset(x, None, [f"unlabeled[{i}]" for i in range(len(x))])
 

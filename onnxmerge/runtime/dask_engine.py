@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from ..errors import OnnxMergeError, first_line
 from .engine import LocalEngine, owner
 from .session import EXTRACT_VALUES_PER_CALL, progress_enabled
-from .tasks import chunk_rows, forget_model, model_digest, outputs_task, register_model
+from .tasks import chunk_rows, digests_task, forget_model, model_digest, outputs_task, register_model
 
 #: How long to try reaching a scheduler before saying it is unreachable.
 CONNECT_TIMEOUT = "5s"
@@ -190,9 +190,13 @@ class DaskEngine:
 
     def outputs(self, images: np.ndarray, names: list[str], budget: int = EXTRACT_VALUES_PER_CALL
                 ) -> dict[str, np.ndarray]:
+        """On the cluster, chunk by chunk. ``images`` may be an array or a lazy set of image files (anything
+        with ``chunks(rows)`` and a picklable ``load(chunk)``, e.g. ``io.images.ImageFiles``): then only
+        file names travel and each worker decodes its chunk itself."""
         needed = self.local.needed(names)
         if len(images) == 0:
-            return self.local.outputs(images, names, budget)
+            return self.local.outputs(np.asarray(images), names, budget)
+        lazy = not isinstance(images, np.ndarray)
         per_image = int(np.prod(images.shape[1:]))
         result: dict[str, np.ndarray] = {}
         for group in self.local.groups:
@@ -201,13 +205,22 @@ class DaskEngine:
                 continue
             batch = self.local.batch(group, budget)
             rows = chunk_rows(per_image, batch)
-            chunks = [images[start:start + rows] for start in range(0, len(images), rows)]
+            chunks = images.chunks(rows) if lazy else [images[s:s + rows] for s in range(0, len(images), rows)]
             parts = list(self.cluster.map(outputs_task, chunks, [len(c) for c in chunks], "features",
                                           self.local.quiet, digest=self._ship(group), names=mine, batch=batch,
-                                          threads=self.cluster.threads))
+                                          threads=self.cluster.threads, load=images.load if lazy else None))
             for name in mine:
                 result[name] = np.concatenate([p[name] for p in parts])
         return self.local.join(result, names)
+
+    def pixel_digests(self, images) -> list[bytes]:
+        """``digests_task`` over ``images`` on the cluster (a lazy set of files: decoded on the workers)."""
+        lazy = not isinstance(images, np.ndarray)
+        rows = chunk_rows(int(np.prod(images.shape[1:])), 1)
+        chunks = images.chunks(rows) if lazy else [images[s:s + rows] for s in range(0, len(images), rows)]
+        parts = self.cluster.map(digests_task, chunks, [len(c) for c in chunks], "digests", self.local.quiet,
+                                 load=images.load if lazy else None)
+        return [d for part in parts for d in part]
 
     def _ship(self, group: list[str]) -> str:
         key = tuple(group)

@@ -27,6 +27,10 @@ class Engine(Protocol):
         """``{name: array [N, ...]}`` for uint8 ``images [N, H, W, C]``; ``budget`` bounds input values per call."""
         ...
 
+    def pixel_digests(self, images) -> list[bytes]:
+        """A digest of each image's pixels, where the images are (a cluster's workers read lazy files)."""
+        ...
+
     def close(self) -> None:
         """Release sessions and workers."""
         ...
@@ -55,9 +59,16 @@ class LocalEngine:
         self._sessions: dict[tuple[str, ...], object] = {}  # live sessions of groups
         self._parts: dict[tuple[str, ...], onnx.ModelProto] = {}  # light parts of the graph, kept
 
+    def pixel_digests(self, images) -> list[bytes]:
+        """A digest of each image's pixels (``runtime.tasks.digests_task``), in this process."""
+        from .tasks import digests_task
+
+        return digests_task(np.asarray(images))
+
     def outputs(self, images: np.ndarray, names: list[str], budget: int = EXTRACT_VALUES_PER_CALL
                 ) -> dict[str, np.ndarray]:
         needed = self.needed(names)
+        images = np.asarray(images)  # a lazy set of files (a cluster build's pool) is read here, in one go
         result: dict[str, np.ndarray] = {}
         for group in sorted(self.groups, key=lambda g: tuple(g) not in self._sessions):  # a live session first
             mine = [n for n in needed if owner(n) in group]

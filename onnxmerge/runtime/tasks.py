@@ -14,6 +14,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
 
+import numpy as np
 from tqdm.auto import tqdm
 
 from ..errors import OnnxMergeError
@@ -144,8 +145,16 @@ def chunk_rows(values_per_image: int, batch: int, images: int = CHUNK_IMAGES) ->
     return call * max(1, min(images, CHUNK_VALUES // max(values_per_image, 1)) // call)
 
 
-def outputs_task(images, digest: str, names: list[str], batch: int, threads: int) -> dict:
-    """One chunk's named outputs of a shipped model (a task: runs wherever ``Tasks.map`` sends it)."""
+def digests_task(images, load=None) -> list[bytes]:
+    """A digest of each image's pixels (a task; with ``load``, of files decoded here, on the worker)."""
+    images = images if load is None else load(images)
+    return [hashlib.blake2b(np.ascontiguousarray(img).tobytes(), digest_size=16).digest() for img in images]
+
+
+def outputs_task(images, digest: str, names: list[str], batch: int, threads: int, load=None) -> dict:
+    """One chunk's named outputs of a shipped model (a task: runs wherever ``Tasks.map`` sends it).
+    With ``load``, the chunk is a list of files and ``load(files)`` decodes them here, on the worker."""
     from .session import run_batched
 
+    images = images if load is None else load(images)
     return run_batched(cached_session(digest, threads), images, names, batch, quiet=True)
