@@ -89,6 +89,54 @@ def _C(value) -> float | str:
     return float(value)
 
 
+def _source(table: dict, i: int, base: Path, path: Path) -> Source:
+    """One ``[[sources]]`` table as a :class:`Source` (its model path resolved against ``base``)."""
+    _check_table(table, _SOURCE, f"sources[{i}]")
+    where = f"source {table['name']!r}"
+    pre = _check_table(table["preprocess"], _PREPROCESS, f"{where} preprocess")
+    for key in ("height", "width", "channels"):
+        _positive(pre, key, f"{where} preprocess")
+    layout = pre.get("layout")
+    if layout is not None and layout not in ("NCHW", "NHWC"):
+        raise OnnxMergeError(f"{where} preprocess.layout must be \"NCHW\" or \"NHWC\", got {layout!r}.")
+    std = _numbers(pre["std"], f"{where} preprocess.std")
+    if any(s == 0 for s in std):
+        raise OnnxMergeError(f"{where} preprocess.std contains 0; every std must be non-zero.")
+    labels = table.get("labels")
+    if labels is not None and (not labels or not all(isinstance(v, str) for v in labels)):
+        raise OnnxMergeError(f"{where} labels must be a non-empty list of strings.")
+    if labels is not None:
+        check_labels(labels, f"{where} labels")
+    model = (base / Path(table["model"]).expanduser()).resolve()
+    if model == path.resolve():
+        raise OnnxMergeError(f"{where} model is the recipe file itself; point it to a .onnx file.")
+    return Source(
+        name=table["name"], model=model, feature=table.get("feature", "auto"),
+        head_output=table.get("head_output", "auto"), labels=labels, teacher=table.get("teacher", True),
+        preprocess=Preprocess(scale=float(pre["scale"]), mean=_numbers(pre["mean"], f"{where} preprocess.mean"),
+                              std=std, height=pre.get("height"), width=pre.get("width"),
+                              channels=pre.get("channels"), layout=layout))
+
+
+def _known(value: str, choices, key: str) -> str:
+    """``value`` if it is one of ``choices``, else one sentence naming the closest."""
+    if value not in choices:
+        close = difflib.get_close_matches(value, choices, n=1)
+        raise OnnxMergeError(f"{key} {value!r} is unknown" + (f"; did you mean {close[0]!r}?" if close else
+                                                              f"; use one of {list(choices)}."))
+    return value
+
+
+def _engine(data: dict) -> dict:
+    """The ``[engine]`` table, checked (default: the local engine)."""
+    engine = _check_table(data.get("engine", {"name": "local"}), _ENGINE, "engine")
+    _known(engine["name"], ENGINES, "engine.name")
+    if engine["name"] == "local" and ("address" in engine or "workers" in engine):
+        raise OnnxMergeError("engine.address and engine.workers need engine.name = \"dask\"; set it or drop them.")
+    _positive(engine, "workers", "engine")
+    return engine
+
+
 def parse_recipe(data: dict, base: Path, path: Path, quiet: bool = False) -> Recipe:
     """Turn a recipe's TOML data into a configured :class:`Merger` (paths resolved against ``base``)."""
     _check_table(data, _TOP, "the recipe")
@@ -98,52 +146,13 @@ def parse_recipe(data: dict, base: Path, path: Path, quiet: bool = False) -> Rec
         raise OnnxMergeError(f"input.channels must be 1 or 3, got {channels}.")
     if not data["sources"]:
         raise OnnxMergeError("the recipe has no [[sources]]; add at least one.")
-    sources = []
-    for i, table in enumerate(data["sources"]):
-        where = f"sources[{i}]"
-        _check_table(table, _SOURCE, where)
-        where = f"source {table['name']!r}"
-        pre = _check_table(table["preprocess"], _PREPROCESS, f"{where} preprocess")
-        for key in ("height", "width", "channels"):
-            _positive(pre, key, f"{where} preprocess")
-        layout = pre.get("layout")
-        if layout is not None and layout not in ("NCHW", "NHWC"):
-            raise OnnxMergeError(f"{where} preprocess.layout must be \"NCHW\" or \"NHWC\", got {layout!r}.")
-        std = _numbers(pre["std"], f"{where} preprocess.std")
-        if any(s == 0 for s in std):
-            raise OnnxMergeError(f"{where} preprocess.std contains 0; every std must be non-zero.")
-        labels = table.get("labels")
-        if labels is not None and (not labels or not all(isinstance(v, str) for v in labels)):
-            raise OnnxMergeError(f"{where} labels must be a non-empty list of strings.")
-        if labels is not None:
-            check_labels(labels, f"{where} labels")
-        model = (base / Path(table["model"]).expanduser()).resolve()
-        if model == path.resolve():
-            raise OnnxMergeError(f"{where} model is the recipe file itself; point it to a .onnx file.")
-        sources.append(Source(
-            name=table["name"], model=model, feature=table.get("feature", "auto"),
-            head_output=table.get("head_output", "auto"), labels=labels, teacher=table.get("teacher", True),
-            preprocess=Preprocess(scale=float(pre["scale"]), mean=_numbers(pre["mean"], f"{where} preprocess.mean"),
-                                  std=std, height=pre.get("height"), width=pre.get("width"),
-                                  channels=pre.get("channels"), layout=layout),
-        ))
+    sources = [_source(table, i, base, path) for i, table in enumerate(data["sources"])]
     head = _check_table(data.get("head", {}), _HEAD, "head")
-    mode = head.get("mode", "fit")
-    if mode not in MODES:
-        close = difflib.get_close_matches(mode, MODES, n=1)
-        raise OnnxMergeError(f"head.mode {mode!r} is unknown" + (f"; did you mean {close[0]!r}?" if close else
-                                                                   f"; use one of {list(MODES)}."))
+    mode = _known(head.get("mode", "fit"), MODES, "head.mode")
     if mode == "fit" and "train" not in head and "unlabeled" not in head:
         raise OnnxMergeError("mode = \"fit\" needs head.train (a labelled folder or .npz) or head.unlabeled "
                              "(a pool the teachers pseudo-label), or use mode = \"teachers\".")
-    engine = _check_table(data.get("engine", {"name": "local"}), _ENGINE, "engine")
-    if engine["name"] not in ENGINES:
-        close = difflib.get_close_matches(engine["name"], ENGINES, n=1)
-        raise OnnxMergeError(f"engine.name {engine['name']!r} is unknown" + (
-            f"; did you mean {close[0]!r}?" if close else f"; use one of {list(ENGINES)}."))
-    if engine["name"] == "local" and ("address" in engine or "workers" in engine):
-        raise OnnxMergeError("engine.address and engine.workers need engine.name = \"dask\"; set it or drop them.")
-    _positive(engine, "workers", "engine")
+    engine = _engine(data)
     merger = Merger(ImageInput(height, width, channels), sources, mode=mode, C=_C(head.get("C", DEFAULT_C)), quiet=quiet,
                     engine=engine["name"], address=engine.get("address"), workers=engine.get("workers"))
     train = None
