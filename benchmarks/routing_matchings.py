@@ -20,7 +20,8 @@ Ideas (``--ideas``):
 * ``fn-repM`` / ``fn-capM`` / ``fn-voteM``: M clusters per label, assigned label-free: Hungarian against
   each label repeated M times (assumes equally common labels), against capacities from route_pool's label
   counts, or each fine cluster taking the majority of route_pool's agreed targets; ``fn-mixM``: route_pool's
-  25 runs and 25 ``fn-repM`` runs voted together; ``@A`` sets the
+  25 runs and 25 ``fn-repM`` runs voted together; ``fn-softM~P``: Hungarian where label l's k-th cluster
+  costs P * k / M more (every label at least one); ``@A`` sets the
   agreement threshold (``fn-rep4@0.8``); ``--pll`` starts routing_ideas' partial-label EM (q >= 0.9) from
   an idea's targets.
 
@@ -39,6 +40,7 @@ default cases k3-interleaved/balanced k3-interleaved/minority10 k5-interleaved/b
     --ideas fn-rep4 --pll
     --ideas fn-rep4@0.5 fn-rep4@0.6 fn-rep4@0.8
     --ideas fn-mix4 fn-mix2 fn-mix4@0.8
+    --ideas fn-soft4~0.1 fn-soft4~0.3 fn-soft4~1
     --ideas current fn-rep4 fn-rep4@0.8 --cases k3-interleaved/longtail k3-interleaved/missing2 k5-interleaved/minority10
     --ideas current --swap-ceiling
 """
@@ -200,7 +202,7 @@ def make_overcluster(mult: int, runs: int = MATCH_RUNS, seed: int = 0, min_agree
     return route
 
 
-def make_fine(mult: int, assign: str, runs: int = MATCH_RUNS, seed: int = 0, min_agreement: float = MIN_AGREEMENT):
+def make_fine(mult: int, assign: str, penalty: float = 0.0, runs: int = MATCH_RUNS, seed: int = 0, min_agreement: float = MIN_AGREEMENT):
     """Label-free assignment of ``mult`` k-means clusters per union label to sources.
 
     ``rep``: one-to-one Hungarian between the clusters and each label repeated ``mult`` times (the
@@ -221,17 +223,22 @@ def make_fine(mult: int, assign: str, runs: int = MATCH_RUNS, seed: int = 0, min
             extra = np.floor((n - n_labels) * counts / counts.sum()).astype(int)
             extra[np.argsort(-(counts / counts.sum() * (n - n_labels) - extra))[: n - n_labels - extra.sum()]] += 1
             slots = np.repeat(np.arange(n_labels), 1 + extra)
+        extra_cost = np.zeros(len(slots))
+        if assign == "soft":  # label l's k-th cluster costs penalty * k / M more: unequal shares allowed, at a price
+            slots = np.repeat(np.arange(n_labels), n - n_labels + 1)
+            k = np.tile(np.arange(n - n_labels + 1), n_labels)
+            extra_cost = penalty * k / mult - 1e3 * (k == 0)  # every label gets at least one cluster
         plan = [(n, slots)] * runs
         if assign == "mix":  # route_pool's one cluster per label and M per label, runs of both voted together
             plan = [(n_labels, np.arange(n_labels))] * runs + plan
         for run, (n, slots) in enumerate(plan):
             clusters = KMeans(n, n_init=1, random_state=seed + run).fit(features).predict(features)
-            if assign in ("rep", "cap", "mix"):
+            if assign in ("rep", "cap", "mix", "soft"):
                 sizes = np.bincount(clusters, minlength=n)
                 sums = np.zeros((n, n_labels))
                 np.add.at(sums, clusters, union)
                 cost = -np.log(sums / np.maximum(sizes, 1)[:, None] + 1e-9)
-                r, c = linear_sum_assignment(cost[:, slots])
+                r, c = linear_sum_assignment(cost[:, slots] + (extra_cost if len(slots) == len(extra_cost) else 0))
                 label_of = np.zeros(n, int)
                 label_of[r] = slots[c]
                 labels = label_of[clusters]
@@ -335,7 +342,8 @@ def main() -> None:
             stats: dict = {}
             fn = (routing_ideas.current if label == "current" else
                   make_overcluster(int(label[6:])) if label.startswith("oc-ora") else
-                  make_fine(int(label.split("@")[0][-1]), label.split("@")[0][3:-1],
+                  make_fine(int(label.split("@")[0].split("~")[0][-1]), label.split("@")[0].split("~")[0][3:-1],
+                            penalty=float(label.split("~")[1].split("@")[0]) if "~" in label else 0.0,
                             min_agreement=float(label.split("@")[1]) if "@" in label else MIN_AGREEMENT)
                   if label[:3] == "fn-" else make_route(label, args.generate, args.tolerance, args.space, stats=stats))
             if args.pll:

@@ -76,7 +76,8 @@ open part: Hungarian against each label repeated 4 times (equal label shares ass
 0.648 vs 0.661, missing2 0.656 vs 0.679); capacities from this routing's label counts 0.663-0.682 /
 0.623-0.660 / 0.580-0.584 / 0.760-0.795; partial-label EM (q >= 0.9) started from it 0.708 / 0.696 / 0.609
 / 0.751; k-means also on the teachers' sqrt-probabilities 0.611-0.657 / 0.632-0.642 / 0.439-0.549 /
-0.775-0.823. None gains 3 points at both K=3 and K=5 without losing K=2.
+0.775-0.823; a label's k-th fine cluster costing 0.1-1.0 x k/4 more (unequal shares at a price) 0.610-0.685 /
+0.628-0.631 / 0.598-0.616 / 0.795-0.823. None gains 3 points at both K=3 and K=5 without losing K=2.
 
 The Merger then trains a logistic regression "which source" router on the agreed pool images (plus any
 labelled images, whose source is known, and any new classes' images, each new class a router class of
