@@ -56,6 +56,28 @@ win: EM keeps the clustering's class-level swaps (Pullover routed to the Coat te
 every iteration), and max-probability starts collapse (0.29). Per-image "is it mine" scores in a
 teacher's own block (max-probability, feature norm, kNN similarity, cosine to the pool's class centroid)
 told its images from the others' with AUROC 0.22-0.93 on K=3 / K=5, often under 0.6.
+Alternative matchings (``benchmarks/routing_matchings.py``, same protocol and cases): per k-means run, the
+Hungarian optimum plus Murty's first level (each matched pair forbidden), the run keeping the candidate
+with the best cross-validated log-likelihood of a logistic source router: 0.675 / 0.670 / 0.471 / 0.734
+(with the marginal's log-likelihood subtracted: 0.675 / 0.665 / 0.467 / 0.733; cross-validated balanced
+accuracy 0.676 / 0.591 / 0.506 / 0.816); the teachers' argmax agreeing with the matched label: 0.593 /
+0.627 / 0.517 / 0.739; the two ranks summed: 0.611 / 0.675 / 0.590 / 0.735. Any union of classes is about
+as linearly predictable as the right one, so cross-validation does not tell them apart. The errors are not
+swaps a matching can undo: choosing the candidate by the TRUE sources reaches only 0.678 / 0.643 / 0.569 /
+0.824 (every cross-source exchange of two clusters' labels: 0.636 / 0.632 / 0.590 / 0.825), no class-level
+label swap of the voted routing puts more images on their true source (best 0.528 vs 0.537 at K=3), and
+even each of the L clusters given its majority true source reaches only 0.681 / 0.559 / 0.600 / 0.825:
+k-means merges look-alike classes of different teachers into one cluster (Pullover + Coat + Shirt) and
+splits others (Bag in two), so a one-cluster-per-label matching cannot route them. Finer clusters can (4
+per label, majority true source: 0.785 / 0.691 / 0.677 / 0.817), but their label-free assignment is the
+open part: Hungarian against each label repeated 4 times (equal label shares assumed) 0.705 / 0.647 /
+0.598 / 0.811 (at 0.8 agreement 0.720 / 0.658 / 0.594 / 0.827; 2, 3, 6, 8 per label: 0.685-0.703 /
+0.640-0.688 / 0.576-0.607 / 0.777-0.821), and it loses where labels are not equally common (K=3 longtail
+0.648 vs 0.661, missing2 0.656 vs 0.679); capacities from this routing's label counts 0.663-0.682 /
+0.623-0.660 / 0.580-0.584 / 0.760-0.795; partial-label EM (q >= 0.9) started from it 0.708 / 0.696 / 0.609
+/ 0.751; k-means also on the teachers' sqrt-probabilities 0.611-0.657 / 0.632-0.642 / 0.439-0.549 /
+0.775-0.823; a label's k-th fine cluster costing 0.1-1.0 x k/4 more (unequal shares at a price) 0.610-0.685 /
+0.628-0.631 / 0.598-0.616 / 0.795-0.823. None gains 3 points at both K=3 and K=5 without losing K=2.
 
 The Merger then trains a logistic regression "which source" router on the agreed pool images (plus any
 labelled images, whose source is known, and any new classes' images, each new class a router class of
