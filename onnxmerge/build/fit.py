@@ -88,10 +88,8 @@ def _pseudo_labelled_pool(build: Build, labelled: Dataset | None, pool: Dataset,
 
 
 def _not_in(pool, labelled: np.ndarray, engine) -> np.ndarray:
-    """Mask of pool images that are not byte-identical to a labelled image. A pool of files that a cluster
-    reads (``ImageFiles``) is compared by digests of its pixels, computed on the workers."""
-    if isinstance(pool, ImageFiles):
-        known = set(digests_task(labelled))  # the labelled images are here already
-        return np.asarray([d not in known for d in engine.pixel_digests(pool)], bool)
-    seen = {img.tobytes() for img in labelled}
-    return np.asarray([img.tobytes() not in seen for img in pool], bool)
+    """Mask of pool images whose pixels are not a labelled image's, compared by 128-bit digests (a pool of
+    files that a cluster reads, ``ImageFiles``, is digested on the workers)."""
+    known = set(digests_task(labelled))  # the labelled images are here already
+    digests = engine.pixel_digests(pool) if isinstance(pool, ImageFiles) else digests_task(pool)
+    return np.asarray([d not in known for d in digests], bool)

@@ -60,7 +60,7 @@ def fold_pads_into_convs(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     """A copy of ``model`` where every constant zero ``Pad`` of only the spatial axes whose one consumer is a
     ``Conv`` (as its data input) is removed and its amounts added to the Conv's ``pads``; and how many were.
 
-    The Pads' now unused constant subgraphs are removed too.
+    The Pads and their now unused constant subgraphs are removed (``share.ancestors`` of the outputs).
     """
     out = onnx.ModelProto()
     out.CopyFrom(model)
@@ -70,15 +70,15 @@ def fold_pads_into_convs(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
         for i in node.input:
             consumers.setdefault(i, []).append(node)
     outputs = {o.name for o in graph.output}
-    removed: set[int] = set()
-    for index, pad in enumerate(graph.node):
+    folded = 0
+    for pad in graph.node:
         if pad.op_type != "Pad" or pad.domain not in ("", "ai.onnx") or len(pad.input) > 3:
             continue
         users = consumers.get(pad.output[0], [])
-        if len(users) != 1 or users[0].op_type != "Conv" or users[0].input[0] != pad.output[0] or pad.output[0] in outputs:
+        conv = users[0] if len(users) == 1 else None
+        if conv is None or conv.op_type != "Conv" or conv.input[0] != pad.output[0] or pad.output[0] in outputs:
             continue
-        conv = users[0]
-        if _attribute(pad, "mode", b"constant") not in (b"constant", "constant") or _attribute(conv, "auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+        if _attribute(pad, "mode", b"constant") != b"constant" or _attribute(conv, "auto_pad", b"NOTSET") != b"NOTSET":
             continue
         amounts = constant_value(out, pad.input[1]) if len(pad.input) > 1 and pad.input[1] else None
         fill = constant_value(out, pad.input[2]) if len(pad.input) > 2 and pad.input[2] else np.zeros(1)
@@ -97,30 +97,10 @@ def fold_pads_into_convs(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
                 conv.attribute.remove(a)
         conv.attribute.append(helper.make_attribute("pads", new))
         conv.input[0] = pad.input[0]
-        removed.add(index)
-    if not removed:
-        return out, 0
-    kept = [n for i, n in enumerate(graph.node) if i not in removed]
-    del graph.node[:]
-    graph.node.extend(_without_dead_nodes(kept, outputs))
-    return out, len(removed)
-
-
-def _reads(node: onnx.NodeProto) -> set[str]:
-    """Every tensor ``node`` reads, including what its subgraphs (If/Loop/Scan bodies) read from outside."""
-    names = set(node.input)
-    for a in node.attribute:
-        for sub in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
-            for inner in sub.node:
-                names |= _reads(inner)
-    return names
-
-
-def _without_dead_nodes(nodes: list[onnx.NodeProto], outputs: set[str]) -> list[onnx.NodeProto]:
-    """``nodes`` less those whose outputs nothing reads (repeatedly: a dead Pad's constant chain)."""
-    while True:
-        read = set().union(*(_reads(n) for n in nodes)) | outputs
-        alive = [n for n in nodes if any(o in read for o in n.output)]
-        if len(alive) == len(nodes):
-            return nodes
-        nodes = alive
+        folded += 1
+    if folded:  # the Convs now read the Pads' inputs: the Pads and their constant chains are no one's ancestors
+        needed = ancestors(graph, list(outputs))
+        kept = [n for i, n in enumerate(graph.node) if i in needed]
+        del graph.node[:]
+        graph.node.extend(kept)
+    return out, folded

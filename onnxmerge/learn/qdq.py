@@ -30,6 +30,16 @@ class SourceNodes:
     first: str | None          # first and last weighted nodes (Conv/MatMul/Gemm) of the network
     last: list[str]            # the last before the feature, and the source's own head layer if Z keeps it
 
+    @property
+    def edges(self) -> list[str]:
+        """The first and last weighted layers: the ones ``--quantize`` keeps float unless measured otherwise."""
+        return [n for n in [self.first, *self.last] if n]
+
+    def inner(self) -> list[str]:
+        """The network's nodes without its edge layers."""
+        edges = set(self.edges)
+        return [n for n in self.network if n not in edges]
+
 
 def source_nodes(model: onnx.ModelProto, names: list[str]) -> list[SourceNodes]:
     """Each source's network nodes in Z, found from the graph: ancestors of its feature (and of its own

@@ -240,10 +240,8 @@ def _calibration_images(images: np.ndarray, pool: np.ndarray | None) -> np.ndarr
 def _best_variant(quantizer: Quantizer, score: _Scorer, layers: dict[str, SourceNodes], chosen: list[str],
                   methods: tuple[str, ...], trials: dict[str, float]) -> _Variant:
     """Steps 2-4 of the module docstring: the calibration method, the first/last layers, weight-only int8."""
-    edge = {s: {n for n in [layers[s].first, *layers[s].last] if n} for s in layers}
-
     def nodes_of(with_edges: bool) -> list[str]:
-        return [n for s in chosen for n in layers[s].network if with_edges or n not in edge[s]]
+        return [n for s in chosen for n in (layers[s].network if with_edges else layers[s].inner())]
 
     def variant(name: str, model: onnx.ModelProto, method: str, all_layers: bool, stored: int = 0) -> _Variant:
         plain, refit = score(model)
@@ -257,7 +255,7 @@ def _best_variant(quantizer: Quantizer, score: _Scorer, layers: dict[str, Source
     v = variant(f"{best.method}, every layer int8", quantizer.quantize(nodes_of(True), best.method), best.method, True)
     best = v if v.accuracy >= best.accuracy - LAYER_TOLERANCE else best
     still_float = {n for s in layers for n in (layers[s].network if s not in chosen else
-                                               ([] if best.all_layers else edge[s]))}
+                                               ([] if best.all_layers else layers[s].edges))}
     light, stored = int8_weights(best.model, still_float)
     if stored:
         v = variant(f"{best.method}, float layers' weights int8", light, best.method, best.all_layers, stored)
@@ -285,8 +283,7 @@ def quantize_z(model: onnx.ModelProto, sources: list[str], images: np.ndarray, l
         float_model = quantizer.model
         layers = {s.name: s for s in source_nodes(float_model, sources)}
         # 1. per source: is its int8 part faster? (MinMax: timing does not depend on the ranges)
-        everything = quantizer.quantize([n for s in sources for n in layers[s].network
-                                         if n not in (layers[s].first, *layers[s].last)])
+        everything = quantizer.quantize([n for s in sources for n in layers[s].inner()])
         choices = _choose_sources(float_model, everything, sources, batch, rounds)
         chosen = [c.name for c in choices if c.int8]
         score = _Scorer(float_model, images, labels, fit)
@@ -303,7 +300,7 @@ def quantize_z(model: onnx.ModelProto, sources: list[str], images: np.ndarray, l
             quantized = _replace_head(quantized, fit(head_inputs(quantized, images), labels))
         for c in choices:
             if c.int8 and not best.all_layers:
-                c.float_layers = [n for n in [layers[c.name].first, *layers[c.name].last] if n]
+                c.float_layers = layers[c.name].edges
         report.method, report.head_refit, report.accuracy_after = best.method, best.refit, best.accuracy
         report.int8_weights = best.int8_weights
         report.time_ratio = time_ratio(float_model, quantized, batch, ["probabilities"], rounds,

@@ -196,7 +196,6 @@ class DaskEngine:
         needed = self.local.needed(names)
         if len(images) == 0:
             return self.local.outputs(np.asarray(images), names, budget)
-        lazy = not isinstance(images, np.ndarray)
         per_image = int(np.prod(images.shape[1:]))
         result: dict[str, np.ndarray] = {}
         for group in self.local.groups:
@@ -205,21 +204,19 @@ class DaskEngine:
                 continue
             batch = self.local.batch(group, budget)
             rows = chunk_rows(per_image, batch)
-            chunks = images.chunks(rows) if lazy else [images[s:s + rows] for s in range(0, len(images), rows)]
+            chunks, load = _chunks(images, rows)
             parts = list(self.cluster.map(outputs_task, chunks, [len(c) for c in chunks], "features",
                                           self.local.quiet, digest=self._ship(group), names=mine, batch=batch,
-                                          threads=self.cluster.threads, load=images.load if lazy else None))
+                                          threads=self.cluster.threads, load=load))
             for name in mine:
                 result[name] = np.concatenate([p[name] for p in parts])
         return self.local.join(result, names)
 
     def pixel_digests(self, images) -> list[bytes]:
         """``digests_task`` over ``images`` on the cluster (a lazy set of files: decoded on the workers)."""
-        lazy = not isinstance(images, np.ndarray)
-        rows = chunk_rows(int(np.prod(images.shape[1:])), 1)
-        chunks = images.chunks(rows) if lazy else [images[s:s + rows] for s in range(0, len(images), rows)]
+        chunks, load = _chunks(images, chunk_rows(int(np.prod(images.shape[1:])), 1))
         parts = self.cluster.map(digests_task, chunks, [len(c) for c in chunks], "digests", self.local.quiet,
-                                 load=images.load if lazy else None)
+                                 load=load)
         return [d for part in parts for d in part]
 
     def _ship(self, group: list[str]) -> str:
@@ -245,3 +242,11 @@ class DaskEngine:
             self.cluster.forget(digest)
         self._shipped.clear()
         self.local.close()
+
+
+def _chunks(images, rows: int) -> tuple[list, object]:
+    """``images`` in task chunks of ``rows``, and the worker-side ``load`` for them: None for an array's
+    slices, the lazy set's own ``load`` for chunks of file names (``io.images.ImageFiles``)."""
+    if isinstance(images, np.ndarray):
+        return [images[start:start + rows] for start in range(0, len(images), rows)], None
+    return images.chunks(rows), images.load
