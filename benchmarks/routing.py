@@ -228,6 +228,19 @@ def variant_pool(feat: Features, variant: str, validation: bool = False):
     return pool_out, x_pool, true_pool, test_out, x_test, y_test
 
 
+def validation_cases(cases: list[str], seed: int, work: Path):
+    """For each ``"setup/variant"`` of ``cases``, the tuning protocol's data (validation images of the training
+    reserve, never the test split): ``(case, feat, variant, pool_out, true_pool, test_out, y_test)``; each
+    setup's teachers and features are loaded once."""
+    data, feats = Data(), {}
+    for case in cases:
+        name, variant = case.split("/")
+        if name not in feats:
+            feats[name] = Features(Setup(name, seed, data, work), work / "cache")
+        pool_out, _, true_pool, test_out, _, y_test = variant_pool(feats[name], variant, validation=True)
+        yield case, feats[name], variant, pool_out, true_pool, test_out, y_test
+
+
 def before(features, teachers, probs):
     """The routing before this issue, for comparison: majority source of every pool image, all router targets."""
     from onnxmerge.learn.routing import match_sources

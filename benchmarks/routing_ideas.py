@@ -22,7 +22,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from routing import Data, Features, Setup, numpy_rows, variant_pool  # noqa: E402
+from routing import numpy_rows, validation_cases  # noqa: E402
 
 from onnxmerge.learn.routing import LOG_FLOOR, route_pool  # noqa: E402
 
@@ -207,14 +207,7 @@ def main() -> None:
     }
     if args.ideas:
         ideas = {k: v for k, v in ideas.items() if k in args.ideas}
-    data = Data()
-    feats = {}
-    for case in args.cases:
-        name, variant = case.split("/")
-        if name not in feats:
-            feats[name] = Features(Setup(name, args.seed, data, args.work), args.work / "cache")
-        feat = feats[name]
-        pool_out, _, true_pool, test_out, _, y_test = variant_pool(feat, variant, validation=True)
+    for case, feat, variant, pool_out, true_pool, test_out, y_test in validation_cases(args.cases, args.seed, args.work):
         owned = true_pool >= 0
         global DIAG
         idx, _ = feat.setup.pool(variant)

@@ -60,7 +60,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from routing import Data, Features, Setup, numpy_rows, variant_pool  # noqa: E402
+from routing import numpy_rows, validation_cases  # noqa: E402
 import routing_ideas  # noqa: E402
 
 from onnxmerge.learn.routing import MATCH_RUNS, MIN_AGREEMENT, route_pool  # noqa: E402
@@ -325,14 +325,7 @@ def main() -> None:
                         "from each idea's targets instead of route_pool's")
     parser.add_argument("--swap-ceiling", action="store_true", help="also print swap_ceiling's diagnostic")
     args = parser.parse_args()
-    data = Data()
-    feats = {}
-    for case in args.cases:
-        name, variant = case.split("/")
-        if name not in feats:
-            feats[name] = Features(Setup(name, args.seed, data, args.work), args.work / "cache")
-        feat = feats[name]
-        pool_out, _, true_pool, test_out, _, y_test = variant_pool(feat, variant, validation=True)
+    for case, feat, variant, pool_out, true_pool, test_out, y_test in validation_cases(args.cases, args.seed, args.work):
         global TRUTH
         TRUTH = true_pool
         print(f"\n{case} seed {args.seed}", flush=True)
