@@ -20,7 +20,7 @@ from PIL import Image
 from onnxmerge import ImageInput, Merger, OnnxMergeError, Preprocess, Source
 from onnxmerge.cli import main
 from onnxmerge.learn.estimate import cross_validate, fold_plan
-from onnxmerge.learn.health import class_loss_warnings, output_signatures, pool_label_counts
+from onnxmerge.learn.health import class_loss_warnings, output_signatures, pool_label_counts, teacher_claims
 from onnxmerge.predict import ZModel
 
 SPLIT = Path(__file__).parent / "fixtures" / "split"
@@ -200,10 +200,11 @@ def test_every_label_z_hardly_predicts_on_the_pool_is_named(mode, split, teacher
     z = teachers_right if mode == "teachers" else fit_right
     counts = z.report_["pool_labels"]
     union = {label for s in z.sources_ if s.name in dict(z.teachers_) for label in s.labels}
-    assert set(counts) == union and all(set(c) == {"routed", "predicted"} for c in counts.values())
+    assert set(counts) == union and all(set(c) == {"routed", "predicted", "claimed"} for c in counts.values())
     assert sum(c["predicted"] for c in counts.values()) == 177
     few = 0.25 * 177 / len(counts)
-    thin = [label for label, c in counts.items() if c["predicted"] < few or c["routed"] < few]
+    thin = [label for label, c in counts.items()
+            if c["predicted"] < few or c["routed"] < few or c["predicted"] < 0.35 * c["claimed"]]
     labelled = set(split["y"]) if mode == "fit" else set()
     for label in thin:
         if label not in labelled:
@@ -219,6 +220,20 @@ def test_class_loss_warnings_from_counts():
     warnings = class_loss_warnings(counts, 100)
     assert len(warnings) == 1 and warnings[0].startswith("Z predicts 'c' for none of the 100 pool images")
     assert class_loss_warnings(counts, 100, labelled={"c"}) == []
+
+
+def test_a_label_z_answers_for_few_of_the_images_its_teacher_claims_is_named():
+    # teacher 0 calls 40 pool images 'b'; routing sends 30 of them to teacher 1, whose labels Z then answers
+    probs = [np.eye(2)[[0] * 60 + [1] * 40], np.eye(2)[[0] * 50 + [1] * 50]]
+    claims = teacher_claims([["a", "b"], ["c", "d"]], probs)
+    assert claims == {"a": 60, "b": 40, "c": 50, "d": 50}
+    predicted = np.array(["a"] * 50 + ["b"] * 10 + ["c"] * 20 + ["d"] * 20)
+    counts = pool_label_counts(["a", "b", "c", "d"], predicted, predicted, claims)
+    assert counts["b"] == {"routed": 10, "predicted": 10, "claimed": 40}
+    warnings = class_loss_warnings(counts, 100)
+    assert len(warnings) == 1 and warnings[0].startswith("Z predicts 'b' for only 10 of the 40 pool images")
+    counts["b"]["predicted"] = 20  # half of the images its teacher claims: no warning
+    assert class_loss_warnings(counts, 100) == []
 
 
 def test_teachers_z_names_its_route_columns_and_estimates_its_new_class(split, digits, tmp_path, capsys):

@@ -110,7 +110,7 @@ def fit_mode(build: Build, head, classes: list[str], head_input, widths: list[in
         routed = np.where(pool_keep, pool_labels, "")
         predicted = head.predict(x_pool)
         union = build.teacher_space().union
-        counts = health.pool_label_counts(union, routed, predicted)
+        counts = health.pool_label_counts(union, routed, predicted, build.pool_claims)
         build.report["pool_labels"] = counts
         kept = {c: v for c, v in counts.items() if c in classes}  # the others are warned about already
         build.warnings += health.class_loss_warnings(kept, len(x_pool), set(y_labelled) if y_labelled is not None
@@ -133,7 +133,10 @@ def teachers_mode(build: Build, head, head_input, pool_out: dict | None) -> None
     build.metadata["onnxmerge.route"] = json.dumps([n for n, _ in head_input.teachers]
                                                            + list(head.new_classes))
     predicted = np.asarray(classes)[probs.argmax(axis=1)]
-    counts = health.pool_label_counts(classes, _routed_labels(build, head, head_input, x_pool, route), predicted)
+    claims = health.teacher_claims(head.space.labels, [head_input.probabilities(pool_out, n, k)
+                                                       for n, k in head_input.teachers])
+    counts = health.pool_label_counts(classes, _routed_labels(build, head, head_input, x_pool, route), predicted,
+                                      claims)
     build.report["pool_labels"] = counts
     new = set(head.new_classes)
     build.warnings += health.class_loss_warnings(counts, len(x_pool), new)

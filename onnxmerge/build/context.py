@@ -51,6 +51,7 @@ class Build:
     report: dict = field(default_factory=dict)
     metadata: dict[str, str] = field(default_factory=dict)  # Z's extra metadata_props (build/assess.py)
     router_data: tuple | None = None  # the router's training rows (x, y, weight), for the new classes' estimate
+    pool_claims: dict[str, int] | None = None  # pool images each teacher label's own teacher calls it (mode "fit")
 
     def head_input(self) -> HeadInput:
         """What the head reads: every source's features, every teacher's head output."""

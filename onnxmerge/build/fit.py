@@ -8,7 +8,8 @@ import numpy as np
 from ..errors import OnnxMergeError
 from ..graph.stitch import keep_outputs
 from ..io.images import Dataset, ImageFiles
-from ..learn.head import TeachersHead, append_head, fit_head, select_C
+from ..learn import health
+from ..learn.head import HeadInput, TeachersHead, append_head, fit_head, select_C
 from ..learn.routing import PSEUDO_LABEL_THRESHOLD, pseudo_labels
 from ..runtime.tasks import digests_task
 from . import assess
@@ -67,6 +68,8 @@ def _pseudo_labelled_pool(build: Build, labelled: Dataset | None, pool: Dataset,
         owner = {label: i for i, own in enumerate(teachers.labels) for label in own}
         known = [(x_labelled[labelled.y == c], owner[c]) for c in np.unique(labelled.y) if c in owner]
     router = fit_router(build, x_pool, teachers, pool_out, known)
+    build.pool_claims = health.teacher_claims(teachers.labels, [HeadInput.probabilities(pool_out, n, k)
+                                                                 for n, k in build.teachers])
     union_probs, _ = TeachersHead(head_input, teachers, router).numpy(pool_out)
     if labelled is not None and set(teachers.union) <= set(labelled.y):
         # product of experts: the routed teachers and a head fitted on the labels alone must agree
