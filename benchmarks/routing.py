@@ -250,8 +250,8 @@ def validation_cases(cases: list[str], seed: int, work: Path):
 
 def before(features, teachers, probs):
     """The routing before this issue, for comparison: majority source of every pool image, all router targets."""
-    from onnxmerge.learn.routing import match_sources
-    return match_sources(features, teachers, probs), np.ones(len(features))
+    from onnxmerge.learn.routing import route_pool
+    return route_pool(features, teachers, probs, per_label=1).source, np.ones(len(features))
 
 
 _FIT_ALONE: dict = {}

@@ -36,7 +36,7 @@ def methods(true_pool: np.ndarray) -> dict:
     def agreement(threshold: float):
         def route(features, teachers, probs):
             if "routing" not in cache:
-                cache["routing"] = route_pool(features, teachers, probs)
+                cache["routing"] = route_pool(features, teachers, probs, per_label=1)
             r = cache["routing"]
             return np.where(r.agreement >= threshold, r.source, -1), np.ones(len(features))
         return route

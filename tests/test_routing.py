@@ -207,7 +207,7 @@ def test_route_pool_leaves_out_images_the_runs_disagree_on(demo_pool):
     assert np.array_equal(routing.source, match_sources(features, space, probs, runs=10))
     targets = routing.targets()
     kept = targets >= 0
-    assert np.all(routing.agreement[kept] >= routing.min_agreement) and np.all(routing.agreement[~kept] < 0.7)
+    assert np.all(routing.agreement[kept] >= routing.min_agreement) and np.all(routing.agreement[~kept] < routing.min_agreement)
     true = _true_source(space, y)
     # the agreed images are routed better than the pool as a whole (measured: 0.93 on 78% vs 0.85 on all)
     assert np.mean(targets[kept] == true[kept]) > np.mean(routing.source == true) + 0.03
@@ -240,4 +240,6 @@ def test_teachers_report_counts_labels_and_router_targets(teachers):
     routing = teachers.report_["routing"]
     assert 0 < routing["router_targets"] <= 800
     assert set(routing["label_counts"]) == set(teachers.classes_)
-    assert "Shirt" in routing["scarce_labels"], routing  # Z's Shirt recall on the demo's test set: 0.04
+    assert set(routing["scarce_labels"]) <= set(teachers.classes_)
+    # Z's Shirt recall on the demo's test set is 0.085 (Shirt sits between a's T-shirts and b's Coats): named
+    assert any("'Shirt'" in w for w in teachers.warnings_), teachers.warnings_
