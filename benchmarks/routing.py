@@ -254,6 +254,12 @@ def before(features, teachers, probs):
     return route_pool(features, teachers, probs, per_label=1).source, np.ones(len(features))
 
 
+def previous_release(features, teachers, probs):
+    """The routing of the release before 4 clusters per label: one per label, targets agreed by >= 0.7 of runs."""
+    from onnxmerge.learn.routing import route_pool
+    return route_pool(features, teachers, probs, per_label=1, min_agreement=0.7).targets(), np.ones(len(features))
+
+
 _FIT_ALONE: dict = {}
 
 
@@ -295,10 +301,9 @@ def z_rows(feat: Features, variant: str, cache: Path, k: int = 5) -> dict[str, f
     old = numpy_rows(feat, pool_out, true_pool, before, test_out, y_test)
     row["teachers + pool, routing before issue 16 (numpy)"] = old["accuracy"]
     row["routing before issue 16: routing"] = old["routing (test)"]
-    from routing_matchings import make_fine  # the candidate from the tuning protocol, scored alongside
-    fine = numpy_rows(feat, pool_out, true_pool, make_fine(4, "rep", min_agreement=0.8), test_out, y_test)
-    row["candidate: 4 clusters per label, agreement >= 0.8 (numpy)"] = fine["accuracy"]
-    row["candidate: routing"] = fine["routing (test)"]
+    release = numpy_rows(feat, pool_out, true_pool, previous_release, test_out, y_test)
+    row["previous release: 1 cluster per label, agreement >= 0.7 (numpy)"] = release["accuracy"]
+    row["previous release: routing"] = release["routing (test)"]
 
     rng = np.random.default_rng(20_000 + setup.seed)
     candidates = np.arange(VALIDATION.start) if "digit_0" not in setup.owner else \
