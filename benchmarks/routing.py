@@ -301,6 +301,7 @@ def z_rows(feat: Features, variant: str, cache: Path, k: int = 5) -> dict[str, f
         probs = [HeadInput.probabilities(pool_out, n, kind) for n, kind in feat.base.teachers_]
         kept = route_pool(l2_blocks(blocks), feat.teachers, probs).targets() >= 0
         row["teachers + pool: junk images kept as router targets"] = float(np.mean(kept[~owned]))
+        row.update(unknown_rows(z, x_test, setup.junk[-500:]))  # junk the pool did not hold
     old = numpy_rows(feat, pool_out, true_pool, before, test_out, y_test)
     row["teachers + pool, routing before issue 16 (numpy)"] = old["accuracy"]
     row["routing before issue 16: routing"] = old["routing (test)"]
@@ -328,6 +329,22 @@ def z_rows(feat: Features, variant: str, cache: Path, k: int = 5) -> dict[str, f
         feat, take(pool_out, np.flatnonzero(owned)), true_pool[owned],
         lambda f, t, p: (true_pool[owned].copy(), np.ones(int(owned.sum()))), test_out, y_test)["accuracy"]
     return row
+
+
+def unknown_rows(z, x_own: np.ndarray, x_junk: np.ndarray) -> dict[str, float]:
+    """Could Z say "unknown"? How well its max probability / max route tell test images of the union from
+    junk of no union class (AUROC), and how much junk passes a threshold that keeps 95% of the own images."""
+    from sklearn.metrics import roc_auc_score
+    session = z._z_session()
+    rows = {}
+    own, junk = (session.run(["probabilities", ROUTE], {"image": x}) for x in (x_own, x_junk))
+    for name, i in (("max probability", 0), ("max route", 1)):
+        a, b = own[i].max(1), junk[i].max(1)
+        threshold = np.quantile(a, 0.05)
+        rows[f"unknown by Z's {name}: AUROC own vs junk"] = float(roc_auc_score(
+            np.r_[np.ones(len(a)), np.zeros(len(b))], np.r_[a, b]))
+        rows[f"unknown by Z's {name}: junk passing at 95% own kept"] = float(np.mean(b >= threshold))
+    return rows
 
 
 def _routed_counts(feat: Features, pool_out: dict) -> dict[str, int]:
