@@ -51,13 +51,15 @@ def child(tmp_path, args, when="none", signame="SIGTERM", **popen):
     tmpdir.mkdir(exist_ok=True)
     env = dict(os.environ, TMPDIR=str(tmpdir), PYTHONUNBUFFERED="1")
     return subprocess.Popen([sys.executable, "-c", CHILD, when, signame, *args], env=env, text=True,
-                            stderr=subprocess.PIPE, preexec_fn=_default_sigint, **{"stdout": subprocess.PIPE, **popen})
+                            stderr=subprocess.PIPE, preexec_fn=_default_signals, **{"stdout": subprocess.PIPE, **popen})
 
 
-def _default_sigint():
-    """A background job of a non-interactive shell (CI) starts with SIGINT ignored, and its children with it:
-    the child gets the default back, as a program started from a terminal has."""
+def _default_signals():
+    """A background job of a non-interactive shell (CI) starts with SIGINT ignored, one under nohup with
+    SIGHUP ignored, and their children with them: the child gets the defaults back, as a program started
+    from a terminal has (onnxmerge leaves an ignored signal ignored)."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
 
 
 def weight_folders(tmp_path):
