@@ -14,6 +14,10 @@ import sys
 
 import numpy as np
 
+SETUP_ORDER = ["clothes+digits", "clothes9+digits", "k2-interleaved", "k2-grouped", "k3-interleaved", "k3-grouped",
+               "k4-interleaved", "k4-grouped", "k5-interleaved", "k5-grouped"]
+VARIANT_ORDER = ["balanced", "minority10", "longtail", "missing2", "junk20", "blur", "n50", "n200", "n10000"]
+
 COLUMNS = [  # (header, row key in routing.py's --json)
     ("teachers + pool (Z)", "teachers + pool (Z)"),
     ("previous release", "previous release: 1 cluster per label, agreement >= 0.7 (numpy)"),
@@ -34,6 +38,8 @@ def main(paths: list[str]) -> None:
     results: dict = {}
     for path in paths:
         results.update(json.loads(open(path).read()))
+    order = {f"{a} / {b}": (i, j) for i, a in enumerate(SETUP_ORDER) for j, b in enumerate(VARIANT_ORDER)}
+    results = dict(sorted(results.items(), key=lambda item: order.get(item[0], (99, 99))))
     print("| setup / pool | seeds | " + " | ".join(h for h, _ in COLUMNS)
           + " | oracle - teachers / - fit+pool | classes < 0.3 (unnamed) | build s |")
     print("|" + "---|" * (len(COLUMNS) + 5))
