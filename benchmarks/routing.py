@@ -143,6 +143,8 @@ class Setup:
             candidates = np.concatenate([candidates, np.arange(RESERVE, len(self.x_res))])
         y = self.y_res[candidates]
         labels = sorted(set(y))
+        # a class has at most its reserve images: the digits setups' 10,000-image pool holds only their 600
+        # digits (6% of it), so there n10000 is also a domain-imbalanced pool, not the balanced one grown
         n = {"n50": 50, "n200": 200, "n10000": 10000}.get(variant, 1000)
         share = np.ones(len(labels))
         if variant == "minority10":  # teacher 0's classes are 10% of the pool
