@@ -207,7 +207,8 @@ def test_route_pool_leaves_out_images_the_runs_disagree_on(demo_pool):
     assert np.array_equal(routing.source, match_sources(features, space, probs, runs=10))
     targets = routing.targets()
     kept = targets >= 0
-    assert np.all(routing.agreement[kept] >= routing.min_agreement) and np.all(routing.agreement[~kept] < routing.min_agreement)
+    assert np.all(routing.agreement[kept] >= routing.min_agreement)
+    assert np.all(routing.agreement[~kept] < routing.min_agreement)
     true = _true_source(space, y)
     # the agreed images are routed better than the pool as a whole (measured: 0.93 on 78% vs 0.85 on all)
     assert np.mean(targets[kept] == true[kept]) > np.mean(routing.source == true) + 0.03
