@@ -192,8 +192,9 @@ def join(*outs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def numpy_rows(feat: Features, pool_out: dict, true_pool: np.ndarray, route_fn, test_out: dict,
-               y_test: np.ndarray) -> dict[str, float]:
-    """Route the pool with ``route_fn``, fit the router as the Merger does, score Z's head math in numpy."""
+               y_test: np.ndarray, router_c=None) -> dict[str, float]:
+    """Route the pool with ``route_fn``, fit the router as the Merger does, score Z's head math in numpy.
+    ``router_c``: the router's C (default the Merger's), or a function of the number of router targets."""
     from onnxmerge.merger import ROUTER_C
     from onnxmerge.learn.head import HeadInput, TeachersHead, fit_head
     from onnxmerge.learn.routing import l2_blocks
@@ -205,7 +206,8 @@ def numpy_rows(feat: Features, pool_out: dict, true_pool: np.ndarray, route_fn, 
     targets, weight = route_fn(l2_blocks(blocks), feat.teachers, probs)
     x_pool = feat.head_input.numpy(pool_out).astype(np.float64)
     keep = targets >= 0
-    router = fit_head(x_pool[keep], targets[keep], feat.widths, C=ROUTER_C, class_weight="balanced",
+    c = ROUTER_C if router_c is None else router_c(int(keep.sum())) if callable(router_c) else router_c
+    router = fit_head(x_pool[keep], targets[keep], feat.widths, C=c, class_weight="balanced",
                       sample_weight=weight[keep])
     seconds = time.perf_counter() - start
     union, route = TeachersHead(feat.head_input, feat.teachers, router).numpy(test_out)
@@ -256,10 +258,15 @@ def before(features, teachers, probs):
     return route_pool(features, teachers, probs, per_label=1).source, np.ones(len(features))
 
 
+# route_pool's parameters in the release before 4 clusters per label; the routing_ideas / routing_matchings
+# numbers in RESULTS.md were measured against it
+PREVIOUS_RELEASE = {"per_label": 1, "min_agreement": 0.7}
+
+
 def previous_release(features, teachers, probs):
     """The routing of the release before 4 clusters per label: one per label, targets agreed by >= 0.7 of runs."""
     from onnxmerge.learn.routing import route_pool
-    return route_pool(features, teachers, probs, per_label=1, min_agreement=0.7).targets(), np.ones(len(features))
+    return route_pool(features, teachers, probs, **PREVIOUS_RELEASE).targets(), np.ones(len(features))
 
 
 _FIT_ALONE: dict = {}
@@ -278,7 +285,7 @@ def z_rows(feat: Features, variant: str, cache: Path, k: int = 5) -> dict[str, f
     start = time.perf_counter()
     z = merger(setup.sources, "teachers", cache).fit(unlabeled=x_pool)
     row["teachers + pool: build s"] = time.perf_counter() - start
-    labels, route = z._z_session().run(["label", ROUTE], {"image": x_test})
+    labels, probabilities, route = z._z_session().run(["label", "probabilities", ROUTE], {"image": x_test})
     row["teachers + pool (Z)"] = float(np.mean(labels == y_test))
     row["teachers + pool: routing (Z route output)"] = float(np.mean(route.argmax(1) == true_test))
     recall = {c: float(np.mean(labels[y_test == c] == c)) for c in feat.teachers.union}
@@ -290,20 +297,16 @@ def z_rows(feat: Features, variant: str, cache: Path, k: int = 5) -> dict[str, f
                                                                              for c, r in recall.items()))
     row["teachers + pool: labels a warning names"] = float(len(named))
     row["teachers + pool: labels named scarce"] = float(len(scarce))
-    agreed, routed = z.report_["routing"]["label_counts"], _routed_counts(feat, pool_out)
+    pool_routing = _route(feat, pool_out)  # as the build routed it (same inputs, same seeds)
+    agreed, routed = z.report_["routing"]["label_counts"], pool_routing.label_counts(agreed=False)
     for c in feat.teachers.union:  # for judging a warning rule offline (which low-recall classes it names)
         row[f"recall: {c}"], row[f"agreed images: {c}"], row[f"routed images: {c}"] = recall[c], agreed[c], routed[c]
     row["teachers + pool: router targets / pool"] = z.report_["routing"]["router_targets"] / len(x_pool)
     owned = true_pool >= 0
     if (~owned).any():  # junk: how many of the junk images the router still learned from
-        from onnxmerge.learn.routing import l2_blocks, route_pool
-        from onnxmerge.learn.head import HeadInput
-        from onnxmerge.graph.stitch import output_names
-        blocks = [pool_out[output_names(s["name"])["feature"]] for s in setup.sources]
-        probs = [HeadInput.probabilities(pool_out, n, kind) for n, kind in feat.base.teachers_]
-        kept = route_pool(l2_blocks(blocks), feat.teachers, probs).targets() >= 0
+        kept = pool_routing.targets() >= 0
         row["teachers + pool: junk images kept as router targets"] = float(np.mean(kept[~owned]))
-        row.update(unknown_rows(z, x_test, setup.junk[-500:]))  # junk the pool did not hold
+        row.update(unknown_rows(z, (probabilities, route), setup.junk[-500:]))  # junk the pool did not hold
     old = numpy_rows(feat, pool_out, true_pool, before, test_out, y_test)
     row["teachers + pool, routing before issue 16 (numpy)"] = old["accuracy"]
     row["routing before issue 16: routing"] = old["routing (test)"]
@@ -333,13 +336,13 @@ def z_rows(feat: Features, variant: str, cache: Path, k: int = 5) -> dict[str, f
     return row
 
 
-def unknown_rows(z, x_own: np.ndarray, x_junk: np.ndarray) -> dict[str, float]:
-    """Could Z say "unknown"? How well its max probability / max route tell test images of the union from
-    junk of no union class (AUROC), and how much junk passes a threshold that keeps 95% of the own images."""
+def unknown_rows(z, own: tuple[np.ndarray, np.ndarray], x_junk: np.ndarray) -> dict[str, float]:
+    """Could Z say "unknown"? How well its max probability / max route (``own``: Z's outputs on the test
+    images of the union) tell them from junk of no union class (AUROC), and how much junk passes a
+    threshold that keeps 95% of the own images."""
     from sklearn.metrics import roc_auc_score
-    session = z._z_session()
     rows = {}
-    own, junk = (session.run(["probabilities", ROUTE], {"image": x}) for x in (x_own, x_junk))
+    junk = z._z_session().run(["probabilities", ROUTE], {"image": x_junk})
     for name, i in (("max probability", 0), ("max route", 1)):
         a, b = own[i].max(1), junk[i].max(1)
         threshold = np.quantile(a, 0.05)
@@ -349,13 +352,14 @@ def unknown_rows(z, x_own: np.ndarray, x_junk: np.ndarray) -> dict[str, float]:
     return rows
 
 
-def _routed_counts(feat: Features, pool_out: dict) -> dict[str, int]:
+def _route(feat: Features, pool_out: dict):
+    """``route_pool`` with its defaults on the pool's source outputs, as the build calls it."""
     from onnxmerge.learn.routing import l2_blocks, route_pool
     from onnxmerge.learn.head import HeadInput
     from onnxmerge.graph.stitch import output_names
     blocks = [pool_out[output_names(s["name"])["feature"]] for s in feat.setup.sources]
     probs = [HeadInput.probabilities(pool_out, n, kind) for n, kind in feat.base.teachers_]
-    return route_pool(l2_blocks(blocks), feat.teachers, probs).label_counts(agreed=False)
+    return route_pool(l2_blocks(blocks), feat.teachers, probs)
 
 
 def new_class_rows(feat: Features, variant: str, data: Data, cache: Path, shots=(1, 5)) -> dict[str, float]:

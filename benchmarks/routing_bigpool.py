@@ -18,11 +18,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from routing import validation_cases  # noqa: E402
+from routing import numpy_rows, validation_cases  # noqa: E402
 
-from onnxmerge.graph.stitch import output_names  # noqa: E402
-from onnxmerge.learn.head import HeadInput, TeachersHead, fit_head  # noqa: E402
-from onnxmerge.learn.routing import l2_blocks, route_pool  # noqa: E402
+from onnxmerge.learn.routing import route_pool  # noqa: E402
 from onnxmerge.merger import ROUTER_C  # noqa: E402
 
 CASES = ["k2-interleaved/balanced", "k2-interleaved/n10000", "k3-interleaved/balanced", "k3-interleaved/n10000",
@@ -32,16 +30,13 @@ METHODS = {"fit 5000, C": (5000, False), "fit 1000, C": (1000, False),
 
 
 def score(feat, pool_out, true_pool, test_out, y_test, fit_images: int, scale_c: bool) -> tuple[float, float]:
-    blocks = [pool_out[output_names(s["name"])["feature"]] for s in feat.setup.sources]
-    probs = [HeadInput.probabilities(pool_out, n, k) for n, k in feat.base.teachers_]
-    targets = route_pool(l2_blocks(blocks), feat.teachers, probs, fit_images=fit_images).targets()
-    keep = targets >= 0
-    x = feat.head_input.numpy(pool_out).astype(np.float64)
-    c = ROUTER_C * min(1.0, 1000 / keep.sum()) if scale_c else ROUTER_C
-    router = fit_head(x[keep], targets[keep], feat.widths, C=c, class_weight="balanced")
-    union, route = TeachersHead(feat.head_input, feat.teachers, router).numpy(test_out)
-    accuracy = float(np.mean(np.asarray(feat.teachers.union)[union.argmax(1)] == y_test))
-    return accuracy, float(np.mean(route.argmax(1) == feat.setup.true_source(y_test)))
+    """Z accuracy and routing accuracy with k-means fitted on ``fit_images`` per run, C scaled or not."""
+    def route(features, teachers, probs):
+        return route_pool(features, teachers, probs, fit_images=fit_images).targets(), np.ones(len(features))
+
+    router_c = (lambda n: ROUTER_C * min(1.0, 1000 / n)) if scale_c else None
+    rows = numpy_rows(feat, pool_out, true_pool, route, test_out, y_test, router_c=router_c)
+    return rows["accuracy"], rows["routing (test)"]
 
 
 def main() -> None:

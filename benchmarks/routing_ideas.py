@@ -22,12 +22,9 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from routing import numpy_rows, validation_cases  # noqa: E402
+from routing import PREVIOUS_RELEASE, numpy_rows, validation_cases  # noqa: E402
 
 from onnxmerge.learn.routing import LOG_FLOOR, route_pool  # noqa: E402
-# the routing these ideas were measured against (one cluster per label, 0.7 agreement), kept so that the
-# numbers in RESULTS.md reproduce after learn.routing's defaults moved on
-ROUTE_POOL_V1 = {"per_label": 1, "min_agreement": 0.7}
 
 
 def candidates(teachers, probs):
@@ -105,7 +102,7 @@ def make_pll(iters=4, beta=1.0, C=0.1, use_logp=True, use_prior=True, cross=Fals
     def route(features, teachers, probs):
         key = (features.shape, float(features[:5].sum()))
         if key not in cache:
-            cache[key] = route_pool(features, teachers, probs, **ROUTE_POOL_V1)
+            cache[key] = route_pool(features, teachers, probs, **PREVIOUS_RELEASE)
         routing = cache[key]
         cand, conf = candidates(teachers, probs)
         T, N = cand.shape
@@ -164,7 +161,7 @@ def diagnose(q, diag):
 
 
 def current(features, teachers, probs):
-    r = route_pool(features, teachers, probs, **ROUTE_POOL_V1)
+    r = route_pool(features, teachers, probs, **PREVIOUS_RELEASE)
     return r.targets(), np.ones(len(features))
 
 

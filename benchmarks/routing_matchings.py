@@ -60,13 +60,12 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from routing import numpy_rows, validation_cases  # noqa: E402
+from routing import PREVIOUS_RELEASE, numpy_rows, validation_cases  # noqa: E402
 import routing_ideas  # noqa: E402
 
-from onnxmerge.learn.routing import MATCH_RUNS, MIN_AGREEMENT, route_pool  # noqa: E402
-# the routing these ideas were measured against (one cluster per label, 0.7 agreement), kept so that the
-# numbers in RESULTS.md reproduce after learn.routing's defaults moved on
-ROUTE_POOL_V1 = {"per_label": 1, "min_agreement": 0.7}
+from onnxmerge.learn.routing import MATCH_RUNS, route_pool  # noqa: E402
+
+MIN_AGREEMENT = PREVIOUS_RELEASE["min_agreement"]  # the threshold these ideas were measured at (RESULTS.md)
 
 
 def matchings(cost: np.ndarray) -> list[np.ndarray]:
@@ -219,10 +218,10 @@ def make_fine(mult: int, assign: str, penalty: float = 0.0, runs: int = MATCH_RU
         spread = teachers.spread(probs)
         union = spread.max(axis=0)
         votes = np.zeros((len(features), len(teachers.names)))
-        base = route_pool(features, teachers, probs, **ROUTE_POOL_V1).targets() if assign == "vote" else None
+        base = route_pool(features, teachers, probs, **PREVIOUS_RELEASE).targets() if assign == "vote" else None
         slots = np.repeat(np.arange(n_labels), mult)
         if assign == "cap":  # each label's share of the fine clusters follows route_pool's label counts
-            counts = np.bincount(route_pool(features, teachers, probs, **ROUTE_POOL_V1).label, minlength=n_labels)
+            counts = np.bincount(route_pool(features, teachers, probs, **PREVIOUS_RELEASE).label, minlength=n_labels)
             extra = np.floor((n - n_labels) * counts / counts.sum()).astype(int)
             extra[np.argsort(-(counts / counts.sum() * (n - n_labels) - extra))[: n - n_labels - extra.sum()]] += 1
             slots = np.repeat(np.arange(n_labels), 1 + extra)
@@ -288,7 +287,7 @@ def swap_ceiling(feat, pool_out, true_pool, test_out, y_test, top: int = 3) -> N
     ok = true_pool >= 0
 
     def swapped(features, teachers_, probs, pair):
-        r = route_pool(features, teachers_, probs, **ROUTE_POOL_V1)
+        r = route_pool(features, teachers_, probs, **PREVIOUS_RELEASE)
         src = r.source.copy()
         a, b = pair
         src[r.label == a], src[r.label == b] = owner_of[b], owner_of[a]
