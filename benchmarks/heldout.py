@@ -135,7 +135,7 @@ def penultimate_check(name: str, folder: Path, weight: list[int], width: int) ->
     import onnxruntime as ort
 
     from onnxmerge.graph.inspect import find_head
-    from onnxmerge.io.models import load_model
+    from onnxmerge.files.models import load_model
 
     model = load_model(folder / f"{name}.onnx")
     t = time.time()

@@ -164,7 +164,7 @@ class Setup:
         return rng.permutation(np.concatenate(pick)), junk
 
 
-from onnxmerge.build.teachers import teacher_space  # noqa: E402
+from onnxmerge.stages.teachers import teacher_space  # noqa: E402
 
 
 class Features:

@@ -86,7 +86,7 @@ def build_z(out: Path, size: int) -> Path:
 def plain_loop(z: Path, folder: Path, threads: int, batch: int = 128) -> float:
     """Files -> predictions in one process: Pillow + one onnxruntime session. Returns seconds (listing the
     folder included, with the same ``list_images`` the Dask run lists it with)."""
-    from onnxmerge.io.images import list_images
+    from onnxmerge.files.images import list_images
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
@@ -105,7 +105,7 @@ def plain_loop(z: Path, folder: Path, threads: int, batch: int = 128) -> float:
 def dask_run(z: Path, folder: Path, cluster, out: Path) -> float:
     """``write_predictions`` on a started cluster (listing the folder included, loading Z not: like the loop's
     session, it is a fixed cost per command, timed apart). Returns seconds."""
-    from onnxmerge.io.images import list_images
+    from onnxmerge.files.images import list_images
     from onnxmerge.predict import write_predictions
 
     model = _zmodel(z)
@@ -166,7 +166,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=Path(tempfile.gettempdir()) / "onnxmerge-scale")
     args = parser.parse_args()
     from onnxmerge.runtime.dask_engine import DaskCluster
-    from onnxmerge.io.images import list_images
+    from onnxmerge.files.images import list_images
 
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"load average {os.getloadavg()[0]:.1f}; onnxruntime {ort.__version__}; {time.strftime('%Y-%m-%d %H:%M')}")

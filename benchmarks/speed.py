@@ -175,7 +175,7 @@ def extraction_throughput(label: str, merger, images: np.ndarray, labels: np.nda
     onnxruntime loop over the same files and the same stitched graph, interleaved."""
     from PIL import Image
 
-    from onnxmerge.io.images import load_labelled
+    from onnxmerge.files.images import load_labelled
     from onnxmerge.graph.stitch import output_names
 
     n, mode = len(images), "L" if images.shape[-1] == 1 else "RGB"

@@ -38,7 +38,7 @@ from onnxmerge import ImageInput, Merger, Preprocess, Source  # noqa: E402
 from onnxmerge.graph.cut import exposing, spatial_axes  # noqa: E402
 from onnxmerge.runtime.session import make_session  # noqa: E402
 from onnxmerge.graph.inspect import find_head  # noqa: E402
-from onnxmerge.io.models import load_model  # noqa: E402
+from onnxmerge.files.models import load_model  # noqa: E402
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 CLASSES = 10

@@ -20,7 +20,7 @@ from .summary import build_summary, quantization_lines, z_lines  # noqa: F401  (
 
 def _inspect(args) -> int:
     from .graph.inspect import describe
-    from .io.models import load_model
+    from .files.models import load_model
 
     info = describe(args.model, load_model(args.model))
     for warning in info["label_warnings"]:  # e.g. a labels metadata value that is not a list or dict
@@ -59,8 +59,8 @@ def _json_text(value):
 
 
 def _build(args) -> int:
-    from .io.images import input_files
-    from .io.models import check_output_path, model_files
+    from .files.images import input_files
+    from .files.models import check_output_path, model_files
     from .recipe import load_recipe
 
     recipe = load_recipe(args.recipe, quiet=args.quiet)
@@ -120,7 +120,7 @@ def _engine_options(args, merger) -> None:
 
 
 def _tasks(args):
-    from .runtime.tasks import open_tasks
+    from .runtime.factory import open_tasks
 
     return open_tasks(args.engine, args.address, args.workers, args.quiet)
 
@@ -134,7 +134,7 @@ def _unreadable(errors: list[str], total: int) -> None:
 
 
 def _predict(args) -> int:
-    from .io.images import list_images, read_images
+    from .files.images import list_images, read_images
     from .predict import ZModel, predict_files, write_predictions
 
     z = ZModel(args.model, quiet=args.quiet, chunk=args.chunk)
@@ -180,9 +180,9 @@ def _predict(args) -> int:
 
 
 def _evaluate(args) -> int:
-    from .io.images import input_files, load_labelled
+    from .files.images import input_files, load_labelled
     from .evaluate import REPORT_FILES, evaluate_predictions, write_report
-    from .io.models import check_output_folder, model_files
+    from .files.models import check_output_folder, model_files
     from .predict import ZModel
 
     if args.report:  # before any work: the folder can be made, and its files replace nothing the run reads
@@ -213,7 +213,7 @@ def _evaluate_chunked(args, z) -> dict:
     """Evaluate on a cluster: chunks of a labelled folder (read by the workers) or of an .npz's images;
     only confusion counts come back."""
     from .evaluate import evaluation_from_confusion, evaluation_labels
-    from .io.images import list_labelled, load_labelled
+    from .files.images import list_labelled, load_labelled
     from .predict import evaluate_files
 
     if Path(args.data).is_file():

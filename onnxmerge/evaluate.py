@@ -9,7 +9,7 @@ import numpy as np
 from sklearn.metrics import confusion_matrix
 
 from .errors import OnnxMergeError
-from .io.models import atomic_path
+from .files.models import atomic_path
 from .safety import printable
 
 #: The files ``write_report`` puts into its folder.

@@ -1,6 +1,6 @@
 """The front object: configure sources, ``fit`` on images, ``predict``, ``save`` Z (scikit-learn style).
 
-A thin facade over the build's stages (``onnxmerge.build.pipeline``): it holds the parameters, keeps each
+A thin facade over the build's stages (``onnxmerge.stages.pipeline``): it holds the parameters, keeps each
 stage's result as a fitted attribute, and runs Z for ``predict``.
 """
 
@@ -13,17 +13,17 @@ import numpy as np
 import onnx
 from sklearn.base import BaseEstimator, ClassifierMixin
 
-from .build import pipeline
-from .build.context import Build, BuildConfig
-from .build.sources import Source
+from .stages import pipeline
+from .stages.context import Build, BuildConfig
+from .stages.sources import Source
 from .errors import OnnxMergeError
 from .graph.preprocess import ImageInput
 from .graph.stitch import FEATURES
-from .io.images import as_images, as_labelled, as_pool
-from .io.models import check_output_path, save_model
+from .files.images import as_images, as_labelled, as_pool
+from .files.models import check_output_path, save_model
 from .learn.head import LABEL, PROBABILITIES
 from .runtime.session import EXTRACT_VALUES_PER_CALL, run_batched
-from .runtime.tasks import open_tasks
+from .runtime.factory import open_tasks
 
 MODES = pipeline.MODES
 # The head's C is chosen from the number of labels per class ("auto", learn.head.select_C). The router's

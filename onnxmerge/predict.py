@@ -18,12 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .io.images import as_images
+from .files.images import as_images
 from .errors import OnnxMergeError
 from .graph.preprocess import ImageInput
 from .safety import printable
-from .io.images import is_url, read_image_at
-from .io.models import load_model
+from .files.images import is_url, read_image_at
+from .files.models import load_model
 from .learn.head import LABEL, PROBABILITIES
 from .runtime.session import make_session, run_batched
 from .runtime.tasks import CHUNK_IMAGES, Tasks, cached_session, chunk_rows

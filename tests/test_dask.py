@@ -15,7 +15,7 @@ from PIL import Image
 
 from conftest import write_recipe
 from onnxmerge.cli import main
-from onnxmerge.io.images import list_images, read_images
+from onnxmerge.files.images import list_images, read_images
 from onnxmerge.recipe import load_recipe
 
 distributed = pytest.importorskip("distributed")
@@ -181,7 +181,7 @@ def test_a_pool_folder_is_read_by_the_workers(image_files, digits_npz, cluster, 
     """A cluster build reads a pool folder's files on the workers (the pixels never come to the client)
     and writes the same Z, byte for byte, as the local build that decodes them here; in mode "fit" (the
     pool pseudo-labelled) and in mode "teachers". A broken file in the pool is one sentence."""
-    from onnxmerge.io.images import ImageFiles
+    from onnxmerge.files.images import ImageFiles
 
     pool = image_files / "0"  # 600 good PNGs
     fit = write_recipe(tmp_path, SOURCES, digits_npz["train"], extra=f'unlabeled = "{pool.as_posix()}"\n')

@@ -20,7 +20,7 @@ import pytest
 from conftest import FIXTURES
 from onnxmerge import ImageInput, Merger, OnnxMergeError, Preprocess, Source
 from onnxmerge.graph.inspect import find_head
-from onnxmerge.io.models import load_model
+from onnxmerge.files.models import load_model
 
 GRAPHS = Path(__file__).parent / "fixtures" / "graphs"
 ENTRIES = {e["file"]: e for e in json.loads((GRAPHS / "manifest.json").read_text())}

@@ -17,7 +17,7 @@ from conftest import FIXTURES
 from onnxmerge.merger import Merger, Source
 from onnxmerge.errors import OnnxMergeError
 from onnxmerge.graph.inspect import describe
-from onnxmerge.io.models import load_model
+from onnxmerge.files.models import load_model
 from onnxmerge.graph.preprocess import ImageInput, Preprocess
 from onnxmerge.recipe import parse_recipe
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from onnxmerge.io.images import load_labelled, load_unlabeled, read_image
+from onnxmerge.files.images import load_labelled, load_unlabeled, read_image
 from onnxmerge.errors import OnnxMergeError
 from onnxmerge.graph.preprocess import ImageInput
 

@@ -12,7 +12,7 @@ from onnx import TensorProto, helper
 
 from conftest import FIXTURES
 from onnxmerge.errors import OnnxMergeError
-from onnxmerge.io.models import atomic_path, load_model, save_model
+from onnxmerge.files.models import atomic_path, load_model, save_model
 
 DYNAMO = "torch_dynamo_mlp.onnx"
 

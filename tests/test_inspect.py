@@ -9,7 +9,7 @@ import pytest
 from conftest import FIXTURES, MANIFEST
 from onnxmerge.cli import main
 from onnxmerge.graph.inspect import describe, find_head
-from onnxmerge.io.models import load_model
+from onnxmerge.files.models import load_model
 
 KEYS = {"inputs", "outputs", "opsets", "ir_version", "producer", "labels", "candidates", "suggested", "reason"}
 

@@ -13,7 +13,7 @@ from conftest import FIXTURES
 from onnxmerge import ImageInput, Merger, Preprocess, Source
 from onnxmerge.cli import main
 from onnxmerge.graph.inspect import read_labels
-from onnxmerge.io.models import load_model
+from onnxmerge.files.models import load_model
 
 GRAPHS = Path(__file__).parent / "fixtures" / "graphs"
 CNN = FIXTURES / "torch_legacy_cnn.onnx"

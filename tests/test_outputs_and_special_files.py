@@ -209,7 +209,7 @@ def test_an_image_pool_streams_into_one_uint8_array(tmp_path, digits):
     """Decoding writes each image into its row: the peak is the pool's pixels, not twice them."""
     import tracemalloc
 
-    from onnxmerge.io.images import load_unlabeled
+    from onnxmerge.files.images import load_unlabeled
     from onnxmerge.graph.preprocess import ImageInput
 
     x, _ = digits

@@ -14,7 +14,7 @@ from conftest import FIXTURES, write_recipe
 from onnxmerge.runtime import probe
 from onnxmerge.cli import main
 from onnxmerge.errors import OnnxMergeError
-from onnxmerge.io.models import load_model
+from onnxmerge.files.models import load_model
 
 pytestmark = pytest.mark.skipif(not probe.SUPPORTED, reason="the probe needs fork and resource (POSIX)")
 

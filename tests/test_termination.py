@@ -23,7 +23,7 @@ from conftest import write_recipe
 from onnxmerge import signals
 from onnxmerge.runtime import cache, weights
 from onnxmerge.cli import main
-from onnxmerge.io.models import atomic_path
+from onnxmerge.files.models import atomic_path
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="POSIX signals, FIFOs and rlimits")
 

@@ -12,9 +12,9 @@ from conftest import FIXTURES
 from onnx import numpy_helper
 from test_share_cache import exact, fixture_source
 
-import onnxmerge.build.stitching as stitching
+import onnxmerge.stages.stitching as stitching
 from onnxmerge import ImageInput, Merger
-from onnxmerge.io.models import load_model, load_model_with_digest, save_model
+from onnxmerge.files.models import load_model, load_model_with_digest, save_model
 from onnxmerge.predict import ZModel
 from onnxmerge.graph.share import extraction_groups
 from onnxmerge.runtime.weights import OFFLOAD_BYTES, WeightFolder, checksum, external_initializers

@@ -39,7 +39,7 @@ class Preprocess:
     """What one source expects; applied inside Z.
 
     ``height``/``width``/``channels``/``layout`` default to the source's input where it is static
-    (resolved by :func:`onnxmerge.build.sources.resolve_preprocess`); ``scale``, ``mean`` and ``std`` are always explicit.
+    (resolved by :func:`onnxmerge.stages.sources.resolve_preprocess`); ``scale``, ``mean`` and ``std`` are always explicit.
     """
 
     scale: float

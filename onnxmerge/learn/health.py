@@ -12,7 +12,7 @@ a wrong scale/mean/std passes every parity check. These checks look at what the 
   it for only a small part of the images its own teacher claims (routing sends the rest elsewhere).
 
 All functions take arrays (probabilities, features, labels) and return report entries and warning sentences;
-``onnxmerge.build.assess`` feeds them from a build.
+``onnxmerge.stages.assess`` feeds them from a build.
 """
 
 from __future__ import annotations

@@ -46,7 +46,7 @@ from onnx import helper, numpy_helper
 
 from ..errors import OnnxMergeError
 from ..graph.stitch import keep_outputs, output_names
-from ..io.images import as_labelled, as_pool
+from ..files.images import as_labelled, as_pool
 from ..runtime.session import make_session, run_batched
 from .head import HEAD_INPUT, fit_head, folded_weights
 from .qdq import CALIBRATION_BATCH, Quantizer, SourceNodes, int8_weights, source_nodes

@@ -55,7 +55,7 @@ def _checks(request: dict) -> tuple[str, str]:
         payload = handle.read()
     if hashlib.sha256(payload).hexdigest() != request["sha256"]:
         return "changed", "the file changed on disk after it was read"
-    if request["folder"] is not None:  # locations validated by the parent (onnxmerge.io.models) first
+    if request["folder"] is not None:  # locations validated by the parent (onnxmerge.files.models) first
         model = onnx.load_from_string(payload)
         onnx.external_data_helper.load_external_data_for_model(model, request["folder"])
         payload = model.SerializeToString()  # what the parent's make_session hands onnxruntime

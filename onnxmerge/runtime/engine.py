@@ -16,6 +16,7 @@ import onnx
 from ..errors import OnnxMergeError
 from ..graph.stitch import keep_outputs
 from .session import EXTRACT_VALUES_PER_CALL, make_session, run_batched
+from .tasks import digests_task
 from .weights import WeightFolder, release_freed_memory
 
 
@@ -61,8 +62,6 @@ class LocalEngine:
 
     def pixel_digests(self, images) -> list[bytes]:
         """A digest of each image's pixels (``runtime.tasks.digests_task``), in this process."""
-        from .tasks import digests_task
-
         return digests_task(np.asarray(images))
 
     def outputs(self, images: np.ndarray, names: list[str], budget: int = EXTRACT_VALUES_PER_CALL

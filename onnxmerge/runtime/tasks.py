@@ -17,7 +17,6 @@ from typing import Any, Protocol
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..errors import OnnxMergeError
 from .session import make_session, progress_enabled
 
 ENGINES = ("local", "dask")
@@ -102,30 +101,6 @@ class LocalTasks:
 
     def close(self) -> None:
         pass
-
-
-def open_tasks(engine: str | None = None, address: str | None = None, workers: int | None = None,
-               quiet: bool = False) -> Tasks:
-    """``LocalTasks`` for engine "local"; a Dask cluster for engine "dask" (or any ``address``).
-
-    Without an address, Dask's engine starts a ``LocalCluster`` on loopback, one single-threaded worker
-    process per core (or ``workers``). Dask is imported only here: it is the optional extra ``onnxmerge[dask]``.
-    """
-    engine = engine or ("dask" if address else "local")
-    if engine not in ENGINES:
-        raise OnnxMergeError(f"engine {engine!r} is unknown; use one of {list(ENGINES)}.")
-    if workers is not None and workers < 1:
-        raise OnnxMergeError(f"--workers must be at least 1, got {workers}.")
-    if engine == "local":
-        if address or workers:
-            raise OnnxMergeError("--address and --workers need --engine dask; add it or drop them.")
-        return LocalTasks()
-    try:
-        from .dask_engine import DaskCluster
-    except ImportError as exc:
-        raise OnnxMergeError(f"--engine dask needs the optional extra ({exc.name} is not installed); "
-                             "install it with pip install 'onnxmerge[dask]'.") from None
-    return DaskCluster(address, workers, quiet)
 
 
 #: A chunk (one task) holds at most this many images and this many input values (16 MB of uint8): large

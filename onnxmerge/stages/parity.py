@@ -17,7 +17,7 @@ from ..errors import OnnxMergeError
 from ..graph.cut import exposing
 from ..graph.preprocess import reference_preprocess
 from ..graph.stitch import FEATURES, IMAGE, output_names
-from ..io.images import decoded
+from ..files.images import decoded
 from ..learn.head import PROBABILITIES
 from ..runtime.session import CHECK_VALUES_PER_CALL, make_session, run_batched
 from ..runtime.weights import WeightFolder, release_freed_memory

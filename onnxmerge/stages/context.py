@@ -49,7 +49,7 @@ class Build:
     features: Features | None = None
     warnings: list[str] = field(default_factory=list)
     report: dict = field(default_factory=dict)
-    metadata: dict[str, str] = field(default_factory=dict)  # Z's extra metadata_props (build/assess.py)
+    metadata: dict[str, str] = field(default_factory=dict)  # Z's extra metadata_props (stages/assess.py)
     router_data: tuple | None = None  # the router's training rows (x, y, weight), for the new classes' estimate
     pool_claims: dict[str, int] | None = None  # pool images each teacher label's own teacher calls it (mode "fit")
 

@@ -15,7 +15,7 @@ from ..graph.cut import CutModel, cut, inferred_rank, source_input
 from ..graph.inspect import find_head, find_head_output, read_labels
 from ..graph.preprocess import ImageInput, Preprocess, reference_preprocess
 from ..graph.stitch import FEATURES
-from ..io.models import load_model_with_digest
+from ..files.models import load_model_with_digest
 from ..learn.head import LABEL, PROBABILITIES
 from ..runtime.session import make_session, tensor_rank
 from ..runtime.weights import WeightFolder

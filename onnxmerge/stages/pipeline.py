@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 
 from ..errors import OnnxMergeError
-from ..io.images import Dataset, decoded
+from ..files.images import Dataset, decoded
 from ..runtime.tasks import Tasks
 from ..runtime.weights import WeightFolder
 from ..safety import check_labels
@@ -42,7 +42,7 @@ def prepare(config: BuildConfig, tasks: Tasks | None = None) -> Build:
     """Stages 1-2: the sources resolved and cut, the stitched graph (no head yet) and its engine.
 
     The sources' weights go to a temporary folder (``Build.weights``) that the graphs refer to. ``tasks``
-    is where extraction runs (``runtime.tasks.open_tasks``: this process, or a Dask cluster).
+    is where extraction runs (``runtime.factory.open_tasks``: this process, or a Dask cluster).
     """
     check(config)
     weights = WeightFolder()
@@ -95,7 +95,7 @@ def set_metadata(model: onnx.ModelProto, build: Build, classes: list[str]) -> No
         "onnxmerge.mode": build.config.mode,
         "onnxmerge.version": __version__,
     }
-    props.update(build.metadata)  # expected accuracy, route columns, head inputs (build/assess.py)
+    props.update(build.metadata)  # expected accuracy, route columns, head inputs (stages/assess.py)
     for key, value in props.items():
         model.metadata_props.add(key=key, value=value)
     model.producer_name, model.producer_version = "onnxmerge", __version__

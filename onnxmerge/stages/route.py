@@ -8,7 +8,7 @@ from sklearn.pipeline import Pipeline
 
 from ..errors import OnnxMergeError
 from ..graph.stitch import keep_outputs, output_names
-from ..io.images import Dataset
+from ..files.images import Dataset
 from ..learn.head import HeadInput, TeachersHead, fit_head
 from ..learn.routing import Teachers, l2_blocks, route_pool
 from . import assess

@@ -7,7 +7,7 @@ import numpy as np
 
 from ..errors import OnnxMergeError
 from ..graph.stitch import keep_outputs
-from ..io.images import Dataset, ImageFiles
+from ..files.images import Dataset, ImageFiles
 from ..learn import health
 from ..learn.head import HeadInput, TeachersHead, append_head, fit_head, select_C
 from ..learn.routing import PSEUDO_LABEL_THRESHOLD, pseudo_labels

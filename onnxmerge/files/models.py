@@ -256,7 +256,7 @@ def check_output_path(output: str | os.PathLike, protected: list[Path] = (), fla
     special file (device, FIFO, socket), and it is none of the files the run reads.
 
     ``protected`` lists the files the run reads (sources, their external-data files, the recipe, every
-    image and ``.npz``: :func:`onnxmerge.io.images.input_files`, :func:`model_files`). The output is refused if it
+    image and ``.npz``: :func:`onnxmerge.files.images.input_files`, :func:`model_files`). The output is refused if it
     is one of them after symbolic links are resolved, or the same file under another name (a hard link:
     same device and inode). ``flag`` names the option in the message (``-o``, ``--report``).
     """
