@@ -26,11 +26,11 @@ from sklearn.datasets import load_digits
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from accuracy_sources import CLASSES, make_sources, read_split  # noqa: E402
 
-from onnxmerge.merger import Merger, Source  # noqa: E402
-from onnxmerge.learn.head import ROUTE  # noqa: E402
 from onnxmerge.graph.preprocess import ImageInput, Preprocess  # noqa: E402
-from onnxmerge.learn.routing import head_kind, to_probabilities  # noqa: E402
 from onnxmerge.graph.stitch import output_names  # noqa: E402
+from onnxmerge.learn.head import ROUTE  # noqa: E402
+from onnxmerge.learn.routing import head_kind, to_probabilities  # noqa: E402
+from onnxmerge.merger import Merger, Source  # noqa: E402
 
 SPLITS = {
     "2 sources (5+5)": [("torch", CLASSES[:5]), ("sklearn", CLASSES[5:])],
@@ -46,9 +46,15 @@ def digits_28() -> np.ndarray:
 
 
 def merger(sources: list[dict], mode: str, cache: Path) -> Merger:
-    specs = [Source(s["name"], s["model"], Preprocess(**{k: tuple(v) if isinstance(v, list) else v
-                                                          for k, v in s["preprocess"].items()}), labels=s["labels"])
-             for s in sources]
+    specs = [
+        Source(
+            s["name"],
+            s["model"],
+            Preprocess(**{k: tuple(v) if isinstance(v, list) else v for k, v in s["preprocess"].items()}),
+            labels=s["labels"],
+        )
+        for s in sources
+    ]
     m = Merger(IMAGE, specs, mode=mode, quiet=True)
     m.cache_dir = cache  # the same pool and test images go through the same stitched graph many times
     return m
@@ -77,19 +83,27 @@ def run_seed(split: list, seed: int, work: Path, data: dict, k_values: list[int]
     pool_outs = base.source_outputs(x_pool, [output_names(s["name"])["head"] for s in sources])
     union = np.asarray([label for s in sources for label in s["labels"]])
     raw = np.concatenate([outs[output_names(s["name"])["head"]] for s in sources], axis=1)
-    probs = [to_probabilities(outs[output_names(s["name"])["head"]], head_kind(outs[output_names(s["name"])["head"]]))
-             for s in sources]
+    probs = [
+        to_probabilities(outs[output_names(s["name"])["head"]], head_kind(outs[output_names(s["name"])["head"]]))
+        for s in sources
+    ]
     for i, s in enumerate(sources):  # each source alone, among its own labels, on its own images
         mine = true_source == i
-        row[f"source {i} alone (task-aware)"] = float(np.mean(np.asarray(s["labels"])[probs[i][mine].argmax(1)] == y_test[mine]))
+        row[f"source {i} alone (task-aware)"] = float(
+            np.mean(np.asarray(s["labels"])[probs[i][mine].argmax(1)] == y_test[mine])
+        )
     row["naive argmax over concatenated outputs"] = float(np.mean(union[raw.argmax(1)] == y_test))
     msp = np.stack([p.max(1) for p in probs], 1)
     routed = msp.argmax(1)
     picked = np.asarray([sources[r]["labels"][probs[r][n].argmax()] for n, r in enumerate(routed)])
     row["max-probability routing"] = float(np.mean(picked == y_test))
     row["max-probability routing: routing accuracy"] = float(np.mean(routed == true_source))
-    pool_probs = [to_probabilities(pool_outs[output_names(s["name"])["head"]],
-                                   head_kind(pool_outs[output_names(s["name"])["head"]])) for s in sources]
+    pool_probs = [
+        to_probabilities(
+            pool_outs[output_names(s["name"])["head"]], head_kind(pool_outs[output_names(s["name"])["head"]])
+        )
+        for s in sources
+    ]
     pool_msp = np.log(np.stack([p.max(1) for p in pool_probs], 1))
     z = (np.log(msp) - pool_msp.mean(0)) / pool_msp.std(0)
     routed = z.argmax(1)
@@ -106,13 +120,16 @@ def run_seed(split: list, seed: int, work: Path, data: dict, k_values: list[int]
         mine = true_source == i
         cols = [teachers.classes_.index(label) for label in s["labels"]]
         inside = np.asarray(s["labels"])[z_probs[mine][:, cols].argmax(1)]
-        row[f"retention source {i} (Z task-aware / alone)"] = float(np.mean(inside == y_test[mine])) / row[f"source {i} alone (task-aware)"]
+        row[f"retention source {i} (Z task-aware / alone)"] = (
+            float(np.mean(inside == y_test[mine])) / row[f"source {i} alone (task-aware)"]
+        )
     row["fit on pool pseudo-labels (Z)"] = acc(merger(sources, "fit", cache).fit(unlabeled=x_pool))
     for k in k_values:
         pick = np.concatenate([rng.choice(np.flatnonzero(y_pool == c), k, replace=False) for c in np.unique(y_pool)])
         row[f"fit k={k}, no pool (Z)"] = acc(merger(sources, "fit", cache).fit(x_pool[pick], y_pool[pick]))
-        row[f"fit k={k} + pool (Z)"] = acc(merger(sources, "fit", cache).fit(x_pool[pick], y_pool[pick],
-                                                                            unlabeled=x_pool))
+        row[f"fit k={k} + pool (Z)"] = acc(
+            merger(sources, "fit", cache).fit(x_pool[pick], y_pool[pick], unlabeled=x_pool)
+        )
     row["oracle: fit on all 1,000 pool labels (Z)"] = acc(merger(sources, "fit", cache).fit(x_pool, y_pool))
 
     for n_new in (1, 5):  # stage 2 in teachers mode: only the new class's images are labelled

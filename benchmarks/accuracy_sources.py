@@ -40,9 +40,16 @@ def _train_torch(x: np.ndarray, y: np.ndarray, labels: list[str], seed: int, pat
     torch.manual_seed(seed)
     torch.set_num_threads(2)
     net = nn.Sequential(
-        nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Linear(32 * 7 * 7, 64), nn.ReLU(), nn.Linear(64, len(labels)),
+        nn.Conv2d(1, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(16, 32, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(32 * 7 * 7, 64),
+        nn.ReLU(),
+        nn.Linear(64, len(labels)),
     )
     xt = torch.from_numpy(((x.astype(np.float32) / 255 - 0.286) / 0.353).transpose(0, 3, 1, 2).copy())
     yt = torch.from_numpy(np.asarray([labels.index(v) for v in y]))
@@ -54,8 +61,16 @@ def _train_torch(x: np.ndarray, y: np.ndarray, labels: list[str], seed: int, pat
             nn.functional.cross_entropy(net(xt[idx]), yt[idx]).backward()
             opt.step()
     net.eval()
-    torch.onnx.export(net, xt[:1], str(path), dynamo=False, opset_version=17, input_names=["image"],
-                      output_names=["logits"], dynamic_axes={"image": {0: "N"}, "logits": {0: "N"}})
+    torch.onnx.export(
+        net,
+        xt[:1],
+        str(path),
+        dynamo=False,
+        opset_version=17,
+        input_names=["image"],
+        output_names=["logits"],
+        dynamic_axes={"image": {0: "N"}, "logits": {0: "N"}},
+    )
 
 
 def _train_sklearn(x: np.ndarray, y: np.ndarray, labels: list[str], seed: int, path: Path) -> None:
@@ -69,12 +84,15 @@ def _train_sklearn(x: np.ndarray, y: np.ndarray, labels: list[str], seed: int, p
 
 
 TRAINERS = {"torch": _train_torch, "sklearn": _train_sklearn}
-PREPROCESS = {"torch": {"scale": 1 / 255, "mean": [0.286], "std": [0.353]},
-              "sklearn": {"scale": 1 / 255, "mean": [0.0], "std": [1.0], "height": 28, "width": 28, "channels": 1}}
+PREPROCESS = {
+    "torch": {"scale": 1 / 255, "mean": [0.286], "std": [0.353]},
+    "sklearn": {"scale": 1 / 255, "mean": [0.0], "std": [1.0], "height": 28, "width": 28, "channels": 1},
+}
 
 
-def make_sources(split: list[tuple[str, list[str]]], seed: int, work: Path, x: np.ndarray, y: np.ndarray,
-                 exclude: np.ndarray) -> list[dict]:
+def make_sources(
+    split: list[tuple[str, list[str]]], seed: int, work: Path, x: np.ndarray, y: np.ndarray, exclude: np.ndarray
+) -> list[dict]:
     """Train one source per ``(framework, classes)`` on images not in ``exclude``; cached ONNX paths."""
     rng = np.random.default_rng(1000 + seed)
     allowed = np.setdiff1d(np.arange(len(x)), exclude)
@@ -82,14 +100,16 @@ def make_sources(split: list[tuple[str, list[str]]], seed: int, work: Path, x: n
     for i, (framework, labels) in enumerate(split):
         path = work / f"seed{seed}_{i}_{framework}_{'-'.join(c[:3] for c in labels)}.onnx"
         if not path.exists():
-            pick = np.concatenate([rng.choice(allowed[y[allowed] == c], SOURCE_TRAIN_PER_CLASS, replace=False)
-                                   for c in labels])
+            pick = np.concatenate(
+                [rng.choice(allowed[y[allowed] == c], SOURCE_TRAIN_PER_CLASS, replace=False) for c in labels]
+            )
             tmp = path.with_suffix(".tmp.onnx")
             TRAINERS[framework](x[pick], y[pick], labels, seed, tmp)
             tmp.rename(path)
         order = sorted(labels) if framework == "sklearn" else labels  # scikit-learn sorts its classes_
-        sources.append({"name": f"s{i}_{framework}", "model": str(path), "labels": order,
-                        "preprocess": PREPROCESS[framework]})
+        sources.append(
+            {"name": f"s{i}_{framework}", "model": str(path), "labels": order, "preprocess": PREPROCESS[framework]}
+        )
     return sources
 
 
@@ -97,5 +117,8 @@ if __name__ == "__main__":  # smoke: train the 5+5 split of seed 0
     xtr, ytr = read_split("train")
     out = Path("/tmp/onnxmerge-accuracy")
     out.mkdir(exist_ok=True)
-    print(json.dumps(make_sources([("torch", CLASSES[:5]), ("sklearn", CLASSES[5:])], 0, out, xtr, ytr,
-                                  np.arange(0)), indent=1))
+    print(
+        json.dumps(
+            make_sources([("torch", CLASSES[:5]), ("sklearn", CLASSES[5:])], 0, out, xtr, ytr, np.arange(0)), indent=1
+        )
+    )

@@ -43,15 +43,16 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from speed import effnet_files  # noqa: E402
 
 IMAGENET = {"scale": 1 / 255, "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
-INT8_TOLERANCE = 2e-2   # max |p_runtime - p_onnxruntime| allowed for int8 Z (requantisation rounding differs)
+INT8_TOLERANCE = 2e-2  # max |p_runtime - p_onnxruntime| allowed for int8 Z (requantisation rounding differs)
 FLOAT_TOLERANCE = 1e-3
 
 
 def upscale(x: np.ndarray, size: int = 224) -> np.ndarray:
     from PIL import Image
 
-    return np.stack([np.asarray(Image.fromarray(img[..., 0]).convert("RGB").resize((size, size), Image.BILINEAR))
-                     for img in x])
+    return np.stack(
+        [np.asarray(Image.fromarray(img[..., 0]).convert("RGB").resize((size, size), Image.BILINEAR)) for img in x]
+    )
 
 
 def data(args) -> dict[str, np.ndarray]:
@@ -59,11 +60,16 @@ def data(args) -> dict[str, np.ndarray]:
     train = np.load(ROOT / "examples/fashion/data/train.npz")
     test = np.load(ROOT / "examples/fashion/data/test.npz")
     order = np.random.default_rng(0).permutation(len(train["x"]))
-    labelled, pool = order[:args.train], order[args.train:args.train + args.pool]
+    labelled, pool = order[: args.train], order[args.train : args.train + args.pool]
     known = np.flatnonzero(np.isin(test["y"], np.unique(train["y"])))  # the test file also holds "Bag"
-    held = np.random.default_rng(1).permutation(known)[:args.test]
-    return {"x": upscale(train["x"][labelled]), "y": train["y"][labelled].astype(str),
-            "pool": upscale(train["x"][pool]), "test_x": upscale(test["x"][held]), "test_y": test["y"][held].astype(str)}
+    held = np.random.default_rng(1).permutation(known)[: args.test]
+    return {
+        "x": upscale(train["x"][labelled]),
+        "y": train["y"][labelled].astype(str),
+        "pool": upscale(train["x"][pool]),
+        "test_x": upscale(test["x"][held]),
+        "test_y": test["y"][held].astype(str),
+    }
 
 
 def session(path_or_model, threads: int = 2) -> ort.InferenceSession:
@@ -77,7 +83,7 @@ def session(path_or_model, threads: int = 2) -> ort.InferenceSession:
 def run(sess, images: np.ndarray, batch: int = 16) -> tuple[np.ndarray, np.ndarray]:
     labels, probs = [], []
     for i in range(0, len(images), batch):
-        label, prob = sess.run(["label", "probabilities"], {"image": images[i:i + batch]})
+        label, prob = sess.run(["label", "probabilities"], {"image": images[i : i + batch]})
         labels.append(label)
         probs.append(prob)
     return np.concatenate(labels).astype(str), np.concatenate(probs)
@@ -88,9 +94,14 @@ def merger_for(args):
 
     folder = effnet_files(args)
     cnn = ROOT / "examples/fashion/models/a_torch_cnn.onnx"
-    return Merger(ImageInput(224, 224, 3), [
-        Source("lite0", folder / "lite0_imagenet.onnx", Preprocess(**IMAGENET)),
-        Source("cnn", cnn, Preprocess(scale=1 / 255, mean=(0.286,), std=(0.353,)))], quiet=True)
+    return Merger(
+        ImageInput(224, 224, 3),
+        [
+            Source("lite0", folder / "lite0_imagenet.onnx", Preprocess(**IMAGENET)),
+            Source("cnn", cnn, Preprocess(scale=1 / 255, mean=(0.286,), std=(0.353,))),
+        ],
+        quiet=True,
+    )
 
 
 def phase_build(args, d) -> None:
@@ -118,8 +129,15 @@ def phase_quantize(args, d) -> None:
 
     start = time.perf_counter()
     float_z = onnx.load(str(args.out / "z_float.onnx"))
-    int8_z, report = quantize_z(float_z, [s.spec.name for s in merger.sources_], d["x"], d["y"], d["pool"], fit,
-                                methods=tuple(args.methods.split(",")))
+    int8_z, report = quantize_z(
+        float_z,
+        [s.spec.name for s in merger.sources_],
+        d["x"],
+        d["y"],
+        d["pool"],
+        fit,
+        methods=tuple(args.methods.split(",")),
+    )
     print("\n".join(report.lines))
     print(f"quantize: {time.perf_counter() - start:.0f} s")
     if int8_z is float_z:
@@ -127,24 +145,44 @@ def phase_quantize(args, d) -> None:
         return
     onnx.save(int8_z, str(args.out / "z_int8.onnx"))
     sizes = {k: (args.out / f"z_{k}.onnx").stat().st_size for k in ("float", "int8")}
-    print(f"size: float {sizes['float'] / 1e6:.2f} MB, int8 {sizes['int8'] / 1e6:.2f} MB, "
-          f"ratio {sizes['int8'] / sizes['float']:.3f} (target <= 0.3)")
+    print(
+        f"size: float {sizes['float'] / 1e6:.2f} MB, int8 {sizes['int8'] / 1e6:.2f} MB, "
+        f"ratio {sizes['int8'] / sizes['float']:.3f} (target <= 0.3)"
+    )
     f_labels, _ = run(session(float_z), d["test_x"])
     q_labels, _ = run(session(int8_z), d["test_x"])
     acc_f, acc_q = np.mean(f_labels == d["test_y"]), np.mean(q_labels == d["test_y"])
-    print(f"held-out test images ({len(d['test_y'])}, never fitted on): accuracy float {acc_f:.3f}, int8 {acc_q:.3f}, "
-          f"difference {100 * (acc_q - acc_f):+.1f} points (target >= -1); labels agree on "
-          f"{np.mean(f_labels == q_labels):.1%}")
+    print(
+        f"held-out test images ({len(d['test_y'])}, never fitted on): accuracy float {acc_f:.3f}, int8 {acc_q:.3f}, "
+        f"difference {100 * (acc_q - acc_f):+.1f} points (target >= -1); labels agree on "
+        f"{np.mean(f_labels == q_labels):.1%}"
+    )
     batch = d["test_x"][:32]
     ratio = time_ratio(float_z, int8_z, batch, ["label", "probabilities"], rounds=args.rounds, runs=args.runs)
-    print(f"time Z int8 / Z float at batch 32: {ratio:.3f} (median of {args.rounds} interleaved rounds, {args.runs} "
-          f"runs per block; target <= 0.6)")
+    print(
+        f"time Z int8 / Z float at batch 32: {ratio:.3f} (median of {args.rounds} interleaved rounds, {args.runs} "
+        f"runs per block; target <= 0.6)"
+    )
 
 
 def phase_demo(args, d) -> None:
     out = args.out / "demo_z.onnx"
-    result = subprocess.run([sys.executable, "-m", "onnxmerge", "build", str(ROOT / "examples/fashion/stage1.toml"),
-                             "-o", str(out), "--quiet", "--no-cache", "--quantize"], capture_output=True, text=True)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "onnxmerge",
+            "build",
+            str(ROOT / "examples/fashion/stage1.toml"),
+            "-o",
+            str(out),
+            "--quiet",
+            "--no-cache",
+            "--quantize",
+        ],
+        capture_output=True,
+        text=True,
+    )
     print(result.stdout + result.stderr)
 
 
@@ -156,18 +194,22 @@ def models(args) -> list[Path]:
 def phase_ort(args, d) -> None:
     from onnxmerge.runtime.deploy import ort_format
 
-    images = d["test_x"][:args.images]
+    images = d["test_x"][: args.images]
     for path in models(args):
         result = ort_format(path, args.out / "ort")
         ref_l, ref_p = run(session(path), images)
         got_l, got_p = run(session(result.ort), images)
         tol = INT8_TOLERANCE if "int8" in path.name else FLOAT_TOLERANCE
         diff = float(np.abs(ref_p - got_p).max())
-        print(f"ort format: {path.name} {path.stat().st_size / 1e6:.2f} MB -> {result.ort.name} "
-              f"{result.ort.stat().st_size / 1e6:.2f} MB; {len(result.operators)} op types in "
-              f"{result.config.name}: {', '.join(result.operators)}")
-        print(f"ort format: {path.name} on {len(images)} images: labels equal {np.mean(ref_l == got_l):.0%}, "
-              f"max |p_ort - p_onnx| {diff:.2e} (tolerance {tol:g}) -> {'ok' if diff <= tol and (ref_l == got_l).all() else 'FAIL'}")
+        print(
+            f"ort format: {path.name} {path.stat().st_size / 1e6:.2f} MB -> {result.ort.name} "
+            f"{result.ort.stat().st_size / 1e6:.2f} MB; {len(result.operators)} op types in "
+            f"{result.config.name}: {', '.join(result.operators)}"
+        )
+        print(
+            f"ort format: {path.name} on {len(images)} images: labels equal {np.mean(ref_l == got_l):.0%}, "
+            f"max |p_ort - p_onnx| {diff:.2e} (tolerance {tol:g}) -> {'ok' if diff <= tol and (ref_l == got_l).all() else 'FAIL'}"
+        )
 
 
 # -- onnxruntime-web (WASM) in headless Chromium --------------------------------------------------------------------
@@ -195,7 +237,7 @@ def phase_web(args, d) -> None:
     if chromium is None:
         print("web: skipped, no chromium (apt-get install -y chromium)")
         return
-    images = d["test_x"][:args.images]
+    images = d["test_x"][: args.images]
     serve = args.out / "web"
     serve.mkdir(exist_ok=True)
     (serve / "images.bin").write_bytes(np.ascontiguousarray(images).tobytes())
@@ -216,9 +258,20 @@ def phase_web(args, d) -> None:
         h, w, c = images.shape[1:]
         url = f"http://127.0.0.1:{port}/page.html?model={path.name}&n={len(images)}&h={h}&w={w}&c={c}"
         start = time.perf_counter()
-        browser = subprocess.Popen([chromium, "--headless=new", "--no-sandbox", "--disable-gpu",
-                                    "--disable-dev-shm-usage", "--no-first-run", f"--user-data-dir={serve / 'profile'}", url],
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        browser = subprocess.Popen(
+            [
+                chromium,
+                "--headless=new",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-dev-shm-usage",
+                "--no-first-run",
+                f"--user-data-dir={serve / 'profile'}",
+                url,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         while "result" not in _Handler.results and time.perf_counter() - start < args.web_timeout:
             time.sleep(0.5)
         browser.terminate()
@@ -232,10 +285,12 @@ def phase_web(args, d) -> None:
         got_p = np.asarray(result["probabilities"], np.float32).reshape(ref_p.shape)
         tol = INT8_TOLERANCE if "int8" in path.name else FLOAT_TOLERANCE
         diff = float(np.abs(ref_p - got_p).max())
-        print(f"web: onnxruntime-web {version} (wasm, 1 thread) in {Path(chromium).name} headless, {path.name} on "
-              f"{len(images)} images: labels equal {np.mean(ref_l == got_l):.0%}, max |p_web - p_onnx| {diff:.2e} "
-              f"(tolerance {tol:g}) -> {'ok' if diff <= tol and (ref_l == got_l).all() else 'FAIL'}; "
-              f"session {result['load_ms']:.0f} ms, run {result['run_ms']:.0f} ms")
+        print(
+            f"web: onnxruntime-web {version} (wasm, 1 thread) in {Path(chromium).name} headless, {path.name} on "
+            f"{len(images)} images: labels equal {np.mean(ref_l == got_l):.0%}, max |p_web - p_onnx| {diff:.2e} "
+            f"(tolerance {tol:g}) -> {'ok' if diff <= tol and (ref_l == got_l).all() else 'FAIL'}; "
+            f"session {result['load_ms']:.0f} ms, run {result['run_ms']:.0f} ms"
+        )
     server.shutdown()
 
 
@@ -256,8 +311,10 @@ def main() -> None:
     args = parser.parse_args()
     args.out = Path(args.out)
     args.out.mkdir(parents=True, exist_ok=True)
-    print(f"machine: {platform.machine()}, {len(__import__('os').sched_getaffinity(0))} cores; python "
-          f"{platform.python_version()}, onnx {onnx.__version__}, onnxruntime {ort.__version__}")
+    print(
+        f"machine: {platform.machine()}, {len(__import__('os').sched_getaffinity(0))} cores; python "
+        f"{platform.python_version()}, onnx {onnx.__version__}, onnxruntime {ort.__version__}"
+    )
     d = data(args)
     for phase in args.phases.split(","):
         print(f"\n== {phase}")

@@ -34,9 +34,16 @@ def load() -> torch.nn.Module:
 
 def export(model: torch.nn.Module, path: Path) -> None:
     tmp = path.with_suffix(".tmp")
-    torch.onnx.export(model, torch.zeros(1, 3, 224, 224), str(tmp), dynamo=False, opset_version=17,
-                      input_names=["input"], output_names=["logits"],
-                      dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+    torch.onnx.export(
+        model,
+        torch.zeros(1, 3, 224, 224),
+        str(tmp),
+        dynamo=False,
+        opset_version=17,
+        input_names=["input"],
+        output_names=["logits"],
+        dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+    )
     tmp.replace(path)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
 

@@ -8,6 +8,7 @@ recipe; Z's predict_proba is timed on the same images at several batch sizes, si
 
     nice -n 10 .venv/bin/python benchmarks/fixed_batch_cost.py
 """
+
 from __future__ import annotations
 
 import json
@@ -60,7 +61,7 @@ def timed(session, images: np.ndarray, batch: int, repeats: int = 3) -> float:
     for _ in range(repeats):
         t = time.perf_counter()
         for start in range(0, len(images), batch):
-            session.run(["probabilities"], {"image": images[start:start + batch]})
+            session.run(["probabilities"], {"image": images[start : start + batch]})
         best = min(best, time.perf_counter() - t)
     return best
 
@@ -75,7 +76,10 @@ def main() -> None:
     pre = Preprocess(entry["scale"], tuple(entry["mean"]), tuple(entry["std"]), 8, 8, 1)
     with tempfile.TemporaryDirectory() as tmp:
         sessions, builds = {}, {}
-        for label, path in (("Loop (fixed batch 1)", GRAPHS / "fixed_batch1.onnx"), ("dynamic batch", dynamic_twin(Path(tmp)))):
+        for label, path in (
+            ("Loop (fixed batch 1)", GRAPHS / "fixed_batch1.onnx"),
+            ("dynamic batch", dynamic_twin(Path(tmp))),
+        ):
             t = time.perf_counter()
             merger = Merger(ImageInput(8, 8, 1), [Source("s", path, pre)], C=1.0, quiet=True).fit(x[:400], y[:400])
             builds[label] = time.perf_counter() - t
@@ -83,8 +87,10 @@ def main() -> None:
             assert all(c.ok for c in merger.parity_)
         images = x[400:]
         a, b = (s.run(["probabilities"], {"image": images})[0] for s in sessions.values())
-        print(f"machine: {platform.machine()}, {platform.processor() or '?'}; onnxruntime "
-              f"{__import__('onnxruntime').__version__}; {len(images)} images 8x8x1")
+        print(
+            f"machine: {platform.machine()}, {platform.processor() or '?'}; onnxruntime "
+            f"{__import__('onnxruntime').__version__}; {len(images)} images 8x8x1"
+        )
         print(f"Z(Loop) vs Z(dynamic) probabilities: max |diff| {np.abs(a - b).max():.2e}")
         print("build seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in builds.items()))
         print("| batch | Z with Loop (ms) | Z dynamic (ms) | Loop / dynamic |")

@@ -12,6 +12,7 @@ fitted pipeline's ``predict_proba`` on the very head input Z computes from:
 
     .venv/bin/python benchmarks/head_numerics.py
 """
+
 from __future__ import annotations
 
 import sys
@@ -27,9 +28,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from onnxmerge import ImageInput, Merger, Preprocess, Source  # noqa: E402
-from onnxmerge.runtime.session import make_session  # noqa: E402
-from onnxmerge.learn.head import HeadInput, append_head, fit_head  # noqa: E402
 from onnxmerge.graph.stitch import FEATURES, output_names  # noqa: E402
+from onnxmerge.learn.head import HeadInput, append_head, fit_head  # noqa: E402
+from onnxmerge.runtime.session import make_session  # noqa: E402
 
 CNN = ROOT / "tests" / "fixtures" / "models" / "torch_legacy_cnn.onnx"
 
@@ -39,22 +40,27 @@ def ill_conditioned(rng: np.random.Generator, n: int = 600) -> tuple[np.ndarray,
     y = rng.integers(0, 3, n)
     centres = np.array([[0, 0], [2, 0], [0, 2]], float)
     x = centres[y] + rng.standard_normal((n, 2))
-    cols = [x,
-            5.0 + 1e-6 * rng.standard_normal((n, 1)),          # near-constant around 5
-            -2.302585 + 3e-7 * (y[:, None] == 1) + 1e-7 * rng.standard_normal((n, 1)),  # log(0.1) + a hint
-            1e6 * (1 + 0.01 * x[:, :1]),                       # huge
-            1e-9 * x[:, 1:],                                   # tiny
-            np.full((n, 1), 0.25),                             # exactly constant
-            1e-30 * rng.standard_normal((n, 1))]               # below float32's normal range
+    cols = [
+        x,
+        5.0 + 1e-6 * rng.standard_normal((n, 1)),  # near-constant around 5
+        -2.302585 + 3e-7 * (y[:, None] == 1) + 1e-7 * rng.standard_normal((n, 1)),  # log(0.1) + a hint
+        1e6 * (1 + 0.01 * x[:, :1]),  # huge
+        1e-9 * x[:, 1:],  # tiny
+        np.full((n, 1), 0.25),  # exactly constant
+        1e-30 * rng.standard_normal((n, 1)),
+    ]  # below float32's normal range
     return np.concatenate(cols, axis=1).astype(np.float32), y.astype(str)
 
 
 def head_only_model(width: int) -> onnx.ModelProto:
     """A graph whose one input is source ``a``'s feature block (what the stitched graph would give the head)."""
     name = output_names("a")["feature"]
-    graph = helper.make_graph([helper.make_node("Identity", [name], [FEATURES])], "head_only",
-                              [helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, ["N", width])],
-                              [helper.make_tensor_value_info(FEATURES, onnx.TensorProto.FLOAT, ["N", width])])
+    graph = helper.make_graph(
+        [helper.make_node("Identity", [name], [FEATURES])],
+        "head_only",
+        [helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, ["N", width])],
+        [helper.make_tensor_value_info(FEATURES, onnx.TensorProto.FLOAT, ["N", width])],
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
 
 
@@ -99,7 +105,12 @@ def build_parity(path: Path, x: np.ndarray, y: np.ndarray, x_test: np.ndarray, y
         return float("nan"), float("nan"), time.perf_counter() - t, str(exc)[:160]
     check = merger.parity_[-1]
     accuracy = float(np.mean(merger.predict(x_test) == y_test))
-    return check.max_abs_error, check.scale, time.perf_counter() - t, f"{check.line()}; held-out accuracy {accuracy:.4f}"
+    return (
+        check.max_abs_error,
+        check.scale,
+        time.perf_counter() - t,
+        f"{check.line()}; held-out accuracy {accuracy:.4f}",
+    )
 
 
 VARIANTS = {  # name: (centred, scale floor)
@@ -128,8 +139,7 @@ def main() -> None:
         for seed in range(3):
             x, y = ill_conditioned(np.random.default_rng(seed))
             err, us = head_parity(x, y, centred, floor)
-            print(f"synthetic head input seed {seed} [600, 8]: max |Z - predict_proba| {err:.2e}; "
-                  f"{us:.2f} us per row")
+            print(f"synthetic head input seed {seed} [600, 8]: max |Z - predict_proba| {err:.2e}; {us:.2f} us per row")
         # the build's own calls, with this variant
         compose.fit_head = functools.partial(head.fit_head, scale_floor=floor)
         compose.append_head = functools.partial(head.append_head, centred=centred)

@@ -39,7 +39,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from accuracy_sources import CLASSES, read_split as fashion  # noqa: E402  (Fashion-MNIST, Debian package)
+from accuracy_sources import CLASSES  # noqa: E402  (Fashion-MNIST, Debian package)
+from accuracy_sources import read_split as fashion
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 MODELS = {  # name: (package, weight module, size, exporter)
@@ -89,15 +90,38 @@ def export(folder: Path) -> None:
         path = folder / f"{name}.onnx"
         t = time.time()
         if how == "legacy":
-            torch.onnx.export(model, (x[:1],), str(path), dynamo=False, opset_version=17, input_names=["input"],
-                              output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+            torch.onnx.export(
+                model,
+                (x[:1],),
+                str(path),
+                dynamo=False,
+                opset_version=17,
+                input_names=["input"],
+                output_names=["logits"],
+                dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+            )
         else:
             batch = torch.export.Dim("batch", min=1, max=1024)
-            torch.onnx.export(model, (x[:2],), str(path), dynamo=True, opset_version=18, input_names=["input"],
-                              output_names=["logits"], dynamic_shapes=({0: batch},), external_data=True)
+            torch.onnx.export(
+                model,
+                (x[:2],),
+                str(path),
+                dynamo=True,
+                opset_version=18,
+                input_names=["input"],
+                output_names=["logits"],
+                dynamic_shapes=({0: batch},),
+                external_data=True,
+            )
         np.savez(folder / f"{name}_ref.npz", x=x.numpy(), fc_in=seen["fc_in"], logits=logits)
-        info[name] = {"arch": arch, "size": size, "exporter": f"torch.onnx {how} {torch.__version__}",
-                      "export_s": round(time.time() - t, 1), "classifier_weight": [1000, 1280], "feature_dim": 1280}
+        info[name] = {
+            "arch": arch,
+            "size": size,
+            "exporter": f"torch.onnx {how} {torch.__version__}",
+            "export_s": round(time.time() - t, 1),
+            "classifier_weight": [1000, 1280],
+            "feature_dim": 1280,
+        }
     info["skl_mlp"] = export_sklearn(folder)
     (folder / "export.json").write_text(json.dumps(info, indent=2))
 
@@ -120,9 +144,14 @@ def export_sklearn(folder: Path) -> dict:
     for w, b in zip(mlp.coefs_[:-1], mlp.intercepts_[:-1]):
         hidden = np.maximum(hidden @ w + b, 0)  # relu, the default activation
     np.savez(folder / "skl_mlp_ref.npz", x=probe, fc_in=hidden.astype(np.float32), logits=mlp.predict_proba(probe))
-    return {"arch": "MLPClassifier(128, 64) on 10,000 Fashion-MNIST train images", "size": 28,
-            "exporter": f"skl2onnx {skl2onnx.__version__} (scikit-learn {sklearn.__version__})",
-            "export_s": round(time.time() - t, 1), "classifier_weight": [64, 10], "feature_dim": 64}
+    return {
+        "arch": "MLPClassifier(128, 64) on 10,000 Fashion-MNIST train images",
+        "size": 28,
+        "exporter": f"skl2onnx {skl2onnx.__version__} (scikit-learn {sklearn.__version__})",
+        "export_s": round(time.time() - t, 1),
+        "classifier_weight": [64, 10],
+        "feature_dim": 64,
+    }
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -134,8 +163,8 @@ def penultimate_check(name: str, folder: Path, weight: list[int], width: int) ->
     import onnx
     import onnxruntime as ort
 
-    from onnxmerge.graph.inspect import find_head
     from onnxmerge.files.models import load_model
+    from onnxmerge.graph.inspect import find_head
 
     model = load_model(folder / f"{name}.onnx")
     t = time.time()
@@ -156,11 +185,13 @@ def penultimate_check(name: str, folder: Path, weight: list[int], width: int) ->
     d_logits = float(np.abs(logits - ref["logits"]).max())
     assert feat.shape == ref["fc_in"].shape == (len(ref["x"]), width), feat.shape
     assert d_feat <= 1e-4 * max(1.0, float(np.abs(ref["fc_in"]).max())), d_feat
-    return (f"{name}: auto feature {head.feature!r} [N, {feat.shape[1]}] = input of {consumer.op_type} "
-            f"{consumer.name!r} (weight {inits[consumer.input[1]]}); vs the framework's penultimate activations: "
-            f"max |diff| "
-            f"{d_feat:.2e}; scores vs the framework: max |diff| {d_logits:.2e}; find_head {took * 1000:.0f} ms\n"
-            f"  why: {head.reason}")
+    return (
+        f"{name}: auto feature {head.feature!r} [N, {feat.shape[1]}] = input of {consumer.op_type} "
+        f"{consumer.name!r} (weight {inits[consumer.input[1]]}); vs the framework's penultimate activations: "
+        f"max |diff| "
+        f"{d_feat:.2e}; scores vs the framework: max |diff| {d_logits:.2e}; find_head {took * 1000:.0f} ms\n"
+        f"  why: {head.reason}"
+    )
 
 
 def main() -> int:
@@ -180,52 +211,68 @@ def main() -> int:
 
     from onnxmerge import ImageInput, Merger, Preprocess, Source
 
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, {platform.platform()}; python "
-          f"{platform.python_version()}, onnx {onnx.__version__}, onnxruntime {ort.__version__}")
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, {platform.platform()}; python "
+        f"{platform.python_version()}, onnx {onnx.__version__}, onnxruntime {ort.__version__}"
+    )
     with tempfile.TemporaryDirectory(prefix="onnxmerge-heldout-") as tmp:
         folder = Path(tmp)
         t = time.time()
-        subprocess.run([args.torch_python, __file__, "--export-only", str(folder)], check=True,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.run(
+            [args.torch_python, __file__, "--export-only", str(folder)],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         info = json.loads((folder / "export.json").read_text())
         print(f"exported in {time.time() - t:.0f} s with torch {info['torch']} (not in the repository):")
         names = [*MODELS, "skl_mlp"]
         for name in names:
             size = sum(p.stat().st_size for p in folder.glob(f"{name}.onnx*"))
-            print(f"  {name}: {info[name]['arch']}, input {info[name]['size']}x{info[name]['size']}, "
-                  f"{info[name]['exporter']}, {size / 1e6:.1f} MB")
+            print(
+                f"  {name}: {info[name]['arch']}, input {info[name]['size']}x{info[name]['size']}, "
+                f"{info[name]['exporter']}, {size / 1e6:.1f} MB"
+            )
         for name in names:
             print(penultimate_check(name, folder, info[name]["classifier_weight"], info[name]["feature_dim"]))
 
         x, y = fashion("train")
         xt, yt = fashion("t10k")
         rng = np.random.default_rng(0)
-        pick = np.concatenate([rng.choice(np.flatnonzero(y[:30000] == c), args.train_per_class, replace=False)
-                               for c in CLASSES])
+        pick = np.concatenate(
+            [rng.choice(np.flatnonzero(y[:30000] == c), args.train_per_class, replace=False) for c in CLASSES]
+        )
         test = rng.choice(len(xt), args.test, replace=False)
 
         def source(name):
             if name == "skl_mlp":
                 return Source(name, folder / "skl_mlp.onnx", Preprocess(1 / 255, (0.0,), (1.0,), 28, 28, 1))
             size = info[name]["size"]
-            return Source(name, folder / f"{name}.onnx",
-                          Preprocess(1 / 255, MEAN, STD, height=size, width=size, channels=3, layout="NCHW"))
+            return Source(
+                name,
+                folder / f"{name}.onnx",
+                Preprocess(1 / 255, MEAN, STD, height=size, width=size, channels=3, layout="NCHW"),
+            )
 
         for pair in (["lite0", "lite1"], ["lite0", "skl_mlp"]):
             t = time.time()
             z = Merger(ImageInput(28, 28, 1), [source(n) for n in pair], quiet=True).fit(x[pick], y[pick])
             build = time.time() - t
-            print(f"Z from {' + '.join(pair)} on Fashion-MNIST 28x28 gray, {len(pick)} labelled images "
-                  f"({args.train_per_class} per class), built in {build:.0f} s:")
+            print(
+                f"Z from {' + '.join(pair)} on Fashion-MNIST 28x28 gray, {len(pick)} labelled images "
+                f"({args.train_per_class} per class), built in {build:.0f} s:"
+            )
             for check in z.parity_:
                 print("  parity: " + check.line())
             for note in getattr(z, "notes_", {}).items():
                 print(f"  note: {note[0]}: {note[1]}")
             t = time.time()
             acc = float(np.mean(z.predict(xt[test]) == yt[test]))
-            print(f"  features {z.report_['feature_dim']}-d; train accuracy {z.report_['train_accuracy']:.3f}; "
-                  f"held-out accuracy {acc:.3f} on {len(test)} Fashion-MNIST test images "
-                  f"({(time.time() - t) / len(test) * 1000:.1f} ms/image)")
+            print(
+                f"  features {z.report_['feature_dim']}-d; train accuracy {z.report_['train_accuracy']:.3f}; "
+                f"held-out accuracy {acc:.3f} on {len(test)} Fashion-MNIST test images "
+                f"({(time.time() - t) / len(test) * 1000:.1f} ms/image)"
+            )
     return 0
 
 

@@ -43,9 +43,11 @@ def recipe(folder: Path, pool: Path) -> Path:
     text = "[input]\nheight = 224\nwidth = 224\nchannels = 3\n\n"
     for name, fixture in (("low", "torch_legacy_cnn.onnx"), ("high", "torch_dynamo_mlp.onnx")):
         entry = manifest[fixture]
-        text += (f'[[sources]]\nname = "{name}"\nmodel = "{(FIXTURES / fixture).as_posix()}"\n'
-                 f"labels = {json.dumps(entry['labels'])}\n[sources.preprocess]\nscale = {entry['scale']}\n"
-                 f"mean = {entry['mean']}\nstd = {entry['std']}\n\n")
+        text += (
+            f'[[sources]]\nname = "{name}"\nmodel = "{(FIXTURES / fixture).as_posix()}"\n'
+            f"labels = {json.dumps(entry['labels'])}\n[sources.preprocess]\nscale = {entry['scale']}\n"
+            f"mean = {entry['mean']}\nstd = {entry['std']}\n\n"
+        )
     text += f'[head]\nmode = "teachers"\nunlabeled = "{pool.as_posix()}"\n'
     path = folder / "recipe.toml"
     path.write_text(text)
@@ -58,8 +60,21 @@ def peak_mib(recipe_path: Path, output: Path, address: str | None = None) -> flo
     import time
 
     extra = ["--address", address] if address else []
-    process = subprocess.Popen([sys.executable, "-m", "onnxmerge", "build", str(recipe_path), "-o", str(output),
-                                "--quiet", "--no-cache", *extra], stdout=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "onnxmerge",
+            "build",
+            str(recipe_path),
+            "-o",
+            str(output),
+            "--quiet",
+            "--no-cache",
+            *extra,
+        ],
+        stdout=subprocess.DEVNULL,
+    )
     sampled = 0
     if address:
         import psutil
@@ -102,7 +117,6 @@ def main(counts: list[int], dask: bool = False) -> None:
         a, b = counts[0], counts[-1]
         slope = (peaks[b] - peaks[a]) / (b - a)
         print(f"per pool image: {slope * 1024:.0f} KiB ({slope * 1024 / 147:.2f} x its 147 KiB of pixels)")
-
 
     if cluster:
         cluster.close()

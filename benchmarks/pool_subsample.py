@@ -39,8 +39,10 @@ def main() -> None:
     args = parser.parse_args()
     from onnxmerge.learn.routing import route_pool
 
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}; "
-          f"{time.strftime('%Y-%m-%d %H:%M')}; {args.setup} seed {args.seed}, pool {args.variant}")
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}; "
+        f"{time.strftime('%Y-%m-%d %H:%M')}; {args.setup} seed {args.seed}, pool {args.variant}"
+    )
     setup = Setup(args.setup, args.seed, Data(), args.work)
     feat = Features(setup, args.work / "cache")
     pool_out, _, true_pool, test_out, _, y_test = variant_pool(feat, args.variant, validation=True)
@@ -53,8 +55,11 @@ def main() -> None:
     print(f"{'k-means fit on':>15} {'routing (pool)':>15} {'Z accuracy':>11} {'seconds':>8}")
     for n in args.fit_images:
         row = numpy_rows(feat, pool_out, true_pool, functools.partial(route, fit_images=n), test_out, y_test)
-        print(f"{min(n, len(true_pool)):>15} {row['routing (pool targets)']:>15.3f} {row['accuracy']:>11.3f} "
-              f"{row['seconds']:>8.1f}", flush=True)
+        print(
+            f"{min(n, len(true_pool)):>15} {row['routing (pool targets)']:>15.3f} {row['accuracy']:>11.3f} "
+            f"{row['seconds']:>8.1f}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

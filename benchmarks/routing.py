@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from accuracy import IMAGE, digits_28, merger  # noqa: E402
+from accuracy import digits_28, merger  # noqa: E402
 from accuracy_sources import CLASSES, PREPROCESS, TRAINERS, read_split  # noqa: E402
 
 from onnxmerge.learn.head import ROUTE  # noqa: E402
@@ -57,8 +57,8 @@ SETUPS = {
 NEW_CLASS = {"clothes9+digits": "Bag"}  # setups with a class no teacher has: the "new class from k images" rows
 DETAIL = ("recall: ", "agreed images: ", "routed images: ")  # per-class rows kept in --json, not printed
 VARIANTS = ["balanced", "minority10", "longtail", "missing2", "junk20", "n50", "n200", "n10000", "blur"]
-RESERVE = 12000          # training images the teachers never see: pools are drawn from the first 10,000
-VALIDATION = slice(10000, RESERVE)   # the tuning score's images (never the test split)
+RESERVE = 12000  # training images the teachers never see: pools are drawn from the first 10,000
+VALIDATION = slice(10000, RESERVE)  # the tuning score's images (never the test split)
 TEST = 2000
 TRAIN_PER_CLASS = 1000  # within-task accuracy 0.87-0.97; half accuracy_sources' 2,000 to halve the training time
 
@@ -70,14 +70,16 @@ class Data:
         self.xtr, self.ytr = read_split("train")
         self.xte, self.yte = read_split("t10k")
         from sklearn.datasets import load_digits
+
         self.digits = digits_28()
         self.ydigits = np.asarray(DIGITS)[load_digits().target]
 
 
 def blur(x: np.ndarray) -> np.ndarray:
     """Gaussian blur (radius 1): the "other camera" shift."""
-    return np.stack([np.asarray(Image.fromarray(im[..., 0]).filter(ImageFilter.GaussianBlur(1)))
-                     for im in x])[..., None]
+    return np.stack([np.asarray(Image.fromarray(im[..., 0]).filter(ImageFilter.GaussianBlur(1))) for im in x])[
+        ..., None
+    ]
 
 
 def framework(i: int, labels: list[str]) -> str:
@@ -119,8 +121,12 @@ class Setup:
             fw = framework(i, labels)
             path = self.work / f"{self.name}_seed{self.seed}_{i}_{fw}.onnx"
             if not path.exists():
-                pick = np.concatenate([rng.choice(np.flatnonzero(y == c), min(TRAIN_PER_CLASS, int(np.sum(y == c))),
-                                                  replace=False) for c in labels])
+                pick = np.concatenate(
+                    [
+                        rng.choice(np.flatnonzero(y == c), min(TRAIN_PER_CLASS, int(np.sum(y == c))), replace=False)
+                        for c in labels
+                    ]
+                )
                 tmp = path.with_suffix(".tmp.onnx")
                 TRAINERS[fw](x[pick], y[pick], labels, self.seed, tmp)
                 tmp.rename(path)
@@ -191,14 +197,15 @@ def join(*outs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
 
 
-def numpy_rows(feat: Features, pool_out: dict, true_pool: np.ndarray, route_fn, test_out: dict,
-               y_test: np.ndarray, router_c=None) -> dict[str, float]:
+def numpy_rows(
+    feat: Features, pool_out: dict, true_pool: np.ndarray, route_fn, test_out: dict, y_test: np.ndarray, router_c=None
+) -> dict[str, float]:
     """Route the pool with ``route_fn``, fit the router as the Merger does, score Z's head math in numpy.
     ``router_c``: the router's C (default the Merger's), or a function of the number of router targets."""
-    from onnxmerge.merger import ROUTER_C
+    from onnxmerge.graph.stitch import output_names
     from onnxmerge.learn.head import HeadInput, TeachersHead, fit_head
     from onnxmerge.learn.routing import l2_blocks
-    from onnxmerge.graph.stitch import output_names
+    from onnxmerge.merger import ROUTER_C
 
     blocks = [pool_out[output_names(s["name"])["feature"]] for s in feat.setup.sources]
     probs = [HeadInput.probabilities(pool_out, n, k) for n, k in feat.base.teachers_]
@@ -207,17 +214,20 @@ def numpy_rows(feat: Features, pool_out: dict, true_pool: np.ndarray, route_fn, 
     x_pool = feat.head_input.numpy(pool_out).astype(np.float64)
     keep = targets >= 0
     c = ROUTER_C if router_c is None else router_c(int(keep.sum())) if callable(router_c) else router_c
-    router = fit_head(x_pool[keep], targets[keep], feat.widths, C=c, class_weight="balanced",
-                      sample_weight=weight[keep])
+    router = fit_head(
+        x_pool[keep], targets[keep], feat.widths, C=c, class_weight="balanced", sample_weight=weight[keep]
+    )
     seconds = time.perf_counter() - start
     union, route = TeachersHead(feat.head_input, feat.teachers, router).numpy(test_out)
     true_test = feat.setup.true_source(y_test)
     owned = true_pool >= 0
-    return {"accuracy": float(np.mean(np.asarray(feat.teachers.union)[union.argmax(1)] == y_test)),
-            "routing (test)": float(np.mean(route.argmax(1) == true_test)),
-            "routing (pool targets)": float(np.mean(targets[owned] == true_pool[owned])),
-            "junk kept": float(np.mean(keep[~owned])) if (~owned).any() else float("nan"),
-            "seconds": seconds}
+    return {
+        "accuracy": float(np.mean(np.asarray(feat.teachers.union)[union.argmax(1)] == y_test)),
+        "routing (test)": float(np.mean(route.argmax(1) == true_test)),
+        "routing (pool targets)": float(np.mean(targets[owned] == true_pool[owned])),
+        "junk kept": float(np.mean(keep[~owned])) if (~owned).any() else float("nan"),
+        "seconds": seconds,
+    }
 
 
 def variant_pool(feat: Features, variant: str, validation: bool = False):
@@ -255,6 +265,7 @@ def validation_cases(cases: list[str], seed: int, work: Path):
 def before(features, teachers, probs):
     """The routing before this issue, for comparison: majority source of every pool image, all router targets."""
     from onnxmerge.learn.routing import route_pool
+
     return route_pool(features, teachers, probs, per_label=1).source, np.ones(len(features))
 
 
@@ -266,6 +277,7 @@ PREVIOUS_RELEASE = {"per_label": 1, "min_agreement": 0.7}
 def previous_release(features, teachers, probs):
     """The routing of the release before 4 clusters per label: one per label, targets agreed by >= 0.7 of runs."""
     from onnxmerge.learn.routing import route_pool
+
     return route_pool(features, teachers, probs, **PREVIOUS_RELEASE).targets(), np.ones(len(features))
 
 
@@ -293,8 +305,9 @@ def z_rows(feat: Features, variant: str, cache: Path, k: int = 5) -> dict[str, f
     row["teachers + pool: lowest class recall"] = min(recall.values())
     named = {c for c in recall if any(repr(c) in w for w in z.warnings_)}  # the build's warnings name it
     row["teachers + pool: classes < 0.3 recall"] = float(sum(r < 0.3 for r in recall.values()))
-    row["teachers + pool: classes < 0.3 recall no warning names"] = float(sum(r < 0.3 and c not in named
-                                                                             for c, r in recall.items()))
+    row["teachers + pool: classes < 0.3 recall no warning names"] = float(
+        sum(r < 0.3 and c not in named for c, r in recall.items())
+    )
     row["teachers + pool: labels a warning names"] = float(len(named))
     row["teachers + pool: labels named scarce"] = float(len(scarce))
     pool_routing = _route(feat, pool_out)  # as the build routed it (same inputs, same seeds)
@@ -315,10 +328,14 @@ def z_rows(feat: Features, variant: str, cache: Path, k: int = 5) -> dict[str, f
     row["previous release: routing"] = release["routing (test)"]
 
     rng = np.random.default_rng(20_000 + setup.seed)
-    candidates = np.arange(VALIDATION.start) if "digit_0" not in setup.owner else \
-        np.concatenate([np.arange(VALIDATION.start), np.arange(RESERVE, len(setup.x_res))])
-    pick = np.concatenate([rng.choice(candidates[setup.y_res[candidates] == c], k, replace=False)
-                           for c in feat.teachers.union])
+    candidates = (
+        np.arange(VALIDATION.start)
+        if "digit_0" not in setup.owner
+        else np.concatenate([np.arange(VALIDATION.start), np.arange(RESERVE, len(setup.x_res))])
+    )
+    pick = np.concatenate(
+        [rng.choice(candidates[setup.y_res[candidates] == c], k, replace=False) for c in feat.teachers.union]
+    )
     x_lab, y_lab = setup.x_res[pick], setup.y_res[pick]
     if variant == "blur":
         x_lab = blur(x_lab)
@@ -328,11 +345,16 @@ def z_rows(feat: Features, variant: str, cache: Path, k: int = 5) -> dict[str, f
     row[f"fit k={k}, no pool (Z)"] = _FIT_ALONE[key]
     row[f"fit k={k} + pool (Z)"] = acc(merger(setup.sources, "fit", cache).fit(x_lab, y_lab, unlabeled=x_pool))
     idx, _ = setup.pool(variant)  # the oracle: every (owned) pool image with its label
-    x_own = x_pool[:len(idx)]
+    x_own = x_pool[: len(idx)]
     row["oracle: fit on the pool's labels (Z)"] = acc(merger(setup.sources, "fit", cache).fit(x_own, setup.y_res[idx]))
     row["true-source router (numpy)"] = numpy_rows(
-        feat, take(pool_out, np.flatnonzero(owned)), true_pool[owned],
-        lambda f, t, p: (true_pool[owned].copy(), np.ones(int(owned.sum()))), test_out, y_test)["accuracy"]
+        feat,
+        take(pool_out, np.flatnonzero(owned)),
+        true_pool[owned],
+        lambda f, t, p: (true_pool[owned].copy(), np.ones(int(owned.sum()))),
+        test_out,
+        y_test,
+    )["accuracy"]
     return row
 
 
@@ -341,22 +363,25 @@ def unknown_rows(z, own: tuple[np.ndarray, np.ndarray], x_junk: np.ndarray) -> d
     images of the union) tell them from junk of no union class (AUROC), and how much junk passes a
     threshold that keeps 95% of the own images."""
     from sklearn.metrics import roc_auc_score
+
     rows = {}
     junk = z._z_session().run(["probabilities", ROUTE], {"image": x_junk})
     for name, i in (("max probability", 0), ("max route", 1)):
         a, b = own[i].max(1), junk[i].max(1)
         threshold = np.quantile(a, 0.05)
-        rows[f"unknown by Z's {name}: AUROC own vs junk"] = float(roc_auc_score(
-            np.r_[np.ones(len(a)), np.zeros(len(b))], np.r_[a, b]))
+        rows[f"unknown by Z's {name}: AUROC own vs junk"] = float(
+            roc_auc_score(np.r_[np.ones(len(a)), np.zeros(len(b))], np.r_[a, b])
+        )
         rows[f"unknown by Z's {name}: junk passing at 95% own kept"] = float(np.mean(b >= threshold))
     return rows
 
 
 def _route(feat: Features, pool_out: dict):
     """``route_pool`` with its defaults on the pool's source outputs, as the build calls it."""
-    from onnxmerge.learn.routing import l2_blocks, route_pool
-    from onnxmerge.learn.head import HeadInput
     from onnxmerge.graph.stitch import output_names
+    from onnxmerge.learn.head import HeadInput
+    from onnxmerge.learn.routing import l2_blocks, route_pool
+
     blocks = [pool_out[output_names(s["name"])["feature"]] for s in feat.setup.sources]
     probs = [HeadInput.probabilities(pool_out, n, kind) for n, kind in feat.base.teachers_]
     return route_pool(l2_blocks(blocks), feat.teachers, probs)
@@ -384,9 +409,9 @@ def new_class_rows(feat: Features, variant: str, data: Data, cache: Path, shots=
 
 def timing(work: Path, data: Data) -> None:
     """Build time (routing + router fit) at 1k / 10k / 100k pool images: teachers of k3-interleaved seed 0."""
+    from onnxmerge.graph.stitch import output_names
     from onnxmerge.learn.head import HeadInput, fit_head
     from onnxmerge.learn.routing import l2_blocks, route_pool
-    from onnxmerge.graph.stitch import output_names
     from onnxmerge.merger import ROUTER_C
 
     setup = Setup("k3-interleaved", 100, data, work)
@@ -406,8 +431,10 @@ def timing(work: Path, data: Data) -> None:
         x = feat.head_input.numpy(pool).astype(np.float64)
         fit_head(x[targets >= 0], targets[targets >= 0], feat.widths, C=ROUTER_C, class_weight="balanced")
         end = time.perf_counter()
-        print(f"pool {n:>7}: routing {middle - start:6.1f} s, router fit {end - middle:6.1f} s, total {end - start:6.1f} s",
-              flush=True)
+        print(
+            f"pool {n:>7}: routing {middle - start:6.1f} s, router fit {end - middle:6.1f} s, total {end - start:6.1f} s",
+            flush=True,
+        )
 
 
 def main() -> None:

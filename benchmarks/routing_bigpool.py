@@ -23,14 +23,25 @@ from routing import numpy_rows, validation_cases  # noqa: E402
 from onnxmerge.learn.routing import route_pool  # noqa: E402
 from onnxmerge.merger import ROUTER_C  # noqa: E402
 
-CASES = ["k2-interleaved/balanced", "k2-interleaved/n10000", "k3-interleaved/balanced", "k3-interleaved/n10000",
-         "k5-interleaved/balanced", "k5-interleaved/n10000"]
-METHODS = {"fit 5000, C": (5000, False), "fit 1000, C": (1000, False),
-           "fit 5000, C x 1000/N": (5000, True), "fit 1000, C x 1000/N": (1000, True)}
+CASES = [
+    "k2-interleaved/balanced",
+    "k2-interleaved/n10000",
+    "k3-interleaved/balanced",
+    "k3-interleaved/n10000",
+    "k5-interleaved/balanced",
+    "k5-interleaved/n10000",
+]
+METHODS = {
+    "fit 5000, C": (5000, False),
+    "fit 1000, C": (1000, False),
+    "fit 5000, C x 1000/N": (5000, True),
+    "fit 1000, C x 1000/N": (1000, True),
+}
 
 
 def score(feat, pool_out, true_pool, test_out, y_test, fit_images: int, scale_c: bool) -> tuple[float, float]:
     """Z accuracy and routing accuracy with k-means fitted on ``fit_images`` per run, C scaled or not."""
+
     def route(features, teachers, probs):
         return route_pool(features, teachers, probs, fit_images=fit_images).targets(), np.ones(len(features))
 

@@ -67,7 +67,7 @@ def e_step(p_lab, cand, conf, beta, prior_iters, use_prior, floor=0.0, owner=Non
     N, T = p_lab.shape[0], cand.shape[0]
     rows = np.arange(N)
     pc = np.stack([p_lab[rows, cand[t]] for t in range(T)], axis=1)  # [N, T]
-    tconf = (conf.T ** beta)
+    tconf = conf.T**beta
     n_labels = p_lab.shape[1]
     pi = np.full(n_labels, 1.0 / n_labels)
     boost = np.ones(n_labels)
@@ -95,8 +95,21 @@ def e_step(p_lab, cand, conf, beta, prior_iters, use_prior, floor=0.0, owner=Non
     return q
 
 
-def make_pll(iters=4, beta=1.0, C=0.1, use_logp=True, use_prior=True, cross=False, init="agreed",
-             weight="hard", min_q=0.0, seed=0, floor=0.0, within=False, combine=None):
+def make_pll(
+    iters=4,
+    beta=1.0,
+    C=0.1,
+    use_logp=True,
+    use_prior=True,
+    cross=False,
+    init="agreed",
+    weight="hard",
+    min_q=0.0,
+    seed=0,
+    floor=0.0,
+    within=False,
+    combine=None,
+):
     cache = {}
 
     def route(features, teachers, probs):
@@ -116,11 +129,11 @@ def make_pll(iters=4, beta=1.0, C=0.1, use_logp=True, use_prior=True, cross=Fals
         elif init == "all":  # every image, majority
             q[np.arange(N), routing.source] = 1
         else:  # max-probability: the teachers' own confidences, no clustering
-            q = conf.T ** beta / (conf.T ** beta).sum(axis=1, keepdims=True)
+            q = conf.T**beta / (conf.T**beta).sum(axis=1, keepdims=True)
         halves = None
         if cross:
             perm = np.random.default_rng(seed).permutation(N)
-            halves = [perm[: N // 2], perm[N // 2:]]
+            halves = [perm[: N // 2], perm[N // 2 :]]
         for _ in range(iters):
             if cross:
                 p_lab = np.zeros((N, L))
@@ -156,8 +169,11 @@ def diagnose(q, diag):
     src = q.argmax(axis=1)
     ok = true_src >= 0
     per = {c: float(np.mean(src[y == c] == true_src[y == c])) for c in sorted(set(y[ok]))}
-    print(f"    iter: src right {np.mean(src[ok] == true_src[ok]):.3f}  " +
-          " ".join(f"{c[:5]}:{v:.2f}" for c, v in per.items()), flush=True)
+    print(
+        f"    iter: src right {np.mean(src[ok] == true_src[ok]):.3f}  "
+        + " ".join(f"{c[:5]}:{v:.2f}" for c, v in per.items()),
+        flush=True,
+    )
 
 
 def current(features, teachers, probs):
@@ -169,8 +185,16 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--work", type=Path, default=Path("/tmp/i16-routing"))
     parser.add_argument("--seed", type=int, default=100)
-    parser.add_argument("--cases", nargs="+", default=["k3-interleaved/balanced", "k3-interleaved/minority10",
-                                                      "k5-interleaved/balanced", "k2-interleaved/balanced"])
+    parser.add_argument(
+        "--cases",
+        nargs="+",
+        default=[
+            "k3-interleaved/balanced",
+            "k3-interleaved/minority10",
+            "k5-interleaved/balanced",
+            "k2-interleaved/balanced",
+        ],
+    )
     parser.add_argument("--ideas", nargs="+", default=None)
     args = parser.parse_args()
     ideas = {
@@ -207,20 +231,33 @@ def main() -> None:
     }
     if args.ideas:
         ideas = {k: v for k, v in ideas.items() if k in args.ideas}
-    for case, feat, variant, pool_out, true_pool, test_out, y_test in validation_cases(args.cases, args.seed, args.work):
+    for case, feat, variant, pool_out, true_pool, test_out, y_test in validation_cases(
+        args.cases, args.seed, args.work
+    ):
         owned = true_pool >= 0
         global DIAG
         idx, _ = feat.setup.pool(variant)
         DIAG = (true_pool, np.concatenate([feat.setup.y_res[idx], np.full(len(true_pool) - len(idx), "junk")]))
-        t = numpy_rows(feat, {k: v[owned] for k, v in pool_out.items()}, true_pool[owned],
-                       lambda f, te, p: (true_pool[owned].copy(), np.ones(int(owned.sum()))), test_out, y_test)
-        print(f"\n{case} seed {args.seed}: true-source router acc {t['accuracy']:.3f} routing {t['routing (test)']:.3f}",
-              flush=True)
+        t = numpy_rows(
+            feat,
+            {k: v[owned] for k, v in pool_out.items()},
+            true_pool[owned],
+            lambda f, te, p: (true_pool[owned].copy(), np.ones(int(owned.sum()))),
+            test_out,
+            y_test,
+        )
+        print(
+            f"\n{case} seed {args.seed}: true-source router acc {t['accuracy']:.3f} routing {t['routing (test)']:.3f}",
+            flush=True,
+        )
         for label, fn in ideas.items():
             start = time.perf_counter()
             r = numpy_rows(feat, pool_out, true_pool, fn, test_out, y_test)
-            print(f"  {label:14} acc {r['accuracy']:.3f}  routing(val) {r['routing (test)']:.3f}  "
-                  f"targets right {r['routing (pool targets)']:.3f}  ({time.perf_counter() - start:.0f} s)", flush=True)
+            print(
+                f"  {label:14} acc {r['accuracy']:.3f}  routing(val) {r['routing (test)']:.3f}  "
+                f"targets right {r['routing (pool targets)']:.3f}  ({time.perf_counter() - start:.0f} s)",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

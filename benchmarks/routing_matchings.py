@@ -60,8 +60,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from routing import PREVIOUS_RELEASE, numpy_rows, validation_cases  # noqa: E402
 import routing_ideas  # noqa: E402
+from routing import PREVIOUS_RELEASE, numpy_rows, validation_cases  # noqa: E402
 
 from onnxmerge.learn.routing import MATCH_RUNS, route_pool  # noqa: E402
 
@@ -115,12 +115,19 @@ def swaps(label_of: np.ndarray, owner_of: np.ndarray) -> list[np.ndarray]:
     return out
 
 
-def make_route(objective: str, generate: str = "murty", tolerance: float = np.inf, space: float = 0.0, runs: int = MATCH_RUNS, seed: int = 0, min_agreement: float = MIN_AGREEMENT,
-               stats: dict | None = None):
+def make_route(
+    objective: str,
+    generate: str = "murty",
+    tolerance: float = np.inf,
+    space: float = 0.0,
+    runs: int = MATCH_RUNS,
+    seed: int = 0,
+    min_agreement: float = MIN_AGREEMENT,
+    stats: dict | None = None,
+):
     def route(features, teachers, probs):
         n_labels = len(teachers.union)
-        owner_of = np.asarray([next(t for t, own in enumerate(teachers.labels) if u in own)
-                               for u in teachers.union])
+        owner_of = np.asarray([next(t for t, own in enumerate(teachers.labels) if u in own) for u in teachers.union])
         spread = teachers.spread(probs)
         union = spread.max(axis=0)
         argmax = spread.argmax(axis=2)  # [T, N] union label of each teacher's argmax
@@ -181,12 +188,14 @@ def make_route(objective: str, generate: str = "murty", tolerance: float = np.in
         source = votes.argmax(axis=1)
         agreement = votes[rows, source] / runs
         return np.where(agreement >= min_agreement, source, -1), np.ones(len(features))
+
     return route
 
 
 def make_overcluster(mult: int, runs: int = MATCH_RUNS, seed: int = 0, min_agreement: float = MIN_AGREEMENT):
     """Ceiling of finer clusterings (diagnostic: uses the true sources): ``mult`` clusters per union label,
     each cluster given its majority true source, voted over the runs with the agreement filter."""
+
     def route(features, teachers, probs):
         n = len(teachers.union) * mult
         rows = np.arange(len(features))
@@ -201,16 +210,25 @@ def make_overcluster(mult: int, runs: int = MATCH_RUNS, seed: int = 0, min_agree
         source = votes.argmax(axis=1)
         agreement = votes[rows, source] / runs
         return np.where(agreement >= min_agreement, source, -1), np.ones(len(features))
+
     return route
 
 
-def make_fine(mult: int, assign: str, penalty: float = 0.0, runs: int = MATCH_RUNS, seed: int = 0, min_agreement: float = MIN_AGREEMENT):
+def make_fine(
+    mult: int,
+    assign: str,
+    penalty: float = 0.0,
+    runs: int = MATCH_RUNS,
+    seed: int = 0,
+    min_agreement: float = MIN_AGREEMENT,
+):
     """Label-free assignment of ``mult`` k-means clusters per union label to sources.
 
     ``rep``: one-to-one Hungarian between the clusters and each label repeated ``mult`` times (the
     mean-probability affinity of route_pool; assumes the labels are about equally common).
     ``vote``: each fine cluster takes the majority of route_pool's agreed targets inside it (smoothing the
     current routing over finer clusters)."""
+
     def route(features, teachers, probs):
         n_labels = len(teachers.union)
         n = n_labels * mult
@@ -257,6 +275,7 @@ def make_fine(mult: int, assign: str, penalty: float = 0.0, runs: int = MATCH_RU
         source = votes.argmax(axis=1)
         agreement = votes[rows, source] / len(plan)
         return np.where(agreement >= min_agreement, source, -1), np.ones(len(features))
+
     return route
 
 
@@ -266,8 +285,9 @@ def pll_from(route_fn):
 
     def start(features, teachers, probs, **_):
         targets, _ = route_fn(features, teachers, probs)
-        return Routing(np.maximum(targets, 0), (targets >= 0).astype(float), np.zeros(len(targets), int),
-                       list(teachers.union), 0.5)
+        return Routing(
+            np.maximum(targets, 0), (targets >= 0).astype(float), np.zeros(len(targets), int), list(teachers.union), 0.5
+        )
 
     def route(features, teachers, probs):
         routing_ideas.route_pool = start
@@ -275,6 +295,7 @@ def pll_from(route_fn):
             return routing_ideas.make_pll(min_q=0.9)(features, teachers, probs)
         finally:
             routing_ideas.route_pool = route_pool
+
     return route
 
 
@@ -306,8 +327,11 @@ def swap_ceiling(feat, pool_out, true_pool, test_out, y_test, top: int = 3) -> N
     print(f"  swap ceiling: none  acc {base['accuracy']:.3f}  targets right {base['routing (pool targets)']:.3f}")
     for pair in sorted(pairs, key=right.get, reverse=True)[:top]:
         z = numpy_rows(feat, pool_out, true_pool, lambda f, t, p, pair=pair: swapped(f, t, p, pair), test_out, y_test)
-        print(f"  swap {teachers.union[pair[0]]}<->{teachers.union[pair[1]]}: acc {z['accuracy']:.3f}  "
-              f"targets right {z['routing (pool targets)']:.3f}", flush=True)
+        print(
+            f"  swap {teachers.union[pair[0]]}<->{teachers.union[pair[1]]}: acc {z['accuracy']:.3f}  "
+            f"targets right {z['routing (pool targets)']:.3f}",
+            flush=True,
+        )
 
 
 TRUTH = None  # the pool's true sources, for the "oracle" objective only (the ceiling of the candidates)
@@ -317,17 +341,30 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--work", type=Path, default=Path("/tmp/i16-routing"))
     parser.add_argument("--seed", type=int, default=100)
-    parser.add_argument("--cases", nargs="+", default=["k3-interleaved/balanced", "k3-interleaved/minority10",
-                                                      "k5-interleaved/balanced", "k2-interleaved/balanced"])
+    parser.add_argument(
+        "--cases",
+        nargs="+",
+        default=[
+            "k3-interleaved/balanced",
+            "k3-interleaved/minority10",
+            "k5-interleaved/balanced",
+            "k2-interleaved/balanced",
+        ],
+    )
     parser.add_argument("--ideas", nargs="+", default=["current", "purity", "cv", "cv+purity"])
     parser.add_argument("--generate", default="murty", choices=["murty", "swaps"])
     parser.add_argument("--tolerance", type=float, default=np.inf)
     parser.add_argument("--space", type=float, default=0.0)
-    parser.add_argument("--pll", action="store_true", help="PLL EM (routing_ideas.make_pll, q >= 0.9) started "
-                        "from each idea's targets instead of route_pool's")
+    parser.add_argument(
+        "--pll",
+        action="store_true",
+        help="PLL EM (routing_ideas.make_pll, q >= 0.9) started from each idea's targets instead of route_pool's",
+    )
     parser.add_argument("--swap-ceiling", action="store_true", help="also print swap_ceiling's diagnostic")
     args = parser.parse_args()
-    for case, feat, variant, pool_out, true_pool, test_out, y_test in validation_cases(args.cases, args.seed, args.work):
+    for case, feat, variant, pool_out, true_pool, test_out, y_test in validation_cases(
+        args.cases, args.seed, args.work
+    ):
         global TRUTH
         TRUTH = true_pool
         print(f"\n{case} seed {args.seed}", flush=True)
@@ -335,19 +372,30 @@ def main() -> None:
             swap_ceiling(feat, pool_out, true_pool, test_out, y_test)
         for label in args.ideas:
             stats: dict = {}
-            fn = (routing_ideas.current if label == "current" else
-                  make_overcluster(int(label[6:])) if label.startswith("oc-ora") else
-                  make_fine(int(label.split("@")[0].split("~")[0][-1]), label.split("@")[0].split("~")[0][3:-1],
-                            penalty=float(label.split("~")[1].split("@")[0]) if "~" in label else 0.0,
-                            min_agreement=float(label.split("@")[1]) if "@" in label else MIN_AGREEMENT)
-                  if label[:3] == "fn-" else make_route(label, args.generate, args.tolerance, args.space, stats=stats))
+            fn = (
+                routing_ideas.current
+                if label == "current"
+                else make_overcluster(int(label[6:]))
+                if label.startswith("oc-ora")
+                else make_fine(
+                    int(label.split("@")[0].split("~")[0][-1]),
+                    label.split("@")[0].split("~")[0][3:-1],
+                    penalty=float(label.split("~")[1].split("@")[0]) if "~" in label else 0.0,
+                    min_agreement=float(label.split("@")[1]) if "@" in label else MIN_AGREEMENT,
+                )
+                if label[:3] == "fn-"
+                else make_route(label, args.generate, args.tolerance, args.space, stats=stats)
+            )
             if args.pll:
                 fn = pll_from(fn)
             start = time.perf_counter()
             r = numpy_rows(feat, pool_out, true_pool, fn, test_out, y_test)
-            print(f"  {label:10} acc {r['accuracy']:.3f}  routing(val) {r['routing (test)']:.3f}  "
-                  f"targets right {r['routing (pool targets)']:.3f}  alt chosen {stats.get('changed', 0):.2f}  "
-                  f"({time.perf_counter() - start:.0f} s)", flush=True)
+            print(
+                f"  {label:10} acc {r['accuracy']:.3f}  routing(val) {r['routing (test)']:.3f}  "
+                f"targets right {r['routing (pool targets)']:.3f}  alt chosen {stats.get('changed', 0):.2f}  "
+                f"({time.perf_counter() - start:.0f} s)",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -14,8 +14,18 @@ import sys
 
 import numpy as np
 
-SETUP_ORDER = ["clothes+digits", "clothes9+digits", "k2-interleaved", "k2-grouped", "k3-interleaved", "k3-grouped",
-               "k4-interleaved", "k4-grouped", "k5-interleaved", "k5-grouped"]
+SETUP_ORDER = [
+    "clothes+digits",
+    "clothes9+digits",
+    "k2-interleaved",
+    "k2-grouped",
+    "k3-interleaved",
+    "k3-grouped",
+    "k4-interleaved",
+    "k4-grouped",
+    "k5-interleaved",
+    "k5-grouped",
+]
 VARIANT_ORDER = ["balanced", "minority10", "longtail", "missing2", "junk20", "blur", "n50", "n200", "n10000"]
 
 COLUMNS = [  # (header, row key in routing.py's --json)
@@ -40,8 +50,11 @@ def main(paths: list[str]) -> None:
         results.update(json.loads(open(path).read()))
     order = {f"{a} / {b}": (i, j) for i, a in enumerate(SETUP_ORDER) for j, b in enumerate(VARIANT_ORDER)}
     results = dict(sorted(results.items(), key=lambda item: order.get(item[0], (99, 99))))
-    print("| setup / pool | seeds | " + " | ".join(h for h, _ in COLUMNS)
-          + " | oracle - teachers / - fit+pool | classes < 0.3 (unnamed) | build s |")
+    print(
+        "| setup / pool | seeds | "
+        + " | ".join(h for h, _ in COLUMNS)
+        + " | oracle - teachers / - fit+pool | classes < 0.3 (unnamed) | build s |"
+    )
     print("|" + "---|" * (len(COLUMNS) + 5))
     for case, rows in results.items():
         cells = []
@@ -51,21 +64,32 @@ def main(paths: list[str]) -> None:
             else:
                 cells.append(cell(rows[key]))
         oracle = np.mean(rows["oracle: fit on the pool's labels (Z)"])
-        gap = (f"{oracle - np.mean(rows['teachers + pool (Z)']):+.3f} / "
-               f"{oracle - np.mean(rows['fit k=5 + pool (Z)']):+.3f}")
+        gap = (
+            f"{oracle - np.mean(rows['teachers + pool (Z)']):+.3f} / "
+            f"{oracle - np.mean(rows['fit k=5 + pool (Z)']):+.3f}"
+        )
         low = rows.get("teachers + pool: classes < 0.3 recall", [np.nan])
         unnamed = rows.get("teachers + pool: classes < 0.3 recall no warning names", [np.nan])
         seeds = len(rows["teachers + pool (Z)"])
-        print(f"| {case} | {seeds} | " + " | ".join(cells)
-              + f" | {gap} | {sum(low):.0f} ({sum(unnamed):.0f}) | {np.mean(rows['teachers + pool: build s']):.1f} |")
+        print(
+            f"| {case} | {seeds} | "
+            + " | ".join(cells)
+            + f" | {gap} | {sum(low):.0f} ({sum(unnamed):.0f}) | {np.mean(rows['teachers + pool: build s']):.1f} |"
+        )
     new = {case: rows for case, rows in results.items() if any(k.startswith("new class") for k in rows)}
     if new:
         print("\n| setup / pool | new class from 1: recall / old classes | from 5: recall / old classes |")
         print("|---|---|---|")
         for case, rows in new.items():
-            print(f"| {case} | " + " | ".join(
-                f"{cell(rows[f'new class from {k} (teachers + pool): its recall'])} / "
-                f"{np.mean(rows[f'new class from {k}: accuracy on the old classes']):.3f}" for k in (1, 5)) + " |")
+            print(
+                f"| {case} | "
+                + " | ".join(
+                    f"{cell(rows[f'new class from {k} (teachers + pool): its recall'])} / "
+                    f"{np.mean(rows[f'new class from {k}: accuracy on the old classes']):.3f}"
+                    for k in (1, 5)
+                )
+                + " |"
+            )
 
 
 if __name__ == "__main__":

@@ -39,12 +39,14 @@ def methods(true_pool: np.ndarray) -> dict:
                 cache["routing"] = route_pool(features, teachers, probs, per_label=1)
             r = cache["routing"]
             return np.where(r.agreement >= threshold, r.source, -1), np.ones(len(features))
+
         return route
 
     def weighted(power: float):
         def route(features, teachers, probs):
             r = agreement(0.0)(features, teachers, probs)[0]
             return r, cache["routing"].agreement ** power
+
         return route
 
     out = {f"agree>={t}": agreement(t) for t in THRESHOLDS}
@@ -65,15 +67,25 @@ def main() -> None:
     args = parser.parse_args()
     results: dict[str, dict[str, float]] = {}
     for seed in args.seeds:
-        cases = [f"{name}/{v}" for name in args.setup for v in args.variant
-                 if not (v == "junk20" and "digit_0" in Setup.owner_of(name))]
+        cases = [
+            f"{name}/{v}"
+            for name in args.setup
+            for v in args.variant
+            if not (v == "junk20" and "digit_0" in Setup.owner_of(name))
+        ]
         for case, feat, variant, pool_out, true_pool, test_out, y_test in validation_cases(cases, seed, args.work):
             start = time.perf_counter()
-            row = {name: numpy_rows(feat, pool_out, true_pool, fn, test_out, y_test)["accuracy"]
-                   for name, fn in methods(true_pool).items()}
+            row = {
+                name: numpy_rows(feat, pool_out, true_pool, fn, test_out, y_test)["accuracy"]
+                for name, fn in methods(true_pool).items()
+            }
             results[f"{case} seed {seed}"] = row
-            print(f"{case:28} seed {seed}  " + "  ".join(f"{k} {v:.3f}" for k, v in row.items())
-                  + f"  ({time.perf_counter() - start:.0f} s)", flush=True)
+            print(
+                f"{case:28} seed {seed}  "
+                + "  ".join(f"{k} {v:.3f}" for k, v in row.items())
+                + f"  ({time.perf_counter() - start:.0f} s)",
+                flush=True,
+            )
             if args.json:
                 args.json.write_text(json.dumps(results, indent=1))
     names = list(next(iter(results.values())))

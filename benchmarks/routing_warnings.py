@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from routing import SETUPS, Setup, validation_cases, variant_pool, Data, Features  # noqa: E402
+from routing import SETUPS, Data, Features, Setup, validation_cases, variant_pool  # noqa: E402
 from routing_tune import VARIANTS  # noqa: E402
 
 from onnxmerge.graph.stitch import output_names  # noqa: E402
@@ -51,9 +51,18 @@ def label_rows(feat, pool_out, test_out, y_test) -> list[dict]:
         for j, label in enumerate(own):
             u = teachers.union.index(label)
             seen = y_test == label
-            rows.append({"label": label, "recall": float(np.mean(z_test[seen] == label)) if seen.any() else None,
-                         "agreed": agreed[label], "z": int(np.sum(z_pool == u)), "claimed": int(np.sum(top == j)),
-                         "pool": len(x_pool), "labels": len(teachers.union), "teacher_labels": len(own)})
+            rows.append(
+                {
+                    "label": label,
+                    "recall": float(np.mean(z_test[seen] == label)) if seen.any() else None,
+                    "agreed": agreed[label],
+                    "z": int(np.sum(z_pool == u)),
+                    "claimed": int(np.sum(top == j)),
+                    "pool": len(x_pool),
+                    "labels": len(teachers.union),
+                    "teacher_labels": len(own),
+                }
+            )
     return rows
 
 
@@ -67,8 +76,12 @@ def main() -> None:
     args = parser.parse_args()
     results = {}
     for seed in args.seeds:
-        cases = [f"{n}/{v}" for n in args.setup for v in args.variant
-                 if not (v == "junk20" and "digit_0" in Setup.owner_of(n))]
+        cases = [
+            f"{n}/{v}"
+            for n in args.setup
+            for v in args.variant
+            if not (v == "junk20" and "digit_0" in Setup.owner_of(n))
+        ]
         if seed >= 100:
             stream = validation_cases(cases, seed, args.work)
         else:
@@ -81,6 +94,7 @@ def main() -> None:
                         feats[name] = Features(Setup(name, seed, data, args.work), args.work / "cache")
                     pool_out, _, true_pool, test_out, _, y_test = variant_pool(feats[name], variant)
                     yield case, feats[name], variant, pool_out, true_pool, test_out, y_test
+
             stream = test_cases()
         for case, feat, variant, pool_out, true_pool, test_out, y_test in stream:
             rows = label_rows(feat, pool_out, test_out, y_test)

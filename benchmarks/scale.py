@@ -68,16 +68,21 @@ def build_z(out: Path, size: int) -> Path:
     if size != 28:  # the same training images, resized like the files
         text = text.replace("height = 28\nwidth = 28", f"height = {size}\nwidth = {size}", 1)
         train = np.load(ROOT / "examples/fashion/data/train.npz")
-        x = np.stack([np.asarray(Image.fromarray(img[..., 0]).resize((size, size), Image.Resampling.BILINEAR))
-                      for img in train["x"]])[..., None]
+        x = np.stack(
+            [
+                np.asarray(Image.fromarray(img[..., 0]).resize((size, size), Image.Resampling.BILINEAR))
+                for img in train["x"]
+            ]
+        )[..., None]
         np.savez(out.with_suffix(".train.npz"), x=x, y=train["y"])
         text = text.replace('"data/train.npz"', f'"{out.with_suffix(".train.npz")}"')
         assert f"height = {size}" in text and ".train.npz" in text
     recipe = ROOT / "examples/fashion" / f".scale-{size}.toml"  # paths in the recipe are relative to it
     recipe.write_text(text)
     try:
-        subprocess.run(CLI + ["build", str(recipe), "-o", str(out), "--quiet", "--no-cache"], check=True,
-                       stdout=subprocess.DEVNULL)
+        subprocess.run(
+            CLI + ["build", str(recipe), "-o", str(out), "--quiet", "--no-cache"], check=True, stdout=subprocess.DEVNULL
+        )
     finally:
         recipe.unlink()
     return out
@@ -96,7 +101,7 @@ def plain_loop(z: Path, folder: Path, threads: int, batch: int = 128) -> float:
     files = list_images([str(folder)])
     labels = []
     for i in range(0, len(files), batch):
-        images = np.stack([np.asarray(Image.open(f).convert("L"), np.uint8)[..., None] for f in files[i:i + batch]])
+        images = np.stack([np.asarray(Image.open(f).convert("L"), np.uint8)[..., None] for f in files[i : i + batch]])
         labels.append(session.run(["label"], {"image": images})[0])
     np.concatenate(labels)
     return time.perf_counter() - start
@@ -137,8 +142,10 @@ def client_peak(z: Path, folder: Path, address: str, out: Path) -> tuple[float, 
     import psutil
 
     start = time.perf_counter()
-    proc = subprocess.Popen(CLI + ["predict", str(z), str(folder), "--address", address, "--out", str(out),
-                                   "--quiet"], stdout=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        CLI + ["predict", str(z), str(folder), "--address", address, "--out", str(out), "--quiet"],
+        stdout=subprocess.DEVNULL,
+    )
     client, sampled = psutil.Process(proc.pid), 0
     while True:
         pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
@@ -165,11 +172,13 @@ def main() -> None:
     parser.add_argument("--sets", default="small,224", help="which throughput sets to run")
     parser.add_argument("--data", type=Path, default=Path(tempfile.gettempdir()) / "onnxmerge-scale")
     args = parser.parse_args()
-    from onnxmerge.runtime.dask_engine import DaskCluster
     from onnxmerge.files.images import list_images
+    from onnxmerge.runtime.dask_engine import DaskCluster
 
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"load average {os.getloadavg()[0]:.1f}; onnxruntime {ort.__version__}; {time.strftime('%Y-%m-%d %H:%M')}")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"load average {os.getloadavg()[0]:.1f}; onnxruntime {ort.__version__}; {time.strftime('%Y-%m-%d %H:%M')}"
+    )
     sets = {"small": (args.small, 28), "224": (args.large, 224)}
     counts = sorted({int(n) for n in args.memory.split(",") if n} | {args.small})
     data = {}
@@ -199,25 +208,35 @@ def main() -> None:
                 dask_run(z, folder, clusters[w], args.data / "p.parquet")
             times: dict[str, list[float]] = {}
             for r in range(args.rounds):
-                order = [("loop t1", lambda: plain_loop(z, folder, 1)), ("loop t2", lambda: plain_loop(z, folder, 2)),
-                         ("dask 1w", lambda: dask_run(z, folder, clusters[1], args.data / "p.parquet")),
-                         ("dask 2w", lambda: dask_run(z, folder, clusters[2], args.data / "p.parquet"))]
-                for key, run in (order if r % 2 == 0 else order[::-1]):
+                order = [
+                    ("loop t1", lambda: plain_loop(z, folder, 1)),
+                    ("loop t2", lambda: plain_loop(z, folder, 2)),
+                    ("dask 1w", lambda: dask_run(z, folder, clusters[1], args.data / "p.parquet")),
+                    ("dask 2w", lambda: dask_run(z, folder, clusters[2], args.data / "p.parquet")),
+                ]
+                for key, run in order if r % 2 == 0 else order[::-1]:
                     times.setdefault(key, []).append(run())
-                print(f"{name} round {r}: " + ", ".join(f"{k} {len(files) / v[-1]:.0f}/s" for k, v in times.items()),
-                      flush=True)
+                print(
+                    f"{name} round {r}: " + ", ".join(f"{k} {len(files) / v[-1]:.0f}/s" for k, v in times.items()),
+                    flush=True,
+                )
             med = {k: float(np.median(v)) for k, v in times.items()}
-            print(f"{name} ({len(files)} files of {size}x{size}) median images/s: "
-                  + ", ".join(f"{k} {len(files) / v:.0f}" for k, v in med.items())
-                  + f"; dask 1w / loop t1 {med['loop t1'] / med['dask 1w']:.2f}, "
-                  f"dask 2w / loop t2 {med['loop t2'] / med['dask 2w']:.2f}, "
-                  f"dask 2w / loop t1 {med['loop t1'] / med['dask 2w']:.2f}")
+            print(
+                f"{name} ({len(files)} files of {size}x{size}) median images/s: "
+                + ", ".join(f"{k} {len(files) / v:.0f}" for k, v in med.items())
+                + f"; dask 1w / loop t1 {med['loop t1'] / med['dask 1w']:.2f}, "
+                f"dask 2w / loop t2 {med['loop t2'] / med['dask 2w']:.2f}, "
+                f"dask 2w / loop t1 {med['loop t1'] / med['dask 2w']:.2f}"
+            )
         root, z = data["small"]
         for n in counts:
             folder = root if n == max(counts) else args.data / f"small-first-{n}"
             peak, tree, seconds = client_peak(z, folder, clusters[2].cluster.scheduler_address, args.data / "m.parquet")
-            print(f"client peak RSS, predict --address --out on {n} images: {peak:.0f} MB sampled "
-                  f"(ru_maxrss {tree:.0f} MB; {seconds:.1f} s wall)", flush=True)
+            print(
+                f"client peak RSS, predict --address --out on {n} images: {peak:.0f} MB sampled "
+                f"(ru_maxrss {tree:.0f} MB; {seconds:.1f} s wall)",
+                flush=True,
+            )
     finally:
         for cluster in clusters.values():
             cluster.close()

@@ -58,7 +58,8 @@ def numpy_preprocess(images: np.ndarray, spec) -> np.ndarray:
         x = x.transpose(0, 3, 1, 2)
     shape = [1, -1, 1, 1] if spec.layout == "NCHW" else [1, 1, 1, -1]
     x = (x * np.float32(spec.scale) - np.asarray(spec.mean, np.float32).reshape(shape)) / np.asarray(
-        spec.std, np.float32).reshape(shape)
+        spec.std, np.float32
+    ).reshape(shape)
     return np.ascontiguousarray(x.reshape(len(x), -1) if spec.flat else x)
 
 
@@ -80,8 +81,9 @@ def median_time(fn, runs: int) -> float:
     return float(np.median(times))
 
 
-def interleaved(label: str, first, second, names: tuple[str, str], rounds: int, runs: int,
-                times: list | None = None) -> float:
+def interleaved(
+    label: str, first, second, names: tuple[str, str], rounds: int, runs: int, times: list | None = None
+) -> float:
     """Median-of-``runs`` blocks of ``first`` and ``second``, alternating their order; prints ratios."""
     first(), second()  # warm-up
     ratios = []
@@ -96,13 +98,16 @@ def interleaved(label: str, first, second, names: tuple[str, str], rounds: int, 
         if times is not None:
             times.append((t1, t2))
         print(f"{label} round {r}: {names[0]} {t1 * 1e3:.3f} ms, {names[1]} {t2 * 1e3:.3f} ms, ratio {t1 / t2:.3f}")
-    print(f"{label}: median ratio {names[0]} / {names[1]} = {np.median(ratios):.3f} "
-          f"(rounds {min(ratios):.3f}-{max(ratios):.3f})")
+    print(
+        f"{label}: median ratio {names[0]} / {names[1]} = {np.median(ratios):.3f} "
+        f"(rounds {min(ratios):.3f}-{max(ratios):.3f})"
+    )
     return float(np.median(ratios))
 
 
-def compare_z_separate(label: str, merger, images_by_batch: dict[int, np.ndarray], threads: int, rounds: int,
-                       runs_by_batch: dict[int, int]) -> dict[int, float]:
+def compare_z_separate(
+    label: str, merger, images_by_batch: dict[int, np.ndarray], threads: int, rounds: int, runs_by_batch: dict[int, int]
+) -> dict[int, float]:
     z = session(merger.model_, threads)
     separate = [(session(merger.weights_.inline(s.model), threads), s.preprocess) for s in merger.sources_]
     results = {}
@@ -115,8 +120,9 @@ def compare_z_separate(label: str, merger, images_by_batch: dict[int, np.ndarray
             for session, spec in separate:
                 session.run(None, {session.get_inputs()[0].name: numpy_preprocess(images, spec)})
 
-        results[batch] = interleaved(f"({label}) batch {batch:2d}", run_z, run_separate, ("Z", "separate"),
-                                     rounds, runs_by_batch[batch])
+        results[batch] = interleaved(
+            f"({label}) batch {batch:2d}", run_z, run_separate, ("Z", "separate"), rounds, runs_by_batch[batch]
+        )
     return results
 
 
@@ -129,8 +135,9 @@ def case_a(args) -> None:
     merger = recipe.merger.fit(recipe.train)
     print(merger.share_.line())
     test = np.load(ROOT / "examples/fashion/data/test.npz")["x"]
-    compare_z_separate("a", merger, {b: test[:b] for b in (1, 32)}, args.threads, args.rounds,
-                       {1: args.runs, 32: args.runs})
+    compare_z_separate(
+        "a", merger, {b: test[:b] for b in (1, 32)}, args.threads, args.rounds, {1: args.runs, 32: args.runs}
+    )
 
 
 # -- (b) two heads, one backbone ---------------------------------------------------------------------------------
@@ -138,8 +145,11 @@ def effnet_files(args) -> Path:
     folder = Path(args.models)
     if not all((folder / f).exists() for f in EFFNET):
         print(f"exporting EfficientNet-Lite0 into {folder} with {args.torch_python} ...", flush=True)
-        subprocess.run([args.torch_python, str(ROOT / "benchmarks/export_efficientnet.py"), str(folder)], check=True,
-                       stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [args.torch_python, str(ROOT / "benchmarks/export_efficientnet.py"), str(folder)],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
     return folder
 
 
@@ -149,8 +159,12 @@ def photos(n: int, size: int = 224) -> tuple[np.ndarray, np.ndarray]:
 
     data = np.load(ROOT / "examples/fashion/data/test.npz")
     pick = np.random.default_rng(0).permutation(len(data["x"]))[:n]  # the file is sorted by class
-    x = np.stack([np.asarray(Image.fromarray(img[..., 0]).convert("RGB").resize((size, size), Image.BILINEAR))
-                  for img in data["x"][pick]])
+    x = np.stack(
+        [
+            np.asarray(Image.fromarray(img[..., 0]).convert("RGB").resize((size, size), Image.BILINEAR))
+            for img in data["x"][pick]
+        ]
+    )
     return x, data["y"][pick]
 
 
@@ -161,16 +175,24 @@ def case_b(args) -> None:
     print("\n(b) EfficientNet-Lite0: its ImageNet head + a 10-class head on the byte-identical backbone, 224x224x3")
     pre = Preprocess(**IMAGENET)
     x, y = photos(48)
-    merger = Merger(ImageInput(224, 224, 3), [Source("imagenet", folder / EFFNET[0], pre),
-                                              Source("head10", folder / EFFNET[1], pre)], quiet=True).fit(x, y)
+    merger = Merger(
+        ImageInput(224, 224, 3),
+        [Source("imagenet", folder / EFFNET[0], pre), Source("head10", folder / EFFNET[1], pre)],
+        quiet=True,
+    ).fit(x, y)
     print(merger.share_.line())
-    compare_z_separate("b", merger, {1: x[:1], 32: x[:32]}, args.threads, args.rounds,
-                       {1: max(args.runs // 10, 10), 32: max(args.runs // 100, 3)})
+    compare_z_separate(
+        "b",
+        merger,
+        {1: x[:1], 32: x[:32]},
+        args.threads,
+        args.rounds,
+        {1: max(args.runs // 10, 10), 32: max(args.runs // 100, 3)},
+    )
 
 
 # -- (c) extraction throughput -----------------------------------------------------------------------------------
-def extraction_throughput(label: str, merger, images: np.ndarray, labels: np.ndarray, bare_batch: int,
-                          args) -> float:
+def extraction_throughput(label: str, merger, images: np.ndarray, labels: np.ndarray, bare_batch: int, args) -> float:
     """``build``'s extraction (decode a labelled folder of PNGs, run the sources) vs a bare Pillow +
     onnxruntime loop over the same files and the same stitched graph, interleaved."""
     from PIL import Image
@@ -195,16 +217,23 @@ def extraction_throughput(label: str, merger, images: np.ndarray, labels: np.nda
 
         def bare_loop():
             for start in range(0, len(files), bare_batch):
-                batch = np.stack([np.asarray(Image.open(f).convert(mode)).reshape(merger.input.shape)
-                                  for f in files[start:start + bare_batch]])
+                batch = np.stack(
+                    [
+                        np.asarray(Image.open(f).convert(mode)).reshape(merger.input.shape)
+                        for f in files[start : start + bare_batch]
+                    ]
+                )
                 bare.run(names, {"image": batch})
 
         times: list = []
-        ratio = interleaved(f"{label} {n} PNGs", bare_loop, onnxmerge_path, ("bare-loop time", "onnxmerge time"),
-                            args.rounds, 3, times)
+        ratio = interleaved(
+            f"{label} {n} PNGs", bare_loop, onnxmerge_path, ("bare-loop time", "onnxmerge time"), args.rounds, 3, times
+        )
         t_bare, t_ours = np.median([t[0] for t in times]), np.median([t[1] for t in times])
-        print(f"{label}: onnxmerge {n / t_ours:.0f} images/s, bare loop (batch {bare_batch}) {n / t_bare:.0f} "
-              f"images/s; onnxmerge / bare loop throughput = {ratio:.3f} (target >= 0.9)")
+        print(
+            f"{label}: onnxmerge {n / t_ours:.0f} images/s, bare loop (batch {bare_batch}) {n / t_bare:.0f} "
+            f"images/s; onnxmerge / bare loop throughput = {ratio:.3f} (target >= 0.9)"
+        )
         return ratio
 
 
@@ -223,8 +252,11 @@ def case_c(args) -> None:
     folder = effnet_files(args)
     print("\n(c, real size) the same on EfficientNet-Lite0 + its perturbed copy, 224x224x3 PNGs")
     pre = Preprocess(**IMAGENET)
-    merger = Merger(ImageInput(224, 224, 3), [Source("a", folder / EFFNET[0], pre), Source("b", folder / EFFNET[2], pre)],
-                    quiet=True)
+    merger = Merger(
+        ImageInput(224, 224, 3),
+        [Source("a", folder / EFFNET[0], pre), Source("b", folder / EFFNET[2], pre)],
+        quiet=True,
+    )
     merger.build_graph()
     x, y = photos(args.real_images)
     extraction_throughput("(c, real size)", merger, x, y, 32, args)
@@ -267,13 +299,20 @@ def case_d(args) -> None:
     print("\n(d) build time and peak memory: EfficientNet-Lite0 + a perturbed copy (nothing shared), fresh process")
     size = sum((folder / f).stat().st_size for f in (EFFNET[0], EFFNET[2])) / 2**20
     for images in (8, args.build_images):
-        result = subprocess.run([sys.executable, "-c", MEMORY_CHILD, str(folder), str(images), str(ROOT / "benchmarks")],
-                                check=True, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS=str(args.threads)))
+        result = subprocess.run(
+            [sys.executable, "-c", MEMORY_CHILD, str(folder), str(images), str(ROOT / "benchmarks")],
+            check=True,
+            capture_output=True,
+            text=True,
+            env=dict(os.environ, OMP_NUM_THREADS=str(args.threads)),
+        )
         r = json.loads(result.stdout.strip().splitlines()[-1])
-        print(f"(d) {images} training images: build {r['seconds']:.1f} s; RSS after imports {r['after_import']:.0f} MB; "
-              f"peak above it: after build_graph {r['graph_peak'] - r['after_import']:.0f} MB, whole build "
-              f"{r['peak'] - r['after_import']:.0f} MB = {(r['peak'] - r['after_import']) / size:.2f}x the sources' "
-              f"{size:.1f} MB (target <= 3x)")
+        print(
+            f"(d) {images} training images: build {r['seconds']:.1f} s; RSS after imports {r['after_import']:.0f} MB; "
+            f"peak above it: after build_graph {r['graph_peak'] - r['after_import']:.0f} MB, whole build "
+            f"{r['peak'] - r['after_import']:.0f} MB = {(r['peak'] - r['after_import']) / size:.2f}x the sources' "
+            f"{size:.1f} MB (target <= 3x)"
+        )
 
 
 # -- (q) build --quantize on a real CNN (not part of the default cases) ------------------------------------------
@@ -284,8 +323,9 @@ def case_q(args) -> None:
     folder = effnet_files(args)
     print("\n(q) --quantize: EfficientNet-Lite0 alone, 96 Fashion-MNIST images at 224x224x3")
     x, y = photos(96)
-    merger = Merger(ImageInput(224, 224, 3), [Source("a", folder / EFFNET[0], Preprocess(**IMAGENET))],
-                    quiet=True).fit(x, y)
+    merger = Merger(ImageInput(224, 224, 3), [Source("a", folder / EFFNET[0], Preprocess(**IMAGENET))], quiet=True).fit(
+        x, y
+    )
     print("\n".join(quantize_z(merger.model_, x, y)[1].lines))
 
 
@@ -301,8 +341,10 @@ def main() -> None:
     parser.add_argument("--models", default=os.environ.get("ONNXMERGE_BENCH_MODELS", "/tmp/onnxmerge-bench"))
     parser.add_argument("--torch-python", default="/work/venv-gen/bin/python")
     args = parser.parse_args()
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores; python {platform.python_version()}, "
-          f"onnxruntime {ort.__version__} CPU, {args.threads} intra-op threads, spinning off")
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cores; python {platform.python_version()}, "
+        f"onnxruntime {ort.__version__} CPU, {args.threads} intra-op threads, spinning off"
+    )
     for case in args.cases:
         {"a": case_a, "b": case_b, "c": case_c, "d": case_d, "q": case_q}[case](args)
 

@@ -17,6 +17,7 @@ benchmarks/requirements-sweep.txt (torch 2.14.1 + torchvision 0.29.1, timm, tran
     nice -n 10 .venv-sweep/bin/python benchmarks/sweep_architectures.py [NAME ...] [--json out.jsonl]
     .venv-sweep/bin/python benchmarks/sweep_architectures.py --table out.jsonl     # the markdown table
 """
+
 from __future__ import annotations
 
 import json
@@ -35,10 +36,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from onnxmerge import ImageInput, Merger, Preprocess, Source  # noqa: E402
-from onnxmerge.graph.cut import exposing, spatial_axes  # noqa: E402
-from onnxmerge.runtime.session import make_session  # noqa: E402
-from onnxmerge.graph.inspect import find_head  # noqa: E402
 from onnxmerge.files.models import load_model  # noqa: E402
+from onnxmerge.graph.cut import exposing, spatial_axes  # noqa: E402
+from onnxmerge.graph.inspect import find_head  # noqa: E402
+from onnxmerge.runtime.session import make_session  # noqa: E402
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 CLASSES = 10
@@ -49,6 +50,7 @@ def tv(name, size=64, **kw):
 
     def make():
         return getattr(torchvision.models, name)(weights=None, num_classes=CLASSES, **kw)
+
     return make, size
 
 
@@ -57,6 +59,7 @@ def timm_model(name, size=64, **kw):
         import timm
 
         return timm.create_model(name, pretrained=False, num_classes=CLASSES, **kw)
+
     return make, size
 
 
@@ -74,7 +77,9 @@ def hf(config_name, model_name, size=64, **config):
 
             def forward(self, pixel_values):
                 return self.model(pixel_values=pixel_values).logits
+
         return Logits()
+
     return make, size
 
 
@@ -110,21 +115,62 @@ ARCHITECTURES = {
     "timm/inception_next_tiny": timm_model("inception_next_tiny"),
     "timm/convnext_atto": timm_model("convnext_atto"),
     # Hugging Face transformers (small configs, random weights)
-    "hf/vit": hf("ViTConfig", "ViTForImageClassification", image_size=64, patch_size=16, hidden_size=64,
-                 num_hidden_layers=2, num_attention_heads=2, intermediate_size=128),
-    "hf/convnext": hf("ConvNextConfig", "ConvNextForImageClassification", hidden_sizes=[16, 32, 64, 128],
-                      depths=[1, 1, 1, 1]),
-    "hf/swin": hf("SwinConfig", "SwinForImageClassification", image_size=64, embed_dim=24, depths=[1, 1],
-                  num_heads=[2, 2], window_size=4),
+    "hf/vit": hf(
+        "ViTConfig",
+        "ViTForImageClassification",
+        image_size=64,
+        patch_size=16,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=128,
+    ),
+    "hf/convnext": hf(
+        "ConvNextConfig", "ConvNextForImageClassification", hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 1, 1]
+    ),
+    "hf/swin": hf(
+        "SwinConfig",
+        "SwinForImageClassification",
+        image_size=64,
+        embed_dim=24,
+        depths=[1, 1],
+        num_heads=[2, 2],
+        window_size=4,
+    ),
     "hf/mobilevit": hf("MobileViTConfig", "MobileViTForImageClassification", image_size=64),
-    "hf/resnet": hf("ResNetConfig", "ResNetForImageClassification", hidden_sizes=[16, 32, 64, 128],
-                    depths=[1, 1, 1, 1], embedding_size=16),
-    "hf/dinov2": hf("Dinov2Config", "Dinov2ForImageClassification", image_size=64, patch_size=16, hidden_size=64,
-                    num_hidden_layers=2, num_attention_heads=2),
-    "hf/beit": hf("BeitConfig", "BeitForImageClassification", image_size=64, patch_size=16, hidden_size=64,
-                  num_hidden_layers=2, num_attention_heads=2, intermediate_size=128),
-    "hf/segformer": hf("SegformerConfig", "SegformerForImageClassification", image_size=64,
-                       hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 1, 1]),
+    "hf/resnet": hf(
+        "ResNetConfig",
+        "ResNetForImageClassification",
+        hidden_sizes=[16, 32, 64, 128],
+        depths=[1, 1, 1, 1],
+        embedding_size=16,
+    ),
+    "hf/dinov2": hf(
+        "Dinov2Config",
+        "Dinov2ForImageClassification",
+        image_size=64,
+        patch_size=16,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+    ),
+    "hf/beit": hf(
+        "BeitConfig",
+        "BeitForImageClassification",
+        image_size=64,
+        patch_size=16,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=128,
+    ),
+    "hf/segformer": hf(
+        "SegformerConfig",
+        "SegformerForImageClassification",
+        image_size=64,
+        hidden_sizes=[16, 32, 64, 128],
+        depths=[1, 1, 1, 1],
+    ),
 }
 
 
@@ -168,7 +214,9 @@ def classifier_layers(name: str, model: torch.nn.Module) -> list[torch.nn.Module
         return [inner.classifier]
     last = None
     for module in inner.modules():  # torchvision: the last Linear, or SqueezeNet's classifier Conv
-        if isinstance(module, torch.nn.Linear) or (name.startswith("tv/squeezenet") and isinstance(module, torch.nn.Conv2d)):
+        if isinstance(module, torch.nn.Linear) or (
+            name.startswith("tv/squeezenet") and isinstance(module, torch.nn.Conv2d)
+        ):
             last = module
     return [last]
 
@@ -189,8 +237,10 @@ def run_one(name: str, folder: Path) -> dict:
     xt = normalised(x)
     recalibrate(model, xt[:32])
     seen: list[np.ndarray] = []
-    hooks = [layer.register_forward_hook(lambda m, args, out: seen.append(args[0].detach().numpy()))
-             for layer in classifier_layers(name, model)]
+    hooks = [
+        layer.register_forward_hook(lambda m, args, out: seen.append(args[0].detach().numpy()))
+        for layer in classifier_layers(name, model)
+    ]
     with torch.no_grad():
         model(xt[:8])
     for h in hooks:
@@ -198,8 +248,16 @@ def run_one(name: str, folder: Path) -> dict:
     framework = seen[0]
     row["framework_shared"] = len(seen) == 1 or all(np.array_equal(seen[0], s) for s in seen[1:])
     path = folder / (name.replace("/", "_") + ".onnx")
-    torch.onnx.export(model, (xt[:2],), str(path), dynamo=False, opset_version=17, input_names=["input"],
-                      output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+    torch.onnx.export(
+        model,
+        (xt[:2],),
+        str(path),
+        dynamo=False,
+        opset_version=17,
+        input_names=["input"],
+        output_names=["logits"],
+        dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+    )
     row["export_s"] = round(time.perf_counter() - t0, 1)
     onnx_model = load_model(path)
     try:
@@ -244,8 +302,10 @@ def table(path: Path) -> None:
             print(f"| {name} | {r.get('size', '')} | - | - | - | not run: {r.get('reason', '')[:120]} |")
             continue
         diff = f"{r['feature_diff']:.1e}" if r.get("feature_diff") is not None else "shape differs"
-        print(f"| {name} | {r['size']}x{r['size']} | `{r['auto']}` ({r.get('op')}) | {r.get('feature_width')} | "
-              f"{'ok' if r['feature_ok'] else 'WRONG'} ({diff}) | {'ok' if r['build_ok'] else 'FAILED: ' + r.get('parity', '')[:100]} |")
+        print(
+            f"| {name} | {r['size']}x{r['size']} | `{r['auto']}` ({r.get('op')}) | {r.get('feature_width')} | "
+            f"{'ok' if r['feature_ok'] else 'WRONG'} ({diff}) | {'ok' if r['build_ok'] else 'FAILED: ' + r.get('parity', '')[:100]} |"
+        )
     ok = sum(bool(r.get("feature_ok") and r.get("build_ok")) for r in rows.values())
     print(f"\n{ok} of {len(rows)} architectures: auto feature right and build parity ok")
 
@@ -266,16 +326,24 @@ def main() -> None:
             try:
                 row = run_one(name, Path(tmp))
             except Exception as exc:  # noqa: BLE001  an exporter or framework failure: recorded, not fatal
-                row = {"name": name, "auto": None, "feature_ok": False, "build_ok": False,
-                       "reason": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}",
-                       "trace": traceback.format_exc(limit=2)[-400:]}
+                row = {
+                    "name": name,
+                    "auto": None,
+                    "feature_ok": False,
+                    "build_ok": False,
+                    "reason": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}",
+                    "trace": traceback.format_exc(limit=2)[-400:],
+                }
         rows.append(row)
         if out:
             with open(out, "a") as handle:
                 handle.write(json.dumps(row) + "\n")
-        print(f"{name}: auto {row.get('auto')!r} feature_ok={row.get('feature_ok')} build_ok={row.get('build_ok')} "
-              f"(diff {row.get('feature_diff')}, export {row.get('export_s')} s, build {row.get('build_s')} s) "
-              f"{row.get('reason', '')[:160]}", flush=True)
+        print(
+            f"{name}: auto {row.get('auto')!r} feature_ok={row.get('feature_ok')} build_ok={row.get('build_ok')} "
+            f"(diff {row.get('feature_diff')}, export {row.get('export_s')} s, build {row.get('build_s')} s) "
+            f"{row.get('reason', '')[:160]}",
+            flush=True,
+        )
     ok = sum(bool(r.get("feature_ok") and r.get("build_ok")) for r in rows)
     print(f"\n{ok} of {len(rows)} architectures: auto feature right and build parity ok")
 

@@ -11,6 +11,7 @@ Cases (real models, real data):
 
     nice -n 10 .venv/bin/python benchmarks/truth.py
 """
+
 from __future__ import annotations
 
 import time
@@ -37,9 +38,11 @@ def fashion() -> None:
         known = np.isin(y, z.classes_)
         accuracy = float(np.mean(z.predict(x[known]) == y[known]))
         e = z.report_["expected_accuracy"]
-        print(f"fashion {name}: {e['line']}; test accuracy {accuracy:.3f} on {int(known.sum())} images; "
-              f"cross-validation {e['seconds']:.2f} s of a {build:.2f} s build ({e['seconds'] / build:.0%}; CPU "
-              f"{e['cpu_seconds']:.2f} s of {build_cpu:.2f} s, {e['cpu_seconds'] / build_cpu:.0%})")
+        print(
+            f"fashion {name}: {e['line']}; test accuracy {accuracy:.3f} on {int(known.sum())} images; "
+            f"cross-validation {e['seconds']:.2f} s of a {build:.2f} s build ({e['seconds'] / build:.0%}; CPU "
+            f"{e['cpu_seconds']:.2f} s of {build_cpu:.2f} s, {e['cpu_seconds'] / build_cpu:.0%})"
+        )
 
 
 def digits() -> None:
@@ -52,9 +55,12 @@ def digits() -> None:
     test = np.setdiff1d(rest, pool)
     for scale, what in ((16 / 255, "right"), (1 / 255, "wrong")):
         for mode in ("fit", "teachers"):
-            sources = [Source("digits_lo", SPLIT / "digits_lo.onnx", Preprocess(scale, 0.0, 1.0, height=8, width=8,
-                                                                                   channels=1)),
-                       Source("digits_hi", SPLIT / "digits_hi.onnx", Preprocess(1 / 255, 0.5, 0.5))]
+            sources = [
+                Source(
+                    "digits_lo", SPLIT / "digits_lo.onnx", Preprocess(scale, 0.0, 1.0, height=8, width=8, channels=1)
+                ),
+                Source("digits_hi", SPLIT / "digits_hi.onnx", Preprocess(1 / 255, 0.5, 0.5)),
+            ]
             z = Merger(ImageInput(8, 8, 1), sources, mode=mode, quiet=True)
             z.fit(x[labelled] if mode == "fit" else None, y[labelled] if mode == "fit" else None, unlabeled=x[pool])
             accuracy = float(np.mean(z.predict(x[test]) == y[test]))

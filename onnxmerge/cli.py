@@ -10,17 +10,16 @@ import os
 import sys
 from pathlib import Path
 
-from .version import __version__
-
 from . import signals
 from .errors import OnnxMergeError, warn
 from .safety import printable
 from .summary import build_summary, quantization_lines, z_lines  # noqa: F401  (also the API of build's report)
+from .version import __version__
 
 
 def _inspect(args) -> int:
-    from .graph.inspect import describe
     from .files.models import load_model
+    from .graph.inspect import describe
 
     info = describe(args.model, load_model(args.model))
     for warning in info["label_warnings"]:  # e.g. a labels metadata value that is not a list or dict
@@ -33,8 +32,8 @@ def _inspect(args) -> int:
     say(f"{p(info['file'])}  ({info['size']:,} bytes, IR {info['ir_version']}, producer {p(info['producer']) or '?'})")
     say("opsets:  " + ", ".join(f"{p(d)} {v}" for d, v in info["opsets"].items()))
     for kind in ("inputs", "outputs"):
-        for io in info[kind]:
-            say(f"{kind[:-1]:7}  {p(io['name'])}  {p(io['type'])}")
+        for entry in info[kind]:
+            say(f"{kind[:-1]:7}  {p(entry['name'])}  {p(entry['type'])}")
     if info["z"] is not None:
         say("\n".join(z_lines(info["z"])))
         return 0
@@ -86,9 +85,11 @@ def _build(args) -> int:
     else:
         say(build_summary(merger, args.output))
     quantize = getattr(merger, "quantize_", None)
-    for warning in merger.report_["warnings"] + [line.removeprefix("quantize: warning: ") for line in
-                                                 (quantize.lines if quantize is not None else [])
-                                                 if line.startswith("quantize: warning: ")]:
+    for warning in merger.report_["warnings"] + [
+        line.removeprefix("quantize: warning: ")
+        for line in (quantize.lines if quantize is not None else [])
+        if line.startswith("quantize: warning: ")
+    ]:
         warn(printable(warning))
     return 0
 
@@ -146,8 +147,10 @@ def _predict(args) -> int:
             if args.out:
                 written = write_predictions(z, files, tasks, args.out, args.probabilities)
                 _unreadable(written.errors, len(files))
-                say(f"wrote {written.rows} predictions of {len(files)} images to {written.path} "
-                      f"({written.parts} parquet parts)")
+                say(
+                    f"wrote {written.rows} predictions of {len(files)} images to {written.path} "
+                    f"({written.parts} parquet parts)"
+                )
                 return 0
             errors, rows = [], []
             for chunk in predict_files(z, files, tasks):
@@ -169,8 +172,10 @@ def _predict(args) -> int:
         raise OnnxMergeError("--probabilities is a column of --out's Parquet file; add --out PREDICTIONS.parquet.")
     images = read_images(files, z.input)
     labels, probs = z.predict(images)
-    rows = [{"file": str(f), "label": str(label), "probability": float(p.max())}
-            for f, label, p in zip(files, labels, probs)]
+    rows = [
+        {"file": str(f), "label": str(label), "probability": float(p.max())}
+        for f, label, p in zip(files, labels, probs)
+    ]
     if args.json:  # json escapes control characters itself; undecodable file-name bytes as \udcXX
         say(json.dumps(rows, indent=2))
     else:  # a TAB, newline or escape sequence in a name or label is escaped: always three fields per line
@@ -180,8 +185,8 @@ def _predict(args) -> int:
 
 
 def _evaluate(args) -> int:
-    from .files.images import input_files, load_labelled
     from .evaluate import REPORT_FILES, evaluate_predictions, write_report
+    from .files.images import input_files, load_labelled
     from .files.models import check_output_folder, model_files
     from .predict import ZModel
 
@@ -194,7 +199,9 @@ def _evaluate(args) -> int:
         data = load_labelled(Path(args.data).expanduser(), z.input, "labelled data", "Z's input")
         labels, _ = z.predict(data.x)
         result = evaluate_predictions(data.y, labels, z.labels)
-    written = write_report(result, args.report, f"{Path(args.model).name} on {Path(args.data).name}") if args.report else []
+    written = (
+        write_report(result, args.report, f"{Path(args.model).name} on {Path(args.data).name}") if args.report else []
+    )
     if args.json:
         say(json.dumps(result, indent=2))
         return 0
@@ -243,19 +250,36 @@ def _demo(args) -> int:
 def engine_options(sub: argparse.ArgumentParser, chunk: bool = False) -> None:
     """--engine, --address, --workers (and --chunk): where the sources or Z run."""
     if chunk:
-        sub.add_argument("--chunk", type=int, default=1024, metavar="N", help="images per task (default 1024, fewer "
-                         "for large images: 16 MB of pixels at most); smaller chunks spread a run over more workers")
-    sub.add_argument("--engine", choices=["local", "dask"], help="local: this process (default); dask: a Dask "
-                     "cluster (the extra onnxmerge[dask]); a recipe's [engine] table may also name it")
-    sub.add_argument("--address", metavar="ADDR", help="the Dask scheduler (tcp://HOST:8786); implies --engine dask; "
-                     "without it a LocalCluster on 127.0.0.1 starts, one worker per core")
-    sub.add_argument("--workers", type=int, metavar="N", help="worker processes of that LocalCluster (default: one "
-                     "per core)")
+        sub.add_argument(
+            "--chunk",
+            type=int,
+            default=1024,
+            metavar="N",
+            help="images per task (default 1024, fewer "
+            "for large images: 16 MB of pixels at most); smaller chunks spread a run over more workers",
+        )
+    sub.add_argument(
+        "--engine",
+        choices=["local", "dask"],
+        help="local: this process (default); dask: a Dask "
+        "cluster (the extra onnxmerge[dask]); a recipe's [engine] table may also name it",
+    )
+    sub.add_argument(
+        "--address",
+        metavar="ADDR",
+        help="the Dask scheduler (tcp://HOST:8786); implies --engine dask; "
+        "without it a LocalCluster on 127.0.0.1 starts, one worker per core",
+    )
+    sub.add_argument(
+        "--workers", type=int, metavar="N", help="worker processes of that LocalCluster (default: one per core)"
+    )
 
 
 def parser() -> argparse.ArgumentParser:
     """The argument parser of every command."""
-    main = argparse.ArgumentParser(prog="onnxmerge", description="Compose pretrained ONNX classifiers into one model Z.")
+    main = argparse.ArgumentParser(
+        prog="onnxmerge", description="Compose pretrained ONNX classifiers into one model Z."
+    )
     main.add_argument("--version", action="version", version=f"onnxmerge {__version__}")
     commands = main.add_subparsers(dest="command", required=True)
 
@@ -273,21 +297,38 @@ def parser() -> argparse.ArgumentParser:
     sub.add_argument("recipe")
     sub.add_argument("-o", "--output", required=True, help="where to write Z (.onnx)")
     cache = sub.add_mutually_exclusive_group()
-    cache.add_argument("--cache", metavar="DIR", help="feature cache folder (default: $ONNXMERGE_CACHE_DIR or "
-                       "~/.cache/onnxmerge); a rebuild with a changed head does not run the sources again")
+    cache.add_argument(
+        "--cache",
+        metavar="DIR",
+        help="feature cache folder (default: $ONNXMERGE_CACHE_DIR or "
+        "~/.cache/onnxmerge); a rebuild with a changed head does not run the sources again",
+    )
     cache.add_argument("--no-cache", action="store_true", help="neither read nor write the feature cache")
-    sub.add_argument("--json", action="store_true", help="print the build report as JSON (expected accuracy with "
-                     "per-class recall, source checks, per-label pool counts, warnings) instead of the text summary")
-    sub.add_argument("--quantize", action="store_true", help="int8 static QDQ quantisation calibrated on the training "
-                     "images; reports accuracy before/after and keeps the float Z where int8 is not faster")
+    sub.add_argument(
+        "--json",
+        action="store_true",
+        help="print the build report as JSON (expected accuracy with "
+        "per-class recall, source checks, per-label pool counts, warnings) instead of the text summary",
+    )
+    sub.add_argument(
+        "--quantize",
+        action="store_true",
+        help="int8 static QDQ quantisation calibrated on the training "
+        "images; reports accuracy before/after and keeps the float Z where int8 is not faster",
+    )
     engine_options(sub)
     sub = command("predict", _predict, "classify image files with Z")
     sub.add_argument("model")
-    sub.add_argument("images", nargs="+", metavar="SOURCE",
-                     help="image files, folders (recursive), globs or fsspec URLs of them")
+    sub.add_argument(
+        "images", nargs="+", metavar="SOURCE", help="image files, folders (recursive), globs or fsspec URLs of them"
+    )
     sub.add_argument("--json", action="store_true")
-    sub.add_argument("--out", metavar="PREDICTIONS.parquet", help="write a Parquet dataset (one part file per "
-                     "chunk: file, label, probability) instead of printing; needs the extra onnxmerge[dask]")
+    sub.add_argument(
+        "--out",
+        metavar="PREDICTIONS.parquet",
+        help="write a Parquet dataset (one part file per "
+        "chunk: file, label, probability) instead of printing; needs the extra onnxmerge[dask]",
+    )
     sub.add_argument("--probabilities", action="store_true", help="with --out: also every class's probability")
     engine_options(sub, chunk=True)
     sub = command("evaluate", _evaluate, "accuracy, per-class recall and confusion matrix of Z on a labelled folder")
@@ -349,24 +390,32 @@ def main(argv: list[str] | None = None) -> int:
         except OnnxMergeError as exc:
             return _error(str(exc))
         except signals.Interrupted as exc:
-            print(f"onnxmerge: interrupted by {exc.name}; temporary files were removed, no output was left "
-                  "half-written.", file=sys.stderr)
+            print(
+                f"onnxmerge: interrupted by {exc.name}; temporary files were removed, no output was left half-written.",
+                file=sys.stderr,
+            )
             return exc.status
         except KeyboardInterrupt:
-            print("onnxmerge: interrupted; temporary files were removed, no output was left half-written.",
-                  file=sys.stderr)
+            print(
+                "onnxmerge: interrupted; temporary files were removed, no output was left half-written.",
+                file=sys.stderr,
+            )
             return 130
         except _StdoutFailed as exc:
             _detach_stdout()
             if isinstance(exc.error, BrokenPipeError) or exc.error.errno == errno.EPIPE:
                 return 128 + 13  # SIGPIPE's status; nothing to say, nobody reads it
-            return _error(f"could not write the output to stdout ({exc.error.strerror or exc.error}); the command "
-                          "itself finished (files it writes were written), free space where stdout goes or redirect it.")
+            return _error(
+                f"could not write the output to stdout ({exc.error.strerror or exc.error}); the command "
+                "itself finished (files it writes were written), free space where stdout goes or redirect it."
+            )
         except MemoryError:
             return _error("ran out of memory; use fewer or smaller images, or a machine with more memory.")
         except RecursionError:
-            return _error("an input is nested too deeply to process (a hostile or broken file); check the recipe "
-                          "and the model files.")
+            return _error(
+                "an input is nested too deeply to process (a hostile or broken file); check the recipe "
+                "and the model files."
+            )
         except OSError as exc:  # the environment, late in a run: a full $TMPDIR, a file-size limit, a lost disk
             return _error(_os_error(exc))
 
@@ -381,8 +430,10 @@ def _os_error(exc: OSError) -> str:
     where = f" at {exc.filename}" if exc.filename else ""
     what = exc.strerror or str(exc) or type(exc).__name__
     if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-        return (f"a write failed{where} ({what}); free disk space (or raise the file-size limit), or set TMPDIR to "
-                "a larger disk if it is the temporary folder, and run again.")
+        return (
+            f"a write failed{where} ({what}); free disk space (or raise the file-size limit), or set TMPDIR to "
+            "a larger disk if it is the temporary folder, and run again."
+        )
     return f"a file operation failed{where} ({what}); check free space and permissions, and run again."
 
 

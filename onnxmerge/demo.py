@@ -15,12 +15,14 @@ import numpy as np
 
 from .errors import OnnxMergeError
 from .evaluate import evaluate_predictions, write_report
-from .recipe import load_recipe
 from .graph.stitch import output_names
+from .recipe import load_recipe
 
 #: where the example lives: a source checkout, then where ``pip install .`` puts it (pyproject's data-files)
-EXAMPLES = (Path(__file__).resolve().parent.parent / "examples" / "fashion",
-            Path(sys.prefix) / "share" / "onnxmerge" / "examples" / "fashion")
+EXAMPLES = (
+    Path(__file__).resolve().parent.parent / "examples" / "fashion",
+    Path(sys.prefix) / "share" / "onnxmerge" / "examples" / "fashion",
+)
 
 
 def find_example() -> Path:
@@ -28,8 +30,10 @@ def find_example() -> Path:
     for folder in EXAMPLES:
         if (folder / "stage1.toml").is_file():
             return folder
-    raise OnnxMergeError(f"the demo's example files are in neither {EXAMPLES[0]} nor {EXAMPLES[1]}; reinstall "
-                         "onnxmerge (pip install . installs them), or run the demo from a source checkout.")
+    raise OnnxMergeError(
+        f"the demo's example files are in neither {EXAMPLES[0]} nor {EXAMPLES[1]}; reinstall "
+        "onnxmerge (pip install . installs them), or run the demo from a source checkout."
+    )
 
 
 def _source_accuracy(merger, name: str, labels: list[str], x: np.ndarray, y: np.ndarray) -> float:
@@ -50,10 +54,11 @@ def run_demo(out: Path, example: Path | None = None, quiet: bool = False) -> dic
 
     built = {}
     for key, recipe_name, what in (
-            ("fit1", "stage1.toml", "stage 1, labelled fit: Z over the sources' 8 classes from labelled images"),
-            ("fit2", "stage2.toml", "stage 2, labelled fit: add 'Bag' (no source knows it) from 5 images"),
-            ("teach1", "teachers1.toml", "stage 1, teachers mode: no labels at all, routed on an unlabeled pool"),
-            ("teach2", "teachers2.toml", "stage 2, teachers mode: only Bag's 5 images are labelled")):
+        ("fit1", "stage1.toml", "stage 1, labelled fit: Z over the sources' 8 classes from labelled images"),
+        ("fit2", "stage2.toml", "stage 2, labelled fit: add 'Bag' (no source knows it) from 5 images"),
+        ("teach1", "teachers1.toml", "stage 1, teachers mode: no labels at all, routed on an unlabeled pool"),
+        ("teach2", "teachers2.toml", "stage 2, teachers mode: only Bag's 5 images are labelled"),
+    ):
         say(what)
         recipe = load_recipe(example / recipe_name, quiet=quiet)
         built[key] = recipe.merger.fit(recipe.train, unlabeled=recipe.unlabeled)
@@ -67,8 +72,14 @@ def run_demo(out: Path, example: Path | None = None, quiet: bool = False) -> dic
     rows = []
     for source in z1.sources_:
         mask = np.isin(y_test, source.labels)
-        rows.append((f"source {source.spec.name} on its {len(source.labels)} classes", int(mask.sum()),
-                     _source_accuracy(z1, source.spec.name, source.labels, x_test[mask], y_test[mask]), *accuracy(mask)))
+        rows.append(
+            (
+                f"source {source.spec.name} on its {len(source.labels)} classes",
+                int(mask.sum()),
+                _source_accuracy(z1, source.spec.name, source.labels, x_test[mask], y_test[mask]),
+                *accuracy(mask),
+            )
+        )
     old = np.isin(y_test, z1.classes_)
     rows.append((f"union of the {len(z1.classes_)} source classes", int(old.sum()), None, *accuracy(old)))
     new = [c for c in built["fit2"].classes_ if c not in z1.classes_]
@@ -84,9 +95,11 @@ def run_demo(out: Path, example: Path | None = None, quiet: bool = False) -> dic
     def cell(v):
         return f"{v:8.3f}" if v is not None else f"{'-':>8}"
 
-    table = [f"{'':34} {'':>6} {'':>8} {'labelled fit':>17} {'teachers mode':>17}",
-             f"{'accuracy on the test set':34} {'images':>6} {'source':>8} {'stage 1':>8} {'stage 2':>8} "
-             f"{'stage 1':>8} {'stage 2':>8}"]
+    table = [
+        f"{'':34} {'':>6} {'':>8} {'labelled fit':>17} {'teachers mode':>17}",
+        f"{'accuracy on the test set':34} {'images':>6} {'source':>8} {'stage 1':>8} {'stage 2':>8} "
+        f"{'stage 1':>8} {'stage 2':>8}",
+    ]
     table += [f"{name:34} {n:6d} " + " ".join(cell(v) for v in values) for name, n, *values in rows]
     print("\n".join(table))
     pred2, z2 = preds["fit2"], built["fit2"]

@@ -35,7 +35,7 @@ def evaluation_labels(true, known: list[str]) -> list[str]:
 
 def evaluation_from_confusion(matrix: np.ndarray, labels: list[str], known: list[str]) -> dict:
     """The evaluation JSON from a confusion matrix over ``labels`` (as ``evaluation_labels`` orders them)."""
-    unknown = labels[len(known):]
+    unknown = labels[len(known) :]
     total = int(matrix.sum())
     per_class = {}
     for i, label in enumerate(labels):
@@ -63,8 +63,10 @@ def write_report(result: dict, outdir: str | Path, title: str = "onnxmerge evalu
     try:
         outdir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise OnnxMergeError(f"report folder {printable(outdir)} cannot be created ({exc.strerror or exc}); choose "
-                             "another --report path.") from exc
+        raise OnnxMergeError(
+            f"report folder {printable(outdir)} cannot be created ({exc.strerror or exc}); choose "
+            "another --report path."
+        ) from exc
     labels, matrix = result["labels"], np.asarray(result["confusion"])
     size = max(4.0, 0.6 * len(labels) + 2)
     fig, ax = plt.subplots(figsize=(size, size * 0.85))
@@ -73,8 +75,15 @@ def write_report(result: dict, outdir: str | Path, title: str = "onnxmerge evalu
     for i in range(len(labels)):
         for j in range(len(labels)):
             if matrix[i, j]:
-                ax.text(j, i, str(matrix[i, j]), ha="center", va="center", fontsize=8,
-                        color="white" if matrix[i, j] > 0.5 * max(rows[i, 0], 1) else "black")
+                ax.text(
+                    j,
+                    i,
+                    str(matrix[i, j]),
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                    color="white" if matrix[i, j] > 0.5 * max(rows[i, 0], 1) else "black",
+                )
     ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
     ax.set_yticks(range(len(labels)), labels)
     ax.set_xlabel("predicted")
@@ -87,14 +96,20 @@ def write_report(result: dict, outdir: str | Path, title: str = "onnxmerge evalu
     plt.close(fig)
     rows_html = "".join(
         f"<tr><td>{html.escape(label)}</td><td>{v['recall']:.3f}</td><td>{v['support']}</td></tr>"
-        for label, v in result["per_class"].items())
-    unknown = (f"<p>Labels Z does not know (counted as wrong): {html.escape(', '.join(result['unknown_labels']))}</p>"
-               if result["unknown_labels"] else "")
-    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title></head><body>"
-            f"<h1>{html.escape(title)}</h1><p>Accuracy: <b>{result['accuracy']:.4f}</b> on {result['images']} "
-            f"images.</p>{unknown}<img src='confusion.png' alt='confusion matrix (rows true, columns predicted)'>"
-            f"<table border='1' cellpadding='4'><tr><th>class</th><th>recall</th><th>support</th></tr>{rows_html}"
-            "</table></body></html>")
+        for label, v in result["per_class"].items()
+    )
+    unknown = (
+        f"<p>Labels Z does not know (counted as wrong): {html.escape(', '.join(result['unknown_labels']))}</p>"
+        if result["unknown_labels"]
+        else ""
+    )
+    page = (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title></head><body>"
+        f"<h1>{html.escape(title)}</h1><p>Accuracy: <b>{result['accuracy']:.4f}</b> on {result['images']} "
+        f"images.</p>{unknown}<img src='confusion.png' alt='confusion matrix (rows true, columns predicted)'>"
+        f"<table border='1' cellpadding='4'><tr><th>class</th><th>recall</th><th>support</th></tr>{rows_html}"
+        "</table></body></html>"
+    )
     page_path = outdir / "report.html"
     with atomic_path(page_path, ".html") as tmp:
         tmp.write_text(page, encoding="utf-8")

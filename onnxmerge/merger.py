@@ -13,17 +13,17 @@ import numpy as np
 import onnx
 from sklearn.base import BaseEstimator, ClassifierMixin
 
+from .errors import OnnxMergeError
+from .files.images import as_images, as_labelled, as_pool
+from .files.models import check_output_path, save_model
+from .graph.preprocess import ImageInput
+from .graph.stitch import FEATURES
+from .learn.head import LABEL, PROBABILITIES
+from .runtime.factory import open_tasks
+from .runtime.session import EXTRACT_VALUES_PER_CALL, run_batched
 from .stages import pipeline
 from .stages.context import Build, BuildConfig
 from .stages.sources import Source
-from .errors import OnnxMergeError
-from .graph.preprocess import ImageInput
-from .graph.stitch import FEATURES
-from .files.images import as_images, as_labelled, as_pool
-from .files.models import check_output_path, save_model
-from .learn.head import LABEL, PROBABILITIES
-from .runtime.session import EXTRACT_VALUES_PER_CALL, run_batched
-from .runtime.factory import open_tasks
 
 MODES = pipeline.MODES
 # The head's C is chosen from the number of labels per class ("auto", learn.head.select_C). The router's
@@ -65,10 +65,21 @@ class Merger(ClassifierMixin, BaseEstimator):
     >>> z.fit("train.npz").save("z.onnx")  # doctest: +SKIP
     """
 
-    def __init__(self, input: ImageInput, sources: list[Source], mode: str = "fit", C: float | str = DEFAULT_C,
-                 class_weight: str | None = "balanced", batch_size: int = 128, quiet: bool = False,
-                 router_C: float = ROUTER_C, cache_dir: str | os.PathLike | None = None, engine: str = "local",
-                 address: str | None = None, workers: int | None = None):
+    def __init__(
+        self,
+        input: ImageInput,
+        sources: list[Source],
+        mode: str = "fit",
+        C: float | str = DEFAULT_C,
+        class_weight: str | None = "balanced",
+        batch_size: int = 128,
+        quiet: bool = False,
+        router_C: float = ROUTER_C,
+        cache_dir: str | os.PathLike | None = None,
+        engine: str = "local",
+        address: str | None = None,
+        workers: int | None = None,
+    ):
         self.input = input
         self.sources = sources
         self.mode = mode
@@ -83,8 +94,17 @@ class Merger(ClassifierMixin, BaseEstimator):
         self.workers = workers
 
     def _config(self) -> BuildConfig:
-        return BuildConfig(self.input, list(self.sources), self.mode, self.C, self.router_C, self.class_weight,
-                           self.batch_size, self.quiet, self.cache_dir)
+        return BuildConfig(
+            self.input,
+            list(self.sources),
+            self.mode,
+            self.C,
+            self.router_C,
+            self.class_weight,
+            self.batch_size,
+            self.quiet,
+            self.cache_dir,
+        )
 
     def build_graph(self) -> onnx.ModelProto:
         """Load, cut and stitch the sources (no head yet); sets ``sources_``, ``stitched_`` and ``weights_``.
@@ -131,8 +151,9 @@ class Merger(ClassifierMixin, BaseEstimator):
         """The concatenated source features ``[N, D]`` of uint8 images (Z's ``features`` output)."""
         return self.source_outputs(X, [FEATURES])[FEATURES]
 
-    def source_outputs(self, X: np.ndarray, outputs: list[str] | None = None,
-                       budget: int = EXTRACT_VALUES_PER_CALL) -> dict[str, np.ndarray]:
+    def source_outputs(
+        self, X: np.ndarray, outputs: list[str] | None = None, budget: int = EXTRACT_VALUES_PER_CALL
+    ) -> dict[str, np.ndarray]:
         """Named tensors of the stitched graph (``features``, ``NAME/feature``, ``NAME/head``, ``NAME/input``)."""
         if getattr(self, "_build", None) is None:
             raise OnnxMergeError("this Merger has no graph yet; call fit() or build_graph() first.")
@@ -163,8 +184,9 @@ class Merger(ClassifierMixin, BaseEstimator):
 
     def predict_proba(self, X) -> np.ndarray:
         """Class probabilities ``[N, K]`` in ``classes_`` order (inputs as ``predict``), computed by Z."""
-        return run_batched(self._z_session(), as_images(X, self.input), [PROBABILITIES], self.batch_size,
-                           self.quiet)[PROBABILITIES]
+        return run_batched(self._z_session(), as_images(X, self.input), [PROBABILITIES], self.batch_size, self.quiet)[
+            PROBABILITIES
+        ]
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write Z atomically (temporary file, then rename); never onto a source model."""

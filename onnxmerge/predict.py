@@ -18,15 +18,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .files.images import as_images
 from .errors import OnnxMergeError
-from .graph.preprocess import ImageInput
-from .safety import printable
-from .files.images import is_url, read_image_at
+from .files.images import as_images, is_url, read_image_at
 from .files.models import load_model
+from .graph.preprocess import ImageInput
 from .learn.head import LABEL, PROBABILITIES
 from .runtime.session import make_session, run_batched
 from .runtime.tasks import CHUNK_IMAGES, Tasks, cached_session, chunk_rows
+from .safety import printable
 
 PART = "part-{:05d}.parquet"
 
@@ -40,8 +39,10 @@ class ZModel:
         props = {p.key: p.value for p in self.model.metadata_props}
         outputs = {o.name for o in self.model.graph.output}
         if "onnxmerge.labels" not in props or not {LABEL, PROBABILITIES} <= outputs:
-            raise OnnxMergeError(f"{self.path} was not built by onnxmerge (no onnxmerge.labels metadata or no "
-                                 "label/probabilities outputs); build one with `onnxmerge build`.")
+            raise OnnxMergeError(
+                f"{self.path} was not built by onnxmerge (no onnxmerge.labels metadata or no "
+                "label/probabilities outputs); build one with `onnxmerge build`."
+            )
         self.labels = _labels(self.path, props["onnxmerge.labels"])
         self.input = _image_input(self.path, self.model)
         if chunk < 1:
@@ -59,13 +60,20 @@ class ZModel:
     def predict(self, images) -> tuple[np.ndarray, np.ndarray]:
         """Labels ``[N]`` and probabilities ``[N, K]`` for uint8 images ``[N, H, W, C]`` (or files, a folder,
         PIL images: ``data.as_images``)."""
-        out = run_batched(self.session, as_images(images, self.input, "the input"), [LABEL, PROBABILITIES], self.batch_size, self.quiet, desc="predict")
+        out = run_batched(
+            self.session,
+            as_images(images, self.input, "the input"),
+            [LABEL, PROBABILITIES],
+            self.batch_size,
+            self.quiet,
+            desc="predict",
+        )
         return out[LABEL], out[PROBABILITIES]
 
     def chunks(self, items: Sequence) -> list[Sequence]:
         """``items`` (files or images) in task-sized chunks, each a whole number of onnxruntime calls."""
         rows = chunk_rows(int(np.prod(self.input.shape)), self.batch_size, self.chunk)
-        return [items[start:start + rows] for start in range(0, len(items), rows)]
+        return [items[start : start + rows] for start in range(0, len(items), rows)]
 
 
 @dataclass
@@ -77,8 +85,9 @@ class Chunk:
     errors: list[str] = field(default_factory=list)
 
 
-def _run_chunk(files: Sequence[str], digest: str, input: ImageInput, threads: int, batch: int
-               ) -> tuple[list[str], dict[str, np.ndarray] | None, list[str], list[int]]:
+def _run_chunk(
+    files: Sequence[str], digest: str, input: ImageInput, threads: int, batch: int
+) -> tuple[list[str], dict[str, np.ndarray] | None, list[str], list[int]]:
     """Read ``files`` (collecting the ones that fail) and run Z on the rest: files, outputs, errors, kept rows."""
     images, good, errors, kept = [], [], [], []
     for i, file in enumerate(files):
@@ -95,8 +104,15 @@ def _run_chunk(files: Sequence[str], digest: str, input: ImageInput, threads: in
     return good, out, errors, kept
 
 
-def predict_chunk(files: Sequence[str], digest: str, input: ImageInput, threads: int, batch: int,
-                  part: str | None = None, probabilities: bool = False) -> Chunk:
+def predict_chunk(
+    files: Sequence[str],
+    digest: str,
+    input: ImageInput,
+    threads: int,
+    batch: int,
+    part: str | None = None,
+    probabilities: bool = False,
+) -> Chunk:
     """A task: Z on ``files``; the rows returned, or written to the Parquet file ``part`` (a path or URL)."""
     good, out, errors, _ = _run_chunk(files, digest, input, threads, batch)
     if out is None:
@@ -107,11 +123,15 @@ def predict_chunk(files: Sequence[str], digest: str, input: ImageInput, threads:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    columns = {"file": pa.array(good, pa.string()), "label": pa.array(labels, pa.string()),
-               "probability": pa.array(probs.max(axis=1), pa.float32())}
+    columns = {
+        "file": pa.array(good, pa.string()),
+        "label": pa.array(labels, pa.string()),
+        "probability": pa.array(probs.max(axis=1), pa.float32()),
+    }
     if probabilities:
-        columns["probabilities"] = pa.FixedSizeListArray.from_arrays(pa.array(probs.reshape(-1), pa.float32()),
-                                                                     probs.shape[1])
+        columns["probabilities"] = pa.FixedSizeListArray.from_arrays(
+            pa.array(probs.reshape(-1), pa.float32()), probs.shape[1]
+        )
     table = pa.table(columns)
     if is_url(part):
         import fsspec
@@ -131,8 +151,17 @@ def predict_files(z: ZModel, files: list[str], tasks: Tasks) -> Iterator[Chunk]:
     digest = tasks.ship(z.model.SerializeToString())
     chunks = z.chunks(files)
     try:
-        yield from tasks.map(predict_chunk, chunks, [len(c) for c in chunks], "predict", z.quiet, digest=digest,
-                             input=z.input, threads=tasks.threads, batch=z.batch_size)
+        yield from tasks.map(
+            predict_chunk,
+            chunks,
+            [len(c) for c in chunks],
+            "predict",
+            z.quiet,
+            digest=digest,
+            input=z.input,
+            threads=tasks.threads,
+            batch=z.batch_size,
+        )
     finally:
         tasks.forget(digest)
 
@@ -147,8 +176,7 @@ class Written:
     errors: list[str]
 
 
-def write_predictions(z: ZModel, files: list[str], tasks: Tasks, out: str, probabilities: bool = False
-                      ) -> Written:
+def write_predictions(z: ZModel, files: list[str], tasks: Tasks, out: str, probabilities: bool = False) -> Written:
     """Z on image files, written as a Parquet dataset ``out`` (a folder of ``part-NNNNN.parquet``, one per
     chunk, in the files' order): ``file``, ``label``, ``probability`` and, with ``probabilities``, every
     class's probability (in ``z.labels`` order). The workers write the parts, so ``out`` must be a path or URL
@@ -158,8 +186,10 @@ def write_predictions(z: ZModel, files: list[str], tasks: Tasks, out: str, proba
         import fsspec
         import pyarrow  # noqa: F401 - the workers write the parts with it
     except ImportError as exc:
-        raise OnnxMergeError(f"--out needs the optional extra ({exc.name} is not installed); install it with "
-                             "pip install 'onnxmerge[dask]'.") from None
+        raise OnnxMergeError(
+            f"--out needs the optional extra ({exc.name} is not installed); install it with "
+            "pip install 'onnxmerge[dask]'."
+        ) from None
     fs, target = fsspec.core.url_to_fs(out)
     _check_replaceable(fs, target, out)
     partial = f"{target}.partial-{uuid.uuid4().hex[:8]}"
@@ -167,20 +197,32 @@ def write_predictions(z: ZModel, files: list[str], tasks: Tasks, out: str, proba
     try:
         digest = tasks.ship(z.model.SerializeToString())
         chunks = z.chunks(files)
-        parts = [fs.unstrip_protocol(f"{partial}/{PART.format(i)}") if is_url(out) else f"{partial}/{PART.format(i)}"
-                 for i in range(len(chunks))]
+        parts = [
+            fs.unstrip_protocol(f"{partial}/{PART.format(i)}") if is_url(out) else f"{partial}/{PART.format(i)}"
+            for i in range(len(chunks))
+        ]
         rows, errors = 0, []
         try:
-            for chunk in tasks.map(_predict_part, list(zip(chunks, parts)), [len(c) for c in chunks], "predict",
-                                   z.quiet, digest=digest, input=z.input, threads=tasks.threads, batch=z.batch_size,
-                                   probabilities=probabilities):
+            for chunk in tasks.map(
+                _predict_part,
+                list(zip(chunks, parts)),
+                [len(c) for c in chunks],
+                "predict",
+                z.quiet,
+                digest=digest,
+                input=z.input,
+                threads=tasks.threads,
+                batch=z.batch_size,
+                probabilities=probabilities,
+            ):
                 rows += chunk.written
                 errors += chunk.errors
         finally:
             tasks.forget(digest)
         if rows == 0:
-            raise OnnxMergeError(f"none of the {len(files)} images could be read (first: {errors[0]}); nothing "
-                                 "was written.")
+            raise OnnxMergeError(
+                f"none of the {len(files)} images could be read (first: {errors[0]}); nothing was written."
+            )
         written = set(fs.ls(partial, detail=False))
         for path in written:  # a lost worker's half-written temporary file
             if not Path(path).name.startswith("part-"):
@@ -207,12 +249,14 @@ def _check_replaceable(fs, target: str, out: str) -> None:
         return
     names = [Path(p).name for p in fs.ls(target, detail=False)] if fs.isdir(target) else None
     if names is None or not all(n.startswith("part-") and n.endswith(".parquet") for n in names):
-        raise OnnxMergeError(f"{out} exists and is not a predictions dataset onnxmerge wrote; choose another --out "
-                             "or remove it.")
+        raise OnnxMergeError(
+            f"{out} exists and is not a predictions dataset onnxmerge wrote; choose another --out or remove it."
+        )
 
 
-def evaluate_chunk(item: tuple[Sequence, Sequence[str]], digest: str, input: ImageInput, threads: int, batch: int,
-                   labels: list[str]) -> tuple[np.ndarray, list[str]]:
+def evaluate_chunk(
+    item: tuple[Sequence, Sequence[str]], digest: str, input: ImageInput, threads: int, batch: int, labels: list[str]
+) -> tuple[np.ndarray, list[str]]:
     """A task: the confusion counts (rows true, columns predicted, over ``labels``) of Z on a chunk of
     ``(files or images, true labels)``, and the files it could not read."""
     from sklearn.metrics import confusion_matrix
@@ -229,22 +273,33 @@ def evaluate_chunk(item: tuple[Sequence, Sequence[str]], digest: str, input: Ima
     return confusion_matrix(true, out[LABEL].astype(str), labels=labels).astype(np.int64), errors
 
 
-def evaluate_files(z: ZModel, items: Sequence, truths: Sequence[str], tasks: Tasks, labels: list[str]
-                   ) -> tuple[np.ndarray, list[str]]:
+def evaluate_files(
+    z: ZModel, items: Sequence, truths: Sequence[str], tasks: Tasks, labels: list[str]
+) -> tuple[np.ndarray, list[str]]:
     """The confusion matrix of Z over ``items`` (files or a uint8 array) with true ``truths``, summed chunk by
     chunk on ``tasks``: nothing per image comes back but the files that could not be read."""
     digest = tasks.ship(z.model.SerializeToString())
     chunks = list(zip(z.chunks(items), z.chunks(list(truths))))
     total, errors = np.zeros((len(labels), len(labels)), np.int64), []
     try:
-        for matrix, failed in tasks.map(evaluate_chunk, chunks, [len(c[1]) for c in chunks], "evaluate", z.quiet,
-                                        digest=digest, input=z.input, threads=tasks.threads, batch=z.batch_size,
-                                        labels=labels):
+        for matrix, failed in tasks.map(
+            evaluate_chunk,
+            chunks,
+            [len(c[1]) for c in chunks],
+            "evaluate",
+            z.quiet,
+            digest=digest,
+            input=z.input,
+            threads=tasks.threads,
+            batch=z.batch_size,
+            labels=labels,
+        ):
             total += matrix
             errors += failed
     finally:
         tasks.forget(digest)
     return total, errors
+
 
 def _labels(path: Path, text: str) -> list[str]:
     """Z's class names from its ``onnxmerge.labels`` metadata: a JSON list of strings, or a one-line refusal."""
@@ -253,8 +308,10 @@ def _labels(path: Path, text: str) -> list[str]:
     except (ValueError, RecursionError):
         labels = None
     if not isinstance(labels, list) or not labels or not all(isinstance(v, str) for v in labels):
-        raise OnnxMergeError(f"{printable(path)} has malformed onnxmerge.labels metadata (not a JSON list of class "
-                             "names); the file was altered or damaged, rebuild it with `onnxmerge build`.")
+        raise OnnxMergeError(
+            f"{printable(path)} has malformed onnxmerge.labels metadata (not a JSON list of class "
+            "names); the file was altered or damaged, rebuild it with `onnxmerge build`."
+        )
     return labels
 
 
@@ -264,6 +321,8 @@ def _image_input(path: Path, model) -> ImageInput:
     dims = inputs[0].type.tensor_type.shape.dim if inputs else []
     values = [d.dim_value if d.HasField("dim_value") else 0 for d in dims]
     if len(values) != 4 or not all(v > 0 for v in values[1:]) or values[3] not in (1, 3):
-        raise OnnxMergeError(f"{printable(path)} takes input {values} where onnxmerge's Z takes uint8 images "
-                             "[N, height, width, 1 or 3]; the file was altered or not built by onnxmerge, rebuild it.")
+        raise OnnxMergeError(
+            f"{printable(path)} takes input {values} where onnxmerge's Z takes uint8 images "
+            "[N, height, width, 1 or 3]; the file was altered or not built by onnxmerge, rebuild it."
+        )
     return ImageInput(height=values[1], width=values[2], channels=values[3])

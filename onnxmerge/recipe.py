@@ -17,11 +17,11 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
+from .errors import OnnxMergeError
+from .graph.preprocess import ImageInput, Preprocess
 from .merger import DEFAULT_C, MODES, Merger, Source
 from .runtime.tasks import ENGINES
-from .errors import OnnxMergeError
 from .safety import check_labels, printable, read_regular
-from .graph.preprocess import ImageInput, Preprocess
 
 #: A recipe is a few hundred bytes; a larger file is not one (and is not read into memory).
 MAX_RECIPE_BYTES = 1 << 20
@@ -29,13 +29,40 @@ MAX_RECIPE_BYTES = 1 << 20
 _TOP = {"input": (dict, True), "sources": (list, True), "head": (dict, False), "engine": (dict, False)}
 _ENGINE = {"name": (str, True), "address": (str, False), "workers": (int, False)}
 _INPUT = {"height": (int, True), "width": (int, True), "channels": (int, True)}
-_SOURCE = {"name": (str, True), "model": (str, True), "feature": (str, False), "head_output": (str, False),
-           "labels": (list, False), "teacher": (bool, False), "preprocess": (dict, True)}
-_PREPROCESS = {"height": (int, False), "width": (int, False), "channels": (int, False), "layout": (str, False),
-               "scale": ((int, float), True), "mean": (list, True), "std": (list, True)}
-_HEAD = {"mode": (str, False), "train": ((str, list), False), "unlabeled": (str, False), "C": ((int, float, str), False)}
-_TYPE_NAMES = {int: "an integer", str: "a string", list: "a list", dict: "a table", bool: "true or false",
-               (int, float): "a number", (int, float, str): "a number or \"auto\"", (str, list): "a path or a list of paths"}
+_SOURCE = {
+    "name": (str, True),
+    "model": (str, True),
+    "feature": (str, False),
+    "head_output": (str, False),
+    "labels": (list, False),
+    "teacher": (bool, False),
+    "preprocess": (dict, True),
+}
+_PREPROCESS = {
+    "height": (int, False),
+    "width": (int, False),
+    "channels": (int, False),
+    "layout": (str, False),
+    "scale": ((int, float), True),
+    "mean": (list, True),
+    "std": (list, True),
+}
+_HEAD = {
+    "mode": (str, False),
+    "train": ((str, list), False),
+    "unlabeled": (str, False),
+    "C": ((int, float, str), False),
+}
+_TYPE_NAMES = {
+    int: "an integer",
+    str: "a string",
+    list: "a list",
+    dict: "a table",
+    bool: "true or false",
+    (int, float): "a number",
+    (int, float, str): 'a number or "auto"',
+    (str, list): "a path or a list of paths",
+}
 
 
 @dataclass
@@ -85,7 +112,7 @@ def _C(value) -> float | str:
     if value == "auto":
         return value
     if isinstance(value, str) or not value > 0:
-        raise OnnxMergeError(f"head.C must be a positive number or \"auto\", got {value!r}.")
+        raise OnnxMergeError(f'head.C must be a positive number or "auto", got {value!r}.')
     return float(value)
 
 
@@ -98,7 +125,7 @@ def _source(table: dict, i: int, base: Path, path: Path) -> Source:
         _positive(pre, key, f"{where} preprocess")
     layout = pre.get("layout")
     if layout is not None and layout not in ("NCHW", "NHWC"):
-        raise OnnxMergeError(f"{where} preprocess.layout must be \"NCHW\" or \"NHWC\", got {layout!r}.")
+        raise OnnxMergeError(f'{where} preprocess.layout must be "NCHW" or "NHWC", got {layout!r}.')
     std = _numbers(pre["std"], f"{where} preprocess.std")
     if any(s == 0 for s in std):
         raise OnnxMergeError(f"{where} preprocess.std contains 0; every std must be non-zero.")
@@ -111,19 +138,32 @@ def _source(table: dict, i: int, base: Path, path: Path) -> Source:
     if model == path.resolve():
         raise OnnxMergeError(f"{where} model is the recipe file itself; point it to a .onnx file.")
     return Source(
-        name=table["name"], model=model, feature=table.get("feature", "auto"),
-        head_output=table.get("head_output", "auto"), labels=labels, teacher=table.get("teacher", True),
-        preprocess=Preprocess(scale=float(pre["scale"]), mean=_numbers(pre["mean"], f"{where} preprocess.mean"),
-                              std=std, height=pre.get("height"), width=pre.get("width"),
-                              channels=pre.get("channels"), layout=layout))
+        name=table["name"],
+        model=model,
+        feature=table.get("feature", "auto"),
+        head_output=table.get("head_output", "auto"),
+        labels=labels,
+        teacher=table.get("teacher", True),
+        preprocess=Preprocess(
+            scale=float(pre["scale"]),
+            mean=_numbers(pre["mean"], f"{where} preprocess.mean"),
+            std=std,
+            height=pre.get("height"),
+            width=pre.get("width"),
+            channels=pre.get("channels"),
+            layout=layout,
+        ),
+    )
 
 
 def _known(value: str, choices, key: str) -> str:
     """``value`` if it is one of ``choices``, else one sentence naming the closest."""
     if value not in choices:
         close = difflib.get_close_matches(value, choices, n=1)
-        raise OnnxMergeError(f"{key} {value!r} is unknown" + (f"; did you mean {close[0]!r}?" if close else
-                                                              f"; use one of {list(choices)}."))
+        raise OnnxMergeError(
+            f"{key} {value!r} is unknown"
+            + (f"; did you mean {close[0]!r}?" if close else f"; use one of {list(choices)}.")
+        )
     return value
 
 
@@ -132,7 +172,7 @@ def _engine(data: dict) -> dict:
     engine = _check_table(data.get("engine", {"name": "local"}), _ENGINE, "engine")
     _known(engine["name"], ENGINES, "engine.name")
     if engine["name"] == "local" and ("address" in engine or "workers" in engine):
-        raise OnnxMergeError("engine.address and engine.workers need engine.name = \"dask\"; set it or drop them.")
+        raise OnnxMergeError('engine.address and engine.workers need engine.name = "dask"; set it or drop them.')
     _positive(engine, "workers", "engine")
     return engine
 
@@ -150,11 +190,21 @@ def parse_recipe(data: dict, base: Path, path: Path, quiet: bool = False) -> Rec
     head = _check_table(data.get("head", {}), _HEAD, "head")
     mode = _known(head.get("mode", "fit"), MODES, "head.mode")
     if mode == "fit" and "train" not in head and "unlabeled" not in head:
-        raise OnnxMergeError("mode = \"fit\" needs head.train (a labelled folder or .npz) or head.unlabeled "
-                             "(a pool the teachers pseudo-label), or use mode = \"teachers\".")
+        raise OnnxMergeError(
+            'mode = "fit" needs head.train (a labelled folder or .npz) or head.unlabeled '
+            '(a pool the teachers pseudo-label), or use mode = "teachers".'
+        )
     engine = _engine(data)
-    merger = Merger(ImageInput(height, width, channels), sources, mode=mode, C=_C(head.get("C", DEFAULT_C)), quiet=quiet,
-                    engine=engine["name"], address=engine.get("address"), workers=engine.get("workers"))
+    merger = Merger(
+        ImageInput(height, width, channels),
+        sources,
+        mode=mode,
+        C=_C(head.get("C", DEFAULT_C)),
+        quiet=quiet,
+        engine=engine["name"],
+        address=engine.get("address"),
+        workers=engine.get("workers"),
+    )
     train = None
     if "train" in head:
         paths = head["train"] if isinstance(head["train"], list) else [head["train"]]
@@ -176,6 +226,7 @@ def load_recipe(path: str | Path, quiet: bool = False) -> Recipe:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise OnnxMergeError(f"recipe {printable(path)} is not valid TOML ({printable(exc)}); fix the syntax.") from exc
     except RecursionError:  # tomllib parses nested arrays and inline tables recursively
-        raise OnnxMergeError(f"recipe {printable(path)} nests arrays or tables too deeply for a recipe; fix its "
-                             "structure.") from None
+        raise OnnxMergeError(
+            f"recipe {printable(path)} nests arrays or tables too deeply for a recipe; fix its structure."
+        ) from None
     return parse_recipe(data, path.parent, path, quiet=quiet)

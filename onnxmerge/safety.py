@@ -43,14 +43,17 @@ def open_regular(path: str | os.PathLike, what: str = "file", nofollow: bool = F
     except OSError as exc:
         if nofollow and Path(path).is_symlink():
             raise OnnxMergeError(f"{what} {printable(path)} is a symbolic link; refusing to follow it.") from None
-        raise OnnxMergeError(f"{what} {printable(path)} cannot be opened ({exc.strerror or exc}); check its "
-                             "permissions.") from None
+        raise OnnxMergeError(
+            f"{what} {printable(path)} cannot be opened ({exc.strerror or exc}); check its permissions."
+        ) from None
     try:
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
             kind = _kind(mode)
-            raise OnnxMergeError(f"{what} {printable(path)} is {kind}, not a regular file; refusing to read it "
-                                 "(it could block forever or never end); give a real file.")
+            raise OnnxMergeError(
+                f"{what} {printable(path)} is {kind}, not a regular file; refusing to read it "
+                "(it could block forever or never end); give a real file."
+            )
         if hasattr(os, "set_blocking"):
             os.set_blocking(fd, True)
         return os.fdopen(fd, "rb")
@@ -64,8 +67,10 @@ def read_regular(path: str | os.PathLike, what: str = "file", limit: int | None 
     with open_regular(path, what) as handle:
         size = os.fstat(handle.fileno()).st_size
         if limit is not None and size > limit:
-            raise OnnxMergeError(f"{what} {printable(path)} is {size:,} bytes, more than the {limit:,} onnxmerge "
-                                 "accepts for it; check that it is the right file.")
+            raise OnnxMergeError(
+                f"{what} {printable(path)} is {size:,} bytes, more than the {limit:,} onnxmerge "
+                "accepts for it; check that it is the right file."
+            )
         return handle.read()
 
 
@@ -133,5 +138,7 @@ def check_labels(labels, where: str, fix: str = "rename it") -> None:
     for label in dict.fromkeys(str(v) for v in labels):
         problem = label_problem(label)
         if problem:
-            raise OnnxMergeError(f"class label '{printable(label)}' from {where} {problem}; {fix} (labels are "
-                                 "printed in TAB-separated lines and stored as UTF-8 text).")
+            raise OnnxMergeError(
+                f"class label '{printable(label)}' from {where} {problem}; {fix} (labels are "
+                "printed in TAB-separated lines and stored as UTF-8 text)."
+            )

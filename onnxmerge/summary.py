@@ -22,9 +22,11 @@ def z_lines(z: dict) -> list[str]:
         lines.append(f"route    columns: {', '.join(map(p, z['route']))} (P(source or new class | image))")
     estimate = z["expected_accuracy"]
     if estimate:
-        lines.append(f"expected {p(estimate.get('measure', 'accuracy'))} {estimate['accuracy']:.3f} +- "
-                     f"{estimate['standard_error']:.3f} ({estimate['folds']}-fold, {estimate['held_out_images']} "
-                     f"{p(estimate.get('what', 'labelled images'))}, measured at build time)")
+        lines.append(
+            f"expected {p(estimate.get('measure', 'accuracy'))} {estimate['accuracy']:.3f} +- "
+            f"{estimate['standard_error']:.3f} ({estimate['folds']}-fold, {estimate['held_out_images']} "
+            f"{p(estimate.get('what', 'labelled images'))}, measured at build time)"
+        )
     else:
         lines.append("expected accuracy: not measured (the build had no labelled images to hold out)")
     for block in z["head_inputs"] or []:
@@ -38,13 +40,15 @@ def quantization_lines(q: dict | None) -> list[str]:
         return []
     weights = q.get("int8_weights", 0)
     light = f", weights of {weights} float layers stored int8" if weights else ""
-    lines = [f"quantization: int8 static QDQ, {q['method']} calibration on {q['calibration_images']} images "
-             f"(of {q['images']} labelled and {q.get('pool_images', 0)} pool images); "
-             f"accuracy ({q['held_out']}) {q['accuracy_before']:.3f} float -> {q['accuracy_after']:.3f} "
-             f"int8{', head refitted on the int8 features' if q['head_refit'] else ''}"
-             f"{light}; "
-             f"Z int8 / float time "
-             f"{q['time_ratio']:.2f}, size {q['size_ratio']:.2f}x"]
+    lines = [
+        f"quantization: int8 static QDQ, {q['method']} calibration on {q['calibration_images']} images "
+        f"(of {q['images']} labelled and {q.get('pool_images', 0)} pool images); "
+        f"accuracy ({q['held_out']}) {q['accuracy_before']:.3f} float -> {q['accuracy_after']:.3f} "
+        f"int8{', head refitted on the int8 features' if q['head_refit'] else ''}"
+        f"{light}; "
+        f"Z int8 / float time "
+        f"{q['time_ratio']:.2f}, size {q['size_ratio']:.2f}x"
+    ]
     for s in q["sources"]:
         kept = f"; float: {', '.join(s['float_layers'])}" if s["float_layers"] else ""
         lines.append(f"  {s['name']}: {'int8' if s['int8'] else 'float'}, {s['reason']}{kept}")
@@ -58,9 +62,11 @@ def build_summary(merger, output) -> str:
     lines = []
     for s in merger.sources_:
         pre = s.preprocess
-        lines.append(f"source {p(s.spec.name)}: {p(Path(s.spec.model).name)}, feature '{p(s.feature)}' "
-                     f"({'pooled, ' if s.cut.pooled else ''}{pre.layout} {pre.height}x{pre.width}x{pre.channels}"
-                     f"{', flat' if pre.flat else ''}), {len(s.labels or [])} labels")
+        lines.append(
+            f"source {p(s.spec.name)}: {p(Path(s.spec.model).name)}, feature '{p(s.feature)}' "
+            f"({'pooled, ' if s.cut.pooled else ''}{pre.layout} {pre.height}x{pre.width}x{pre.channels}"
+            f"{', flat' if pre.flat else ''}), {len(s.labels or [])} labels"
+        )
         lines.append(f"  why: {p(s.reason)}")
         if s.batch_note:
             lines.append(f"  note: {s.batch_note}")
@@ -71,7 +77,9 @@ def build_summary(merger, output) -> str:
         lines += [line for line in merger.quantize_.lines if not line.startswith("quantize: warning: ")]
     lines.append(merger.share_.line())
     if merger.features_from_cache_:
-        lines.append(f"features: from cache {p(merger.cache_dir)} (checked; sources run only on a few spot-check images)")
+        lines.append(
+            f"features: from cache {p(merger.cache_dir)} (checked; sources run only on a few spot-check images)"
+        )
     report = merger.report_
     if report.get("teachers"):
         lines.append("teachers: " + ", ".join(f"{p(n)} ({kind})" for n, kind in report["teachers"].items()))
@@ -82,16 +90,21 @@ def build_summary(merger, output) -> str:
         lines.append("routing: softmax over the teachers' concatenated logits (no pool to calibrate on)")
     if "pseudo_labels" in report:
         kept = report["pseudo_labels"]
-        lines.append(f"pseudo-labels: {kept['kept']} of {kept['of']} pool images (routed probability >= "
-                     f"{kept['threshold']})")
+        lines.append(
+            f"pseudo-labels: {kept['kept']} of {kept['of']} pool images (routed probability >= {kept['threshold']})"
+        )
     if merger.engine == "dask":
         where = merger.address or "a LocalCluster on 127.0.0.1"
-        lines.append(f"engine: dask ({where}); the sources ran there on {report['train_images']} labelled and "
-                     f"{report['pool_images']} pool images, their features and teachers' outputs were gathered here "
-                     "for the head (the parity check's images ran here)")
+        lines.append(
+            f"engine: dask ({where}); the sources ran there on {report['train_images']} labelled and "
+            f"{report['pool_images']} pool images, their features and teachers' outputs were gathered here "
+            "for the head (the parity check's images ran here)"
+        )
     if report["mode"] == "fit":
-        lines.append(f"head: logistic regression (C={report['C']:g}) on {report['head_inputs']} inputs, "
-                     f"{report['train_images']} labelled images, train accuracy {report['train_accuracy']:.3f}")
+        lines.append(
+            f"head: logistic regression (C={report['C']:g}) on {report['head_inputs']} inputs, "
+            f"{report['train_images']} labelled images, train accuracy {report['train_accuracy']:.3f}"
+        )
     if "expected_accuracy" in report:
         lines.append(report["expected_accuracy"]["line"])
     if report["warnings"]:

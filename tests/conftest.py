@@ -60,8 +60,15 @@ def source_toml(name: str, fixture: str, **overrides) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_recipe(folder: Path, sources: list[tuple[str, str]], train: Path | str, height: int = 8, width: int = 8,
-                 channels: int = 1, extra: str = "") -> Path:
+def write_recipe(
+    folder: Path,
+    sources: list[tuple[str, str]],
+    train: Path | str,
+    height: int = 8,
+    width: int = 8,
+    channels: int = 1,
+    extra: str = "",
+) -> Path:
     """A recipe over fixtures: ``sources`` is [(namespace, fixture file)]."""
     text = textwrap.dedent(f"""\
         [input]

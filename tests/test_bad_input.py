@@ -10,9 +10,9 @@ import sys
 import numpy as np
 import onnx
 import pytest
+from conftest import FIXTURES, write_recipe
 from PIL import Image
 
-from conftest import FIXTURES, write_recipe
 from onnxmerge.cli import main
 
 
@@ -73,16 +73,19 @@ def test_missing_required_key(tmp_path, digits_npz, capsys):
     build_fails(tmp_path, capsys, path, "missing the required key 'std'")
 
 
-@pytest.mark.parametrize("edit,expected", [
-    (("height = 8", "height = 0"), "must be between 1 and 8192"),
-    (("height = 8", 'height = "8"'), "must be an integer"),
-    (("mean = [0.3]", "mean = [0.3, 0.2]"), "mean has 2 values"),
-    (("std = [0.4]", "std = [0.0]"), "std contains 0"),
-    (('mode = "fit"', 'mode = "fitt"'), "did you mean 'fit'"),
-    (('mode = "fit"', 'mode = "teachers"'), "takes a train set of new classes only"),
-    (('name = "b"', 'name = "a"'), "used twice"),
-    (("[head]", "[head"), "not valid TOML"),
-])
+@pytest.mark.parametrize(
+    "edit,expected",
+    [
+        (("height = 8", "height = 0"), "must be between 1 and 8192"),
+        (("height = 8", 'height = "8"'), "must be an integer"),
+        (("mean = [0.3]", "mean = [0.3, 0.2]"), "mean has 2 values"),
+        (("std = [0.4]", "std = [0.0]"), "std contains 0"),
+        (('mode = "fit"', 'mode = "fitt"'), "did you mean 'fit'"),
+        (('mode = "fit"', 'mode = "teachers"'), "takes a train set of new classes only"),
+        (('name = "b"', 'name = "a"'), "used twice"),
+        (("[head]", "[head"), "not valid TOML"),
+    ],
+)
 def test_recipe_mistakes(tmp_path, digits_npz, capsys, edit, expected):
     path = recipe(tmp_path, digits_npz)
     path.write_text(path.read_text().replace(*edit, 1))
@@ -112,8 +115,7 @@ def test_npz_with_mismatched_x_and_y(tmp_path, digits, capsys):
 
 
 def test_output_into_missing_folder(tmp_path, digits_npz, capsys):
-    fails(["build", str(recipe(tmp_path, digits_npz)), "-o", str(tmp_path / "no" / "z.onnx")], capsys,
-          "does not exist")
+    fails(["build", str(recipe(tmp_path, digits_npz)), "-o", str(tmp_path / "no" / "z.onnx")], capsys, "does not exist")
 
 
 def test_output_onto_a_source_leaves_it_untouched(tmp_path, digits_npz, capsys):
@@ -162,8 +164,12 @@ def test_predict_on_a_model_onnxmerge_did_not_build(capsys, tmp_path):
 
 def test_console_script_prints_no_traceback(tmp_path):
     """The real process: exit code 2 and a single line on stderr."""
-    result = subprocess.run([sys.executable, "-m", "onnxmerge", "build", str(tmp_path / "missing.toml"), "-o",
-                             str(tmp_path / "z.onnx")], capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "onnxmerge", "build", str(tmp_path / "missing.toml"), "-o", str(tmp_path / "z.onnx")],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [f"onnxmerge: error: recipe {tmp_path / 'missing.toml'} does not "
-                                                  "exist; check the path."]
+    assert result.stderr.strip().splitlines() == [
+        f"onnxmerge: error: recipe {tmp_path / 'missing.toml'} does not exist; check the path."
+    ]

@@ -8,17 +8,17 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-
 from conftest import FIXTURES, fixture_entry, write_recipe
+
 from onnxmerge.cli import main
 from onnxmerge.recipe import load_recipe
 
 PAIRS = [
-    ("torch_legacy_cnn.onnx", "torch_dynamo_mlp.onnx"),   # opset 13 + 18 (converted), external data, resize 8->16
-    ("skl_mlp.onnx", "jax_cnn.onnx"),                     # flat MatMul+Add+ZipMap + NHWC jax2onnx opset 21
+    ("torch_legacy_cnn.onnx", "torch_dynamo_mlp.onnx"),  # opset 13 + 18 (converted), external data, resize 8->16
+    ("skl_mlp.onnx", "jax_cnn.onnx"),  # flat MatMul+Add+ZipMap + NHWC jax2onnx opset 21
     ("torch_legacy_cnn.onnx", "torch_legacy_cnn_b.onnx"),  # one architecture, identical names, other weights
-    ("skl_logreg.onnx", "torch_dynamo_mlp.onnx"),         # linear model on raw pixels: the input is the feature
-    ("torch_legacy_cnn.onnx", "torch_legacy_cnn.onnx"),   # the same file twice
+    ("skl_logreg.onnx", "torch_dynamo_mlp.onnx"),  # linear model on raw pixels: the input is the feature
+    ("torch_legacy_cnn.onnx", "torch_legacy_cnn.onnx"),  # the same file twice
 ]
 
 
@@ -96,8 +96,9 @@ def test_stage2_label_no_source_knows_becomes_a_new_class(tmp_path, digits):
 
 
 def test_cli_build_prints_parity_and_writes_z(tmp_path, digits_npz, capsys):
-    recipe = write_recipe(tmp_path, [("legacy", "torch_legacy_cnn.onnx"), ("dynamo", "torch_dynamo_mlp.onnx")],
-                          digits_npz["train"])
+    recipe = write_recipe(
+        tmp_path, [("legacy", "torch_legacy_cnn.onnx"), ("dynamo", "torch_dynamo_mlp.onnx")], digits_npz["train"]
+    )
     assert main(["build", str(recipe), "-o", str(tmp_path / "z.onnx"), "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "parity: legacy features vs source '/Relu_2_output_0'" in out

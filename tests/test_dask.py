@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import write_recipe
 from PIL import Image
 
-from conftest import write_recipe
 from onnxmerge.cli import main
 from onnxmerge.files.images import list_images, read_images
 from onnxmerge.recipe import load_recipe
@@ -27,8 +27,9 @@ SOURCES = [("a", "torch_legacy_cnn.onnx"), ("b", "jax_cnn.onnx")]
 @pytest.fixture(scope="module")
 def cluster():
     """Two single-threaded worker processes on 127.0.0.1 (restarted by their nannies if killed)."""
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                                  dashboard_address=None, memory_limit="1GiB") as local:
+    with distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None, memory_limit="1GiB"
+    ) as local:
         yield local
 
 
@@ -74,8 +75,23 @@ def test_predictions_identical_and_a_bad_image_reported(fitted, image_files, clu
     out = {}
     for engine in (["--engine", "local"], ["--address", cluster.scheduler_address]):
         path = tmp_path / f"{engine[0][2:]}.parquet"
-        assert main(["predict", str(z), str(image_files), "--out", str(path), "--probabilities", "--chunk", "256",
-                     "--quiet", *engine]) == 0
+        assert (
+            main(
+                [
+                    "predict",
+                    str(z),
+                    str(image_files),
+                    "--out",
+                    str(path),
+                    "--probabilities",
+                    "--chunk",
+                    "256",
+                    "--quiet",
+                    *engine,
+                ]
+            )
+            == 0
+        )
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 2 and "00007_bad.png cannot be read" in err[0] and "1 of 1201 images" in err[1], err
         assert len(list(path.glob("part-*.parquet"))) == 5 and not list(tmp_path.glob("*.partial-*"))
@@ -99,9 +115,24 @@ def test_a_killed_worker_is_retried_and_the_output_is_identical(fitted, image_fi
     pids = client.run(os.getpid)
     out = tmp_path / "killed.parquet"
     result = {}
-    run = threading.Thread(target=lambda: result.update(rc=main(
-        ["predict", str(z), str(image_files), "--out", str(out), "--chunk", "16", "--quiet",
-         "--address", cluster.scheduler_address])))
+    run = threading.Thread(
+        target=lambda: result.update(
+            rc=main(
+                [
+                    "predict",
+                    str(z),
+                    str(image_files),
+                    "--out",
+                    str(out),
+                    "--chunk",
+                    "16",
+                    "--quiet",
+                    "--address",
+                    cluster.scheduler_address,
+                ]
+            )
+        )
+    )
     run.start()
     deadline = time.monotonic() + 60
     while not list(tmp_path.glob("killed.parquet.partial-*/part-*.parquet")) and time.monotonic() < deadline:
@@ -131,9 +162,11 @@ def test_an_unreachable_scheduler_is_one_sentence(fitted, image_files, tmp_path,
 def test_the_recipe_names_the_engine(fitted, tmp_path, capsys):
     _, _, folder = fitted
     text = (folder / "recipe.toml").read_text()
-    for table, message in (('[engine]\nname = "dask"\nadress = "tcp://x:1"\n', "did you mean 'address'"),
-                           ('[engine]\nname = "dusk"\n', "did you mean 'dask'"),
-                           ('[engine]\nname = "local"\nworkers = 2\n', "need engine.name = \"dask\"")):
+    for table, message in (
+        ('[engine]\nname = "dask"\nadress = "tcp://x:1"\n', "did you mean 'address'"),
+        ('[engine]\nname = "dusk"\n', "did you mean 'dask'"),
+        ('[engine]\nname = "local"\nworkers = 2\n', 'need engine.name = "dask"'),
+    ):
         recipe = tmp_path / "r.toml"
         recipe.write_text(text.replace("[head]", table + "\n[head]"))
         assert main(["build", str(recipe), "-o", str(tmp_path / "z.onnx")]) == 2
@@ -168,12 +201,15 @@ def test_fsspec_urls_are_read_by_the_workers(fitted, image_files, cluster, tmp_p
     tables = []
     for where in (str(sub), f"file://{sub}"):
         out = tmp_path / f"p{len(tables)}.parquet"
-        assert main(["predict", str(z), where, "--out", str(out), "--address", cluster.scheduler_address,
-                     "--quiet"]) == 0
+        assert (
+            main(["predict", str(z), where, "--out", str(out), "--address", cluster.scheduler_address, "--quiet"]) == 0
+        )
         tables.append(pq.read_table(out))
     assert tables[0].num_rows == 600
     assert tables[0].column("label").equals(tables[1].column("label"))
-    assert [f.removeprefix("file://") for f in tables[1].column("file").to_pylist()] == tables[0].column("file").to_pylist()
+    assert [f.removeprefix("file://") for f in tables[1].column("file").to_pylist()] == tables[0].column(
+        "file"
+    ).to_pylist()
     capsys.readouterr()
 
 
@@ -186,8 +222,11 @@ def test_a_pool_folder_is_read_by_the_workers(image_files, digits_npz, cluster, 
     pool = image_files / "0"  # 600 good PNGs
     fit = write_recipe(tmp_path, SOURCES, digits_npz["train"], extra=f'unlabeled = "{pool.as_posix()}"\n')
     teachers = tmp_path / "teachers.toml"
-    teachers.write_text(fit.read_text().replace('mode = "fit"', 'mode = "teachers"')
-                        .replace(f'train = "{Path(digits_npz["train"]).as_posix()}"\n', ""))
+    teachers.write_text(
+        fit.read_text()
+        .replace('mode = "fit"', 'mode = "teachers"')
+        .replace(f'train = "{Path(digits_npz["train"]).as_posix()}"\n', "")
+    )
     for recipe in (fit, teachers):
         models = []
         for address in (None, cluster.scheduler_address):
@@ -201,8 +240,10 @@ def test_a_pool_folder_is_read_by_the_workers(image_files, digits_npz, cluster, 
     assert len(ImageFiles(list_images([str(pool)]), load_recipe(fit).merger.input)[::2]) == 300
     broken = tmp_path / "broken.toml"
     broken.write_text(teachers.read_text().replace(pool.as_posix(), (image_files / "1").as_posix()))
-    assert main(["build", str(broken), "-o", str(tmp_path / "z.onnx"), "--quiet", "--address",
-                 cluster.scheduler_address]) == 2
+    assert (
+        main(["build", str(broken), "-o", str(tmp_path / "z.onnx"), "--quiet", "--address", cluster.scheduler_address])
+        == 2
+    )
     err = capsys.readouterr().err
     assert "00007_bad.png cannot be read" in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert not (tmp_path / "z.onnx").exists()

@@ -13,15 +13,21 @@ def test_demo_builds_both_stages_both_ways_and_reports(tmp_path, capsys):
     out = capsys.readouterr().out
     rows = {line[:34].strip(): line[34:].split() for line in out.splitlines()[2:8]}
     # columns: images, source, fit stage 1, fit stage 2, teachers stage 1, teachers stage 2
-    assert float(rows["source a on its 5 classes"][1]) > 0.9      # the torch CNN alone
-    assert float(rows["source b on its 3 classes"][1]) > 0.95     # the sklearn MLP alone
+    assert float(rows["source a on its 5 classes"][1]) > 0.9  # the torch CNN alone
+    assert float(rows["source b on its 3 classes"][1]) > 0.95  # the sklearn MLP alone
     union = rows["union of the 8 source classes"]
     assert union[0] == "1600" and min(float(v) for v in union[2:4]) > 0.8
-    assert min(float(v) for v in union[4:6]) > 0.7                # no labels for the old classes at all
+    assert min(float(v) for v in union[4:6]) > 0.7  # no labels for the old classes at all
     bag = rows["new class 'Bag' (recall)"]
     assert bag[0] == "200" and float(bag[3]) >= 0.5 and float(bag[5]) >= 0.5
-    for name in ("z_fit1.onnx", "z_fit2.onnx", "z_teach1.onnx", "z_teach2.onnx", "report/confusion.png",
-                 "report/report.html"):
+    for name in (
+        "z_fit1.onnx",
+        "z_fit2.onnx",
+        "z_teach1.onnx",
+        "z_teach2.onnx",
+        "report/confusion.png",
+        "report/report.html",
+    ):
         assert (tmp_path / name).is_file(), name
     for name in ("z_fit2.onnx", "z_teach2.onnx"):
         session = ort.InferenceSession(str(tmp_path / name), providers=["CPUExecutionProvider"])

@@ -16,7 +16,9 @@ from onnxmerge.runtime.deploy import ort_format
 
 def test_ort_format_round_trip_gives_the_same_labels_and_probabilities(tmp_path, digits):
     x, y = digits
-    merger = Merger(ImageInput(8, 8, 1), [fixture_source("a", "torch_legacy_cnn.onnx")], quiet=True).fit(x[:300], y[:300])
+    merger = Merger(ImageInput(8, 8, 1), [fixture_source("a", "torch_legacy_cnn.onnx")], quiet=True).fit(
+        x[:300], y[:300]
+    )
     path = merger.save(tmp_path / "z.onnx")
     result = ort_format(path, tmp_path / "mobile")
     assert result.ort.name == "z.ort" and result.ort.stat().st_size > 0
@@ -35,7 +37,9 @@ def test_int8_z_has_unique_node_names_and_runs(tmp_path, digits):
     from onnxmerge.learn.qdq import Quantizer, _unique_node_names, source_nodes
 
     x, y = digits
-    merger = Merger(ImageInput(8, 8, 1), [fixture_source("a", "torch_legacy_cnn.onnx")], quiet=True).fit(x[:300], y[:300])
+    merger = Merger(ImageInput(8, 8, 1), [fixture_source("a", "torch_legacy_cnn.onnx")], quiet=True).fit(
+        x[:300], y[:300]
+    )
     quantizer = Quantizer(merger.model_, x[:64], tmp_path)
     network = [n for s in source_nodes(quantizer.model, ["a"]) for n in s.network]
     int8 = quantizer.quantize(network)
@@ -51,7 +55,8 @@ def test_int8_z_has_unique_node_names_and_runs(tmp_path, digits):
     names = [n.name for n in repaired.graph.node if n.name]
     assert len(names) == len(set(names)) and convs[0].name in names
     labels = ort.InferenceSession(repaired.SerializeToString(), providers=["CPUExecutionProvider"]).run(
-        ["label"], {"image": x[300:310]})[0]
+        ["label"], {"image": x[300:310]}
+    )[0]
     assert set(labels) <= set(merger.classes_)
 
 

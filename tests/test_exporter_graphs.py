@@ -16,11 +16,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import FIXTURES
+
 from onnxmerge import ImageInput, Merger, OnnxMergeError, Preprocess, Source
-from onnxmerge.graph.inspect import find_head
 from onnxmerge.files.models import load_model
+from onnxmerge.graph.inspect import find_head
 
 GRAPHS = Path(__file__).parent / "fixtures" / "graphs"
 ENTRIES = {e["file"]: e for e in json.loads((GRAPHS / "manifest.json").read_text())}
@@ -31,8 +31,14 @@ BUILDABLE = sorted(name for name in ENTRIES if name not in SWEEP)
 def source(name: str, namespace: str = "s") -> Source:
     e = ENTRIES[name]
     head = e["head_output"] if len(e.get("outputs", [])) > 1 else "auto"
-    return Source(namespace, GRAPHS / name, Preprocess(e["scale"], tuple(e["mean"]), tuple(e["std"]), height=e["height"],
-                                                        width=e["width"], channels=e["channels"]), head_output=head)
+    return Source(
+        namespace,
+        GRAPHS / name,
+        Preprocess(
+            e["scale"], tuple(e["mean"]), tuple(e["std"]), height=e["height"], width=e["width"], channels=e["channels"]
+        ),
+        head_output=head,
+    )
 
 
 @pytest.mark.parametrize("name", sorted(ENTRIES))
@@ -60,13 +66,18 @@ def test_twins_with_identical_names_and_their_own_external_data(digits):
     merger.fit(x[:600], y[:600])
     assert all(c.ok for c in merger.parity_)
     names = [n.name for n in merger.model_.graph.node]
-    assert len(names) == len(set(names)) and any(n.startswith("a/") for n in names) and any(n.startswith("b/") for n in names)
+    assert (
+        len(names) == len(set(names))
+        and any(n.startswith("a/") for n in names)
+        and any(n.startswith("b/") for n in names)
+    )
 
 
 def test_if_subgraph_names_are_prefixed(digits):
     x, y = digits
-    merger = Merger(ImageInput(8, 8, 1), [source("if_subgraph.onnx", "p"), source("if_subgraph.onnx", "q")],
-                    C=1.0, quiet=True)
+    merger = Merger(
+        ImageInput(8, 8, 1), [source("if_subgraph.onnx", "p"), source("if_subgraph.onnx", "q")], C=1.0, quiet=True
+    )
     merger.fit(x[:300], y[:300])
     branch_names: list[str] = []
     for node in merger.model_.graph.node:
@@ -86,23 +97,36 @@ def test_batch_1_only_source_runs_image_by_image(name, digits, capfd, tmp_path):
     Z keeps its dynamic batch (a Loop over the images), runs at batch 1 and 7, features equal the original
     source run on each image alone; onnxruntime's own log lines (its failed batch-2 probe) stay off stderr."""
     from onnxmerge.graph.cut import exposing
-    from onnxmerge.runtime.session import make_session
     from onnxmerge.graph.preprocess import reference_preprocess
+    from onnxmerge.runtime.session import make_session
 
     x, y = digits
     keep = np.isin(y, ENTRIES[name]["labels"])
     x, y = x[keep], y[keep]
     merger = Merger(ImageInput(8, 8, 1), [source(name)], C=1.0, quiet=True).fit(x[:300], y[:300])
     resolved = merger.sources_[0]
-    assert resolved.batch_note.startswith("fixed batch 1: runs image by image inside Z (an ONNX Loop"), resolved.batch_note
+    assert resolved.batch_note.startswith("fixed batch 1: runs image by image inside Z (an ONNX Loop"), (
+        resolved.batch_note
+    )
     assert all(c.ok and c.tolerance == 1e-5 for c in merger.parity_), [c.line() for c in merger.parity_]
     assert "Loop" in {n.op_type for n in merger.model_.graph.node}
     original = make_session(exposing(load_model(GRAPHS / name), ENTRIES[name]["feature"]))
     for n in (1, 7):
-        images = x[300:300 + n]
+        images = x[300 : 300 + n]
         got = merger.source_outputs(images, ["s/feature"])["s/feature"]
-        alone = np.concatenate([original.run(None, {original.get_inputs()[0].name: reference_preprocess(
-            images[k:k + 1], merger.input, resolved.preprocess)})[0].reshape(1, -1) for k in range(n)])
+        alone = np.concatenate(
+            [
+                original.run(
+                    None,
+                    {
+                        original.get_inputs()[0].name: reference_preprocess(
+                            images[k : k + 1], merger.input, resolved.preprocess
+                        )
+                    },
+                )[0].reshape(1, -1)
+                for k in range(n)
+            ]
+        )
         assert np.abs(got - alone).max() <= 1e-5 * max(1.0, np.abs(alone).max())
         assert merger.predict_proba(images).shape == (n, len(ENTRIES[name]["labels"]))
     assert np.mean(merger.predict(x[400:]) == y[400:]) > 0.85
@@ -114,11 +138,25 @@ def test_batch_1_only_source_runs_image_by_image(name, digits, capfd, tmp_path):
 
 # -- second batch (tests/fixtures/generate_graphs_more.py) --------------------------------------------------------
 
+
 def test_opset_and_ir_sweep_is_complete():
     """One trained CNN at every opset torch legacy exports (11..20) and onnx converts to (21..26), IR 6..13."""
     got = [(ENTRIES[n]["opset"]["ai.onnx"], ENTRIES[n]["ir_version"]) for n in SWEEP]
-    assert got == [(11, 6), (13, 7), (15, 8), (17, 8), (18, 8), (19, 9), (20, 9), (21, 10), (22, 10), (23, 11),
-                   (24, 12), (25, 13), (26, 13)]
+    assert got == [
+        (11, 6),
+        (13, 7),
+        (15, 8),
+        (17, 8),
+        (18, 8),
+        (19, 9),
+        (20, 9),
+        (21, 10),
+        (22, 10),
+        (23, 11),
+        (24, 12),
+        (25, 13),
+        (26, 13),
+    ]
     assert len({ENTRIES[n]["test_accuracy"] for n in SWEEP}) == 1  # the same model everywhere
 
 
@@ -135,8 +173,9 @@ def test_opset_sweep_builds_with_exact_parity(name, digits):
 
 def test_sources_at_opset_11_and_26_are_stitched(digits):
     x, y = digits
-    merger = Merger(ImageInput(8, 8, 1), [source("logsoftmax_head.onnx", "old"), source("opset_26.onnx", "new")],
-                    C=1.0, quiet=True)
+    merger = Merger(
+        ImageInput(8, 8, 1), [source("logsoftmax_head.onnx", "old"), source("opset_26.onnx", "new")], C=1.0, quiet=True
+    )
     merger.fit(x[:400], y[:400])
     assert merger.notes_ == {"old": "opset 11 -> 26 (onnx version converter)"}
     assert all(c.ok and c.tolerance == 1e-5 for c in merger.parity_), [c.line() for c in merger.parity_]
@@ -146,8 +185,9 @@ def test_sources_at_opset_11_and_26_are_stitched(digits):
 
 def test_the_same_model_at_opsets_11_and_26_is_stitched(digits):
     x, y = digits  # identical weights: after the conversion, the two sources compute the same sub-graph
-    merger = Merger(ImageInput(8, 8, 1), [source("opset_11.onnx", "old"), source("opset_26.onnx", "new")],
-                    C=1.0, quiet=True)
+    merger = Merger(
+        ImageInput(8, 8, 1), [source("opset_11.onnx", "old"), source("opset_26.onnx", "new")], C=1.0, quiet=True
+    )
     merger.fit(x[:300], y[:300])
     assert merger.notes_ == {"old": "opset 11 -> 26 (onnx version converter)"}
     assert all(c.ok and c.tolerance == 1e-5 for c in merger.parity_), [c.line() for c in merger.parity_]
@@ -166,8 +206,11 @@ def test_newest_onnx_opset_that_onnxruntime_cannot_run_is_refused(tmp_path, digi
     onnx.save(model, str(path))
     x, y = digits
     merger = Merger(ImageInput(8, 8, 1), [Source("s", path, Preprocess(1 / 255, (0.3,), (0.4,)))], C=1.0, quiet=True)
-    with pytest.raises(OnnxMergeError, match=r"source 's' .*onnxruntime cannot load the model .*Unsupported model IR "
-                                             r"version: 14, max supported IR version: 13.*re-export the source"):
+    with pytest.raises(
+        OnnxMergeError,
+        match=r"source 's' .*onnxruntime cannot load the model .*Unsupported model IR "
+        r"version: 14, max supported IR version: 13.*re-export the source",
+    ):
         merger.fit(x[:50], y[:50])
 
 
@@ -184,8 +227,12 @@ def test_sparse_initializers_are_densified_and_prefixed(digits):
     assert sparse <= {i.name for i in cut_model.model.graph.initializer}
     x, y = digits
     # the partner has dense weights of the same names
-    merger = Merger(ImageInput(8, 8, 1), [source("sparse_initializer.onnx", "a"), source("lying_value_info.onnx", "b")],
-                    C=1.0, quiet=True).fit(x[:300], y[:300])
+    merger = Merger(
+        ImageInput(8, 8, 1),
+        [source("sparse_initializer.onnx", "a"), source("lying_value_info.onnx", "b")],
+        C=1.0,
+        quiet=True,
+    ).fit(x[:300], y[:300])
     assert all(c.ok and c.tolerance == 1e-5 for c in merger.parity_)
     names = {i.name for i in merger.model_.graph.initializer}
     assert {"a/fc1.weight", "b/fc1.weight", "a/conv.weight", "b/conv.weight"} <= names
@@ -225,8 +272,9 @@ def test_paddle2onnx_names():
 
 def test_local_functions_work_and_identical_ones_are_shared(digits):
     x, y = digits  # a and c: the same function body, other weights (passed to the function as inputs)
-    merger = Merger(ImageInput(8, 8, 1), [source("functions_a.onnx", "p"), source("functions_c.onnx", "q")],
-                    C=1.0, quiet=True)
+    merger = Merger(
+        ImageInput(8, 8, 1), [source("functions_a.onnx", "p"), source("functions_c.onnx", "q")], C=1.0, quiet=True
+    )
     merger.fit(x[:300], y[:300])
     assert all(c.ok and c.tolerance == 1e-5 for c in merger.parity_)
     assert [(f.domain, f.name) for f in merger.model_.functions] == [("onnxmerge_fixtures", "Block")]
@@ -236,10 +284,13 @@ def test_local_functions_work_and_identical_ones_are_shared(digits):
 
 def test_different_local_functions_with_one_name_are_refused(digits):
     x, y = digits
-    merger = Merger(ImageInput(8, 8, 1), [source("functions_a.onnx", "a"), source("functions_b.onnx", "b")],
-                    C=1.0, quiet=True)
-    sentence = ("sources 'a' and 'b' define different local functions named onnxmerge_fixtures:Block; "
-                "re-export one of them with functions inlined.")
+    merger = Merger(
+        ImageInput(8, 8, 1), [source("functions_a.onnx", "a"), source("functions_b.onnx", "b")], C=1.0, quiet=True
+    )
+    sentence = (
+        "sources 'a' and 'b' define different local functions named onnxmerge_fixtures:Block; "
+        "re-export one of them with functions inlined."
+    )
     with pytest.raises(OnnxMergeError, match="^" + re.escape(sentence) + "$"):
         merger.fit(x[:100], y[:100])
 
@@ -252,22 +303,29 @@ def test_sparse_initializer_with_indices_out_of_range_is_refused():
     model = load_model(GRAPHS / "sparse_initializer.onnx")
     sparse = model.graph.sparse_initializer[0]
     indices = onnx.numpy_helper.to_array(sparse.indices).copy()
-    indices[-1] = 10 ** 9
+    indices[-1] = 10**9
     sparse.indices.CopyFrom(onnx.numpy_helper.from_array(indices, sparse.indices.name))
-    with pytest.raises(OnnxMergeError, match=rf"^sparse initializer '{sparse.values.name}' has indices \(shape "
-                                             r"\[\d+(, 4)?\]\) that do not place its \d+ values inside its shape "
-                                             r"\[[\d, ]+\]; re-export the model with dense weights\.$"):
+    with pytest.raises(
+        OnnxMergeError,
+        match=rf"^sparse initializer '{sparse.values.name}' has indices \(shape "
+        r"\[\d+(, 4)?\]\) that do not place its \d+ values inside its shape "
+        r"\[[\d, ]+\]; re-export the model with dense weights\.$",
+    ):
         densify_sparse_initializers(model)
 
 
 # -- third batch (tests/fixtures/generate_graphs_heads.py): heads as exporters write them ----------------------
 
-@pytest.mark.parametrize("name, chain", [
-    ("keras_torch_dynamo.onnx", "Softmax <- ReduceMean <- Add <- Transpose <- Conv"),
-    ("squeezenet_head.onnx", "Softmax <- Reshape <- ReduceMean <- Relu <- Conv"),
-    ("skl2onnx_binary.onnx", "Concat <- Sigmoid <- Add <- MatMul"),
-    ("distilled_heads.onnx", "Softmax <- Div <- Add <- {Gemm <- BatchNormalization, Gemm}"),
-])
+
+@pytest.mark.parametrize(
+    "name, chain",
+    [
+        ("keras_torch_dynamo.onnx", "Softmax <- ReduceMean <- Add <- Transpose <- Conv"),
+        ("squeezenet_head.onnx", "Softmax <- Reshape <- ReduceMean <- Relu <- Conv"),
+        ("skl2onnx_binary.onnx", "Concat <- Sigmoid <- Add <- MatMul"),
+        ("distilled_heads.onnx", "Softmax <- Div <- Add <- {Gemm <- BatchNormalization, Gemm}"),
+    ],
+)
 def test_reason_names_the_chain_walked(name, chain):
     """The feature equals the framework's own classifier input (the manifest, from a hook); the reason says how."""
     e = ENTRIES[name]
@@ -301,11 +359,16 @@ def test_averaged_heads_that_read_different_tensors_are_one_sentence():
 
     model = load_model(GRAPHS / "distilled_heads.onnx")
     graph = model.graph
-    gemm = next(n for n in graph.node if n.op_type == "Gemm" and n.input[0] == ENTRIES["distilled_heads.onnx"]["feature"])
+    gemm = next(
+        n for n in graph.node if n.op_type == "Gemm" and n.input[0] == ENTRIES["distilled_heads.onnx"]["feature"]
+    )
     # the second head reads the feature through a (non-affine) Relu: no longer one shared tensor
     graph.node.insert(list(graph.node).index(gemm), helper.make_node("Relu", [gemm.input[0]], ["other_token"]))
     gemm.input[0] = "other_token"
     onnx.checker.check_model(model)
-    with pytest.raises(OnnxMergeError, match=r"heads averaged behind output 'probabilities' \(Softmax <- Div <- Add "
-                                             r"<- \{.*\}\) read different tensors; name the feature"):
+    with pytest.raises(
+        OnnxMergeError,
+        match=r"heads averaged behind output 'probabilities' \(Softmax <- Div <- Add "
+        r"<- \{.*\}\) read different tensors; name the feature",
+    ):
         find_head(model)

@@ -10,35 +10,67 @@ import random
 from pathlib import Path
 
 import numpy as np
-from hypothesis import example, HealthCheck, given, settings
+from conftest import FIXTURES
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from conftest import FIXTURES
-from onnxmerge.merger import Merger, Source
 from onnxmerge.errors import OnnxMergeError
-from onnxmerge.graph.inspect import describe
 from onnxmerge.files.models import load_model
+from onnxmerge.graph.inspect import describe
 from onnxmerge.graph.preprocess import ImageInput, Preprocess
+from onnxmerge.merger import Merger, Source
 from onnxmerge.recipe import parse_recipe
 
 EXAMPLES = int(os.environ.get("ONNXMERGE_FUZZ_EXAMPLES", "40"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
 
-KEYS = ["input", "sources", "head", "height", "width", "channels", "name", "model", "feature", "head_output",
-        "labels", "teacher", "preprocess", "layout", "scale", "mean", "std", "mode", "train", "unlabeled", "C",
-        "modle", "heigth", ""]
-scalars = st.one_of(st.none(), st.booleans(), st.integers(-10, 10**12), st.floats(allow_nan=True),
-                    st.text(max_size=12), st.sampled_from(["fit", "teachers", "NCHW", "NHWC", "auto", "a.onnx"]))
-values = st.recursive(scalars.filter(lambda v: v is not None),
-                      lambda inner: st.one_of(st.lists(inner, max_size=4),
-                                              st.dictionaries(st.sampled_from(KEYS), inner, max_size=6)),
-                      max_leaves=25)
+KEYS = [
+    "input",
+    "sources",
+    "head",
+    "height",
+    "width",
+    "channels",
+    "name",
+    "model",
+    "feature",
+    "head_output",
+    "labels",
+    "teacher",
+    "preprocess",
+    "layout",
+    "scale",
+    "mean",
+    "std",
+    "mode",
+    "train",
+    "unlabeled",
+    "C",
+    "modle",
+    "heigth",
+    "",
+]
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-10, 10**12),
+    st.floats(allow_nan=True),
+    st.text(max_size=12),
+    st.sampled_from(["fit", "teachers", "NCHW", "NHWC", "auto", "a.onnx"]),
+)
+values = st.recursive(
+    scalars.filter(lambda v: v is not None),
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(st.sampled_from(KEYS), inner, max_size=6)),
+    max_leaves=25,
+)
 
 
 def valid_recipe() -> dict:
-    return {"input": {"height": 8, "width": 8, "channels": 1},
-            "sources": [{"name": "a", "model": "a.onnx", "preprocess": {"scale": 1.0, "mean": [0.0], "std": [1.0]}}],
-            "head": {"mode": "fit", "train": "t.npz"}}
+    return {
+        "input": {"height": 8, "width": 8, "channels": 1},
+        "sources": [{"name": "a", "model": "a.onnx", "preprocess": {"scale": 1.0, "mean": [0.0], "std": [1.0]}}],
+        "head": {"mode": "fit", "train": "t.npz"},
+    }
 
 
 def mutate(recipe: dict, path: list, value):
@@ -59,11 +91,25 @@ def test_random_recipes_fail_cleanly(data):
 
 
 @FUZZ
-@given(st.sampled_from([["input", "height"], ["input", "channels"], ["sources", 0, "name"], ["sources", 0, "model"],
-                        ["sources", 0, "preprocess", "mean"], ["sources", 0, "preprocess", "std"],
-                        ["sources", 0, "preprocess", "scale"], ["sources", 0, "preprocess", "layout"],
-                        ["head", "mode"], ["head", "train"], ["sources", 0, "labels"], ["sources", 0, "teacher"]]),
-       values)
+@given(
+    st.sampled_from(
+        [
+            ["input", "height"],
+            ["input", "channels"],
+            ["sources", 0, "name"],
+            ["sources", 0, "model"],
+            ["sources", 0, "preprocess", "mean"],
+            ["sources", 0, "preprocess", "std"],
+            ["sources", 0, "preprocess", "scale"],
+            ["sources", 0, "preprocess", "layout"],
+            ["head", "mode"],
+            ["head", "train"],
+            ["sources", 0, "labels"],
+            ["sources", 0, "teacher"],
+        ]
+    ),
+    values,
+)
 def test_one_bad_value_in_a_valid_recipe_fails_cleanly(path, value):
     recipe = valid_recipe()
     mutate(recipe, path, value)
@@ -113,8 +159,11 @@ def test_mutated_models_fail_cleanly_and_write_nothing_else(tmp_path_factory, na
     y = np.array([str(i % 3) for i in range(12)])
     try:
         describe(path, load_model(path))
-        Merger(ImageInput(8, 8, 1), [Source("m", path, Preprocess(1 / 255, (0.3,), (0.4,), height=8, width=8,
-                                                                  channels=1))], quiet=True).fit(x, y)
+        Merger(
+            ImageInput(8, 8, 1),
+            [Source("m", path, Preprocess(1 / 255, (0.3,), (0.4,), height=8, width=8, channels=1))],
+            quiet=True,
+        ).fit(x, y)
     except OnnxMergeError:
         pass
     assert sorted(p.name for p in folder.iterdir()) == ["m.onnx"]  # nothing written beside the model

@@ -8,8 +8,8 @@ import os
 
 import numpy as np
 import pytest
-
 from conftest import FIXTURES, fixture_entry
+
 from onnxmerge import ImageInput, Merger, Preprocess, Source
 from onnxmerge.runtime import cache as feature_cache
 
@@ -126,7 +126,7 @@ def test_a_tampered_cache_gives_the_same_z_as_a_fresh_build(digits, tmp_path, ca
     merger.cache_dir = tmp_path
     merger.fit(x[:300], y[:300])
     (path,) = tmp_path.glob("*" + feature_cache.SUFFIX)
-    key = path.name[:-len(feature_cache.SUFFIX)]
+    key = path.name[: -len(feature_cache.SUFFIX)]
     if tamper == "flip":
         data = bytearray(path.read_bytes())
         data[-5] ^= 0x01

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from onnxmerge.files.images import load_labelled, load_unlabeled, read_image
 from onnxmerge.errors import OnnxMergeError
+from onnxmerge.files.images import load_labelled, load_unlabeled, read_image
 from onnxmerge.graph.preprocess import ImageInput
 
 GRAY = ImageInput(8, 8, 1)
@@ -20,17 +20,25 @@ RGB = ImageInput(8, 8, 3)
 
 def png_claiming(width: int, height: int) -> bytes:
     """A PNG whose header declares a huge image (a decompression bomb never gets decoded)."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    )
 
 
-@pytest.mark.parametrize("content,expected", [
-    (b"", "cannot be read"),
-    (b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR\0\0", "cannot be read"),
-    (b"GIF89a garbage", "cannot be read"),
-], ids=["zero-byte", "truncated-png", "bad-gif"])
+@pytest.mark.parametrize(
+    "content,expected",
+    [
+        (b"", "cannot be read"),
+        (b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR\0\0", "cannot be read"),
+        (b"GIF89a garbage", "cannot be read"),
+    ],
+    ids=["zero-byte", "truncated-png", "bad-gif"],
+)
 def test_unreadable_images(tmp_path, content, expected):
     path = tmp_path / "img.png"
     path.write_bytes(content)
@@ -85,13 +93,16 @@ def test_symlink_loop_is_not_followed(tmp_path):
     assert list(data.y) == ["cat", "dog"]
 
 
-@pytest.mark.parametrize("arrays,expected", [
-    ({"x": np.zeros((3, 8, 8, 1), np.float32), "y": np.array(["a", "b", "c"])}, "dtype float32"),
-    ({"x": np.zeros((3, 9, 8, 1), np.uint8), "y": np.array(["a", "b", "c"])}, "expected \\[N, 8, 8, 1\\]"),
-    ({"y": np.array(["a"])}, "no array 'x'"),
-    ({"x": np.zeros((3, 8, 8, 1), np.uint8)}, "no array 'y'"),
-    ({"x": np.zeros((0, 8, 8, 1), np.uint8), "y": np.array([], str)}, "holds no images"),
-])
+@pytest.mark.parametrize(
+    "arrays,expected",
+    [
+        ({"x": np.zeros((3, 8, 8, 1), np.float32), "y": np.array(["a", "b", "c"])}, "dtype float32"),
+        ({"x": np.zeros((3, 9, 8, 1), np.uint8), "y": np.array(["a", "b", "c"])}, "expected \\[N, 8, 8, 1\\]"),
+        ({"y": np.array(["a"])}, "no array 'x'"),
+        ({"x": np.zeros((3, 8, 8, 1), np.uint8)}, "no array 'y'"),
+        ({"x": np.zeros((0, 8, 8, 1), np.uint8), "y": np.array([], str)}, "holds no images"),
+    ],
+)
 def test_bad_npz(tmp_path, arrays, expected):
     path = tmp_path / "data.npz"
     np.savez(path, **arrays)

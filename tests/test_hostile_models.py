@@ -8,9 +8,9 @@ import shutil
 import numpy as np
 import onnx
 import pytest
+from conftest import FIXTURES
 from onnx import TensorProto, helper
 
-from conftest import FIXTURES
 from onnxmerge.errors import OnnxMergeError
 from onnxmerge.files.models import atomic_path, load_model, save_model
 
@@ -49,8 +49,11 @@ def refused(path, *expected):
         assert text in message, message
 
 
-@pytest.mark.parametrize("location", ["../secret.bin", "../../etc/passwd", "sub/../../secret.bin"],
-                         ids=["parent", "etc-passwd", "normalised-bypass"])
+@pytest.mark.parametrize(
+    "location",
+    ["../secret.bin", "../../etc/passwd", "sub/../../secret.bin"],
+    ids=["parent", "etc-passwd", "normalised-bypass"],
+)
 def test_read_traversal_cve_2022_25882_and_2024_27318(tmp_path, location):
     (tmp_path / "secret.bin").write_bytes(b"\0" * 100_000)
     refused(set_external(copy_dynamo(tmp_path / "m"), location=location), location, "outside the model's folder")
@@ -128,6 +131,7 @@ def test_graph_with_a_cycle(tmp_path):
     def cycle(model):
         first, last = model.graph.node[0], model.graph.node[-1]
         first.input[0] = last.output[0]
+
     refused(_edited(tmp_path, cycle), "not a valid ONNX model")
 
 
@@ -138,29 +142,34 @@ def test_missing_initializer(tmp_path):
 def test_duplicate_output_names(tmp_path):
     def duplicate(model):
         model.graph.node[1].output[0] = model.graph.node[0].output[0]
+
     refused(_edited(tmp_path, duplicate), "not a valid ONNX model")
 
 
 def test_unknown_default_domain_op(tmp_path):
     def unknown(model):
         model.graph.node[0].op_type = "NoSuchOp"
+
     refused(_edited(tmp_path, unknown), "not a valid ONNX model")
 
 
 def test_opset_newer_than_onnx_knows(tmp_path):
     def newer(model):
         model.opset_import[0].version = 999
+
     refused(_edited(tmp_path, newer), "uses opset 999", "upgrade onnx")
 
 
 def test_custom_domain_op_onnxruntime_cannot_run(tmp_path, digits_npz):
     """The checker lets unknown domains through; onnxruntime's refusal becomes an error naming the source."""
     from conftest import write_recipe
+
     from onnxmerge.recipe import load_recipe
 
     def custom(model):
         model.graph.node[0].domain = "com.example"
         model.opset_import.append(helper.make_opsetid("com.example", 1))
+
     path = _edited(tmp_path, custom)
     recipe = write_recipe(tmp_path, [("a", "torch_legacy_cnn.onnx"), ("b", "skl_mlp.onnx")], digits_npz["train"])
     recipe.write_text(recipe.read_text().replace((FIXTURES / "torch_legacy_cnn.onnx").as_posix(), path.as_posix()))
@@ -169,35 +178,49 @@ def test_custom_domain_op_onnxruntime_cannot_run(tmp_path, digits_npz):
 
 
 def test_huge_declared_dimension(tmp_path, digits_npz):
-    from onnxmerge.merger import Merger, Source
     from onnxmerge.graph.preprocess import ImageInput, Preprocess
+    from onnxmerge.merger import Merger, Source
 
-    graph = helper.make_graph([helper.make_node("Flatten", ["x"], ["f"]),
-                               helper.make_node("ReduceSum", ["f"], ["s"], keepdims=1)], "huge",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 10**6, 10**6])],
-                              [helper.make_tensor_value_info("s", TensorProto.FLOAT, ["N", 1])])
+    graph = helper.make_graph(
+        [helper.make_node("Flatten", ["x"], ["f"]), helper.make_node("ReduceSum", ["f"], ["s"], keepdims=1)],
+        "huge",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 10**6, 10**6])],
+        [helper.make_tensor_value_info("s", TensorProto.FLOAT, ["N", 1])],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
     onnx.save(model, str(tmp_path / "huge.onnx"))
-    merger = Merger(ImageInput(8, 8, 1), [Source("h", tmp_path / "huge.onnx", Preprocess(1.0, (0.0,), (1.0,)),
-                                                 feature="f")])
+    merger = Merger(
+        ImageInput(8, 8, 1), [Source("h", tmp_path / "huge.onnx", Preprocess(1.0, (0.0,), (1.0,)), feature="f")]
+    )
     with pytest.raises(OnnxMergeError, match="more than onnxmerge accepts"):
         merger.fit(digits_npz["train"])
 
 
 def test_nan_features_name_the_source(tmp_path, digits_npz):
     """A source that turns some inputs into NaN (log of a negative) is refused before fitting."""
-    from onnxmerge.merger import Merger, Source
     from onnxmerge.graph.preprocess import ImageInput, Preprocess
+    from onnxmerge.merger import Merger, Source
 
-    graph = helper.make_graph([helper.make_node("Flatten", ["x"], ["f"]), helper.make_node("Log", ["f"], ["feat"]),
-                               helper.make_node("ReduceSum", ["feat"], ["s"], keepdims=1)], "nan",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 8, 8])],
-                              [helper.make_tensor_value_info("s", TensorProto.FLOAT, ["N", 1])])
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8),
-              str(tmp_path / "nan.onnx"))
-    merger = Merger(ImageInput(8, 8, 1), [
-        Source("ok", FIXTURES / "torch_legacy_cnn.onnx", Preprocess(1 / 255, (0.3,), (0.4,))),
-        Source("broken", tmp_path / "nan.onnx", Preprocess(1 / 255, (0.5,), (1.0,)), feature="feat")])
+    graph = helper.make_graph(
+        [
+            helper.make_node("Flatten", ["x"], ["f"]),
+            helper.make_node("Log", ["f"], ["feat"]),
+            helper.make_node("ReduceSum", ["feat"], ["s"], keepdims=1),
+        ],
+        "nan",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 8, 8])],
+        [helper.make_tensor_value_info("s", TensorProto.FLOAT, ["N", 1])],
+    )
+    onnx.save(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8), str(tmp_path / "nan.onnx")
+    )
+    merger = Merger(
+        ImageInput(8, 8, 1),
+        [
+            Source("ok", FIXTURES / "torch_legacy_cnn.onnx", Preprocess(1 / 255, (0.3,), (0.4,))),
+            Source("broken", tmp_path / "nan.onnx", Preprocess(1 / 255, (0.5,), (1.0,)), feature="feat"),
+        ],
+    )
     with pytest.raises(OnnxMergeError, match="source 'broken' produced NaN or infinite features"):
         merger.fit(digits_npz["train"])
 

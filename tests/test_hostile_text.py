@@ -13,24 +13,27 @@ import os
 import numpy as np
 import onnx
 import pytest
-from PIL import Image
-
 from conftest import FIXTURES, source_toml, write_recipe
+from PIL import Image
+from test_bad_input import fails
+
 from onnxmerge.cli import main
 from onnxmerge.safety import printable
-from test_bad_input import fails
 
 ESC = "\x1b[2J\x1b[31m"
 
 
-@pytest.mark.parametrize("text,shown", [
-    ("plain café 猫", "plain café 猫"),
-    (f"{ESC}red", "\\x1b[2J\\x1b[31mred"),
-    ("a\tb\nc\\d", "a\\tb\\nc\\\\d"),
-    ("caf\udce9", "caf\\udce9"),                 # a file name byte that is not UTF-8 (surrogateescape)
-    ("abc\u202edcba", "abc\\u202edcba"),          # a right-to-left override reorders what the terminal shows
-    ("\x7f\x85", "\\x7f\\x85"),
-])
+@pytest.mark.parametrize(
+    "text,shown",
+    [
+        ("plain café 猫", "plain café 猫"),
+        (f"{ESC}red", "\\x1b[2J\\x1b[31mred"),
+        ("a\tb\nc\\d", "a\\tb\\nc\\\\d"),
+        ("caf\udce9", "caf\\udce9"),  # a file name byte that is not UTF-8 (surrogateescape)
+        ("abc\u202edcba", "abc\\u202edcba"),  # a right-to-left override reorders what the terminal shows
+        ("\x7f\x85", "\\x7f\\x85"),
+    ],
+)
 def test_printable(text, shown):
     assert printable(text) == shown
 
@@ -50,11 +53,15 @@ def build(tmp_path, train, *extra):
     return ["build", str(recipe), "-o", str(tmp_path / "z.onnx"), "--quiet", "--no-cache", *extra]
 
 
-@pytest.mark.parametrize("name,problem", [
-    (f"cat{ESC}", "contains control characters"),
-    ("cat\tdog", "contains control characters"),
-    (b"caf\xe9", "is not valid UTF-8"),
-], ids=["ansi", "tab", "latin-1"])
+@pytest.mark.parametrize(
+    "name,problem",
+    [
+        (f"cat{ESC}", "contains control characters"),
+        ("cat\tdog", "contains control characters"),
+        (b"caf\xe9", "is not valid UTF-8"),
+    ],
+    ids=["ansi", "tab", "latin-1"],
+)
 def test_class_folder_names_that_cannot_be_labels(tmp_path, digits, capsys, name, problem):
     data = folder_data(tmp_path / "data", digits, [name, "dog"])
     err = fails(build(tmp_path, data), capsys, "class label", problem, "rename it")
@@ -102,19 +109,34 @@ def test_a_source_whose_labels_are_not_utf8_is_refused_in_one_sentence(tmp_path,
     """The graph steps read string attributes as UTF-8 (a traceback before): refused, naming node and bytes."""
     path = with_labels(tmp_path, [b"z\xe9ro"] + [str(i).encode() for i in range(1, 10)])
     recipe = write_recipe(tmp_path, [("a", "torch_legacy_cnn.onnx")], digits_npz["train"])
-    recipe.write_text(recipe.read_text() + source_toml("m", "skl_mlp.onnx").replace(
-        (FIXTURES / "skl_mlp.onnx").as_posix(), path.as_posix()))
-    fails(["build", str(recipe), "-o", str(tmp_path / "z.onnx"), "--quiet", "--no-cache"], capsys,
-          "labelled.onnx", "'classlabels_strings' with text that is not UTF-8", "z\\xe9ro", "re-export")
+    recipe.write_text(
+        recipe.read_text()
+        + source_toml("m", "skl_mlp.onnx").replace((FIXTURES / "skl_mlp.onnx").as_posix(), path.as_posix())
+    )
+    fails(
+        ["build", str(recipe), "-o", str(tmp_path / "z.onnx"), "--quiet", "--no-cache"],
+        capsys,
+        "labelled.onnx",
+        "'classlabels_strings' with text that is not UTF-8",
+        "z\\xe9ro",
+        "re-export",
+    )
 
 
 def test_teachers_mode_refuses_a_teachers_label_with_an_escape(tmp_path, digits_npz, capsys):
     path = with_labels(tmp_path, [b"0", ESC.encode() + b"one"] + [str(i).encode() for i in range(2, 10)])
-    text = "[input]\nheight = 8\nwidth = 8\nchannels = 1\n\n" + source_toml("m", "skl_mlp.onnx").replace(
-        (FIXTURES / "skl_mlp.onnx").as_posix(), path.as_posix()) + '\n[head]\nmode = "teachers"\n'
+    text = (
+        "[input]\nheight = 8\nwidth = 8\nchannels = 1\n\n"
+        + source_toml("m", "skl_mlp.onnx").replace((FIXTURES / "skl_mlp.onnx").as_posix(), path.as_posix())
+        + '\n[head]\nmode = "teachers"\n'
+    )
     (tmp_path / "teachers.toml").write_text(text)
-    err = fails(["build", str(tmp_path / "teachers.toml"), "-o", str(tmp_path / "z.onnx"), "--quiet", "--no-cache"],
-                capsys, "control characters", "give that source's labels in the recipe")
+    err = fails(
+        ["build", str(tmp_path / "teachers.toml"), "-o", str(tmp_path / "z.onnx"), "--quiet", "--no-cache"],
+        capsys,
+        "control characters",
+        "give that source's labels in the recipe",
+    )
     assert "\x1b" not in err and not (tmp_path / "z.onnx").exists()
 
 

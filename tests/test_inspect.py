@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import FIXTURES, MANIFEST
+
 from onnxmerge.cli import main
-from onnxmerge.graph.inspect import describe, find_head
 from onnxmerge.files.models import load_model
+from onnxmerge.graph.inspect import describe, find_head
 
 KEYS = {"inputs", "outputs", "opsets", "ir_version", "producer", "labels", "candidates", "suggested", "reason"}
 

@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-
 from conftest import FIXTURES
+
 from onnxmerge import ImageInput, Merger, Preprocess, Source
 from onnxmerge.cli import main
-from onnxmerge.graph.inspect import read_labels
 from onnxmerge.files.models import load_model
+from onnxmerge.graph.inspect import read_labels
 
 GRAPHS = Path(__file__).parent / "fixtures" / "graphs"
 CNN = FIXTURES / "torch_legacy_cnn.onnx"
@@ -44,14 +44,17 @@ def test_inspect_shows_integer_labels(capsys):
     assert json.loads(capsys.readouterr().out)["labels"] == ["3", "8"]
 
 
-@pytest.mark.parametrize("key, value, expected", [
-    ("onnxmerge.labels", '["cat", "dog"]', ["cat", "dog"]),
-    ("labels", '{"1": "dog", "0": "cat"}', ["cat", "dog"]),             # JSON object keyed by index
-    ("names", "{0: 'five', 1: 'six', 2: 'seven'}", ["five", "six", "seven"]),  # Ultralytics: a Python dict
-    ("classes", "['a', 'b']", ["a", "b"]),                               # a Python list literal
-    ("id2label", '{"0": "tabby", "1": "tiger"}', ["tabby", "tiger"]),    # Hugging Face config.id2label
-    ("labels", "[0, 1, 2]", ["0", "1", "2"]),
-])
+@pytest.mark.parametrize(
+    "key, value, expected",
+    [
+        ("onnxmerge.labels", '["cat", "dog"]', ["cat", "dog"]),
+        ("labels", '{"1": "dog", "0": "cat"}', ["cat", "dog"]),  # JSON object keyed by index
+        ("names", "{0: 'five', 1: 'six', 2: 'seven'}", ["five", "six", "seven"]),  # Ultralytics: a Python dict
+        ("classes", "['a', 'b']", ["a", "b"]),  # a Python list literal
+        ("id2label", '{"0": "tabby", "1": "tiger"}', ["tabby", "tiger"]),  # Hugging Face config.id2label
+        ("labels", "[0, 1, 2]", ["0", "1", "2"]),
+    ],
+)
 def test_metadata_carriers(key, value, expected):
     labels = read_labels(with_metadata(CNN, **{key: value}))
     assert labels.labels == expected and labels.warnings == []

@@ -14,10 +14,8 @@ import stat
 import numpy as np
 import onnx
 import pytest
-from PIL import Image
-
 from conftest import FIXTURES, write_recipe
-from onnxmerge.cli import main
+from PIL import Image
 from test_bad_input import fails
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="FIFOs, device files and hard links")
@@ -26,6 +24,7 @@ pytestmark = pytest.mark.skipif(os.name != "posix", reason="FIFOs, device files 
 @pytest.fixture(autouse=True)
 def no_hang():
     """A test that would block on a FIFO fails after 30 s instead of hanging the suite."""
+
     def hung(signum, frame):
         raise TimeoutError("blocked for 30 s: something opened a FIFO and waited")
 
@@ -87,10 +86,19 @@ def test_output_onto_a_sources_external_data(tmp_path, digits_npz, capsys):
     for name in ("torch_dynamo_mlp.onnx", "torch_dynamo_mlp.onnx.data"):
         shutil.copy(FIXTURES / name, models / name)
     recipe = recipe_over(tmp_path, digits_npz["train"])
-    recipe.write_text(recipe.read_text().replace((FIXTURES / "skl_mlp.onnx").as_posix(),
-                                                 (models / "torch_dynamo_mlp.onnx").as_posix()))
-    refused_output(tmp_path, capsys, recipe, models / "torch_dynamo_mlp.onnx.data",
-                   "torch_dynamo_mlp.onnx.data", "writing there would replace it")
+    recipe.write_text(
+        recipe.read_text().replace(
+            (FIXTURES / "skl_mlp.onnx").as_posix(), (models / "torch_dynamo_mlp.onnx").as_posix()
+        )
+    )
+    refused_output(
+        tmp_path,
+        capsys,
+        recipe,
+        models / "torch_dynamo_mlp.onnx.data",
+        "torch_dynamo_mlp.onnx.data",
+        "writing there would replace it",
+    )
 
 
 def test_output_as_a_hard_link_or_symlink_to_an_input(tmp_path, digits_npz, capsys):
@@ -114,27 +122,43 @@ def test_output_onto_a_special_file(tmp_path, digits_npz, capsys, kind):
         target = tmp_path / "null-link.onnx"  # -o /dev/null as root would replace the system's /dev/null
         os.symlink("/dev/null", target)
         expected = "is a character device"
-    fails(["build", str(recipe_over(tmp_path, digits_npz["train"])), "-o", str(target), "--quiet"], capsys,
-          expected, "writes regular files only")
+    fails(
+        ["build", str(recipe_over(tmp_path, digits_npz["train"])), "-o", str(target), "--quiet"],
+        capsys,
+        expected,
+        "writes regular files only",
+    )
     assert stat.S_ISCHR(os.stat("/dev/null").st_mode)
-    fails(["build", str(recipe_over(tmp_path, digits_npz["train"])), "-o", "/dev/null", "--quiet"], capsys,
-          "/dev/null is a character device")
+    fails(
+        ["build", str(recipe_over(tmp_path, digits_npz["train"])), "-o", "/dev/null", "--quiet"],
+        capsys,
+        "/dev/null is a character device",
+    )
 
 
 def test_report_onto_an_existing_file(tmp_path, built_z, digits_npz, capsys):
     existing = tmp_path / "report"
     existing.write_text("keep me")
-    fails(["evaluate", str(built_z), str(digits_npz["test"]), "--report", str(existing)], capsys,
-          "is an existing file, not a folder")
+    fails(
+        ["evaluate", str(built_z), str(digits_npz["test"]), "--report", str(existing)],
+        capsys,
+        "is an existing file, not a folder",
+    )
     assert existing.read_text() == "keep me"
 
 
 def test_report_into_an_uncreatable_folder(tmp_path, built_z, digits_npz, capsys):
     (tmp_path / "file").write_text("")
-    fails(["evaluate", str(built_z), str(digits_npz["test"]), "--report", str(tmp_path / "file" / "sub")], capsys,
-          "cannot be created")
-    fails(["evaluate", str(built_z), str(digits_npz["test"]), "--report", "/proc/onnxmerge-report"], capsys,
-          "cannot be created")
+    fails(
+        ["evaluate", str(built_z), str(digits_npz["test"]), "--report", str(tmp_path / "file" / "sub")],
+        capsys,
+        "cannot be created",
+    )
+    fails(
+        ["evaluate", str(built_z), str(digits_npz["test"]), "--report", "/proc/onnxmerge-report"],
+        capsys,
+        "cannot be created",
+    )
 
 
 def test_report_files_never_replace_the_test_images(tmp_path, built_z, digits, capsys):
@@ -148,8 +172,11 @@ def test_report_files_never_replace_the_test_images(tmp_path, built_z, digits, c
 def test_a_fifo_named_like_an_image_in_a_class_folder(tmp_path, digits, capsys):
     data = image_folder(tmp_path / "data", digits)
     os.mkfifo(data / "1" / "x.png")
-    fails(["build", str(recipe_over(tmp_path, data)), "-o", str(tmp_path / "z.onnx"), "--quiet", "--no-cache"],
-          capsys, "x.png is a FIFO (named pipe), not a regular file")
+    fails(
+        ["build", str(recipe_over(tmp_path, data)), "-o", str(tmp_path / "z.onnx"), "--quiet", "--no-cache"],
+        capsys,
+        "x.png is a FIFO (named pipe), not a regular file",
+    )
 
 
 def test_predict_on_a_fifo(tmp_path, built_z, capsys):
@@ -167,8 +194,9 @@ def test_fifos_and_devices_as_inputs(tmp_path, digits_npz, capsys, what):
     elif what == "recipe":
         fails(["build", str(fifo), "-o", str(tmp_path / "z.onnx")], capsys, "recipe", "is a FIFO")
     else:
-        fails(["build", str(recipe_over(tmp_path, fifo)), "-o", str(tmp_path / "z.onnx"), "--quiet"], capsys,
-              "is a FIFO")
+        fails(
+            ["build", str(recipe_over(tmp_path, fifo)), "-o", str(tmp_path / "z.onnx"), "--quiet"], capsys, "is a FIFO"
+        )
 
 
 def test_a_3000_deep_nested_recipe(tmp_path, capsys):
@@ -190,18 +218,23 @@ def set_labels(value):
         for prop in model.metadata_props:
             if prop.key == "onnxmerge.labels":
                 prop.value = value
+
     return edit
 
 
 @pytest.mark.parametrize("value", ["not json [", "42", '{"a": 1}', "[]", "[1, 2]"])
 def test_z_whose_label_metadata_is_malformed(tmp_path, built_z, digit_png, capsys, value):
-    fails(["predict", str(edited_z(tmp_path, built_z, set_labels(value))), str(digit_png)], capsys,
-          "malformed onnxmerge.labels metadata")
+    fails(
+        ["predict", str(edited_z(tmp_path, built_z, set_labels(value))), str(digit_png)],
+        capsys,
+        "malformed onnxmerge.labels metadata",
+    )
 
 
 def test_z_whose_input_is_rank_3(tmp_path, built_z, digit_png, capsys):
     def rank3(model):
         del model.graph.input[0].type.tensor_type.shape.dim[3]
+
     fails(["predict", str(edited_z(tmp_path, built_z, rank3)), str(digit_png)], capsys, "edited.onnx")
 
 

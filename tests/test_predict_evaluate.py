@@ -6,9 +6,9 @@ import json
 
 import numpy as np
 import pytest
+from conftest import write_recipe
 from PIL import Image
 
-from conftest import write_recipe
 from onnxmerge.cli import main
 
 

@@ -8,13 +8,13 @@ import signal
 
 import onnx
 import pytest
+from conftest import FIXTURES, write_recipe
 from onnx import TensorProto, helper
 
-from conftest import FIXTURES, write_recipe
-from onnxmerge.runtime import probe
 from onnxmerge.cli import main
 from onnxmerge.errors import OnnxMergeError
 from onnxmerge.files.models import load_model
+from onnxmerge.runtime import probe
 
 pytestmark = pytest.mark.skipif(not probe.SUPPORTED, reason="the probe needs fork and resource (POSIX)")
 
@@ -30,9 +30,13 @@ def folding_bomb(path, copies: int = 1):
         nodes.append(helper.make_node("ConstantOfShape", ["shape"], [f"big{i}"], value=fill))
         nodes.append(helper.make_node("Add", [total, f"big{i}"], [f"sum{i}"]))
         total = f"sum{i}"
-    graph = helper.make_graph(nodes, "bomb", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1])],
-                              [helper.make_tensor_value_info(total, TensorProto.FLOAT, [SIDE, SIDE])],
-                              initializer=[shape])
+    graph = helper.make_graph(
+        nodes,
+        "bomb",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1])],
+        [helper.make_tensor_value_info(total, TensorProto.FLOAT, [SIDE, SIDE])],
+        initializer=[shape],
+    )
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(path))
     return path
 

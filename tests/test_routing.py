@@ -14,10 +14,10 @@ import onnx
 import pytest
 
 from onnxmerge.errors import OnnxMergeError
-from onnxmerge.learn.head import ROUTE
-from onnxmerge.recipe import load_recipe
-from onnxmerge.learn.routing import Teachers, head_kind, to_probabilities
 from onnxmerge.graph.stitch import output_names
+from onnxmerge.learn.head import ROUTE
+from onnxmerge.learn.routing import Teachers, head_kind, to_probabilities
+from onnxmerge.recipe import load_recipe
 
 FASHION = Path(__file__).resolve().parent.parent / "examples" / "fashion"
 
@@ -30,7 +30,7 @@ def test_set():
 
 def _recipe(tmp_path: Path, head: str) -> Path:
     text = (FASHION / "stage1.toml").read_text()
-    text = text[:text.index("[head]")].replace('"models/', f'"{FASHION.as_posix()}/models/') + head
+    text = text[: text.index("[head]")].replace('"models/', f'"{FASHION.as_posix()}/models/') + head
     path = tmp_path / "recipe.toml"
     path.write_text(text.replace('"data/', f'"{FASHION.as_posix()}/data/'))
     return path
@@ -51,8 +51,11 @@ def _max_probability_routing(merger, x):
         out = heads[output_names(source.spec.name)["head"]]
         p = to_probabilities(out, head_kind(out))
         label = np.asarray(source.labels)[p.argmax(1)]
-        best, picked = (p.max(1), label) if best is None else (np.maximum(best, p.max(1)),
-                                                               np.where(p.max(1) > best, label, picked))
+        best, picked = (
+            (p.max(1), label)
+            if best is None
+            else (np.maximum(best, p.max(1)), np.where(p.max(1) > best, label, picked))
+        )
     return picked
 
 
@@ -107,11 +110,14 @@ def test_fit_on_pool_pseudo_labels(tmp_path, test_set):
     assert np.mean(z.predict(x[old]) == y[old]) > 0.7
 
 
-@pytest.mark.parametrize("head,expected", [
-    ('[head]\nmode = "teachers"\ntrain = "data/new_class.npz"\n', "need an unlabeled pool"),
-    ('[head]\nmode = "teachers"\ntrain = "data/train.npz"\nunlabeled = "data/train.npz"\n', "new classes only"),
-    ('[head]\nmode = "fit"\n', "needs head.train"),
-])
+@pytest.mark.parametrize(
+    "head,expected",
+    [
+        ('[head]\nmode = "teachers"\ntrain = "data/new_class.npz"\n', "need an unlabeled pool"),
+        ('[head]\nmode = "teachers"\ntrain = "data/train.npz"\nunlabeled = "data/train.npz"\n', "new classes only"),
+        ('[head]\nmode = "fit"\n', "needs head.train"),
+    ],
+)
 def test_teachers_mode_mistakes(tmp_path, head, expected):
     recipe = load_recipe(_recipe(tmp_path, head), quiet=True) if "needs head.train" not in expected else None
     with pytest.raises(OnnxMergeError, match=expected):
@@ -129,11 +135,14 @@ def test_teachers_merge_shared_labels():
     assert union.tolist() == [[0.2, 0.9, 0.1]]
 
 
-@pytest.mark.parametrize("scores,kind", [
-    (np.array([[0.2, 0.8], [0.5, 0.5]]), "probabilities"),
-    (np.log(np.array([[0.2, 0.8], [0.5, 0.5]])), "log-probabilities"),
-    (np.array([[2.0, -1.0], [0.3, 0.1]]), "logits"),
-])
+@pytest.mark.parametrize(
+    "scores,kind",
+    [
+        (np.array([[0.2, 0.8], [0.5, 0.5]]), "probabilities"),
+        (np.log(np.array([[0.2, 0.8], [0.5, 0.5]])), "log-probabilities"),
+        (np.array([[2.0, -1.0], [0.3, 0.1]]), "logits"),
+    ],
+)
 def test_head_kind(scores, kind):
     assert head_kind(scores) == kind
     assert np.allclose(to_probabilities(scores, kind).sum(1), 1, atol=1e-6)
@@ -192,7 +201,12 @@ def demo_pool(teachers):
     features = l2_blocks([out[n] for n in names])
     probs = [HeadInput.probabilities(out, n, k) for n, k in teachers.teachers_]
     labels = {s.name: s.labels for s in teachers.sources_}
-    return features, probs, y, Teachers.of([n for n, _ in teachers.teachers_], [labels[n] for n, _ in teachers.teachers_])
+    return (
+        features,
+        probs,
+        y,
+        Teachers.of([n for n, _ in teachers.teachers_], [labels[n] for n, _ in teachers.teachers_]),
+    )
 
 
 def _true_source(space, y):

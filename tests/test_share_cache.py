@@ -10,12 +10,12 @@ from onnx import TensorProto, helper, numpy_helper
 from test_exporter_graphs import source as graph_source
 
 from onnxmerge import ImageInput, Merger, Preprocess, Source
-from onnxmerge.runtime import cache as feature_cache
 from onnxmerge.cli import main
+from onnxmerge.graph.share import share_common
+from onnxmerge.recipe import load_recipe
+from onnxmerge.runtime import cache as feature_cache
 from onnxmerge.runtime.engine import LocalEngine
 from onnxmerge.runtime.session import make_session
-from onnxmerge.recipe import load_recipe
-from onnxmerge.graph.share import share_common
 
 
 def fixture_source(name: str, fixture: str, mean=None) -> Source:
@@ -36,36 +36,47 @@ def exact(merger: Merger) -> None:
 def test_same_backbone_same_preprocessing_is_computed_once(digits):
     x, y = digits
     one = Merger(ImageInput(8, 8, 1), [fixture_source("a", "torch_legacy_cnn.onnx")], quiet=True).fit(x[:400], y[:400])
-    two = Merger(ImageInput(8, 8, 1), [fixture_source("a", "torch_legacy_cnn.onnx"),
-                                       fixture_source("b", "torch_legacy_cnn.onnx")], quiet=True).fit(x[:400], y[:400])
+    two = Merger(
+        ImageInput(8, 8, 1),
+        [fixture_source("a", "torch_legacy_cnn.onnx"), fixture_source("b", "torch_legacy_cnn.onnx")],
+        quiet=True,
+    ).fit(x[:400], y[:400])
     exact(two)
     stats = two.share_
     assert stats.per_source == {"b": stats.nodes_shared - stats.within_source} and stats.per_source["b"] >= 10
     assert stats.initializers_shared > 0 and stats.bytes_shared > 0
     assert two.report_["shared"]["nodes_shared"] == stats.nodes_shared
     # b's whole backbone is gone: Z stores the weights once, runs a's convolutions once
-    assert sum(n.op_type == "Conv" for n in two.model_.graph.node) == sum(n.op_type == "Conv" for n in one.model_.graph.node)
+    assert sum(n.op_type == "Conv" for n in two.model_.graph.node) == sum(
+        n.op_type == "Conv" for n in one.model_.graph.node
+    )
     assert weight_bytes(two.model_) - weight_bytes(one.model_) < 0.2 * weight_bytes(one.model_)  # the second head only
     features = two.transform(x[:50])
-    assert np.array_equal(features[:, : features.shape[1] // 2], features[:, features.shape[1] // 2:])
+    assert np.array_equal(features[:, : features.shape[1] // 2], features[:, features.shape[1] // 2 :])
     onnx.checker.check_model(two.model_, full_check=True)
 
 
 def test_same_backbone_other_normalisation_shares_only_the_common_preprocessing(digits):
     x, y = digits
-    merger = Merger(ImageInput(8, 8, 1), [fixture_source("a", "torch_legacy_cnn.onnx"),
-                                          fixture_source("b", "torch_legacy_cnn.onnx", mean=[0.5])], quiet=True)
+    merger = Merger(
+        ImageInput(8, 8, 1),
+        [fixture_source("a", "torch_legacy_cnn.onnx"), fixture_source("b", "torch_legacy_cnn.onnx", mean=[0.5])],
+        quiet=True,
+    )
     merger.fit(x[:400], y[:400])
     exact(merger)
     ops = [n.op_type for n in merger.stitched_.graph.node]
     assert ops.count("Cast") == 1 and ops.count("Conv") == 2 * sum(
-        n.op_type == "Conv" for n in onnx.load(str(FIXTURES / "torch_legacy_cnn.onnx")).graph.node)
+        n.op_type == "Conv" for n in onnx.load(str(FIXTURES / "torch_legacy_cnn.onnx")).graph.node
+    )
     assert ops.count("Sub") == 2  # different means are different tensors: not merged
 
 
 def test_twins_with_other_weights_share_preprocessing_only(digits):
     x, y = digits
-    merger = Merger(ImageInput(8, 8, 1), [graph_source("twin_a.onnx", "a"), graph_source("twin_b.onnx", "b")], quiet=True)
+    merger = Merger(
+        ImageInput(8, 8, 1), [graph_source("twin_a.onnx", "a"), graph_source("twin_b.onnx", "b")], quiet=True
+    )
     merger.fit(x[:400], y[:400])
     exact(merger)
     assert 0 < merger.share_.nodes_shared
@@ -75,24 +86,35 @@ def test_twins_with_other_weights_share_preprocessing_only(digits):
 
 def test_unrelated_sources_share_nothing_but_the_cast(digits):
     x, y = digits
-    merger = Merger(ImageInput(8, 8, 1), [fixture_source("a", "torch_legacy_cnn.onnx"),
-                                          fixture_source("b", "jax_cnn.onnx")], quiet=True).fit(x[:300], y[:300])
+    merger = Merger(
+        ImageInput(8, 8, 1),
+        [fixture_source("a", "torch_legacy_cnn.onnx"), fixture_source("b", "jax_cnn.onnx")],
+        quiet=True,
+    ).fit(x[:300], y[:300])
     exact(merger)
     assert merger.share_.nodes_shared <= 3
 
 
 def _toy(dead: bool = True) -> onnx.ModelProto:
     w = np.arange(6, dtype=np.float32).reshape(2, 3)
-    inits = [numpy_helper.from_array(w, "a/w"), numpy_helper.from_array(w.copy(), "b/w"),
-             numpy_helper.from_array(w + 1, "c/w"), numpy_helper.from_array(np.ones(3, np.float32), "unused")]
-    nodes = [helper.make_node("MatMul", ["x", "a/w"], ["a/y"], name="a/mm"),
-             helper.make_node("MatMul", ["x", "b/w"], ["b/y"], name="b/mm"),
-             helper.make_node("MatMul", ["x", "c/w"], ["c/y"], name="c/mm"),
-             helper.make_node("RandomUniformLike", ["a/y"], ["a/r"], name="a/r"),
-             helper.make_node("RandomUniformLike", ["b/y"], ["b/r"], name="b/r"),
-             helper.make_node("Relu", ["a/y"], ["a/dead"], name="a/dead")]
+    inits = [
+        numpy_helper.from_array(w, "a/w"),
+        numpy_helper.from_array(w.copy(), "b/w"),
+        numpy_helper.from_array(w + 1, "c/w"),
+        numpy_helper.from_array(np.ones(3, np.float32), "unused"),
+    ]
+    nodes = [
+        helper.make_node("MatMul", ["x", "a/w"], ["a/y"], name="a/mm"),
+        helper.make_node("MatMul", ["x", "b/w"], ["b/y"], name="b/mm"),
+        helper.make_node("MatMul", ["x", "c/w"], ["c/y"], name="c/mm"),
+        helper.make_node("RandomUniformLike", ["a/y"], ["a/r"], name="a/r"),
+        helper.make_node("RandomUniformLike", ["b/y"], ["b/r"], name="b/r"),
+        helper.make_node("Relu", ["a/y"], ["a/dead"], name="a/dead"),
+    ]
     out = [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["N", 3]) for n in ("a/y", "b/y", "c/y", "a/r", "b/r")]
-    graph = helper.make_graph(nodes, "toy", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2])], out, inits)
+    graph = helper.make_graph(
+        nodes, "toy", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2])], out, inits
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
 
 
@@ -100,12 +122,12 @@ def test_dedup_by_bytes_cse_dead_nodes_and_random_ops():
     model, stats = share_common(_toy())
     onnx.checker.check_model(model, full_check=True)
     names = [t.name for t in model.graph.initializer]
-    assert names == ["a/w", "c/w"]                       # b/w has a/w's bytes; 'unused' is read by nothing
+    assert names == ["a/w", "c/w"]  # b/w has a/w's bytes; 'unused' is read by nothing
     assert stats.initializers_shared == 1 and stats.bytes_shared == 24 and stats.dead_initializers == 1
     ops = {n.name: n for n in model.graph.node}
     assert "b/mm" not in ops and "c/mm" in ops and "a/dead" not in ops
-    assert list(ops["b/y/shared"].input) == ["a/y"]       # b's output kept, as an Identity of a's
-    assert ops["b/r"].input[0] == "a/y"                   # a random op is never merged, only re-fed
+    assert list(ops["b/y/shared"].input) == ["a/y"]  # b's output kept, as an Identity of a's
+    assert ops["b/r"].input[0] == "a/y"  # a random op is never merged, only re-fed
     assert stats.nodes_shared == 1 and stats.per_source == {"b": 1} and stats.dead_nodes == 1
     x = np.random.default_rng(0).normal(size=(4, 2)).astype(np.float32)
     a_y, b_y, c_y = make_session(model).run(["a/y", "b/y", "c/y"], {"x": x})
@@ -140,10 +162,10 @@ def test_cached_rebuild_with_another_head_does_not_run_the_sources(digits, tmp_p
     second.cache_dir = tmp_path / "cache"
     runs = _counting(monkeypatch)
     second.fit(x[:500], y[:500])
-    assert 500 not in runs                                         # at most probes and the parity sample ran
+    assert 500 not in runs  # at most probes and the parity sample ran
     assert second.report_["features_from_cache"] is True
     exact(second)
-    third = Merger(ImageInput(8, 8, 1), sources, quiet=True)      # other images: another key
+    third = Merger(ImageInput(8, 8, 1), sources, quiet=True)  # other images: another key
     third.cache_dir = tmp_path / "cache"
     runs = _counting(monkeypatch)
     third.fit(x[:400], y[:400])
@@ -162,11 +184,13 @@ def test_a_corrupt_cache_file_is_recomputed(digits, tmp_path):
         path.write_bytes(b"not numpy")
     merger.fit(x[:300], y[:300])
     assert merger.report_["features_from_cache"] is False
-    assert any(feature_cache.load(tmp_path, path.name[:-len(feature_cache.SUFFIX)], 300) is not None for path in paths)
+    assert any(feature_cache.load(tmp_path, path.name[: -len(feature_cache.SUFFIX)], 300) is not None for path in paths)
 
 
 def test_cli_cache_flags(tmp_path, digits_npz, capsys, monkeypatch):
-    recipe = write_recipe(tmp_path, [("a", "torch_legacy_cnn.onnx"), ("b", "torch_legacy_cnn.onnx")], digits_npz["train"])
+    recipe = write_recipe(
+        tmp_path, [("a", "torch_legacy_cnn.onnx"), ("b", "torch_legacy_cnn.onnx")], digits_npz["train"]
+    )
     cache = tmp_path / "cache"
     argv = ["build", str(recipe), "-o", str(tmp_path / "z.onnx"), "--quiet", "--cache", str(cache)]
     assert main(argv) == 0
@@ -192,10 +216,20 @@ def test_quantize_reports_accuracy_before_after_and_keeps_a_valid_z(digits):
     from onnxmerge.learn.quantize import quantization_info, quantize_z
 
     x, y = digits
-    merger = Merger(ImageInput(8, 8, 1), [fixture_source("a", "torch_legacy_cnn.onnx")], quiet=True).fit(x[:400], y[:400])
+    merger = Merger(ImageInput(8, 8, 1), [fixture_source("a", "torch_legacy_cnn.onnx")], quiet=True).fit(
+        x[:400], y[:400]
+    )
     float_z, widths = merger.model_, merger.head_input_.widths(merger.widths_)
-    model, report = quantize_z(float_z, ["a"], x[:400], y[:400], x[400:500],
-                               lambda f, t: fit_head(f, t, widths, C=merger.report_["C"]), methods=("MinMax",), rounds=1)
+    model, report = quantize_z(
+        float_z,
+        ["a"],
+        x[:400],
+        y[:400],
+        x[400:500],
+        lambda f, t: fit_head(f, t, widths, C=merger.report_["C"]),
+        methods=("MinMax",),
+        rounds=1,
+    )
     onnx.checker.check_model(model, full_check=True)
     assert report.calibration_images == 480 and "5-fold cross-validation on the 400 labelled images" in report.lines[0]
     assert 0.8 < report.accuracy_before <= 1 and 0 <= report.accuracy_after <= 1
@@ -204,7 +238,11 @@ def test_quantize_reports_accuracy_before_after_and_keeps_a_valid_z(digits):
     if report.accepted:
         assert any(n.op_type == "QuantizeLinear" for n in model.graph.node)
         info = quantization_info(model)
-        assert info["sources"][0]["int8"] and info["method"] == "MinMax" and info["accuracy_before"] == report.accuracy_before
+        assert (
+            info["sources"][0]["int8"]
+            and info["method"] == "MinMax"
+            and info["accuracy_before"] == report.accuracy_before
+        )
     else:
         assert model is float_z and "refused" in report.lines[-1] and quantization_info(model) is None
     label = make_session(model).run(["label"], {"image": x[:3]})[0]

@@ -18,12 +18,12 @@ import time
 
 import numpy as np
 import pytest
-
 from conftest import write_recipe
+
 from onnxmerge import signals
-from onnxmerge.runtime import cache, weights
 from onnxmerge.cli import main
 from onnxmerge.files.models import atomic_path
+from onnxmerge.runtime import cache, weights
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="POSIX signals, FIFOs and rlimits")
 
@@ -50,8 +50,14 @@ def child(tmp_path, args, when="none", signame="SIGTERM", **popen):
     tmpdir = tmp_path / "tmp"
     tmpdir.mkdir(exist_ok=True)
     env = dict(os.environ, TMPDIR=str(tmpdir), PYTHONUNBUFFERED="1")
-    return subprocess.Popen([sys.executable, "-c", CHILD, when, signame, *args], env=env, text=True,
-                            stderr=subprocess.PIPE, preexec_fn=_default_signals, **{"stdout": subprocess.PIPE, **popen})
+    return subprocess.Popen(
+        [sys.executable, "-c", CHILD, when, signame, *args],
+        env=env,
+        text=True,
+        stderr=subprocess.PIPE,
+        preexec_fn=_default_signals,
+        **{"stdout": subprocess.PIPE, **popen},
+    )
 
 
 def _default_signals():
@@ -76,8 +82,14 @@ def wait_for_weight_folder(tmp_path, process, timeout=60.0):
 
 
 def build_args(tmp_path, digits_npz):
-    return ["build", str(write_recipe(tmp_path, SOURCES, digits_npz["train"])), "-o", str(tmp_path / "z.onnx"),
-            "--quiet", "--no-cache"]
+    return [
+        "build",
+        str(write_recipe(tmp_path, SOURCES, digits_npz["train"])),
+        "-o",
+        str(tmp_path / "z.onnx"),
+        "--quiet",
+        "--no-cache",
+    ]
 
 
 @pytest.mark.parametrize("signame,status", [("SIGTERM", 143), ("SIGHUP", 129), ("SIGINT", 130)])
@@ -87,8 +99,9 @@ def test_a_signal_mid_build_removes_the_weight_folder(tmp_path, digits_npz, sign
     process.send_signal(getattr(signal, signame))
     _, err = process.communicate(timeout=60)
     assert process.returncode == status, err
-    assert err.strip().splitlines() == [f"onnxmerge: interrupted by {signame}; temporary files were removed, no "
-                                        "output was left half-written."]
+    assert err.strip().splitlines() == [
+        f"onnxmerge: interrupted by {signame}; temporary files were removed, no output was left half-written."
+    ]
     assert weight_folders(tmp_path) == [] and not (tmp_path / "z.onnx").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".z.onnx")]
 
@@ -178,9 +191,11 @@ def test_a_build_whose_stdout_is_a_full_disk(tmp_path, digits_npz, capsys, monke
         code = main(build_args(tmp_path, digits_npz))
     err = capsys.readouterr().err
     assert code == 2, err
-    assert err.strip().splitlines() == ["onnxmerge: error: could not write the output to stdout (No space left on "
-                                        "device); the command itself finished (files it writes were written), free "
-                                        "space where stdout goes or redirect it."]
+    assert err.strip().splitlines() == [
+        "onnxmerge: error: could not write the output to stdout (No space left on "
+        "device); the command itself finished (files it writes were written), free "
+        "space where stdout goes or redirect it."
+    ]
     assert (tmp_path / "z.onnx").stat().st_size > 1000
 
 
@@ -202,8 +217,12 @@ def test_a_full_tmpdir_late_in_the_build_is_one_sentence(tmp_path, digits_npz, c
     out = tmp_path / "z.onnx"
     code = main(build_args(tmp_path, digits_npz)[:-1])
     err = capsys.readouterr().err.strip()
-    assert code == 2 and err.startswith("onnxmerge: error: could not write into the temporary folder ") and \
-        err.endswith("(File too large); free disk space there or set TMPDIR to a larger disk.") and "\n" not in err, err
+    assert (
+        code == 2
+        and err.startswith("onnxmerge: error: could not write into the temporary folder ")
+        and err.endswith("(File too large); free disk space there or set TMPDIR to a larger disk.")
+        and "\n" not in err
+    ), err
     assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".z.onnx")]
 
 

@@ -42,14 +42,17 @@ def split():
 
 
 def sources(lo_scale: float = RIGHT) -> list[Source]:
-    return [Source("digits_lo", SPLIT / "digits_lo.onnx", Preprocess(lo_scale, 0.0, 1.0, height=8, width=8, channels=1)),
-            Source("digits_hi", SPLIT / "digits_hi.onnx", Preprocess(1 / 255, 0.5, 0.5))]
+    return [
+        Source("digits_lo", SPLIT / "digits_lo.onnx", Preprocess(lo_scale, 0.0, 1.0, height=8, width=8, channels=1)),
+        Source("digits_hi", SPLIT / "digits_hi.onnx", Preprocess(1 / 255, 0.5, 0.5)),
+    ]
 
 
 def build(mode: str, lo_scale: float, split, labels: bool = True, pool: bool = True) -> Merger:
     z = Merger(ImageInput(8, 8, 1), sources(lo_scale), mode=mode, quiet=True)
-    return z.fit(split["x"] if labels else None, split["y"] if labels else None,
-                 unlabeled=split["pool"] if pool else None)
+    return z.fit(
+        split["x"] if labels else None, split["y"] if labels else None, unlabeled=split["pool"] if pool else None
+    )
 
 
 @pytest.fixture(scope="module")
@@ -67,14 +70,15 @@ def split_recipe(tmp_path, split, lo_scale: float):
     np.savez(tmp_path / "train.npz", x=split["x"], y=split["y"])
     np.savez(tmp_path / "pool.npz", x=split["pool"])
     recipe = tmp_path / "recipe.toml"
-    recipe.write_text(textwrap.dedent(f"""\
+    recipe.write_text(
+        textwrap.dedent(f"""\
         [input]
         height = 8
         width = 8
         channels = 1
         [[sources]]
         name = "digits_lo"
-        model = "{(SPLIT / 'digits_lo.onnx').as_posix()}"
+        model = "{(SPLIT / "digits_lo.onnx").as_posix()}"
         [sources.preprocess]
         height = 8
         width = 8
@@ -84,7 +88,7 @@ def split_recipe(tmp_path, split, lo_scale: float):
         std = [1.0]
         [[sources]]
         name = "digits_hi"
-        model = "{(SPLIT / 'digits_hi.onnx').as_posix()}"
+        model = "{(SPLIT / "digits_hi.onnx").as_posix()}"
         [sources.preprocess]
         scale = {1 / 255}
         mean = [0.5]
@@ -92,7 +96,8 @@ def split_recipe(tmp_path, split, lo_scale: float):
         [head]
         train = "train.npz"
         unlabeled = "pool.npz"
-        """))
+        """)
+    )
     return recipe
 
 
@@ -143,7 +148,7 @@ def test_folds_hold_out_small_classes_one_at_a_time_and_single_images_never(fit_
     keep = np.isin(split["y"], ["zero", "one", "two"])
     y = split["y"][keep].copy()
     x = x[keep]
-    y[np.flatnonzero(y == "two")[1:]] = "one"     # 'two' keeps a single image
+    y[np.flatnonzero(y == "two")[1:]] = "one"  # 'two' keeps a single image
     estimate = cross_validate(x, y, [32, 32], C=0.1, class_weight="balanced")
     assert estimate.too_few == ["two"] and estimate.per_class["two"]["recall"] is None
     assert estimate.images == 29 and estimate.labelled == 30
@@ -203,8 +208,11 @@ def test_every_label_z_hardly_predicts_on_the_pool_is_named(mode, split, teacher
     assert set(counts) == union and all(set(c) == {"routed", "predicted", "claimed"} for c in counts.values())
     assert sum(c["predicted"] for c in counts.values()) == 177
     few = 0.25 * 177 / len(counts)
-    thin = [label for label, c in counts.items()
-            if c["predicted"] < few or c["routed"] < few or c["predicted"] < 0.35 * c["claimed"]]
+    thin = [
+        label
+        for label, c in counts.items()
+        if c["predicted"] < few or c["routed"] < few or c["predicted"] < 0.35 * c["claimed"]
+    ]
     labelled = set(split["y"]) if mode == "fit" else set()
     for label in thin:
         if label not in labelled:
@@ -214,8 +222,9 @@ def test_every_label_z_hardly_predicts_on_the_pool_is_named(mode, split, teacher
 
 
 def test_class_loss_warnings_from_counts():
-    counts = pool_label_counts(["a", "b", "c"], np.array(["a"] * 60 + ["b"] * 38 + ["c"] * 2),
-                               np.array(["a"] * 62 + ["b"] * 38))
+    counts = pool_label_counts(
+        ["a", "b", "c"], np.array(["a"] * 60 + ["b"] * 38 + ["c"] * 2), np.array(["a"] * 62 + ["b"] * 38)
+    )
     assert counts["c"] == {"routed": 2, "predicted": 0}
     warnings = class_loss_warnings(counts, 100)
     assert len(warnings) == 1 and warnings[0].startswith("Z predicts 'c' for none of the 100 pool images")
@@ -243,7 +252,10 @@ def test_teachers_z_names_its_route_columns_and_estimates_its_new_class(split, d
     z.fit(nines, ["nine"] * len(nines), unlabeled=split["pool"])
     estimate = z.report_["expected_accuracy"]
     assert estimate["measure"] == "new-class recall" and estimate["held_out_images"] == 12
-    assert estimate["line"].startswith("expected new-class recall ") and "teachers' classes have no labels" in estimate["line"]
+    assert (
+        estimate["line"].startswith("expected new-class recall ")
+        and "teachers' classes have no labels" in estimate["line"]
+    )
     recall = float(np.mean(z.predict(x[y == "9"][12:]) == "nine"))
     assert abs(estimate["accuracy"] - recall) < 0.35, (estimate["accuracy"], recall)
     path = z.save(tmp_path / "z.onnx")
@@ -268,11 +280,14 @@ def test_python_api_takes_files_folders_and_pil_images(fit_right, split, tmp_pat
     assert fit_right.predict(split["test_x"][0]).shape == (1,)  # one [H, W, C] image
 
 
-@pytest.mark.parametrize("bad,expected", [
-    (np.zeros((2, 8, 8, 1), np.float32), "dtype float32; Z takes raw images, uint8 [N, 8, 8, 1]"),
-    (np.zeros((2, 28, 28, 1), np.uint8), "shape [2, 28, 28, 1]; Z takes uint8 [N, 8, 8, 1]"),
-    ({"not": "images"}, "must be images"),
-])
+@pytest.mark.parametrize(
+    "bad,expected",
+    [
+        (np.zeros((2, 8, 8, 1), np.float32), "dtype float32; Z takes raw images, uint8 [N, 8, 8, 1]"),
+        (np.zeros((2, 28, 28, 1), np.uint8), "shape [2, 28, 28, 1]; Z takes uint8 [N, 8, 8, 1]"),
+        ({"not": "images"}, "must be images"),
+    ],
+)
 def test_wrong_input_to_predict_is_a_sentence(fit_right, tmp_path, bad, expected):
     with pytest.raises(OnnxMergeError, match=expected.replace("[", r"\[").replace("]", r"\]")):
         fit_right.predict(bad)
@@ -303,7 +318,10 @@ def test_cli_predict_on_a_folder_and_a_glob(fit_right, split, tmp_path, capsys):
     assert main(["predict", str(path), str(folder / "*.png")]) == 0
     assert capsys.readouterr().out.strip().splitlines() == by_folder
     assert main(["predict", str(path), str(folder / "*.jpg")]) == 2
-    assert capsys.readouterr().err.strip() == f"onnxmerge: error: no file matches {str(folder / '*.jpg')!r}; check the pattern."
+    assert (
+        capsys.readouterr().err.strip()
+        == f"onnxmerge: error: no file matches {str(folder / '*.jpg')!r}; check the pattern."
+    )
 
 
 def test_evaluate_wrong_size_npz_names_z_not_a_recipe(fit_right, tmp_path, capsys):
@@ -320,21 +338,23 @@ def test_tilde_in_recipe_paths_is_the_home_folder(split, tmp_path, monkeypatch, 
     np.savez(tmp_path / "train.npz", x=split["x"], y=split["y"])
     (tmp_path / "elsewhere").mkdir()
     recipe = tmp_path / "elsewhere" / "recipe.toml"
-    recipe.write_text(textwrap.dedent(f"""\
+    recipe.write_text(
+        textwrap.dedent(f"""\
         [input]
         height = 8
         width = 8
         channels = 1
         [[sources]]
         name = "digits_hi"
-        model = "{(SPLIT / 'digits_hi.onnx').as_posix()}"
+        model = "{(SPLIT / "digits_hi.onnx").as_posix()}"
         [sources.preprocess]
         scale = {1 / 255}
         mean = [0.5]
         std = [0.5]
         [head]
         train = "~/train.npz"
-        """))
+        """)
+    )
     assert main(["build", "~/elsewhere/recipe.toml", "-o", str(tmp_path / "z.onnx"), "--quiet", "--no-cache"]) == 0
     assert "90 labelled images" in capsys.readouterr().out
 
@@ -376,9 +396,15 @@ def test_build_json_report_has_per_class_recall_and_pool_counts(split, tmp_path,
 def test_a_teacher_near_chance_on_its_own_labelled_images_is_named(split):
     """Labels in the wrong order (a real mistake: the recipe's labels are not the head's order) put a source far
     below chance on its own labels; only labelled images can show that, and the build says so."""
-    wrong = [Source("digits_lo", SPLIT / "digits_lo.onnx", Preprocess(RIGHT, 0.0, 1.0, height=8, width=8, channels=1)),
-             Source("digits_hi", SPLIT / "digits_hi.onnx", Preprocess(1 / 255, 0.5, 0.5),
-                    labels=["eight", "seven", "six", "five"])]
+    wrong = [
+        Source("digits_lo", SPLIT / "digits_lo.onnx", Preprocess(RIGHT, 0.0, 1.0, height=8, width=8, channels=1)),
+        Source(
+            "digits_hi",
+            SPLIT / "digits_hi.onnx",
+            Preprocess(1 / 255, 0.5, 0.5),
+            labels=["eight", "seven", "six", "five"],
+        ),
+    ]
     z = Merger(ImageInput(8, 8, 1), wrong, quiet=True).fit(split["x"], split["y"])
     own = {c["source"]: c["accuracy"] for c in z.report_["source_checks"]["own_labels"]}
     assert own["digits_hi"] < 0.2 and own["digits_lo"] > 0.9

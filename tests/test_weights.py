@@ -15,8 +15,8 @@ from test_share_cache import exact, fixture_source
 import onnxmerge.stages.stitching as stitching
 from onnxmerge import ImageInput, Merger
 from onnxmerge.files.models import load_model, load_model_with_digest, save_model
-from onnxmerge.predict import ZModel
 from onnxmerge.graph.share import extraction_groups
+from onnxmerge.predict import ZModel
 from onnxmerge.runtime.weights import OFFLOAD_BYTES, WeightFolder, checksum, external_initializers
 
 CNN = FIXTURES / "torch_legacy_cnn.onnx"
@@ -51,7 +51,8 @@ def test_streamed_write_parses_to_the_inline_model():
     inline = folder.inline(light)
     # the offloaded initializers come after the others; same tensors, same graph otherwise
     assert sorted(t.SerializeToString() for t in written.graph.initializer) == sorted(
-        t.SerializeToString() for t in inline.graph.initializer)
+        t.SerializeToString() for t in inline.graph.initializer
+    )
     del written.graph.initializer[:], inline.graph.initializer[:]
     assert written.SerializeToString(deterministic=True) == inline.SerializeToString(deterministic=True)
     onnx.checker.check_model(onnx.load_from_string(buffer.getvalue()), full_check=True)
@@ -59,7 +60,9 @@ def test_streamed_write_parses_to_the_inline_model():
 
 def test_saved_z_is_self_contained_and_equals_model_(digits, tmp_path):
     x, y = digits
-    merger = Merger(ImageInput(8, 8, 1), [fixture_source("a", "torch_legacy_cnn.onnx")], quiet=True).fit(x[:300], y[:300])
+    merger = Merger(ImageInput(8, 8, 1), [fixture_source("a", "torch_legacy_cnn.onnx")], quiet=True).fit(
+        x[:300], y[:300]
+    )
     path = merger.save(tmp_path / "z.onnx")
     saved = load_model(path)
     assert not list(external_initializers(saved)) and sorted(p.name for p in tmp_path.iterdir()) == ["z.onnx"]
@@ -72,7 +75,9 @@ def test_saved_z_is_self_contained_and_equals_model_(digits, tmp_path):
 
 def test_weight_folder_goes_with_the_merger(digits):
     x, y = digits
-    merger = Merger(ImageInput(8, 8, 1), [fixture_source("a", "torch_legacy_cnn.onnx")], quiet=True).fit(x[:200], y[:200])
+    merger = Merger(ImageInput(8, 8, 1), [fixture_source("a", "torch_legacy_cnn.onnx")], quiet=True).fit(
+        x[:200], y[:200]
+    )
     folder = merger.weights_.path
     assert folder.is_dir() and any(folder.iterdir())
     merger.fit(x[:200], y[:200])  # a rebuild starts a fresh folder; the old one is removed
@@ -84,14 +89,23 @@ def test_weight_folder_goes_with_the_merger(digits):
 
 
 def test_sources_sharing_a_backbone_form_one_extraction_group(digits):
-    same = Merger(ImageInput(8, 8, 1), [fixture_source("a", "torch_legacy_cnn.onnx"),
-                                        fixture_source("b", "torch_legacy_cnn.onnx", mean=[0.5])], quiet=True)
+    same = Merger(
+        ImageInput(8, 8, 1),
+        [fixture_source("a", "torch_legacy_cnn.onnx"), fixture_source("b", "torch_legacy_cnn.onnx", mean=[0.5])],
+        quiet=True,
+    )
     same.build_graph()
     # other normalisation: nothing after the preprocessing is shared, so each source runs alone
     assert extraction_groups(same.stitched_, ["a", "b"]) == [["a"], ["b"]]
-    twin = Merger(ImageInput(8, 8, 1), [fixture_source("a", "torch_legacy_cnn.onnx"),
-                                        fixture_source("b", "torch_legacy_cnn.onnx"),
-                                        fixture_source("c", "torch_dynamo_mlp.onnx")], quiet=True)
+    twin = Merger(
+        ImageInput(8, 8, 1),
+        [
+            fixture_source("a", "torch_legacy_cnn.onnx"),
+            fixture_source("b", "torch_legacy_cnn.onnx"),
+            fixture_source("c", "torch_dynamo_mlp.onnx"),
+        ],
+        quiet=True,
+    )
     twin.build_graph()
     assert extraction_groups(twin.stitched_, ["a", "b", "c"]) == [["a", "b"], ["c"]]
 
@@ -100,8 +114,11 @@ def test_sources_sharing_a_backbone_form_one_extraction_group(digits):
 def test_large_source_path_builds_the_same_z(digits, monkeypatch, mode):
     """Sources above the size threshold run group by group, one session at a time: same Z, same parity."""
     x, y = digits
-    sources = [fixture_source("a", "torch_legacy_cnn.onnx"), fixture_source("b", "torch_legacy_cnn.onnx"),
-               fixture_source("c", "torch_dynamo_mlp.onnx")]
+    sources = [
+        fixture_source("a", "torch_legacy_cnn.onnx"),
+        fixture_source("b", "torch_legacy_cnn.onnx"),
+        fixture_source("c", "torch_dynamo_mlp.onnx"),
+    ]
     kwargs = {"unlabeled": x[:300]} if mode == "teachers" else {}
     train = (None, None) if mode == "teachers" else (x[:300], y[:300])
     small = Merger(ImageInput(8, 8, 1), sources, mode=mode, quiet=True).fit(*train, **kwargs)

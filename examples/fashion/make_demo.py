@@ -26,6 +26,7 @@ Fashion-MNIST comes from the Debian package ``dataset-fashion-mnist``
 
     python examples/fashion/make_demo.py
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,8 +50,7 @@ HERE = Path(__file__).resolve().parent
 MODELS = HERE / "models"
 DATA = HERE / "data"
 DEFAULT_FASHION_DIR = "/usr/share/datasets/fashion-mnist"
-CLASS_NAMES = ["T-shirt_top", "Trouser", "Pullover", "Dress", "Coat",
-               "Sandal", "Shirt", "Sneaker", "Bag", "Ankle_boot"]
+CLASS_NAMES = ["T-shirt_top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle_boot"]
 
 
 # --------------------------------------------------------------------------
@@ -156,12 +156,28 @@ def scores_to_array(out, labels):
 
 def run_batched(sess, name, x, batch=1000):
     inp = sess.get_inputs()[0].name
-    outs = [sess.run([name], {inp: x[i:i + batch]})[0] for i in range(0, len(x), batch)]
+    outs = [sess.run([name], {inp: x[i : i + batch]})[0] for i in range(0, len(x), batch)]
     return [d for o in outs for d in o] if isinstance(outs[0], list) else np.concatenate(outs)
 
 
-def describe(path: Path, *, exporter, framework, layout, height, width, channels, scale, mean, std,
-             labels, head_output, head_kind, x_test, y_test_labels):
+def describe(
+    path: Path,
+    *,
+    exporter,
+    framework,
+    layout,
+    height,
+    width,
+    channels,
+    scale,
+    mean,
+    std,
+    labels,
+    head_output,
+    head_kind,
+    x_test,
+    y_test_labels,
+):
     model = onnx.load(str(path))
     onnx.checker.check_model(str(path), full_check=True)
     inp = model.graph.input[0]
@@ -213,10 +229,12 @@ def check_resize_rule(x_nchw: np.ndarray, size: int):
     import torch
     import torch.nn.functional as F
 
-    node = helper.make_node("Resize", ["x", "", "", "sizes"], ["y"], mode="linear",
-                            coordinate_transformation_mode="half_pixel")
+    node = helper.make_node(
+        "Resize", ["x", "", "", "sizes"], ["y"], mode="linear", coordinate_transformation_mode="half_pixel"
+    )
     g = helper.make_graph(
-        [node], "resize",
+        [node],
+        "resize",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 1, 28, 28])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 1, size, size])],
         [helper.make_tensor("sizes", TensorProto.INT64, [4], [len(x_nchw), 1, size, size])],
@@ -224,8 +242,9 @@ def check_resize_rule(x_nchw: np.ndarray, size: int):
     # onnx 1.23's make_model defaults to an IR version newer than onnxruntime 1.31 reads
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     got = session(m).run(["y"], {"x": x_nchw})[0]
-    ref = F.interpolate(torch.from_numpy(x_nchw), size=(size, size), mode="bilinear",
-                        align_corners=False, antialias=False).numpy()
+    ref = F.interpolate(
+        torch.from_numpy(x_nchw), size=(size, size), mode="bilinear", align_corners=False, antialias=False
+    ).numpy()
     err = float(np.abs(got - ref).max())
     assert err < 1e-5, err
     return err
@@ -286,7 +305,7 @@ def build_a(xtr, ytr, xte, yte, epochs):
         perm = torch.randperm(len(xt), generator=g)
         t0 = time.time()
         for i in range(0, len(xt), 128):
-            idx = perm[i:i + 128]
+            idx = perm[i : i + 128]
             opt.zero_grad()
             loss = F.cross_entropy(model.logits(xt[idx]), yt[idx])
             loss.backward()
@@ -300,9 +319,13 @@ def build_a(xtr, ytr, xte, yte, epochs):
     labels = [CLASS_NAMES[k] for k in classes]
     path = MODELS / "a_torch_cnn.onnx"
     torch.onnx.export(
-        model, (torch.from_numpy(xa[:2]),), str(path),
-        dynamo=False, opset_version=17,
-        input_names=["image"], output_names=["probabilities"],
+        model,
+        (torch.from_numpy(xa[:2]),),
+        str(path),
+        dynamo=False,
+        opset_version=17,
+        input_names=["image"],
+        output_names=["probabilities"],
         dynamic_axes={"image": {0: "batch"}, "probabilities": {0: "batch"}},
     )
     m = onnx.load(str(path))
@@ -312,10 +335,21 @@ def build_a(xtr, ytr, xte, yte, epochs):
     print(f"  ONNX Resize(linear, half_pixel) vs F.interpolate max |diff| = {err:.2e}")
     v = torch.__version__.split("+")[0]
     return describe(
-        path, exporter=f"torch.onnx legacy (TorchScript) {v}", framework=f"pytorch {v}",
-        layout="NCHW", height=size, width=size, channels=1, scale=scale, mean=[mean], std=[std],
-        labels=labels, head_output="probabilities", head_kind="probabilities",
-        x_test=xc, y_test_labels=[CLASS_NAMES[k] for k in d],
+        path,
+        exporter=f"torch.onnx legacy (TorchScript) {v}",
+        framework=f"pytorch {v}",
+        layout="NCHW",
+        height=size,
+        width=size,
+        channels=1,
+        scale=scale,
+        mean=[mean],
+        std=[std],
+        labels=labels,
+        head_output="probabilities",
+        head_kind="probabilities",
+        x_test=xc,
+        y_test_labels=[CLASS_NAMES[k] for k in d],
     )
 
 
@@ -336,21 +370,34 @@ def build_b(xtr, ytr, xte, yte):
     xa = a.reshape(len(a), -1).astype(np.float32) * np.float32(scale)
     xc = c.reshape(len(c), -1).astype(np.float32) * np.float32(scale)
     t0 = time.time()
-    clf = MLPClassifier(hidden_layer_sizes=(64,), max_iter=200, early_stopping=True,
-                        n_iter_no_change=5, random_state=SEED)
+    clf = MLPClassifier(
+        hidden_layer_sizes=(64,), max_iter=200, early_stopping=True, n_iter_no_change=5, random_state=SEED
+    )
     clf.fit(xa, np.array([CLASS_NAMES[k] for k in b]))
     print(f"  B trained {clf.n_iter_} epochs in {time.time() - t0:.0f}s")
     labels = [CLASS_NAMES[k] for k in classes]
     assert list(clf.classes_) == labels, clf.classes_  # alphabetical order happens to match
     path = MODELS / "b_sklearn_mlp.onnx"
-    onx = to_onnx(clf, initial_types=[("pixels", FloatTensorType([None, 28 * 28]))],
-                  target_opset={"": 17, "ai.onnx.ml": 3})
+    onx = to_onnx(
+        clf, initial_types=[("pixels", FloatTensorType([None, 28 * 28]))], target_opset={"": 17, "ai.onnx.ml": 3}
+    )
     onnx.save(stable_opsets(onx), str(path))
     return describe(
-        path, exporter=f"skl2onnx {skl2onnx.__version__}", framework=f"scikit-learn {sklearn.__version__}",
-        layout="flat", height=28, width=28, channels=1, scale=scale, mean=[0.0], std=[1.0],
-        labels=labels, head_output="output_probability", head_kind="zipmap",
-        x_test=xc, y_test_labels=[CLASS_NAMES[k] for k in d],
+        path,
+        exporter=f"skl2onnx {skl2onnx.__version__}",
+        framework=f"scikit-learn {sklearn.__version__}",
+        layout="flat",
+        height=28,
+        width=28,
+        channels=1,
+        scale=scale,
+        mean=[0.0],
+        std=[1.0],
+        labels=labels,
+        head_output="output_probability",
+        head_kind="zipmap",
+        x_test=xc,
+        y_test_labels=[CLASS_NAMES[k] for k in d],
     )
 
 
@@ -369,12 +416,16 @@ def main(argv=None):
 
     print(f"{'file':28s} {'bytes':>9s}  within-task acc  feature [dim] -> head")
     for e in entries:
-        print(f"{e['file']:28s} {(MODELS / e['file']).stat().st_size:9d}  {e['test_accuracy']:.4f} "
-              f"(n={e['test_samples']})  {e['feature']} [{e['feature_dim']}] -> {e['head_output']}")
+        print(
+            f"{e['file']:28s} {(MODELS / e['file']).stat().st_size:9d}  {e['test_accuracy']:.4f} "
+            f"(n={e['test_samples']})  {e['feature']} [{e['feature_dim']}] -> {e['head_output']}"
+        )
     for f in sorted(DATA.glob("*.npz")):
         with np.load(f) as z:
-            print(f"{'data/' + f.name:28s} {f.stat().st_size:9d}  x{z['x'].shape} {z['x'].dtype}  "
-                  f"y{z['y'].shape} {z['y'].dtype}  classes={sorted(set(z['y'].tolist()))}")
+            print(
+                f"{'data/' + f.name:28s} {f.stat().st_size:9d}  x{z['x'].shape} {z['x'].dtype}  "
+                f"y{z['y'].shape} {z['y'].dtype}  classes={sorted(set(z['y'].tolist()))}"
+            )
     total = sum(p.stat().st_size for p in list(MODELS.iterdir()) + list(DATA.iterdir()))
     print(f"total {total} bytes; done in {time.time() - t0:.0f}s")
 

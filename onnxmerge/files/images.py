@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import glob
 import contextlib
 import functools
+import glob
 import io
 import os
 import warnings
@@ -17,8 +17,8 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import OnnxMergeError
-from ..safety import check_labels, open_regular, printable
 from ..graph.preprocess import ImageInput
+from ..safety import check_labels, open_regular, printable
 
 #: The EXIF tag that says how a camera held the picture (1 = as stored).
 ORIENTATION = 0x0112
@@ -51,13 +51,19 @@ def read_image(path: str | os.PathLike, image: ImageInput, data: BinaryIO | None
             with Image.open(handle) as img:
                 frames = getattr(img, "n_frames", 1) if getattr(img, "is_animated", False) else 1
                 if frames > 1:
-                    raise OnnxMergeError(f"image {printable(path)} has {frames} frames (an animation or a multi-page "
-                                         "file); save the frame to use as a single image.")
+                    raise OnnxMergeError(
+                        f"image {printable(path)} has {frames} frames (an animation or a multi-page "
+                        "file); save the frame to use as a single image."
+                    )
                 array = pil_image(img, image)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise OnnxMergeError(f"image {printable(path)} cannot be read ({printable(exc)}); remove or replace it.") from exc
+        raise OnnxMergeError(
+            f"image {printable(path)} cannot be read ({printable(exc)}); remove or replace it."
+        ) from exc
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise OnnxMergeError(f"image {printable(path)} is too large to decode safely ({exc}); shrink or remove it.") from exc
+        raise OnnxMergeError(
+            f"image {printable(path)} is too large to decode safely ({exc}); shrink or remove it."
+        ) from exc
     return array
 
 
@@ -121,7 +127,9 @@ def _load_npz(path: Path, image: ImageInput, labelled: bool, expected_by: str = 
     try:
         with open_regular(path, "data file") as handle, np.load(handle, allow_pickle=False) as data:
             if "x" not in data:
-                raise OnnxMergeError(f"{path} has no array 'x'; an .npz needs x (uint8 [N, H, W, C]) and, if labelled, y.")
+                raise OnnxMergeError(
+                    f"{path} has no array 'x'; an .npz needs x (uint8 [N, H, W, C]) and, if labelled, y."
+                )
             x = data["x"]
             y = data["y"] if "y" in data else None
     except OnnxMergeError:
@@ -134,8 +142,10 @@ def _load_npz(path: Path, image: ImageInput, labelled: bool, expected_by: str = 
         x = x[..., None]
     expected = (image.height, image.width, image.channels)
     if x.ndim != 4 or tuple(x.shape[1:]) != expected:
-        raise OnnxMergeError(f"{path}: x has shape {list(x.shape)}, expected [N, {expected[0]}, {expected[1]}, "
-                             f"{expected[2]}] as in {expected_by}.")
+        raise OnnxMergeError(
+            f"{path}: x has shape {list(x.shape)}, expected [N, {expected[0]}, {expected[1]}, "
+            f"{expected[2]}] as in {expected_by}."
+        )
     if labelled:
         if y is None:
             raise OnnxMergeError(f"{path} has no array 'y' of labels; add one or use it as an unlabeled pool.")
@@ -148,8 +158,9 @@ def _load_npz(path: Path, image: ImageInput, labelled: bool, expected_by: str = 
     return Dataset(x, y if labelled else None, [f"{path}[{i}]" for i in range(len(x))])
 
 
-def load_labelled(path: str | os.PathLike, image: ImageInput, what: str = "training data",
-                  expected_by: str = "the recipe's [input]") -> Dataset:
+def load_labelled(
+    path: str | os.PathLike, image: ImageInput, what: str = "training data", expected_by: str = "the recipe's [input]"
+) -> Dataset:
     """A labelled folder (one sub-folder per class, ImageFolder style) or an ``.npz`` with x and y.
 
     ``what`` names the data in messages; ``expected_by`` says where its image size comes from ("Z's input"
@@ -196,7 +207,7 @@ class ImageFiles:
         return x if dtype is None else x.astype(dtype)
 
     def chunks(self, rows: int) -> list[list[str]]:
-        return [self.files[start:start + rows] for start in range(0, len(self.files), rows)]
+        return [self.files[start : start + rows] for start in range(0, len(self.files), rows)]
 
     @property
     def load(self):
@@ -233,18 +244,29 @@ def as_images(X, image: ImageInput, what: str = "X") -> np.ndarray:
     if isinstance(X, Image.Image):
         X = [X]
     if isinstance(X, (list, tuple)) and X and all(isinstance(v, (str, os.PathLike, Image.Image)) for v in X):
-        return np.concatenate([pil_image(item, image)[None] if isinstance(item, Image.Image)
-                               else read_images(list_images([os.fspath(item)]), image) for item in X])
+        return np.concatenate(
+            [
+                pil_image(item, image)[None]
+                if isinstance(item, Image.Image)
+                else read_images(list_images([os.fspath(item)]), image)
+                for item in X
+            ]
+        )
     try:
         x = np.asarray(X)
     except Exception:
         x = None
     if x is None or x.dtype == object:
-        raise OnnxMergeError(f"{what} must be images: {expected}, image files, a folder or PIL images; got "
-                             f"{type(X).__name__}.")
+        raise OnnxMergeError(
+            f"{what} must be images: {expected}, image files, a folder or PIL images; got {type(X).__name__}."
+        )
     if x.dtype != np.uint8:
-        hint = (" (convert with (x * 255).round().astype(np.uint8) if it holds 0..1 values; Z applies each "
-                "source's scale/mean/std itself)" if x.dtype.kind == "f" else "")
+        hint = (
+            " (convert with (x * 255).round().astype(np.uint8) if it holds 0..1 values; Z applies each "
+            "source's scale/mean/std itself)"
+            if x.dtype.kind == "f"
+            else ""
+        )
         raise OnnxMergeError(f"{what} has dtype {x.dtype}; Z takes raw images, {expected}{hint}.")
     if x.ndim == 2 and image.channels == 1 and x.shape == (image.height, image.width):
         x = x[None, ..., None]
@@ -253,8 +275,10 @@ def as_images(X, image: ImageInput, what: str = "X") -> np.ndarray:
     elif x.ndim == 3 and image.channels == 1 and tuple(x.shape[1:]) == (image.height, image.width):
         x = x[..., None]
     if x.ndim != 4 or tuple(x.shape[1:]) != image.shape:
-        raise OnnxMergeError(f"{what} has shape {list(x.shape)}; Z takes {expected} (resize the images, or pass "
-                             "their files and onnxmerge resizes them).")
+        raise OnnxMergeError(
+            f"{what} has shape {list(x.shape)}; Z takes {expected} (resize the images, or pass "
+            "their files and onnxmerge resizes them)."
+        )
     return x
 
 
@@ -284,8 +308,11 @@ def as_labelled(X, y, image: ImageInput) -> Dataset:
         return load_labelled(X, image)
     if y is None and isinstance(X, (list, tuple)) and X and all(isinstance(p, (str, os.PathLike)) for p in X):
         parts = [load_labelled(p, image) for p in X]  # e.g. old classes + a new class's few images
-        return Dataset(np.concatenate([d.x for d in parts]), np.concatenate([d.y for d in parts]),
-                       [f for d in parts for f in d.files])
+        return Dataset(
+            np.concatenate([d.x for d in parts]),
+            np.concatenate([d.y for d in parts]),
+            [f for d in parts for f in d.files],
+        )
     x = _some(as_images(X, image, "X"), "X")
     if y is None or len(y) != len(x):
         raise OnnxMergeError("y must hold one label per image of X.")
@@ -332,8 +359,11 @@ def list_images(sources: list[str]) -> list[str]:
             continue
         source = os.path.expanduser(source)
         if glob.has_magic(source) and not os.path.exists(source):
-            found = sorted(p for p in glob.glob(source, recursive=True) if os.path.isfile(p)
-                           and os.path.splitext(p)[1].lower() in IMAGE_SUFFIXES)
+            found = sorted(
+                p
+                for p in glob.glob(source, recursive=True)
+                if os.path.isfile(p) and os.path.splitext(p)[1].lower() in IMAGE_SUFFIXES
+            )
             if not found:
                 raise OnnxMergeError(f"no file matches {source!r}; check the pattern.")
             files += found
@@ -351,7 +381,9 @@ def _list_url(source: str) -> list[str]:
     try:
         import fsspec
     except ImportError:
-        raise OnnxMergeError(f"reading {source} needs fsspec; install the extra: pip install 'onnxmerge[dask]'.") from None
+        raise OnnxMergeError(
+            f"reading {source} needs fsspec; install the extra: pip install 'onnxmerge[dask]'."
+        ) from None
     try:
         fs, path = fsspec.core.url_to_fs(source)
         if glob.has_magic(path):

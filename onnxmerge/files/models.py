@@ -12,17 +12,17 @@ import hashlib
 import os
 import tempfile
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import onnx
 from onnx.external_data_helper import ExternalDataInfo, uses_external_data
 
 from ..errors import OnnxMergeError, first_line
 from ..runtime.probe import probe_model
+from ..runtime.weights import WeightFolder, external_bytes, external_initializers, release_freed_memory
 from ..safety import kind_of, open_regular, printable, read_regular
 from ..signals import temporary
-from ..runtime.weights import WeightFolder, external_bytes, external_initializers, release_freed_memory
 
 _EXTERNAL_KEYS = {"location", "offset", "length", "checksum", "basepath"}
 
@@ -49,14 +49,17 @@ def external_data_files(model: onnx.ModelProto, folder: Path) -> list[Path]:
         keys = {entry.key for entry in tensor.external_data}
         if not keys <= _EXTERNAL_KEYS:
             # ExternalDataInfo sets every key as an attribute (CVE-2026-34445): refuse unknown keys first
-            raise OnnxMergeError(f"tensor {tensor.name!r} has unknown external-data keys {sorted(keys - _EXTERNAL_KEYS)}; "
-                                 "re-export the model.")
+            raise OnnxMergeError(
+                f"tensor {tensor.name!r} has unknown external-data keys {sorted(keys - _EXTERNAL_KEYS)}; "
+                "re-export the model."
+            )
         try:
             info = ExternalDataInfo(tensor)
             offset, length = int(info.offset or 0), None if info.length is None else int(info.length)
         except (TypeError, ValueError) as exc:
-            raise OnnxMergeError(f"tensor {tensor.name!r} has a malformed external-data offset or length; "
-                                 "re-export the model.") from exc
+            raise OnnxMergeError(
+                f"tensor {tensor.name!r} has a malformed external-data offset or length; re-export the model."
+            ) from exc
         location = info.location
         if not location or os.path.isabs(location) or Path(location).is_absolute() or ".." in Path(location).parts:
             raise OnnxMergeError(
@@ -70,7 +73,9 @@ def external_data_files(model: onnx.ModelProto, folder: Path) -> list[Path]:
         if folder not in resolved.parents:
             raise OnnxMergeError(f"external data file {path} resolves outside {folder}; refusing to read it.")
         if not resolved.is_file():
-            raise OnnxMergeError(f"external data file {path} for tensor {tensor.name!r} is missing; put it next to the model.")
+            raise OnnxMergeError(
+                f"external data file {path} for tensor {tensor.name!r} is missing; put it next to the model."
+            )
         if resolved.stat().st_nlink > 1:
             raise OnnxMergeError(f"external data file {path} is a hard link; copy the real file next to the model.")
         size = resolved.stat().st_size
@@ -119,8 +124,7 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
     return load_model_with_digest(path)[0]
 
 
-def load_model_with_digest(path: str | os.PathLike, weights: WeightFolder | None = None
-                           ) -> tuple[onnx.ModelProto, str]:
+def load_model_with_digest(path: str | os.PathLike, weights: WeightFolder | None = None) -> tuple[onnx.ModelProto, str]:
     """:func:`load_model`, plus the SHA-256 over the model file and its external-data files (in reference
     order), computed from the same read so the file is parsed once.
 
@@ -132,7 +136,9 @@ def load_model_with_digest(path: str | os.PathLike, weights: WeightFolder | None
     try:
         model = onnx.load_from_string(content)
     except Exception as exc:  # protobuf raises its own DecodeError and friends
-        raise OnnxMergeError(f"{path} is not a readable ONNX model ({type(exc).__name__}); re-export or re-download it.") from exc
+        raise OnnxMergeError(
+            f"{path} is not a readable ONNX model ({type(exc).__name__}); re-export or re-download it."
+        ) from exc
     if not model.HasField("graph") or not model.graph.node or not model.graph.output or not model.opset_import:
         raise OnnxMergeError(f"{path} holds no ONNX graph; re-export or re-download it.")
     digest = hashlib.sha256(content)
@@ -145,8 +151,9 @@ def load_model_with_digest(path: str | os.PathLike, weights: WeightFolder | None
     # onnx's checker and onnxruntime are native code that a hostile model can crash or make allocate
     # without bound: they run first in a memory-limited child, and only a model that survived them there
     # reaches them here (check_structure below, then sessions).
-    probe_model(path, file_sha256, len(content) + sum(f.stat().st_size for f in data_files),
-                path.parent if data_files else None)
+    probe_model(
+        path, file_sha256, len(content) + sum(f.stat().st_size for f in data_files), path.parent if data_files else None
+    )
     try:
         load_external_data(model, path.parent)
     except OnnxMergeError:
@@ -159,12 +166,15 @@ def load_model_with_digest(path: str | os.PathLike, weights: WeightFolder | None
     try:
         light = weights.offload(model)
     except OSError as exc:
-        raise OnnxMergeError(f"could not write the weights of {path} into the temporary folder {weights.path} "
-                             f"({exc.strerror or exc}); free disk space there or set TMPDIR to a larger disk.") from exc
+        raise OnnxMergeError(
+            f"could not write the weights of {path} into the temporary folder {weights.path} "
+            f"({exc.strerror or exc}); free disk space there or set TMPDIR to a larger disk."
+        ) from exc
     except Exception as exc:  # weights that do not parse: the checker names the problem, if it sees one
         check_structure(model, path)
-        raise OnnxMergeError(f"{path} holds a tensor whose data cannot be read ({first_line(exc)}); re-export "
-                             "the model.") from exc
+        raise OnnxMergeError(
+            f"{path} holds a tensor whose data cannot be read ({first_line(exc)}); re-export the model."
+        ) from exc
     del model, content
     release_freed_memory()
     # checked as a light model: the checker would otherwise serialise the whole model once more
@@ -180,14 +190,16 @@ def check_text_attributes(model: onnx.ModelProto, path: Path) -> None:
     for graph in _graphs(model.graph):
         for node in graph.node:
             for attr in node.attribute:
-                for value in ([attr.s] if attr.type == onnx.AttributeProto.STRING else list(attr.strings)):
+                for value in [attr.s] if attr.type == onnx.AttributeProto.STRING else list(attr.strings):
                     try:
                         value.decode("utf-8")
                     except UnicodeDecodeError:
                         shown = printable(value.decode("utf-8", "backslashreplace"))
-                        raise OnnxMergeError(f"{printable(path)}: node '{printable(node.name or node.op_type)}' has "
-                                             f"attribute '{printable(attr.name)}' with text that is not UTF-8 "
-                                             f"('{shown}'); re-export the model with UTF-8 class names.") from None
+                        raise OnnxMergeError(
+                            f"{printable(path)}: node '{printable(node.name or node.op_type)}' has "
+                            f"attribute '{printable(attr.name)}' with text that is not UTF-8 "
+                            f"('{shown}'); re-export the model with UTF-8 class names."
+                        ) from None
 
 
 def _graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
@@ -208,8 +220,10 @@ def check_structure(model: onnx.ModelProto, path: Path, weights: WeightFolder | 
     newest = onnx.defs.onnx_opset_version()
     for opset in model.opset_import:
         if opset.domain in ("", "ai.onnx") and opset.version > newest:
-            raise OnnxMergeError(f"{path} uses opset {opset.version} but the installed onnx knows opsets up to "
-                                 f"{newest}; upgrade onnx or re-export the model at opset {newest} or lower.")
+            raise OnnxMergeError(
+                f"{path} uses opset {opset.version} but the installed onnx knows opsets up to "
+                f"{newest}; upgrade onnx or re-export the model at opset {newest} or lower."
+            )
     try:
         if weights is None:
             onnx.checker.check_model(model)
@@ -230,8 +244,9 @@ def atomic_path(target: Path, suffix: str = "") -> Iterator[Path]:
     try:
         handle, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix + ".tmp", dir=target.parent)
     except OSError as exc:
-        raise OnnxMergeError(f"cannot write into {printable(target.parent)} ({exc.strerror}); choose another "
-                             "output path.") from exc
+        raise OnnxMergeError(
+            f"cannot write into {printable(target.parent)} ({exc.strerror}); choose another output path."
+        ) from exc
     os.close(handle)
     tmp_path = Path(tmp)
     with temporary(tmp_path):
@@ -241,8 +256,9 @@ def atomic_path(target: Path, suffix: str = "") -> Iterator[Path]:
                 os.chmod(tmp_path, 0o666 & ~_umask())
             os.replace(tmp_path, target)
         except OSError as exc:
-            raise OnnxMergeError(f"could not write {printable(target)} ({exc.strerror or exc}); check free space "
-                                 "and permissions.") from exc
+            raise OnnxMergeError(
+                f"could not write {printable(target)} ({exc.strerror or exc}); check free space and permissions."
+            ) from exc
 
 
 def _umask() -> int:
@@ -264,34 +280,43 @@ def check_output_path(output: str | os.PathLike, protected: list[Path] = (), fla
     folder = output.parent if str(output.parent) else Path(".")
     shown = printable(output)
     if not folder.is_dir():
-        raise OnnxMergeError(f"output folder {printable(folder)} does not exist; create it first or choose another "
-                             f"{flag} path.")
+        raise OnnxMergeError(
+            f"output folder {printable(folder)} does not exist; create it first or choose another {flag} path."
+        )
     if not os.access(folder, os.W_OK):
         raise OnnxMergeError(f"output folder {printable(folder)} is not writable; choose another {flag} path.")
     if output.is_dir():
-        raise OnnxMergeError(f"output path {shown} is a folder; give a file name such as {printable(output / 'z.onnx')}.")
+        raise OnnxMergeError(
+            f"output path {shown} is a folder; give a file name such as {printable(output / 'z.onnx')}."
+        )
     kind = kind_of(output)
     if kind is not None:  # os.replace would put a regular file in place of /dev/null, a FIFO or a socket
-        raise OnnxMergeError(f"output path {shown} is {kind}; onnxmerge writes regular files only, choose "
-                             f"another {flag} path.")
+        raise OnnxMergeError(
+            f"output path {shown} is {kind}; onnxmerge writes regular files only, choose another {flag} path."
+        )
     if os.path.lexists(output):
         resolved = output.resolve()
         for source in protected:
             if resolved == Path(source).resolve() or _same_file(output, source):
-                raise OnnxMergeError(f"output path {shown} is {_role(source)} this run reads ({printable(source)}); "
-                                     f"writing there would replace it, choose another {flag} path.")
+                raise OnnxMergeError(
+                    f"output path {shown} is {_role(source)} this run reads ({printable(source)}); "
+                    f"writing there would replace it, choose another {flag} path."
+                )
     return output
 
 
-def check_output_folder(folder: str | os.PathLike, names: tuple[str, ...], protected: list[Path] = (),
-                        flag: str = "--report") -> Path:
+def check_output_folder(
+    folder: str | os.PathLike, names: tuple[str, ...], protected: list[Path] = (), flag: str = "--report"
+) -> Path:
     """Validate an output folder (created later if missing) and the files ``names`` to be written into it:
     it is no file, it can be created (its nearest existing parent is a writable folder), and each file
     passes :func:`check_output_path`."""
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
-        raise OnnxMergeError(f"{flag} {printable(folder)} is an existing file, not a folder; give a folder (created "
-                             "if missing) for the report files.")
+        raise OnnxMergeError(
+            f"{flag} {printable(folder)} is an existing file, not a folder; give a folder (created "
+            "if missing) for the report files."
+        )
     if folder.is_dir():
         for name in names:
             check_output_path(folder / name, protected, flag)
@@ -300,8 +325,10 @@ def check_output_folder(folder: str | os.PathLike, names: tuple[str, ...], prote
     while not parent.exists():
         parent = parent.parent
     if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise OnnxMergeError(f"{flag} folder {printable(folder)} cannot be created ({printable(parent)} is not a "
-                             "writable folder); choose another path.")
+        raise OnnxMergeError(
+            f"{flag} folder {printable(folder)} cannot be created ({printable(parent)} is not a "
+            "writable folder); choose another path."
+        )
     return folder
 
 
@@ -341,8 +368,12 @@ def model_files(path: str | os.PathLike) -> list[Path]:
     return files
 
 
-def save_model(model: onnx.ModelProto, output: str | os.PathLike, size_limit: int = PROTOBUF_LIMIT,
-               weights: WeightFolder | None = None) -> Path:
+def save_model(
+    model: onnx.ModelProto,
+    output: str | os.PathLike,
+    size_limit: int = PROTOBUF_LIMIT,
+    weights: WeightFolder | None = None,
+) -> Path:
     """Write ``model`` atomically; above ``size_limit`` bytes its weights go to a uniquely named side file.
 
     The side file is named ``<output>.<random>.data`` so that two writes (or two Z files in one folder)

@@ -30,7 +30,7 @@ def _rename_inputs(nodes, mapping: dict[str, str]) -> None:
             if name in mapping:
                 node.input[k] = mapping[name]
         for attr in node.attribute:
-            for graph in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else attr.graphs):
+            for graph in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else attr.graphs:
                 _rename_inputs(graph.node, mapping)
 
 
@@ -41,8 +41,11 @@ def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
     except Exception:  # inference is best effort here: float is what classifiers compute
         inferred = model
     g = inferred.graph
-    return {vi.name: vi.type.tensor_type.elem_type for vi in list(g.value_info) + list(g.input) + list(g.output)
-            if vi.type.HasField("tensor_type")}
+    return {
+        vi.name: vi.type.tensor_type.elem_type
+        for vi in list(g.value_info) + list(g.input) + list(g.output)
+        if vi.type.HasField("tensor_type")
+    }
 
 
 def per_image(model: onnx.ModelProto, input_name: str, keep: list[str]) -> onnx.ModelProto:
@@ -54,8 +57,10 @@ def per_image(model: onnx.ModelProto, input_name: str, keep: list[str]) -> onnx.
     graph = model.graph
     opset = _default_opset(model)
     if opset < 11:
-        raise OnnxMergeError(f"the source is at opset {opset}; running a batch-1 graph image by image needs "
-                             "opset 11 or newer, so re-export it with a dynamic batch axis.")
+        raise OnnxMergeError(
+            f"the source is at opset {opset}; running a batch-1 graph image by image needs "
+            "opset 11 or newer, so re-export it with a dynamic batch axis."
+        )
     outputs = [o.name for o in graph.output if o.type.HasField("tensor_type")]  # a Loop stacks tensors only
     kept = list(dict.fromkeys(outputs + [k for k in keep if k and k != input_name]))
     types = _elem_types(model)
@@ -71,28 +76,37 @@ def per_image(model: onnx.ModelProto, input_name: str, keep: list[str]) -> onnx.
     _rename_inputs(body_nodes, {input_name: image, **inner})
     c = f"{PREFIX}/"
     body = helper.make_graph(
-        [helper.make_node("Reshape", [f"{c}i", f"{c}shape_1"], [f"{c}start"], name=f"{c}Start"),
-         helper.make_node("Add", [f"{c}start", f"{c}one"], [f"{c}end"], name=f"{c}End"),
-         helper.make_node("Slice", [input_name, f"{c}start", f"{c}end", f"{c}axis_0"], [image], name=f"{c}Slice"),
-         *body_nodes,
-         helper.make_node("Identity", [f"{c}cond_in"], [f"{c}cond_out"], name=f"{c}Cond")],
+        [
+            helper.make_node("Reshape", [f"{c}i", f"{c}shape_1"], [f"{c}start"], name=f"{c}Start"),
+            helper.make_node("Add", [f"{c}start", f"{c}one"], [f"{c}end"], name=f"{c}End"),
+            helper.make_node("Slice", [input_name, f"{c}start", f"{c}end", f"{c}axis_0"], [image], name=f"{c}Slice"),
+            *body_nodes,
+            helper.make_node("Identity", [f"{c}cond_in"], [f"{c}cond_out"], name=f"{c}Cond"),
+        ],
         f"{graph.name or 'source'}_per_image",
-        [helper.make_tensor_value_info(f"{c}i", TensorProto.INT64, []),
-         helper.make_tensor_value_info(f"{c}cond_in", TensorProto.BOOL, [])],
+        [
+            helper.make_tensor_value_info(f"{c}i", TensorProto.INT64, []),
+            helper.make_tensor_value_info(f"{c}cond_in", TensorProto.BOOL, []),
+        ],
         [helper.make_tensor_value_info(f"{c}cond_out", TensorProto.BOOL, [])]
-        + [helper.make_tensor_value_info(inner[name], types.get(name) or TensorProto.FLOAT, None) for name in kept])
+        + [helper.make_tensor_value_info(inner[name], types.get(name) or TensorProto.FLOAT, None) for name in kept],
+    )
 
     stacked = [f"{name}__stacked" for name in kept]
-    nodes = [helper.make_node("Shape", [input_name], [f"{c}input_shape"], name=f"{c}Shape"),
-             helper.make_node("Gather", [f"{c}input_shape", f"{c}zero"], [f"{c}n"], name=f"{c}Batch", axis=0),
-             helper.make_node("Loop", [f"{c}n", ""], stacked, name=f"{c}Loop", body=body)]
+    nodes = [
+        helper.make_node("Shape", [input_name], [f"{c}input_shape"], name=f"{c}Shape"),
+        helper.make_node("Gather", [f"{c}input_shape", f"{c}zero"], [f"{c}n"], name=f"{c}Batch", axis=0),
+        helper.make_node("Loop", [f"{c}n", ""], stacked, name=f"{c}Loop", body=body),
+    ]
     for name, scan in zip(kept, stacked):  # a Loop stacks each image's [1, ...] into [N, 1, ...]
         if opset >= 13:
             nodes.append(helper.make_node("Squeeze", [scan, f"{c}axis_1"], [name], name=f"{c}Squeeze/{name}"))
         else:
             nodes.append(helper.make_node("Squeeze", [scan], [name], name=f"{c}Squeeze/{name}", axes=[1]))
-    constants = [numpy_helper.from_array(np.array(v, np.int64), f"{c}{n}")
-                 for n, v in (("shape_1", [1]), ("one", [1]), ("axis_0", [0]), ("zero", 0), ("axis_1", [1]))]
+    constants = [
+        numpy_helper.from_array(np.array(v, np.int64), f"{c}{n}")
+        for n, v in (("shape_1", [1]), ("one", [1]), ("axis_0", [0]), ("zero", 0), ("axis_1", [1]))
+    ]
 
     wrapped = onnx.ModelProto()
     wrapped.CopyFrom(model)
@@ -114,7 +128,8 @@ def per_image(model: onnx.ModelProto, input_name: str, keep: list[str]) -> onnx.
 def hoist_loop_weights(model: onnx.ModelProto) -> None:
     """Move the initializers graphsurgeon put into a per-image Loop's body (``batchloop``) back to the main graph.
 
-    graphsurgeon's export stores a constant where it is used (cut, stitch and keep_outputs all export); the weights of a source run image by image are used only
+    graphsurgeon's export stores a constant where it is used (cut, stitch and keep_outputs all export); the weights
+    of a source run image by image are used only
     in the Loop body, but the weight folder (and the saved Z's external data) handle main-graph initializers.
     The body still reads them, from the outer scope.
     """

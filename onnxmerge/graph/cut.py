@@ -14,7 +14,7 @@ from .batchloop import hoist_loop_weights
 from .inspect import tensor_shapes
 
 FEATURE = "feature"  # name of the cut graph's pooled feature output (prefixed later by stitch)
-HEAD = "head"        # name of the cut graph's copy of the source's classifier output
+HEAD = "head"  # name of the cut graph's copy of the source's classifier output
 
 
 @dataclass
@@ -23,9 +23,9 @@ class CutModel:
 
     model: onnx.ModelProto
     input_name: str
-    feature: str          # the tensor's name in the source model
+    feature: str  # the tensor's name in the source model
     pooled: tuple[int, ...]  # the spatial axes a 4-D feature map was averaged over; () where it was not pooled
-    rank: int             # rank of the source's feature tensor
+    rank: int  # rank of the source's feature tensor
 
 
 def source_input(model: onnx.ModelProto) -> onnx.ValueInfoProto:
@@ -68,11 +68,41 @@ def inferred_rank(model: onnx.ModelProto, feature: str) -> int | None:
 
 
 #: ops that keep a 4-D map's layout (followed forward when telling a map's spatial axes)
-_SAME_LAYOUT = {"Relu", "Clip", "HardSwish", "HardSigmoid", "Sigmoid", "Tanh", "LeakyRelu", "Elu", "Gelu", "Add",
-                "Mul", "Sub", "Div", "Identity", "Dropout", "Cast", "Neg", "Erf", "Softplus", "PRelu"}
+_SAME_LAYOUT = {
+    "Relu",
+    "Clip",
+    "HardSwish",
+    "HardSigmoid",
+    "Sigmoid",
+    "Tanh",
+    "LeakyRelu",
+    "Elu",
+    "Gelu",
+    "Add",
+    "Mul",
+    "Sub",
+    "Div",
+    "Identity",
+    "Dropout",
+    "Cast",
+    "Neg",
+    "Erf",
+    "Softplus",
+    "PRelu",
+}
 #: ops whose first input is NCHW by ONNX's definition
-_NCHW_CONSUMERS = {"Conv", "GlobalAveragePool", "GlobalMaxPool", "MaxPool", "AveragePool", "BatchNormalization",
-                   "InstanceNormalization", "ConvTranspose", "LpPool", "GlobalLpPool"}
+_NCHW_CONSUMERS = {
+    "Conv",
+    "GlobalAveragePool",
+    "GlobalMaxPool",
+    "MaxPool",
+    "AveragePool",
+    "BatchNormalization",
+    "InstanceNormalization",
+    "ConvTranspose",
+    "LpPool",
+    "GlobalLpPool",
+}
 
 
 def _constant_ints(graph: onnx.GraphProto, name: str) -> list[int] | None:
@@ -98,7 +128,9 @@ def spatial_axes(model: onnx.ModelProto, feature: str) -> tuple[int, int]:
     for node in graph.node:
         for name in node.input:
             consumers.setdefault(name, []).append(node)
-    constants = {i.name for i in graph.initializer} | {o for n in graph.node if n.op_type == "Constant" for o in n.output}
+    constants = {i.name for i in graph.initializer} | {
+        o for n in graph.node if n.op_type == "Constant" for o in n.output
+    }
     frontier, seen = [(feature, [0, 1, 2, 3])], set()  # (tensor, the feature axis behind each of its axes)
     while frontier:
         name, axes = frontier.pop(0)
@@ -113,12 +145,17 @@ def spatial_axes(model: onnx.ModelProto, feature: str) -> tuple[int, int]:
                 spatial = [1, 2]
             elif op == "ReduceMean":
                 attr = next((onnx.helper.get_attribute_value(a) for a in node.attribute if a.name == "axes"), None)
-                reduced = attr if attr is not None else (_constant_ints(graph, node.input[1]) if len(node.input) > 1 else None)
+                reduced = (
+                    attr
+                    if attr is not None
+                    else (_constant_ints(graph, node.input[1]) if len(node.input) > 1 else None)
+                )
                 if reduced is not None and len(reduced) == 2 and 0 not in reduced and -4 not in reduced:
                     spatial = [int(a) % 4 for a in reduced]
             elif op == "Transpose":
-                perm = next((list(onnx.helper.get_attribute_value(a)) for a in node.attribute if a.name == "perm"),
-                            [3, 2, 1, 0])
+                perm = next(
+                    (list(onnx.helper.get_attribute_value(a)) for a in node.attribute if a.name == "perm"), [3, 2, 1, 0]
+                )
                 frontier.append((node.output[0], [axes[p] for p in perm]))
             elif op in _SAME_LAYOUT:
                 frontier.extend((out, axes) for out in node.output)
@@ -144,16 +181,24 @@ def densify_sparse_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
         dims = [int(d) for d in sparse.dims]
         dense = np.zeros(dims, dtype=values.dtype)
         size = dense.size
-        if indices.ndim == 1 and indices.size == values.size and (indices.size == 0 or
-                                                                    (indices.min() >= 0 and indices.max() < size)):
+        if (
+            indices.ndim == 1
+            and indices.size == values.size
+            and (indices.size == 0 or (indices.min() >= 0 and indices.max() < size))
+        ):
             dense.reshape(-1)[indices] = values
-        elif (indices.ndim == 2 and indices.shape == (values.size, len(dims))
-              and (indices.size == 0 or (indices.min() >= 0 and (indices < np.array(dims)).all()))):
+        elif (
+            indices.ndim == 2
+            and indices.shape == (values.size, len(dims))
+            and (indices.size == 0 or (indices.min() >= 0 and (indices < np.array(dims)).all()))
+        ):
             dense[tuple(indices.T)] = values
         else:
-            raise OnnxMergeError(f"sparse initializer {sparse.values.name!r} has indices (shape "
-                                 f"{list(indices.shape)}) that do not place its {values.size} values inside its "
-                                 f"shape {dims}; re-export the model with dense weights.")
+            raise OnnxMergeError(
+                f"sparse initializer {sparse.values.name!r} has indices (shape "
+                f"{list(indices.shape)}) that do not place its {values.size} values inside its "
+                f"shape {dims}; re-export the model with dense weights."
+            )
         dense_model.graph.initializer.append(onnx.numpy_helper.from_array(dense, sparse.values.name))
     del dense_model.graph.sparse_initializer[:]
     return dense_model
@@ -177,8 +222,10 @@ def cut(model: onnx.ModelProto, feature: str, head_output: str | None, rank: int
         raise _missing_tensor(feature, [n for n, t in tensors.items() if isinstance(t, gs.Variable)])
     rank = rank or inferred_rank(model, feature)
     if rank is None:
-        raise OnnxMergeError(f"the rank of tensor {feature!r} is unknown to shape inference; this is a bug in "
-                             "onnxmerge (the build measures it first), please report it.")
+        raise OnnxMergeError(
+            f"the rank of tensor {feature!r} is unknown to shape inference; this is a bug in "
+            "onnxmerge (the build measures it first), please report it."
+        )
     feat = tensors[feature]
     out = gs.Variable(FEATURE, dtype=np.float32)
     axes: tuple[int, ...] = ()
@@ -187,8 +234,15 @@ def cut(model: onnx.ModelProto, feature: str, head_output: str | None, rank: int
         if axes != (2, 3):  # an NHWC map: to NCHW first, so one GlobalAveragePool serves every opset
             channel = next(a for a in (1, 2, 3) if a not in axes)
             nchw = gs.Variable(f"{feature}__nchw", dtype=np.float32)
-            graph.nodes.append(gs.Node("Transpose", f"{FEATURE}/to_nchw", attrs={"perm": [0, channel, *axes]},
-                                       inputs=[feat], outputs=[nchw]))
+            graph.nodes.append(
+                gs.Node(
+                    "Transpose",
+                    f"{FEATURE}/to_nchw",
+                    attrs={"perm": [0, channel, *axes]},
+                    inputs=[feat],
+                    outputs=[nchw],
+                )
+            )
             feat = nchw
         pooled = gs.Variable(f"{feature}__pooled", dtype=np.float32)
         graph.nodes.append(gs.Node("GlobalAveragePool", f"{FEATURE}/pool", inputs=[feat], outputs=[pooled]))

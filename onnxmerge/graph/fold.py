@@ -34,13 +34,17 @@ def constant_value(model: onnx.ModelProto, name: str) -> np.ndarray | None:
     used = {i for n in nodes for i in n.input if i and i not in inside}
     if any(i not in inits or int(np.prod(inits[i].dims)) > MAX_CONSTANT_VALUES for i in used):
         return None
-    if any(n.domain not in ("", "ai.onnx") or any(a.type == onnx.AttributeProto.GRAPH for a in n.attribute)
-           for n in nodes):
+    if any(
+        n.domain not in ("", "ai.onnx") or any(a.type == onnx.AttributeProto.GRAPH for a in n.attribute) for n in nodes
+    ):
         return None
     sub = helper.make_model(
-        helper.make_graph(nodes, "constant", [], [helper.make_empty_tensor_value_info(name)],
-                          [inits[i] for i in sorted(used)]),
-        opset_imports=[o for o in model.opset_import if o.domain in ("", "ai.onnx")], ir_version=model.ir_version)
+        helper.make_graph(
+            nodes, "constant", [], [helper.make_empty_tensor_value_info(name)], [inits[i] for i in sorted(used)]
+        ),
+        opset_imports=[o for o in model.opset_import if o.domain in ("", "ai.onnx")],
+        ir_version=model.ir_version,
+    )
     from onnx.reference import ReferenceEvaluator
 
     try:

@@ -14,28 +14,81 @@ from .labels import LABEL_ATTRIBUTES, LABEL_KEYS, Labels, _text, model_labels, r
 #: ops a classifier's scores pass through after its last linear layer without changing "which feature":
 #: probability maps, activations, layout, pooling (a conv head's spatial average), casts.
 _PASS_THROUGH = {
-    "Softmax", "LogSoftmax", "Sigmoid", "Identity", "Cast", "ZipMap", "Flatten", "Reshape", "Squeeze",
-    "Unsqueeze", "GlobalAveragePool", "ReduceMean", "Dropout", "Normalizer", "Transpose", "Relu", "Clip",
-    "HardSwish", "HardSigmoid", "LeakyRelu", "Elu", "Selu", "Celu", "Tanh", "Softplus", "Softsign", "Gelu",
-    "PRelu", "ThresholdedRelu", "Hardmax", "Neg", "BatchNormalization", "InstanceNormalization",
-    "Add", "Sub", "Mul", "Div",  # by constants only: a bias, a scale, a temperature (walked with one dynamic input)
+    "Softmax",
+    "LogSoftmax",
+    "Sigmoid",
+    "Identity",
+    "Cast",
+    "ZipMap",
+    "Flatten",
+    "Reshape",
+    "Squeeze",
+    "Unsqueeze",
+    "GlobalAveragePool",
+    "ReduceMean",
+    "Dropout",
+    "Normalizer",
+    "Transpose",
+    "Relu",
+    "Clip",
+    "HardSwish",
+    "HardSigmoid",
+    "LeakyRelu",
+    "Elu",
+    "Selu",
+    "Celu",
+    "Tanh",
+    "Softplus",
+    "Softsign",
+    "Gelu",
+    "PRelu",
+    "ThresholdedRelu",
+    "Hardmax",
+    "Neg",
+    "BatchNormalization",
+    "InstanceNormalization",
+    "Add",
+    "Sub",
+    "Mul",
+    "Div",  # by constants only: a bias, a scale, a temperature (walked with one dynamic input)
 }
 #: affine ops between a shared tensor and each of several heads (LeViT's BatchNorm -> Linear per head)
 _AFFINE = {"BatchNormalization", "Identity", "Dropout", "Cast", "Flatten", "Reshape", "Squeeze"}
 #: ops after which a tensor is a reasonable hand-picked feature (listed by ``inspect --all``).
-_FEATURE_OPS = {"Relu", "Clip", "Flatten", "Reshape", "GlobalAveragePool", "ReduceMean", "Gemm", "MatMul",
-                "Add", "Sigmoid", "HardSwish", "Mul", "Tanh", "Gelu", "Concat", "MaxPool", "AveragePool",
-                "LeakyRelu", "Elu", "BatchNormalization", "Conv", "Squeeze"}
+_FEATURE_OPS = {
+    "Relu",
+    "Clip",
+    "Flatten",
+    "Reshape",
+    "GlobalAveragePool",
+    "ReduceMean",
+    "Gemm",
+    "MatMul",
+    "Add",
+    "Sigmoid",
+    "HardSwish",
+    "Mul",
+    "Tanh",
+    "Gelu",
+    "Concat",
+    "MaxPool",
+    "AveragePool",
+    "LeakyRelu",
+    "Elu",
+    "BatchNormalization",
+    "Conv",
+    "Squeeze",
+}
 
 
 @dataclass
 class HeadInfo:
     """Where a source's classifier is: its output tensor, its last linear node, and the feature it reads."""
 
-    output: str          # the tensor holding class scores/probabilities [N, K]
-    feature: str         # the tensor feeding the last linear layer
-    op: str              # that layer's op type (Gemm, MatMul, Conv)
-    reason: str          # a sentence for the user
+    output: str  # the tensor holding class scores/probabilities [N, K]
+    feature: str  # the tensor feeding the last linear layer
+    op: str  # that layer's op type (Gemm, MatMul, Conv)
+    reason: str  # a sentence for the user
 
 
 def _graph_maps(graph: onnx.GraphProto):
@@ -53,8 +106,9 @@ def _constants(graph: onnx.GraphProto) -> set[str]:
     constants = {init.name for init in graph.initializer} | {s.values.name for s in graph.sparse_initializer}
     constants.add("")  # an omitted optional input
     for node in graph.node:  # graph.node is in topological order (an ONNX requirement)
-        if node.op_type == "Constant" or (node.input and all(i in constants for i in node.input)
-                                          and not node.op_type.startswith("Random")):
+        if node.op_type == "Constant" or (
+            node.input and all(i in constants for i in node.input) and not node.op_type.startswith("Random")
+        ):
             constants.update(node.output)
     return constants
 
@@ -107,11 +161,16 @@ def find_head_output(model: onnx.ModelProto, head_output: str = "auto") -> str:
         shapes = tensor_shapes(model)
         scored = [o.name for o in graph.output if _is_float_matrix(o)]
         # skl2onnx's probabilities come as a ZipMap (a sequence of maps): the tensor before it is the head
-        zipped = [producers[o.name].input[0] for o in graph.output
-                  if o.name in producers and producers[o.name].op_type == "ZipMap"]
+        zipped = [
+            producers[o.name].input[0]
+            for o in graph.output
+            if o.name in producers and producers[o.name].op_type == "ZipMap"
+        ]
         scored += [z for z in zipped if z not in scored]
         if not scored:
-            scored = [o.name for o in graph.output if (shapes.get(o.name) or [None]) and len(shapes.get(o.name) or []) == 2]
+            scored = [
+                o.name for o in graph.output if (shapes.get(o.name) or [None]) and len(shapes.get(o.name) or []) == 2
+            ]
         if not scored:
             raise OnnxMergeError(
                 f"no output of the model has a classifier shape [N, K] (outputs: {names}); "
@@ -163,8 +222,12 @@ class _Walk:
     def complement_of(self, name: str) -> str:
         """``p`` for skl2onnx's ``1 - p`` (``Sub(constant, p)``), else ``name`` itself."""
         node = self.producers.get(name)
-        if node is not None and node.op_type == "Sub" and node.input[0] in self.constants \
-                and node.input[1] not in self.constants:
+        if (
+            node is not None
+            and node.op_type == "Sub"
+            and node.input[0] in self.constants
+            and node.input[1] not in self.constants
+        ):
             return node.input[1]
         return name
 
@@ -211,8 +274,11 @@ class _Walk:
                 return feature, None, "stop"
             firsts = firsts or linear
             chain = [feature]  # the head's input, then back through affine ops to what it is computed from
-            while (producer := self.producers.get(chain[-1])) is not None and producer.op_type in _AFFINE \
-                    and len(self.dynamic(producer)) == 1:
+            while (
+                (producer := self.producers.get(chain[-1])) is not None
+                and producer.op_type in _AFFINE
+                and len(self.dynamic(producer)) == 1
+            ):
                 branch.append(producer.op_type)
                 chain.append(self.dynamic(producer)[0])
             branches.append(branch)
@@ -220,8 +286,8 @@ class _Walk:
         path.append("{" + ", ".join(" <- ".join(b) for b in branches) + "}")
         for tensor in chains[0]:
             if all(tensor in chain for chain in chains[1:]):
-                trimmed = [chain[:chain.index(tensor) + 1] for chain in chains]
-                path[-1] = "{" + ", ".join(" <- ".join(b[:len(c)]) for b, c in zip(branches, trimmed)) + "}"
+                trimmed = [chain[: chain.index(tensor) + 1] for chain in chains]
+                path[-1] = "{" + ", ".join(" <- ".join(b[: len(c)]) for b, c in zip(branches, trimmed)) + "}"
                 return tensor, firsts, "shared"
         return chains[0][0], None, "different"
 
@@ -244,19 +310,32 @@ def find_head(model: onnx.ModelProto, head_output: str = "auto") -> HeadInfo:
     if node is not None:
         layer = f"{node.op_type} {node.name or node.output[0]!r}"
         if how == "shared":
-            return HeadInfo(output, feature, node.op_type,
-                            f"the tensor every averaged head reads (first: {layer}) behind output {output!r} ({chain})")
-        return HeadInfo(output, feature, node.op_type,
-                        f"input of the last linear layer ({layer}) behind output {output!r} ({chain})")
+            return HeadInfo(
+                output,
+                feature,
+                node.op_type,
+                f"the tensor every averaged head reads (first: {layer}) behind output {output!r} ({chain})",
+            )
+        return HeadInfo(
+            output,
+            feature,
+            node.op_type,
+            f"input of the last linear layer ({layer}) behind output {output!r} ({chain})",
+        )
     input_names = [i.name for i in graph.input if i.name not in constants]
     if how == "input" and feature in input_names:
-        return HeadInfo(output, feature, "input",
-                        f"the classifier output {output!r} is a linear function of the model input {feature!r}, "
-                        "so the preprocessed input itself is the feature")
+        return HeadInfo(
+            output,
+            feature,
+            "input",
+            f"the classifier output {output!r} is a linear function of the model input {feature!r}, "
+            "so the preprocessed input itself is the feature",
+        )
     if how == "different":
         raise OnnxMergeError(
             f"the heads averaged behind output {output!r} ({chain}) read different tensors; name the feature "
-            "tensor in the recipe (run `onnxmerge inspect MODEL --all` to list candidates).")
+            "tensor in the recipe (run `onnxmerge inspect MODEL --all` to list candidates)."
+        )
     raise OnnxMergeError(
         f"could not find the last linear layer behind output {output!r} (walked back through {chain}); "
         "name the feature tensor in the recipe (run `onnxmerge inspect MODEL --all` to list candidates)."
@@ -283,8 +362,9 @@ def candidates(model: onnx.ModelProto, suggested: str | None) -> list[dict]:
             found.append({"name": out, "shape": shape, "op": consumers[out][0].op_type, "suggested": out == suggested})
     for inp in graph.input:
         if inp.name not in constants and inp.name not in seen:
-            found.append({"name": inp.name, "shape": shapes.get(inp.name), "op": "input",
-                          "suggested": inp.name == suggested})
+            found.append(
+                {"name": inp.name, "shape": shapes.get(inp.name), "op": "input", "suggested": inp.name == suggested}
+            )
     found.sort(key=lambda c: not c["suggested"])
     return found
 
@@ -315,10 +395,15 @@ def describe_z(model: onnx.ModelProto) -> dict | None:
         except json.JSONDecodeError:
             return None
 
-    return {"mode": props["onnxmerge.mode"], "version": props.get("onnxmerge.version"),
-            "sources": value("onnxmerge.sources"), "classes": value("onnxmerge.labels"),
-            "route": value("onnxmerge.route"), "expected_accuracy": value("onnxmerge.expected_accuracy"),
-            "head_inputs": value("onnxmerge.head_inputs")}
+    return {
+        "mode": props["onnxmerge.mode"],
+        "version": props.get("onnxmerge.version"),
+        "sources": value("onnxmerge.sources"),
+        "classes": value("onnxmerge.labels"),
+        "route": value("onnxmerge.route"),
+        "expected_accuracy": value("onnxmerge.expected_accuracy"),
+        "head_inputs": value("onnxmerge.head_inputs"),
+    }
 
 
 def describe(path: str | Path, model: onnx.ModelProto) -> dict:
@@ -326,8 +411,10 @@ def describe(path: str | Path, model: onnx.ModelProto) -> dict:
     shapes = tensor_shapes(model)
 
     def io(values):
-        return [{"name": v.name, "shape": shapes.get(v.name) or _shape_of(v), "type": _printable_type(v.type)}
-                for v in values]
+        return [
+            {"name": v.name, "shape": shapes.get(v.name) or _shape_of(v), "type": _printable_type(v.type)}
+            for v in values
+        ]
 
     initializers = {i.name for i in model.graph.initializer}
     labels = read_labels(model)

@@ -65,15 +65,18 @@ def read_labels(model: onnx.ModelProto) -> Labels:
             labels = _parse_labels(_text(props[key]))  # protobuf hands back bytes for non-UTF-8
             if labels is not None:
                 return Labels(labels, warnings)
-            warnings.append(f"metadata {key!r} of the model does not hold labels onnxmerge can read (a JSON list, a "
-                            "JSON object keyed 0..K-1, or a Python dict literal); set labels for this source in the "
-                            "recipe")
+            warnings.append(
+                f"metadata {key!r} of the model does not hold labels onnxmerge can read (a JSON list, a "
+                "JSON object keyed 0..K-1, or a Python dict literal); set labels for this source in the "
+                "recipe"
+            )
     for node in model.graph.node:
         if node.domain == "ai.onnx.ml":
             for attr in node.attribute:
                 if attr.name in LABEL_ATTRIBUTES and (attr.strings or attr.ints):
-                    return Labels([_text(s) for s in attr.strings] if attr.strings else [str(i) for i in attr.ints],
-                                  warnings)
+                    return Labels(
+                        [_text(s) for s in attr.strings] if attr.strings else [str(i) for i in attr.ints], warnings
+                    )
     return Labels(None, warnings)
 
 

@@ -39,7 +39,8 @@ class Preprocess:
     """What one source expects; applied inside Z.
 
     ``height``/``width``/``channels``/``layout`` default to the source's input where it is static
-    (resolved by :func:`onnxmerge.stages.sources.resolve_preprocess`); ``scale``, ``mean`` and ``std`` are always explicit.
+    (resolved by :func:`onnxmerge.stages.sources.resolve_preprocess`); ``scale``, ``mean`` and ``std`` are always
+    explicit.
     """
 
     scale: float
@@ -48,8 +49,8 @@ class Preprocess:
     height: int | None = None
     width: int | None = None
     channels: int | None = None
-    layout: str | None = None        # "NCHW" or "NHWC"
-    flat: bool = False               # the source takes [N, H*W*C], flattened in ``layout`` order
+    layout: str | None = None  # "NCHW" or "NHWC"
+    flat: bool = False  # the source takes [N, H*W*C], flattened in ``layout`` order
     dtype: np.dtype = field(default=np.dtype(np.float32))
 
     def __post_init__(self) -> None:
@@ -61,8 +62,9 @@ class Preprocess:
             except (TypeError, ValueError):
                 values = ()
             if not values:
-                raise OnnxMergeError(f"Preprocess {key} must be a number or a list of numbers (one per channel), "
-                                     f"got {value!r}.")
+                raise OnnxMergeError(
+                    f"Preprocess {key} must be a number or a list of numbers (one per channel), got {value!r}."
+                )
             object.__setattr__(self, key, values)
 
 
@@ -86,8 +88,9 @@ def _per_channel(values, spec: Preprocess) -> np.ndarray:
     return np.ascontiguousarray(np.tile(v.reshape(1, 1, 1, -1), (1, 1, spec.width, 1)))
 
 
-def build_preprocess(prefix: str, image: gs.Variable, src: ImageInput, spec: Preprocess,
-                     output: gs.Variable) -> list[gs.Node]:
+def build_preprocess(
+    prefix: str, image: gs.Variable, src: ImageInput, spec: Preprocess, output: gs.Variable
+) -> list[gs.Node]:
     """Nodes that turn Z's raw ``image`` into ``output``, the tensor the source expects."""
     nodes: list[gs.Node] = []
     counter = iter(range(1000))
@@ -106,13 +109,23 @@ def build_preprocess(prefix: str, image: gs.Variable, src: ImageInput, spec: Pre
     if resize or spec.layout == "NCHW":
         x = add("Transpose", [x], {"perm": [0, 3, 1, 2]})
         if resize:
-            batch_channels = add("Slice", [add("Shape", [x]), _const(f"{prefix}/pre/s0", np.array([0], np.int64)),
-                                           _const(f"{prefix}/pre/s2", np.array([2], np.int64))])
-            sizes = add("Concat", [batch_channels, _const(f"{prefix}/pre/hw", np.array([spec.height, spec.width], np.int64))],
-                        {"axis": 0})
+            batch_channels = add(
+                "Slice",
+                [
+                    add("Shape", [x]),
+                    _const(f"{prefix}/pre/s0", np.array([0], np.int64)),
+                    _const(f"{prefix}/pre/s2", np.array([2], np.int64)),
+                ],
+            )
+            sizes = add(
+                "Concat",
+                [batch_channels, _const(f"{prefix}/pre/hw", np.array([spec.height, spec.width], np.int64))],
+                {"axis": 0},
+            )
             empty = _const(f"{prefix}/pre/empty", np.zeros([0], np.float32))
-            x = add("Resize", [x, empty, empty, sizes],
-                    {"mode": "linear", "coordinate_transformation_mode": "half_pixel"})
+            x = add(
+                "Resize", [x, empty, empty, sizes], {"mode": "linear", "coordinate_transformation_mode": "half_pixel"}
+            )
         if spec.layout == "NHWC":
             x = add("Transpose", [x], {"perm": [0, 2, 3, 1]})
     x = add("Mul", [x, _const(f"{prefix}/pre/scale", np.full([1, 1, 1, 1], spec.scale, np.float32))])
@@ -123,6 +136,7 @@ def build_preprocess(prefix: str, image: gs.Variable, src: ImageInput, spec: Pre
         x = add("Flatten", [x], {"axis": 1}, out=output if spec.dtype == np.float32 else None)
     if spec.dtype != np.float32:
         from onnx.helper import np_dtype_to_tensor_dtype
+
         add("Cast", [x], {"to": int(np_dtype_to_tensor_dtype(spec.dtype))}, out=output)
     return nodes
 

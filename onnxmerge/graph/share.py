@@ -29,10 +29,15 @@ import onnx
 from onnx import numpy_helper
 from onnx.external_data_helper import ExternalDataInfo
 
-
 # Ops whose two calls with the same inputs may differ: never merged.
-NONDETERMINISTIC = {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial",
-                    "Bernoulli"}
+NONDETERMINISTIC = {
+    "RandomNormal",
+    "RandomNormalLike",
+    "RandomUniform",
+    "RandomUniformLike",
+    "Multinomial",
+    "Bernoulli",
+}
 
 
 @dataclass
@@ -41,13 +46,13 @@ class ShareStats:
 
     nodes_before: int = 0
     nodes_after: int = 0
-    nodes_shared: int = 0                 # nodes dropped because an identical node computes the same tensor
-    dead_nodes: int = 0                   # nodes nothing used
-    initializers_shared: int = 0          # duplicate initializers dropped
-    bytes_shared: int = 0                 # their bytes
+    nodes_shared: int = 0  # nodes dropped because an identical node computes the same tensor
+    dead_nodes: int = 0  # nodes nothing used
+    initializers_shared: int = 0  # duplicate initializers dropped
+    bytes_shared: int = 0  # their bytes
     dead_initializers: int = 0
-    per_source: dict[str, int] = field(default_factory=dict)   # source -> its nodes computed by another source's
-    within_source: int = 0                # of nodes_shared: repeats inside one source (exporters' duplicate constants)
+    per_source: dict[str, int] = field(default_factory=dict)  # source -> its nodes computed by another source's
+    within_source: int = 0  # of nodes_shared: repeats inside one source (exporters' duplicate constants)
 
     def as_dict(self) -> dict:
         return dict(self.__dict__, per_source=dict(self.per_source))
@@ -57,9 +62,11 @@ class ShareStats:
         if not self.nodes_shared and not self.initializers_shared:
             return "shared: nothing (no two sources compute the same sub-graph)"
         who = ", ".join(f"{k} {v}" for k, v in sorted(self.per_source.items())) or "none"
-        return (f"shared: {self.nodes_shared} of {self.nodes_before} nodes computed once (nodes another source "
-                f"computes: {who}; repeats within a source: {self.within_source}), {self.initializers_shared} "
-                f"duplicate weights ({_size(self.bytes_shared)}) stored once; {self.nodes_after} nodes left")
+        return (
+            f"shared: {self.nodes_shared} of {self.nodes_before} nodes computed once (nodes another source "
+            f"computes: {who}; repeats within a source: {self.within_source}), {self.initializers_shared} "
+            f"duplicate weights ({_size(self.bytes_shared)}) stored once; {self.nodes_after} nodes left"
+        )
 
 
 def _checksum(tensor: onnx.TensorProto) -> str | None:
@@ -127,14 +134,15 @@ def share_common(model: onnx.ModelProto) -> tuple[onnx.ModelProto, ShareStats]:
     """``model`` with duplicate initializers and repeated sub-graphs computed once (edited in place)."""
     graph = model.graph
     stats = ShareStats(nodes_before=len(graph.node))
-    mapping = _share_initializers(graph, stats)      # 1. initializers by bytes
-    nodes = _share_nodes(graph, mapping, stats)      # 2. common sub-expressions, in topological order
+    mapping = _share_initializers(graph, stats)  # 1. initializers by bytes
+    nodes = _share_nodes(graph, mapping, stats)  # 2. common sub-expressions, in topological order
     # graph outputs whose producer went away: an Identity of the tensor that replaced it
     for output in graph.output:
         if output.name in mapping:
-            nodes.append(onnx.helper.make_node("Identity", [mapping[output.name]], [output.name],
-                                               name=f"{output.name}/shared"))
-    _drop_dead(graph, nodes, stats)                  # 3. dead nodes and unused initializers
+            nodes.append(
+                onnx.helper.make_node("Identity", [mapping[output.name]], [output.name], name=f"{output.name}/shared")
+            )
+    _drop_dead(graph, nodes, stats)  # 3. dead nodes and unused initializers
     return model, stats
 
 
@@ -188,8 +196,14 @@ def _share_nodes(graph: onnx.GraphProto, mapping: dict[str, str], stats: ShareSt
             nodes.append(node)
             continue
         attrs = tuple(sorted((a.name, a.SerializeToString()) for a in node.attribute))
-        key = (node.domain, node.op_type, getattr(node, "overload", ""), tuple(node.input), attrs,
-               tuple(bool(o) for o in node.output))
+        key = (
+            node.domain,
+            node.op_type,
+            getattr(node, "overload", ""),
+            tuple(node.input),
+            attrs,
+            tuple(bool(o) for o in node.output),
+        )
         first = computed.get(key)
         if first is None:
             computed[key] = node
@@ -255,8 +269,14 @@ def extraction_groups(model: onnx.ModelProto, sources: list[str]) -> list[list[s
     nodes = model.graph.node
     weights = {t.name for t in model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL}
     outputs = [o.name for o in model.graph.output]
-    work = {s: {i for i in ancestors(model.graph, [o for o in outputs if _source_of(o) == s])
-                if weights.intersection(nodes[i].input)} for s in sources}
+    work = {
+        s: {
+            i
+            for i in ancestors(model.graph, [o for o in outputs if _source_of(o) == s])
+            if weights.intersection(nodes[i].input)
+        }
+        for s in sources
+    }
     groups: list[list[str]] = []
     for source in sources:
         joined = [g for g in groups if any(work[source] & work[other] for other in g)]

@@ -9,12 +9,12 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx import version_converter
 
+from ..errors import OnnxMergeError, first_line
 from .batchloop import hoist_loop_weights
 from .cut import FEATURE, HEAD, CutModel
-from ..errors import OnnxMergeError, first_line
 from .preprocess import ImageInput, Preprocess, build_preprocess
 
-IMAGE = "image"        # Z's one input
+IMAGE = "image"  # Z's one input
 FEATURES = "features"  # the Concat of every source's features
 BATCH = "N"
 
@@ -37,8 +37,9 @@ def _default_opset(model: onnx.ModelProto) -> int:
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
 
 
-def reconcile_opsets(models: list[onnx.ModelProto], names: list[str]
-                     ) -> tuple[list[onnx.ModelProto], int, dict[str, str]]:
+def reconcile_opsets(
+    models: list[onnx.ModelProto], names: list[str]
+) -> tuple[list[onnx.ModelProto], int, dict[str, str]]:
     """Bring every model to the highest default-domain opset among them with onnx's version converter."""
     target = max(_default_opset(m) for m in models)
     converted, notes = [], {}
@@ -132,8 +133,15 @@ def stitch(sources: list[StitchSource], image: ImageInput) -> tuple[onnx.ModelPr
                 functions.append(func)
     concat = gs.Variable(FEATURES, dtype=np.float32, shape=[BATCH, None])
     nodes.append(gs.Node("Concat", "features/concat", attrs={"axis": 1}, inputs=features, outputs=[concat]))
-    merged = gs.Graph(nodes=nodes, inputs=[raw], outputs=[concat] + extra_outputs, name="onnxmerge",
-                      opset=opset, import_domains=_merge_domains(models, opset), functions=functions)
+    merged = gs.Graph(
+        nodes=nodes,
+        inputs=[raw],
+        outputs=[concat] + extra_outputs,
+        name="onnxmerge",
+        opset=opset,
+        import_domains=_merge_domains(models, opset),
+        functions=functions,
+    )
     merged.toposort()
     model = gs.export_onnx(merged, do_type_check=False)
     hoist_loop_weights(model)

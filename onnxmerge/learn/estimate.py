@@ -5,7 +5,8 @@ costs only refits of the logistic regression: stratified k-fold (k = 5, fewer wh
 images), each fold's head fitted as the build fits its own (same C, class weights, block widths, and the
 same always-trained extra rows, e.g. a pool's pseudo-labels; solver tolerance ``FOLD_TOL``). Classes
 with fewer images than folds are still held out, one image at a time (each with the others left to train
-on, as in leave-one-out); a class with a single image cannot be held out without the head never having seen it, so it always trains
+on, as in leave-one-out); a class with a single image cannot be held out without the head never having seen it, so
+it always trains
 and is listed as too few to estimate rather than scored 0 or guessed.
 
 ``+-`` is one standard error of the held-out accuracy (binomial, ``sqrt(a (1 - a) / n)`` over the n
@@ -35,33 +36,45 @@ MIN_TO_HOLD_OUT = 2  # a class needs one image to hold out and one to train on
 class Estimate:
     """A held-out accuracy estimate: overall, per class, and what could not be estimated."""
 
-    accuracy: float | None           # fraction of held-out images predicted right (None: nothing could be held out)
+    accuracy: float | None  # fraction of held-out images predicted right (None: nothing could be held out)
     standard_error: float | None
     folds: int
-    images: int                      # held-out (scored) images
-    labelled: int                    # all labelled images
+    images: int  # held-out (scored) images
+    labelled: int  # all labelled images
     per_class: dict[str, dict] = field(default_factory=dict)  # label -> {recall, support} or {recall: None, ...}
-    too_few: list[str] = field(default_factory=list)          # labels with a single image: trained on, not scored
-    what: str = "labelled images"    # what was held out, for the printed line
-    measure: str = "accuracy"        # "accuracy", or "new-class recall" (teachers mode: only new classes have labels)
+    too_few: list[str] = field(default_factory=list)  # labels with a single image: trained on, not scored
+    what: str = "labelled images"  # what was held out, for the printed line
+    measure: str = "accuracy"  # "accuracy", or "new-class recall" (teachers mode: only new classes have labels)
 
     def line(self) -> str:
         """``expected accuracy 0.87 +- 0.03 (5-fold, 95 labelled images)`` plus what was left out."""
         if self.accuracy is None:
-            return (f"expected {self.measure}: not estimated ({self.labelled} {self.what}; every class needs at least "
-                    f"{MIN_TO_HOLD_OUT} images to hold one out)")
-        text = (f"expected {self.measure} {self.accuracy:.2f} +- {self.standard_error:.2f} "
-                f"({self.folds}-fold, {self.images} {self.what}")
+            return (
+                f"expected {self.measure}: not estimated ({self.labelled} {self.what}; every class needs at least "
+                f"{MIN_TO_HOLD_OUT} images to hold one out)"
+            )
+        text = (
+            f"expected {self.measure} {self.accuracy:.2f} +- {self.standard_error:.2f} "
+            f"({self.folds}-fold, {self.images} {self.what}"
+        )
         if self.too_few:
             text += f"; {', '.join(map(repr, self.too_few))} too few to estimate (1 image)"
         return text + ")"
 
     def as_dict(self) -> dict:
         """The JSON report's ``expected_accuracy`` (and Z's ``onnxmerge.expected_accuracy`` metadata)."""
-        return {"accuracy": self.accuracy, "standard_error": self.standard_error, "folds": self.folds,
-                "held_out_images": self.images, "labelled_images": self.labelled, "what": self.what, "measure": self.measure,
-                "per_class": self.per_class, "too_few_to_estimate": self.too_few,
-                "method": "stratified k-fold of the head on the labelled images (features extracted once)"}
+        return {
+            "accuracy": self.accuracy,
+            "standard_error": self.standard_error,
+            "folds": self.folds,
+            "held_out_images": self.images,
+            "labelled_images": self.labelled,
+            "what": self.what,
+            "measure": self.measure,
+            "per_class": self.per_class,
+            "too_few_to_estimate": self.too_few,
+            "method": "stratified k-fold of the head on the labelled images (features extracted once)",
+        }
 
 
 def fold_plan(labels: np.ndarray, folds: int = MAX_FOLDS, seed: int = 0) -> tuple[np.ndarray, int]:
@@ -85,9 +98,16 @@ def fold_plan(labels: np.ndarray, folds: int = MAX_FOLDS, seed: int = 0) -> tupl
     return plan, k
 
 
-def cross_validate(x: np.ndarray, y: np.ndarray, widths: list[int], C: float, class_weight: str | None,
-                   extra: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None, folds: int = MAX_FOLDS,
-                   seed: int = 0) -> Estimate:
+def cross_validate(
+    x: np.ndarray,
+    y: np.ndarray,
+    widths: list[int],
+    C: float,
+    class_weight: str | None,
+    extra: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+    folds: int = MAX_FOLDS,
+    seed: int = 0,
+) -> Estimate:
     """Held-out accuracy of ``fit_head`` on labelled head inputs ``x`` / labels ``y``.
 
     ``widths``, ``C`` and ``class_weight`` are the build's own (``fit_head``'s arguments). ``extra`` is
@@ -99,8 +119,15 @@ def cross_validate(x: np.ndarray, y: np.ndarray, widths: list[int], C: float, cl
     classes, counts = np.unique(y, return_counts=True)
     too_few = [str(c) for c, n in zip(classes, counts) if n < MIN_TO_HOLD_OUT]
     if k == 0:
-        return Estimate(None, None, 0, 0, len(y), {str(c): {"recall": None, "support": int(n)}
-                                                    for c, n in zip(classes, counts)}, too_few)
+        return Estimate(
+            None,
+            None,
+            0,
+            0,
+            len(y),
+            {str(c): {"recall": None, "support": int(n)} for c, n in zip(classes, counts)},
+            too_few,
+        )
     predicted = np.empty(len(y), dtype=object)
     for fold in range(k):
         train, test = plan != fold, plan == fold
@@ -109,8 +136,15 @@ def cross_validate(x: np.ndarray, y: np.ndarray, widths: list[int], C: float, cl
             xs.append(extra[0])
             ys.append(np.asarray(extra[1]).astype(str))
             ws.append(extra[2])
-        head = fit_head(np.concatenate(xs), np.concatenate(ys), widths, C=C, class_weight=class_weight,
-                        sample_weight=np.concatenate(ws) if extra is not None else None, tol=FOLD_TOL)
+        head = fit_head(
+            np.concatenate(xs),
+            np.concatenate(ys),
+            widths,
+            C=C,
+            class_weight=class_weight,
+            sample_weight=np.concatenate(ws) if extra is not None else None,
+            tol=FOLD_TOL,
+        )
         predicted[test] = head.predict(x[test])
     scored = plan >= 0
     right = predicted[scored] == y[scored]
@@ -118,10 +152,20 @@ def cross_validate(x: np.ndarray, y: np.ndarray, widths: list[int], C: float, cl
     per_class = {}
     for c, n in zip(classes, counts):
         mine = scored & (y == c)
-        per_class[str(c)] = ({"recall": float(np.mean(predicted[mine] == c)), "support": int(n)} if mine.any()
-                             else {"recall": None, "support": int(n), "note": "too few to estimate"})
-    return Estimate(accuracy, float(np.sqrt(accuracy * (1 - accuracy) / len(right))), k, int(scored.sum()),
-                    len(y), per_class, too_few)
+        per_class[str(c)] = (
+            {"recall": float(np.mean(predicted[mine] == c)), "support": int(n)}
+            if mine.any()
+            else {"recall": None, "support": int(n), "note": "too few to estimate"}
+        )
+    return Estimate(
+        accuracy,
+        float(np.sqrt(accuracy * (1 - accuracy) / len(right))),
+        k,
+        int(scored.sum()),
+        len(y),
+        per_class,
+        too_few,
+    )
 
 
 def block_spans(widths: list[int]) -> list[tuple[int, int]]:
@@ -135,9 +179,18 @@ def teacher_probabilities(x: np.ndarray, widths: list[int], n_sources: int) -> l
     return [np.exp(x[:, start:stop]) for start, stop in block_spans(widths)[n_sources:]]
 
 
-def cross_validate_new_classes(router_x: np.ndarray, router_y: np.ndarray, router_weight: np.ndarray,
-                               widths: list[int], C: float, n_sources: int, merge: np.ndarray,
-                               classes: list[str], folds: int = MAX_FOLDS, seed: int = 0) -> Estimate:
+def cross_validate_new_classes(
+    router_x: np.ndarray,
+    router_y: np.ndarray,
+    router_weight: np.ndarray,
+    widths: list[int],
+    C: float,
+    n_sources: int,
+    merge: np.ndarray,
+    classes: list[str],
+    folds: int = MAX_FOLDS,
+    seed: int = 0,
+) -> Estimate:
     """Teachers mode with labelled new classes: held-out recall of the new classes, through Z's routed union.
 
     ``router_x``/``router_y``/``router_weight`` are the router's training rows (``build.route.fit_router``: the pool's
@@ -155,15 +208,30 @@ def cross_validate_new_classes(router_x: np.ndarray, router_y: np.ndarray, route
     too_few = [str(c) for c, n in zip(labels, counts) if n < MIN_TO_HOLD_OUT]
     what = "labelled images of new classes; the teachers' classes have no labels to test on"
     if k == 0:
-        return Estimate(None, None, 0, 0, len(y_new), {str(c): {"recall": None, "support": int(n)}
-                                                        for c, n in zip(labels, counts)}, too_few, what,
-                        "new-class recall")
+        return Estimate(
+            None,
+            None,
+            0,
+            0,
+            len(y_new),
+            {str(c): {"recall": None, "support": int(n)} for c, n in zip(labels, counts)},
+            too_few,
+            what,
+            "new-class recall",
+        )
     predicted = np.empty(len(new), dtype=object)
     for fold in range(k):
         test = new[plan == fold]
         train = np.setdiff1d(np.arange(len(router_y)), test)
-        router = fit_head(router_x[train], router_y[train], widths, C=C, class_weight="balanced",
-                          sample_weight=router_weight[train], tol=FOLD_TOL)
+        router = fit_head(
+            router_x[train],
+            router_y[train],
+            widths,
+            C=C,
+            class_weight="balanced",
+            sample_weight=router_weight[train],
+            tol=FOLD_TOL,
+        )
         columns = np.zeros((len(router.classes_), n_teachers + len(classes) - merge.shape[1]))
         columns[np.arange(len(router.classes_)), np.asarray(router.classes_, int)] = 1
         route = router.predict_proba(router_x[test]) @ columns
@@ -174,9 +242,22 @@ def cross_validate_new_classes(router_x: np.ndarray, router_y: np.ndarray, route
     scored = plan >= 0
     right = predicted[scored] == y_new[scored]
     accuracy = float(right.mean())
-    per_class = {str(c): ({"recall": float(np.mean(predicted[scored & (y_new == c)] == c)), "support": int(n)}
-                          if (scored & (y_new == c)).any() else {"recall": None, "support": int(n),
-                                                                 "note": "too few to estimate"})
-                 for c, n in zip(labels, counts)}
-    return Estimate(accuracy, float(np.sqrt(accuracy * (1 - accuracy) / len(right))), k, int(scored.sum()),
-                    len(y_new), per_class, too_few, what, "new-class recall")
+    per_class = {
+        str(c): (
+            {"recall": float(np.mean(predicted[scored & (y_new == c)] == c)), "support": int(n)}
+            if (scored & (y_new == c)).any()
+            else {"recall": None, "support": int(n), "note": "too few to estimate"}
+        )
+        for c, n in zip(labels, counts)
+    }
+    return Estimate(
+        accuracy,
+        float(np.sqrt(accuracy * (1 - accuracy) / len(right))),
+        k,
+        int(scored.sum()),
+        len(y_new),
+        per_class,
+        too_few,
+        what,
+        "new-class recall",
+    )

@@ -19,8 +19,8 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
 from ..errors import OnnxMergeError
-from .routing import LOG_FLOOR, Teachers, l2_blocks, to_probabilities
 from ..graph.stitch import FEATURES, output_names
+from .routing import LOG_FLOOR, Teachers, l2_blocks, to_probabilities
 
 LABEL = "label"
 PROBABILITIES = "probabilities"
@@ -37,7 +37,7 @@ class HeadInput:
     (``log router(s|x) + log p_s(l|x)`` is linear in them). Measured in benchmarks/accuracy.py.
     """
 
-    sources: list[str]                                          # feature blocks, in order
+    sources: list[str]  # feature blocks, in order
     teachers: list[tuple[str, str]] = field(default_factory=list)  # (source name, head kind)
 
     def numpy(self, outputs: dict[str, np.ndarray]) -> np.ndarray:
@@ -54,8 +54,9 @@ class HeadInput:
 
     def widths(self, width_of: Mapping[str, int]) -> list[int]:
         """The width of each block, from the widths of the stitched graph's outputs (by tensor name)."""
-        return ([width_of[output_names(n)["feature"]] for n in self.sources]
-                + [width_of[output_names(n)["head"]] for n, _ in self.teachers])
+        return [width_of[output_names(n)["feature"]] for n in self.sources] + [
+            width_of[output_names(n)["head"]] for n, _ in self.teachers
+        ]
 
     def nodes(self, width_of: Mapping[str, int]) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
         """ONNX nodes computing ``head/input`` (and ``head/NAME/probs`` per teacher) inside the stitched graph."""
@@ -67,11 +68,13 @@ class HeadInput:
             f, p = output_names(name)["feature"], f"head/{name}"
             # sum of squares as a MatMul with ones: ReduceL2/ReduceSumSquare changed signature at opset 18
             inits.append(numpy_helper.from_array(np.ones((width_of[f], 1), np.float32), f"{p}/ones"))
-            nodes += [helper.make_node("Mul", [f, f], [f"{p}/sq"], name=f"{p}/Mul"),
-                      helper.make_node("MatMul", [f"{p}/sq", f"{p}/ones"], [f"{p}/sumsq"], name=f"{p}/SumSq"),
-                      helper.make_node("Sqrt", [f"{p}/sumsq"], [f"{p}/norm"], name=f"{p}/Sqrt"),
-                      helper.make_node("Max", [f"{p}/norm", "head/eps"], [f"{p}/safe_norm"], name=f"{p}/Max"),
-                      helper.make_node("Div", [f, f"{p}/safe_norm"], [f"{p}/l2"], name=f"{p}/Div")]
+            nodes += [
+                helper.make_node("Mul", [f, f], [f"{p}/sq"], name=f"{p}/Mul"),
+                helper.make_node("MatMul", [f"{p}/sq", f"{p}/ones"], [f"{p}/sumsq"], name=f"{p}/SumSq"),
+                helper.make_node("Sqrt", [f"{p}/sumsq"], [f"{p}/norm"], name=f"{p}/Sqrt"),
+                helper.make_node("Max", [f"{p}/norm", "head/eps"], [f"{p}/safe_norm"], name=f"{p}/Max"),
+                helper.make_node("Div", [f, f"{p}/safe_norm"], [f"{p}/l2"], name=f"{p}/Div"),
+            ]
             blocks.append(f"{p}/l2")
         for name, kind in self.teachers:
             nodes += log_probability_nodes(name, kind)
@@ -95,7 +98,8 @@ def log_probability_nodes(name: str, kind: str) -> list[onnx.NodeProto]:
     p = f"head/{name}"
     return teacher_probability_nodes(name, kind) + [
         helper.make_node("Max", [f"{p}/probs", "head/log_floor"], [f"{p}/floored"], name=f"{p}/Floor"),
-        helper.make_node("Log", [f"{p}/floored"], [f"{p}/logp"], name=f"{p}/Log")]
+        helper.make_node("Log", [f"{p}/floored"], [f"{p}/logp"], name=f"{p}/Log"),
+    ]
 
 
 FEW_SHOT_C, MANY_SHOT_C, MANY_SHOT = 0.1, 1.0, 50
@@ -117,10 +121,18 @@ def select_C(labels: np.ndarray) -> float:
     return MANY_SHOT_C if np.median(counts) >= MANY_SHOT else FEW_SHOT_C
 
 
-def fit_head(features: np.ndarray, labels: np.ndarray, widths: list[int] | None = None, C: float = 1.0,
-             class_weight: str | None = "balanced", sample_weight: np.ndarray | None = None,
-             max_iter: int = 3000, random_state: int = 0, tol: float = 1e-4,
-             scale_floor: float | None = None) -> Pipeline:
+def fit_head(
+    features: np.ndarray,
+    labels: np.ndarray,
+    widths: list[int] | None = None,
+    C: float = 1.0,
+    class_weight: str | None = "balanced",
+    sample_weight: np.ndarray | None = None,
+    max_iter: int = 3000,
+    random_state: int = 0,
+    tol: float = 1e-4,
+    scale_floor: float | None = None,
+) -> Pipeline:
     """Multinomial logistic regression on standardised features, each block weighted equally.
 
     After standardisation every column has unit variance, so a 1280-wide block would outweigh a 10-wide
@@ -143,15 +155,17 @@ def fit_head(features: np.ndarray, labels: np.ndarray, widths: list[int] | None 
             "a classifier needs at least two classes, so add images of another class."
         )
     if not np.isfinite(features).all():
-        raise OnnxMergeError("the sources produced NaN or infinite features on the training images; check the "
-                             "sources' preprocessing (scale/mean/std) in the recipe.")
+        raise OnnxMergeError(
+            "the sources produced NaN or infinite features on the training images; check the "
+            "sources' preprocessing (scale/mean/std) in the recipe."
+        )
     x = features.astype(np.float64)
     scaler = StandardScaler().fit(x)
     if scale_floor:  # a column's spread below float32's resolution of its values is rounding noise, not signal
         scaler.scale_ = np.maximum(scaler.scale_, scale_floor * np.abs(x).max(axis=0))
     widths = widths or [x.shape[1]]
     for start, width in _spans(widths):  # equal total variance per block, same total as plain standardising
-        scaler.scale_[start:start + width] *= np.sqrt(width * len(widths) / x.shape[1])
+        scaler.scale_[start : start + width] *= np.sqrt(width * len(widths) / x.shape[1])
     model = LogisticRegression(C=C, class_weight=class_weight, max_iter=max_iter, random_state=random_state, tol=tol)
     model.fit(scaler.transform(x), labels, sample_weight=sample_weight)
     return Pipeline([("scaler", scaler), ("logistic", model)])
@@ -197,35 +211,60 @@ def _linear(x: str, pipeline: Pipeline, prefix: str, out: str, centred: bool = T
         nodes.append(helper.make_node("Sub", [x, f"{prefix}/mean"], [f"{prefix}/centred"], name=f"{prefix}/Centre"))
         inits.append(numpy_helper.from_array(centre, f"{prefix}/mean"))
         x = f"{prefix}/centred"
-    return (nodes + [
-        helper.make_node("MatMul", [x, f"{prefix}/W"], [f"{prefix}/matmul"], name=f"{prefix}/MatMul"),
-        helper.make_node("Add", [f"{prefix}/matmul", f"{prefix}/b"], [f"{prefix}/logits"], name=f"{prefix}/Add"),
-        helper.make_node("Softmax", [f"{prefix}/logits"], [out], name=f"{prefix}/Softmax", axis=1)], inits)
+    return (
+        nodes
+        + [
+            helper.make_node("MatMul", [x, f"{prefix}/W"], [f"{prefix}/matmul"], name=f"{prefix}/MatMul"),
+            helper.make_node("Add", [f"{prefix}/matmul", f"{prefix}/b"], [f"{prefix}/logits"], name=f"{prefix}/Add"),
+            helper.make_node("Softmax", [f"{prefix}/logits"], [out], name=f"{prefix}/Softmax", axis=1),
+        ],
+        inits,
+    )
 
 
-def _finish(model: onnx.ModelProto, nodes: list, inits: list, classes: list[str], outputs: list[str],
-            extra: list[onnx.ValueInfoProto] = ()) -> onnx.ModelProto:
+def _finish(
+    model: onnx.ModelProto,
+    nodes: list,
+    inits: list,
+    classes: list[str],
+    outputs: list[str],
+    extra: list[onnx.ValueInfoProto] = (),
+) -> onnx.ModelProto:
     """Append ``nodes`` + ArgMax + Gather(class names); Z's outputs become label, probabilities, ``outputs``."""
     result = onnx.ModelProto()
     result.CopyFrom(model)
     graph = result.graph
-    graph.initializer.extend(inits + [
-        helper.make_tensor("head/classes", TensorProto.STRING, [len(classes)], [c.encode() for c in classes])])
-    graph.node.extend(nodes + [
-        helper.make_node("ArgMax", [PROBABILITIES], ["head/argmax"], name="head/ArgMax", axis=1, keepdims=0),
-        helper.make_node("Gather", ["head/classes", "head/argmax"], [LABEL], name="head/Gather", axis=0),
-    ])
+    graph.initializer.extend(
+        inits + [helper.make_tensor("head/classes", TensorProto.STRING, [len(classes)], [c.encode() for c in classes])]
+    )
+    graph.node.extend(
+        nodes
+        + [
+            helper.make_node("ArgMax", [PROBABILITIES], ["head/argmax"], name="head/ArgMax", axis=1, keepdims=0),
+            helper.make_node("Gather", ["head/classes", "head/argmax"], [LABEL], name="head/Gather", axis=0),
+        ]
+    )
     kept = [o for o in graph.output if o.name in outputs]
     del graph.output[:]
-    graph.output.extend([
-        helper.make_tensor_value_info(LABEL, TensorProto.STRING, ["N"]),
-        helper.make_tensor_value_info(PROBABILITIES, TensorProto.FLOAT, ["N", len(classes)]),
-    ] + kept + list(extra))
+    graph.output.extend(
+        [
+            helper.make_tensor_value_info(LABEL, TensorProto.STRING, ["N"]),
+            helper.make_tensor_value_info(PROBABILITIES, TensorProto.FLOAT, ["N", len(classes)]),
+        ]
+        + kept
+        + list(extra)
+    )
     return result
 
 
-def append_head(model: onnx.ModelProto, head_input: HeadInput, pipeline: Pipeline, width_of: Mapping[str, int],
-                outputs: list[str] = (FEATURES,), centred: bool = True) -> onnx.ModelProto:
+def append_head(
+    model: onnx.ModelProto,
+    head_input: HeadInput,
+    pipeline: Pipeline,
+    width_of: Mapping[str, int],
+    outputs: list[str] = (FEATURES,),
+    centred: bool = True,
+) -> onnx.ModelProto:
     """Mode "fit": ``head/input`` -> Sub + MatMul + Add + Softmax -> ArgMax + Gather(labels)."""
     nodes, inits = head_input.nodes(width_of)
     more, more_inits = _linear(HEAD_INPUT, pipeline, "head", PROBABILITIES, centred)
@@ -244,7 +283,7 @@ class TeachersHead:
     """
 
     head_input: HeadInput  # its teachers, in order, are the teachers routed between
-    space: Teachers        # their labels and union
+    space: Teachers  # their labels and union
     router: Pipeline | None = None
     new_classes: list[str] = field(default_factory=list)
 
@@ -260,14 +299,20 @@ class TeachersHead:
         """``(probabilities [N, K], route [N, R] or None)`` in float64 from the stitched graph's outputs."""
         probs = [HeadInput.probabilities(outputs, n, k).astype(np.float64) for n, k in self.teachers]
         if self.router is None:
-            scores = np.concatenate([np.log(np.maximum(p, LOG_FLOOR)) if k != "logits" else
-                                     outputs[output_names(n)["head"]].astype(np.float64)
-                                     for p, (n, k) in zip(probs, self.teachers)], axis=1)
+            scores = np.concatenate(
+                [
+                    np.log(np.maximum(p, LOG_FLOOR))
+                    if k != "logits"
+                    else outputs[output_names(n)["head"]].astype(np.float64)
+                    for p, (n, k) in zip(probs, self.teachers)
+                ],
+                axis=1,
+            )
             e = np.exp(scores - scores.max(axis=1, keepdims=True))
             return (e / e.sum(axis=1, keepdims=True)) @ self.space.merge_matrix(), None
         route = self.router.predict_proba(self.head_input.numpy(outputs).astype(np.float64)) @ self._route_columns()
         joint = np.concatenate([route[:, [i]] * p for i, p in enumerate(probs)], axis=1) @ self.space.merge_matrix()
-        return np.concatenate([joint, route[:, len(self.teachers):]], axis=1), route
+        return np.concatenate([joint, route[:, len(self.teachers) :]], axis=1), route
 
     def _route_columns(self) -> np.ndarray:
         """0/1 matrix from the router's classes to all router columns (teachers, then new classes): a teacher
@@ -276,8 +321,9 @@ class TeachersHead:
         columns[np.arange(len(self.router.classes_)), np.asarray(self.router.classes_, int)] = 1
         return columns
 
-    def append(self, model: onnx.ModelProto, width_of: Mapping[str, int], outputs: list[str] = (FEATURES,)
-               ) -> onnx.ModelProto:
+    def append(
+        self, model: onnx.ModelProto, width_of: Mapping[str, int], outputs: list[str] = (FEATURES,)
+    ) -> onnx.ModelProto:
         inits = [numpy_helper.from_array(self.space.merge_matrix(), "head/merge")]
         if self.router is None:
             nodes = []
@@ -289,33 +335,58 @@ class TeachersHead:
                     nodes += log_probability_nodes(name, kind)
                     scores.append(f"head/{name}/logp")
             inits.append(numpy_helper.from_array(np.array(LOG_FLOOR, np.float32), "head/log_floor"))
-            nodes += [helper.make_node("Concat", scores, ["head/scores"], name="head/ScoresConcat", axis=1),
-                      helper.make_node("Softmax", ["head/scores"], ["head/joint"], name="head/Softmax", axis=1),
-                      helper.make_node("MatMul", ["head/joint", "head/merge"], [PROBABILITIES], name="head/Merge")]
+            nodes += [
+                helper.make_node("Concat", scores, ["head/scores"], name="head/ScoresConcat", axis=1),
+                helper.make_node("Softmax", ["head/scores"], ["head/joint"], name="head/Softmax", axis=1),
+                helper.make_node("MatMul", ["head/joint", "head/merge"], [PROBABILITIES], name="head/Merge"),
+            ]
             return _finish(model, nodes, inits, self.classes, outputs)
         nodes, more = self.head_input.nodes(width_of)
         inits += more
         linear, linear_inits = _linear(HEAD_INPUT, self.router, "head/router", "head/router/probabilities")
-        nodes += linear + [helper.make_node("MatMul", ["head/router/probabilities", "head/route_columns"], [ROUTE],
-                                            name="head/RouteColumns")]
+        nodes += linear + [
+            helper.make_node(
+                "MatMul", ["head/router/probabilities", "head/route_columns"], [ROUTE], name="head/RouteColumns"
+            )
+        ]
         inits += linear_inits + [numpy_helper.from_array(self._route_columns(), "head/route_columns")]
         weighted = []
         for i, (name, _) in enumerate(self.teachers):  # head_input.nodes made head/NAME/probs
             inits.append(numpy_helper.from_array(np.array([i], np.int64), f"head/{name}/route_index"))
-            nodes += [helper.make_node("Gather", [ROUTE, f"head/{name}/route_index"], [f"head/{name}/route"],
-                                       name=f"head/{name}/Route", axis=1),
-                      helper.make_node("Mul", [f"head/{name}/route", f"head/{name}/probs"], [f"head/{name}/joint"],
-                                       name=f"head/{name}/Joint")]
+            nodes += [
+                helper.make_node(
+                    "Gather",
+                    [ROUTE, f"head/{name}/route_index"],
+                    [f"head/{name}/route"],
+                    name=f"head/{name}/Route",
+                    axis=1,
+                ),
+                helper.make_node(
+                    "Mul",
+                    [f"head/{name}/route", f"head/{name}/probs"],
+                    [f"head/{name}/joint"],
+                    name=f"head/{name}/Joint",
+                ),
+            ]
             weighted.append(f"head/{name}/joint")
-        nodes += [helper.make_node("Concat", weighted, ["head/joint"], name="head/JointConcat", axis=1),
-                  helper.make_node("MatMul", ["head/joint", "head/merge"], ["head/union"], name="head/Merge")]
+        nodes += [
+            helper.make_node("Concat", weighted, ["head/joint"], name="head/JointConcat", axis=1),
+            helper.make_node("MatMul", ["head/joint", "head/merge"], ["head/union"], name="head/Merge"),
+        ]
         if self.new_classes:
             start = len(self.teachers)
-            inits.append(numpy_helper.from_array(np.arange(start, start + len(self.new_classes), dtype=np.int64),
-                                                 "head/new_index"))
-            nodes += [helper.make_node("Gather", [ROUTE, "head/new_index"], ["head/new"], name="head/New", axis=1),
-                      helper.make_node("Concat", ["head/union", "head/new"], [PROBABILITIES], name="head/All", axis=1)]
+            inits.append(
+                numpy_helper.from_array(
+                    np.arange(start, start + len(self.new_classes), dtype=np.int64), "head/new_index"
+                )
+            )
+            nodes += [
+                helper.make_node("Gather", [ROUTE, "head/new_index"], ["head/new"], name="head/New", axis=1),
+                helper.make_node("Concat", ["head/union", "head/new"], [PROBABILITIES], name="head/All", axis=1),
+            ]
         else:
             nodes.append(helper.make_node("Identity", ["head/union"], [PROBABILITIES], name="head/Probabilities"))
-        route_out = helper.make_tensor_value_info(ROUTE, TensorProto.FLOAT, ["N", len(self.teachers) + len(self.new_classes)])
+        route_out = helper.make_tensor_value_info(
+            ROUTE, TensorProto.FLOAT, ["N", len(self.teachers) + len(self.new_classes)]
+        )
         return _finish(model, nodes, inits, self.classes, outputs, [route_out])

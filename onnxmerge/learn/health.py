@@ -19,18 +19,20 @@ from __future__ import annotations
 
 import numpy as np
 
-NEAR_CHANCE = 2.0        # an accuracy at most twice chance (1 / its number of labels) is near chance
-FAR_BELOW = 0.3          # ... or this far below the best other source on its own labels
-MIN_OWN_IMAGES = 5       # fewer labelled images of a source's labels: too few to judge it
+NEAR_CHANCE = 2.0  # an accuracy at most twice chance (1 / its number of labels) is near chance
+FAR_BELOW = 0.3  # ... or this far below the best other source on its own labels
+MIN_OWN_IMAGES = 5  # fewer labelled images of a source's labels: too few to judge it
 MIN_SIGNATURE_IMAGES = 20
-UNIFORM_ENTROPY = 0.9    # mean entropy / log(K) above this: the source barely prefers any label
-ONE_CLASS_SHARE = 0.9    # one label for more than this share of all images ...
-SAME_OUTPUT = 0.1        # ... with probabilities that barely vary (mean total-variation distance to their mean)
+UNIFORM_ENTROPY = 0.9  # mean entropy / log(K) above this: the source barely prefers any label
+ONE_CLASS_SHARE = 0.9  # one label for more than this share of all images ...
+SAME_OUTPUT = 0.1  # ... with probabilities that barely vary (mean total-variation distance to their mean)
 COLLAPSED_SPREAD = 1e-4  # mean squared distance of the L2-normalised features to their mean (max 2)
-FEW_SHARE = 0.25         # a label with under a quarter of the pool's mean images per label is implausibly few
-CLAIMED_SHARE = 0.35     # Z answers a label for under this share of the pool images its own teacher calls it
-PREPROCESS_HINT = ("check its [sources.preprocess] scale, mean, std and channels against what the model was "
-                   "trained on (parity checks cannot see a wrong normalisation)")
+FEW_SHARE = 0.25  # a label with under a quarter of the pool's mean images per label is implausibly few
+CLAIMED_SHARE = 0.35  # Z answers a label for under this share of the pool images its own teacher calls it
+PREPROCESS_HINT = (
+    "check its [sources.preprocess] scale, mean, std and channels against what the model was "
+    "trained on (parity checks cannot see a wrong normalisation)"
+)
 
 
 def own_label_accuracy(name: str, labels: list[str], probs: np.ndarray, y: np.ndarray) -> dict | None:
@@ -44,8 +46,13 @@ def own_label_accuracy(name: str, labels: list[str], probs: np.ndarray, y: np.nd
     if mine.sum() < MIN_OWN_IMAGES:
         return None
     predicted = np.asarray(labels)[np.asarray(probs)[mine].argmax(axis=1)]
-    return {"source": name, "accuracy": float(np.mean(predicted == y[mine])), "images": int(mine.sum()),
-            "labels": len(labels), "chance": 1.0 / len(labels)}
+    return {
+        "source": name,
+        "accuracy": float(np.mean(predicted == y[mine])),
+        "images": int(mine.sum()),
+        "labels": len(labels),
+        "chance": 1.0 / len(labels),
+    }
 
 
 def accuracy_warnings(checks: list[dict]) -> list[str]:
@@ -58,8 +65,10 @@ def accuracy_warnings(checks: list[dict]) -> list[str]:
         far_below = best is not None and check["accuracy"] < best - FAR_BELOW
         if near_chance or far_below:
             against = f"chance {check['chance']:.0%}" + (f", best other source {best:.0%}" if best is not None else "")
-            warnings.append(f"source {check['source']!r} is right on only {check['accuracy']:.0%} of the "
-                            f"{check['images']} labelled images of its own labels ({against}); {PREPROCESS_HINT}.")
+            warnings.append(
+                f"source {check['source']!r} is right on only {check['accuracy']:.0%} of the "
+                f"{check['images']} labelled images of its own labels ({against}); {PREPROCESS_HINT}."
+            )
     return warnings
 
 
@@ -98,7 +107,9 @@ def output_signatures(name: str, probs: np.ndarray | None, features: np.ndarray,
             found.append(f"it gives one label (column {label}) to {share:.0%} of them")
     if not found:
         return entry, []
-    return entry, [f"source {name!r} looks fed the wrong input on the {n} {where}: {'; '.join(found)}; {PREPROCESS_HINT}."]
+    return entry, [
+        f"source {name!r} looks fed the wrong input on the {n} {where}: {'; '.join(found)}; {PREPROCESS_HINT}."
+    ]
 
 
 def teacher_claims(labels: list[list[str]], probs: list[np.ndarray]) -> dict[str, int]:
@@ -112,8 +123,9 @@ def teacher_claims(labels: list[list[str]], probs: list[np.ndarray]) -> dict[str
     return claims
 
 
-def pool_label_counts(classes: list[str], routed: np.ndarray, predicted: np.ndarray,
-                      claimed: dict[str, int] | None = None) -> dict[str, dict]:
+def pool_label_counts(
+    classes: list[str], routed: np.ndarray, predicted: np.ndarray, claimed: dict[str, int] | None = None
+) -> dict[str, dict]:
     """Per label: pool images routing gives it (``routed``: one label per image), images Z predicts as it, and
     (for teacher labels, given ``claimed`` from ``teacher_claims``) images its own teacher calls it."""
     routed, predicted = np.asarray(routed).astype(str), np.asarray(predicted).astype(str)
@@ -144,15 +156,21 @@ def class_loss_warnings(counts: dict[str, dict], pool_images: int, labelled: set
             continue
         claimed = c.get("claimed", 0)
         if c["predicted"] == 0:
-            warnings.append(f"Z predicts {label!r} for none of the {pool_images} pool images (routing gave it "
-                            f"{c['routed']}); it will almost never answer {label!r}: add a few labelled images "
-                            "of it, or check its source's preprocessing.")
+            warnings.append(
+                f"Z predicts {label!r} for none of the {pool_images} pool images (routing gave it "
+                f"{c['routed']}); it will almost never answer {label!r}: add a few labelled images "
+                "of it, or check its source's preprocessing."
+            )
         elif c["routed"] < few or c["predicted"] < few:
-            warnings.append(f"{label!r} gets implausibly few of the {pool_images} pool images (routed {c['routed']}, "
-                            f"predicted {c['predicted']}; {few:.0f} or more expected if the pool holds every label); "
-                            "if the pool does hold it, add a few labelled images of it.")
+            warnings.append(
+                f"{label!r} gets implausibly few of the {pool_images} pool images (routed {c['routed']}, "
+                f"predicted {c['predicted']}; {few:.0f} or more expected if the pool holds every label); "
+                "if the pool does hold it, add a few labelled images of it."
+            )
         elif c["predicted"] < CLAIMED_SHARE * claimed:
-            warnings.append(f"Z predicts {label!r} for only {c['predicted']} of the {claimed} pool images its own "
-                            "teacher calls it (routing sends the rest to other sources); Z may rarely answer "
-                            f"{label!r} on images of it: add a few labelled images of it.")
+            warnings.append(
+                f"Z predicts {label!r} for only {c['predicted']} of the {claimed} pool images its own "
+                "teacher calls it (routing sends the rest to other sources); Z may rarely answer "
+                f"{label!r} on images of it: add a few labelled images of it."
+            )
     return warnings

@@ -23,12 +23,13 @@ from ..runtime.session import make_session
 CALIBRATION_BATCH = 8
 WEIGHTED = ("Conv", "ConvTranspose", "MatMul", "Gemm")
 
+
 @dataclass
 class SourceNodes:
     name: str
-    network: list[str]         # node names of the source's network (its preprocessing and Z's head excluded)
-    first: str | None          # first and last weighted nodes (Conv/MatMul/Gemm) of the network
-    last: list[str]            # the last before the feature, and the source's own head layer if Z keeps it
+    network: list[str]  # node names of the source's network (its preprocessing and Z's head excluded)
+    first: str | None  # first and last weighted nodes (Conv/MatMul/Gemm) of the network
+    last: list[str]  # the last before the feature, and the source's own head layer if Z keeps it
 
     @property
     def edges(self) -> list[str]:
@@ -54,10 +55,13 @@ def source_nodes(model: onnx.ModelProto, names: list[str]) -> list[SourceNodes]:
         order = sorted(network)  # graph order is topological
         weighted = [i for i in order if graph.node[i].op_type in WEIGHTED]
         before_feature = [i for i in weighted if i in ancestors(graph, [tensors["feature"]])]
-        last = ([graph.node[before_feature[-1]].name] if before_feature else [])
+        last = [graph.node[before_feature[-1]].name] if before_feature else []
         last += [graph.node[i].name for i in weighted if i not in before_feature][-1:]
-        result.append(SourceNodes(name, [graph.node[i].name for i in order],
-                                  graph.node[weighted[0]].name if weighted else None, last))
+        result.append(
+            SourceNodes(
+                name, [graph.node[i].name for i in order], graph.node[weighted[0]].name if weighted else None, last
+            )
+        )
     return result
 
 
@@ -80,7 +84,7 @@ class _Reader:
     few batches' activations, not the whole set's)."""
 
     def __init__(self, images: np.ndarray, batch: int = CALIBRATION_BATCH):
-        self.batches = [images[i:i + batch] for i in range(0, len(images), batch)]
+        self.batches = [images[i : i + batch] for i in range(0, len(images), batch)]
         self.set_range(0, len(self.batches))
 
     def __len__(self) -> int:
@@ -119,17 +123,28 @@ class Quantizer:
         logging.disable(logging.WARNING)  # onnxruntime.quantization's root-logger advice ("consider pre-processing")
         try:
             with contextlib.redirect_stdout(io.StringIO()):  # the histogram calibrators' progress prints
-                quantize_static(str(self.source_path), str(target), reader, quant_format=QuantFormat.QDQ,
-                                per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                                nodes_to_quantize=list(nodes), calibrate_method=getattr(CalibrationMethod, method),
-                                calibration_cache_path=str(cache),
-                                extra_options={"CalibStridedMinMax": 4 if reader else None,
-                                               # uint8 activations after ReLU/ReLU6: a range symmetric around 0
-                                               # (percentile's default) would waste half of the 256 codes
-                                               "CalibTensorRangeSymmetric": False})
+                quantize_static(
+                    str(self.source_path),
+                    str(target),
+                    reader,
+                    quant_format=QuantFormat.QDQ,
+                    per_channel=True,
+                    activation_type=QuantType.QUInt8,
+                    weight_type=QuantType.QInt8,
+                    nodes_to_quantize=list(nodes),
+                    calibrate_method=getattr(CalibrationMethod, method),
+                    calibration_cache_path=str(cache),
+                    extra_options={
+                        "CalibStridedMinMax": 4 if reader else None,
+                        # uint8 activations after ReLU/ReLU6: a range symmetric around 0
+                        # (percentile's default) would waste half of the 256 codes
+                        "CalibTensorRangeSymmetric": False,
+                    },
+                )
         except Exception as exc:
-            raise OnnxMergeError(f"onnxruntime could not quantise Z ({type(exc).__name__}: "
-                                 f"{first_line(exc)}); build without --quantize.") from exc
+            raise OnnxMergeError(
+                f"onnxruntime could not quantise Z ({type(exc).__name__}: {first_line(exc)}); build without --quantize."
+            ) from exc
         finally:
             logging.disable(logging.NOTSET)
         if reader is not None:
@@ -197,13 +212,23 @@ def int8_weights(model: onnx.ModelProto, nodes: set[str]) -> tuple[onnx.ModelPro
             shape = [1] * w.ndim
             shape[axis] = -1
             q = np.clip(np.rint(w / scale.reshape(shape)), -127, 127).astype(np.int8)
-            graph.initializer.extend([numpy_helper.from_array(q, f"{name}/int8"),
-                                      numpy_helper.from_array(scale, f"{name}/int8_scale"),
-                                      numpy_helper.from_array(np.zeros(len(scale), np.int8), f"{name}/int8_zero")])
+            graph.initializer.extend(
+                [
+                    numpy_helper.from_array(q, f"{name}/int8"),
+                    numpy_helper.from_array(scale, f"{name}/int8_scale"),
+                    numpy_helper.from_array(np.zeros(len(scale), np.int8), f"{name}/int8_zero"),
+                ]
+            )
             stored[name] = f"{name}/int8_dequantized"
-            dequantize.append(helper.make_node("DequantizeLinear", [f"{name}/int8", f"{name}/int8_scale",
-                                                                    f"{name}/int8_zero"], [stored[name]],
-                                               name=f"{name}/int8_dequantize", axis=axis))
+            dequantize.append(
+                helper.make_node(
+                    "DequantizeLinear",
+                    [f"{name}/int8", f"{name}/int8_scale", f"{name}/int8_zero"],
+                    [stored[name]],
+                    name=f"{name}/int8_dequantize",
+                    axis=axis,
+                )
+            )
         node.input[1] = stored[name]
     if not stored:
         return out, 0

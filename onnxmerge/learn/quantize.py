@@ -45,17 +45,17 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ..errors import OnnxMergeError
-from ..graph.stitch import keep_outputs, output_names
 from ..files.images import as_labelled, as_pool
+from ..graph.stitch import keep_outputs, output_names
 from ..runtime.session import make_session, run_batched
 from .head import HEAD_INPUT, fit_head, folded_weights
 from .qdq import CALIBRATION_BATCH, Quantizer, SourceNodes, int8_weights, source_nodes
 
 CALIBRATION_IMAGES = 512
 METHODS = ("MinMax", "Percentile", "Entropy")
-PAYS = 0.9                 # a source goes int8 when its int8 part takes <= 90% of its float time
-LAYER_TOLERANCE = 0.005    # first/last layers go int8 as well when that costs <= 0.5 points held out
-MAX_ACCURACY_DROP = 0.02   # more than 2 points lost held out: the float Z is kept
+PAYS = 0.9  # a source goes int8 when its int8 part takes <= 90% of its float time
+LAYER_TOLERANCE = 0.005  # first/last layers go int8 as well when that costs <= 0.5 points held out
+MAX_ACCURACY_DROP = 0.02  # more than 2 points lost held out: the float Z is kept
 SPEED_BATCH = 32
 FOLDS = 5
 METADATA_KEY = "onnxmerge.quantization"
@@ -67,7 +67,7 @@ class SourceChoice:
 
     name: str
     int8: bool
-    time_ratio: float          # its part of Z, int8 / float time at batch ``SPEED_BATCH`` (median of rounds)
+    time_ratio: float  # its part of Z, int8 / float time at batch ``SPEED_BATCH`` (median of rounds)
     reason: str
     float_layers: list[str] = field(default_factory=list)  # weighted nodes left float inside an int8 source
 
@@ -75,25 +75,36 @@ class SourceChoice:
 @dataclass
 class QuantizeReport:
     accepted: bool
-    accuracy_before: float     # held-out (cross-validated) accuracy of the float Z's head
-    accuracy_after: float      # the same for the Z written when accepted (int8 sources, chosen head)
-    images: int                # labelled images the accuracies are measured on
-    time_ratio: float          # Z int8 / Z float at batch ``SPEED_BATCH`` (median of interleaved rounds)
-    size_ratio: float = 1.0    # file size int8 / float
+    accuracy_before: float  # held-out (cross-validated) accuracy of the float Z's head
+    accuracy_after: float  # the same for the Z written when accepted (int8 sources, chosen head)
+    images: int  # labelled images the accuracies are measured on
+    time_ratio: float  # Z int8 / Z float at batch ``SPEED_BATCH`` (median of interleaved rounds)
+    size_ratio: float = 1.0  # file size int8 / float
     method: str = ""
     calibration_images: int = 0
-    pool_images: int = 0       # unlabelled images the calibration images were drawn from, besides ``images``
+    pool_images: int = 0  # unlabelled images the calibration images were drawn from, besides ``images``
     head_refit: bool = False
-    int8_weights: int = 0      # weights of float layers stored int8 (weight-only, computed in float)
-    held_out: str = ""         # how the accuracies were measured
+    int8_weights: int = 0  # weights of float layers stored int8 (weight-only, computed in float)
+    held_out: str = ""  # how the accuracies were measured
     sources: list[SourceChoice] = field(default_factory=list)
     trials: dict[str, float] = field(default_factory=dict)  # held-out accuracy of every variant measured
     lines: list[str] = field(default_factory=list)
 
     def metadata(self) -> str:
         """The JSON stored under ``onnxmerge.quantization`` in the int8 Z."""
-        keep = ("accuracy_before", "accuracy_after", "images", "time_ratio", "size_ratio", "method",
-                "calibration_images", "pool_images", "head_refit", "int8_weights", "held_out")
+        keep = (
+            "accuracy_before",
+            "accuracy_after",
+            "images",
+            "time_ratio",
+            "size_ratio",
+            "method",
+            "calibration_images",
+            "pool_images",
+            "head_refit",
+            "int8_weights",
+            "held_out",
+        )
         data = {k: v for k, v in asdict(self).items() if k in keep}
         data["sources"] = [asdict(s) for s in self.sources]
         return json.dumps(data)
@@ -130,8 +141,9 @@ def folds(labels: np.ndarray, k: int = FOLDS) -> list[tuple[np.ndarray, np.ndarr
     return list(StratifiedKFold(k, shuffle=True, random_state=0).split(np.zeros(len(labels)), labels))
 
 
-def held_out_accuracy(fit_on: np.ndarray, score_on: np.ndarray, labels: np.ndarray,
-                      splits: list[tuple[np.ndarray, np.ndarray]], fit) -> float:
+def held_out_accuracy(
+    fit_on: np.ndarray, score_on: np.ndarray, labels: np.ndarray, splits: list[tuple[np.ndarray, np.ndarray]], fit
+) -> float:
     """Cross-validated accuracy: ``fit(x, y)`` on each split's training part of ``fit_on``, scored on the
     held-out part of ``score_on`` (the same images' head inputs from another Z)."""
     right = 0
@@ -150,8 +162,14 @@ def _median_time(session, images: np.ndarray, outputs: list[str], runs: int) -> 
     return float(np.median(times))
 
 
-def time_ratio(first: onnx.ModelProto, second: onnx.ModelProto, images: np.ndarray, outputs: list[str],
-               rounds: int = 5, runs: int = 3) -> float:
+def time_ratio(
+    first: onnx.ModelProto,
+    second: onnx.ModelProto,
+    images: np.ndarray,
+    outputs: list[str],
+    rounds: int = 5,
+    runs: int = 3,
+) -> float:
     """Median over ``rounds`` of (median time of ``second``) / (median time of ``first``), blocks alternating
     order, each session in its own block, idle threads not spinning (ASSETS.md's fair timing)."""
     a, b = make_session(first), make_session(second)
@@ -200,12 +218,18 @@ class _Scorer:
         has_head = any(i.name == "head/W" for i in float_model.graph.initializer)
         self.images, self.labels, self.fit = images, labels, fit
         self.splits = folds(labels) if fit is not None and has_head else []
-        self.held_out = (f"{len(self.splits)}-fold cross-validation on the {len(labels)} labelled images"
-                         if self.splits else f"Z itself on the {len(labels)} labelled images, not held out: its "
-                         "router or pseudo-labelled head was fitted with them")
+        self.held_out = (
+            f"{len(self.splits)}-fold cross-validation on the {len(labels)} labelled images"
+            if self.splits
+            else f"Z itself on the {len(labels)} labelled images, not held out: its "
+            "router or pseudo-labelled head was fitted with them"
+        )
         self.float_x = head_inputs(float_model, images) if self.splits else None
-        self.before = (held_out_accuracy(self.float_x, self.float_x, labels, self.splits, fit) if self.splits
-                       else self(float_model)[0])
+        self.before = (
+            held_out_accuracy(self.float_x, self.float_x, labels, self.splits, fit)
+            if self.splits
+            else self(float_model)[0]
+        )
 
     def __call__(self, candidate: onnx.ModelProto) -> tuple[float, float]:
         """(held-out accuracy with the float head, with the head refitted on the candidate's head inputs)."""
@@ -214,8 +238,10 @@ class _Scorer:
             acc = float(np.mean(got.astype(str) == self.labels))
             return acc, acc
         q_x = head_inputs(candidate, self.images)
-        return (held_out_accuracy(self.float_x, q_x, self.labels, self.splits, self.fit),
-                held_out_accuracy(q_x, q_x, self.labels, self.splits, self.fit))
+        return (
+            held_out_accuracy(self.float_x, q_x, self.labels, self.splits, self.fit),
+            held_out_accuracy(q_x, q_x, self.labels, self.splits, self.fit),
+        )
 
 
 @dataclass
@@ -225,7 +251,7 @@ class _Variant:
     all_layers: bool
     model: onnx.ModelProto
     refit: bool
-    int8_weights: int = 0      # float layers whose weights are stored int8 (weight-only)
+    int8_weights: int = 0  # float layers whose weights are stored int8 (weight-only)
 
 
 def _calibration_images(images: np.ndarray, pool: np.ndarray | None) -> np.ndarray:
@@ -237,9 +263,16 @@ def _calibration_images(images: np.ndarray, pool: np.ndarray | None) -> np.ndarr
     return candidates[np.sort(np.random.default_rng(0).choice(len(candidates), size=n, replace=False))]
 
 
-def _best_variant(quantizer: Quantizer, score: _Scorer, layers: dict[str, SourceNodes], chosen: list[str],
-                  methods: tuple[str, ...], trials: dict[str, float]) -> _Variant:
+def _best_variant(
+    quantizer: Quantizer,
+    score: _Scorer,
+    layers: dict[str, SourceNodes],
+    chosen: list[str],
+    methods: tuple[str, ...],
+    trials: dict[str, float],
+) -> _Variant:
     """Steps 2-4 of the module docstring: the calibration method, the first/last layers, weight-only int8."""
+
     def nodes_of(with_edges: bool) -> list[str]:
         return [n for s in chosen for n in (layers[s].network if with_edges else layers[s].inner())]
 
@@ -254,8 +287,11 @@ def _best_variant(quantizer: Quantizer, score: _Scorer, layers: dict[str, Source
         best = v if best is None or v.accuracy > best.accuracy + 1e-9 else best
     v = variant(f"{best.method}, every layer int8", quantizer.quantize(nodes_of(True), best.method), best.method, True)
     best = v if v.accuracy >= best.accuracy - LAYER_TOLERANCE else best
-    still_float = {n for s in layers for n in (layers[s].network if s not in chosen else
-                                               ([] if best.all_layers else layers[s].edges))}
+    still_float = {
+        n
+        for s in layers
+        for n in (layers[s].network if s not in chosen else ([] if best.all_layers else layers[s].edges))
+    }
     light, stored = int8_weights(best.model, still_float)
     if stored:
         v = variant(f"{best.method}, float layers' weights int8", light, best.method, best.all_layers, stored)
@@ -263,9 +299,16 @@ def _best_variant(quantizer: Quantizer, score: _Scorer, layers: dict[str, Source
     return best
 
 
-def quantize_z(model: onnx.ModelProto, sources: list[str], images: np.ndarray, labels: np.ndarray,
-               pool: np.ndarray | None = None, fit=None, methods: tuple[str, ...] = METHODS,
-               rounds: int = 5) -> tuple[onnx.ModelProto, QuantizeReport]:
+def quantize_z(
+    model: onnx.ModelProto,
+    sources: list[str],
+    images: np.ndarray,
+    labels: np.ndarray,
+    pool: np.ndarray | None = None,
+    fit=None,
+    methods: tuple[str, ...] = METHODS,
+    rounds: int = 5,
+) -> tuple[onnx.ModelProto, QuantizeReport]:
     """Z with the sources that pay quantised (or ``model`` itself), and what was measured.
 
     ``sources`` are Z's source names; ``images``/``labels`` the labelled training images (accuracy, and
@@ -287,12 +330,23 @@ def quantize_z(model: onnx.ModelProto, sources: list[str], images: np.ndarray, l
         choices = _choose_sources(float_model, everything, sources, batch, rounds)
         chosen = [c.name for c in choices if c.int8]
         score = _Scorer(float_model, images, labels, fit)
-        report = QuantizeReport(False, score.before, score.before, len(labels), 1.0,
-                                calibration_images=len(calibration), pool_images=0 if pool is None else len(pool),
-                                held_out=score.held_out, sources=choices)
+        report = QuantizeReport(
+            False,
+            score.before,
+            score.before,
+            len(labels),
+            1.0,
+            calibration_images=len(calibration),
+            pool_images=0 if pool is None else len(pool),
+            held_out=score.held_out,
+            sources=choices,
+        )
         if not chosen:
-            report.lines = [_summary(report), *[_source_line(c) for c in choices],
-                            "quantize: refused, no source's int8 form is faster on this machine; wrote the float Z"]
+            report.lines = [
+                _summary(report),
+                *[_source_line(c) for c in choices],
+                "quantize: refused, no source's int8 form is faster on this machine; wrote the float Z",
+            ]
             return model, report
         best = _best_variant(quantizer, score, layers, chosen, methods, report.trials)
         quantized = best.model
@@ -303,13 +357,15 @@ def quantize_z(model: onnx.ModelProto, sources: list[str], images: np.ndarray, l
                 c.float_layers = layers[c.name].edges
         report.method, report.head_refit, report.accuracy_after = best.method, best.refit, best.accuracy
         report.int8_weights = best.int8_weights
-        report.time_ratio = time_ratio(float_model, quantized, batch, ["probabilities"], rounds,
-                                       _runs_for(float_model, batch))
+        report.time_ratio = time_ratio(
+            float_model, quantized, batch, ["probabilities"], rounds, _runs_for(float_model, batch)
+        )
         return _decide(model, quantized, report, score.before - best.accuracy, quantizer.seconds)
 
 
-def _choose_sources(float_model: onnx.ModelProto, everything: onnx.ModelProto, sources: list[str],
-                    batch: np.ndarray, rounds: int) -> list[SourceChoice]:
+def _choose_sources(
+    float_model: onnx.ModelProto, everything: onnx.ModelProto, sources: list[str], batch: np.ndarray, rounds: int
+) -> list[SourceChoice]:
     """Per source: int8 only where its int8 part of Z runs in at most ``PAYS`` x its float time."""
     choices = []
     for s in sources:
@@ -317,28 +373,37 @@ def _choose_sources(float_model: onnx.ModelProto, everything: onnx.ModelProto, s
         f_part, q_part = _part(float_model, part), _part(everything, part)
         ratio = time_ratio(f_part, q_part, batch, part, rounds, _runs_for(f_part, batch))
         pays = ratio <= PAYS
-        reason = (f"int8 part takes {ratio:.2f}x its float time at batch {len(batch)}" +
-                  ("" if pays else f" (int8 only where <= {PAYS:.2f}x: the Quantize/Dequantize pairs cost "
-                                   "about what the int8 kernels save)"))
+        reason = f"int8 part takes {ratio:.2f}x its float time at batch {len(batch)}" + (
+            ""
+            if pays
+            else f" (int8 only where <= {PAYS:.2f}x: the Quantize/Dequantize pairs cost "
+            "about what the int8 kernels save)"
+        )
         choices.append(SourceChoice(s, pays, ratio, reason))
     return choices
 
 
-def _decide(model: onnx.ModelProto, quantized: onnx.ModelProto, report: QuantizeReport, drop: float,
-            seconds: dict[str, float]) -> tuple[onnx.ModelProto, QuantizeReport]:
+def _decide(
+    model: onnx.ModelProto, quantized: onnx.ModelProto, report: QuantizeReport, drop: float, seconds: dict[str, float]
+) -> tuple[onnx.ModelProto, QuantizeReport]:
     """The int8 Z where it is faster and loses at most ``MAX_ACCURACY_DROP``, else ``model``; the report's lines."""
     report.size_ratio = quantized.ByteSize() / max(model.ByteSize(), 1)
     report.accepted = drop <= MAX_ACCURACY_DROP and report.time_ratio < 1.0
     report.lines = [_summary(report), *[_source_line(c) for c in report.sources]]
-    report.lines.append("quantize: calibration on held-out accuracy: " +
-                        "; ".join(f"{k} {v:.3f}" for k, v in report.trials.items()) +
-                        "".join(f"; {m} calibration {s:.0f} s" for m, s in seconds.items()))
+    report.lines.append(
+        "quantize: calibration on held-out accuracy: "
+        + "; ".join(f"{k} {v:.3f}" for k, v in report.trials.items())
+        + "".join(f"; {m} calibration {s:.0f} s" for m, s in seconds.items())
+    )
     if report.time_ratio >= 1.0:
-        report.lines.append("quantize: refused, the int8 Z is not faster than the float Z on this machine; "
-                            "wrote the float Z")
+        report.lines.append(
+            "quantize: refused, the int8 Z is not faster than the float Z on this machine; wrote the float Z"
+        )
     elif drop > MAX_ACCURACY_DROP:
-        report.lines.append(f"quantize: refused, int8 costs {100 * drop:.1f} accuracy points held out (more "
-                            f"than {100 * MAX_ACCURACY_DROP:.0f}); wrote the float Z")
+        report.lines.append(
+            f"quantize: refused, int8 costs {100 * drop:.1f} accuracy points held out (more "
+            f"than {100 * MAX_ACCURACY_DROP:.0f}); wrote the float Z"
+        )
     if not report.accepted:
         return model, report
     quantized.metadata_props.add(key=METADATA_KEY, value=report.metadata())
@@ -346,13 +411,16 @@ def _decide(model: onnx.ModelProto, quantized: onnx.ModelProto, report: Quantize
     return quantized, report
 
 
-def quantize_merger(merger, train, unlabeled=None, methods: tuple[str, ...] = METHODS
-                    ) -> tuple[onnx.ModelProto, QuantizeReport]:
+def quantize_merger(
+    merger, train, unlabeled=None, methods: tuple[str, ...] = METHODS
+) -> tuple[onnx.ModelProto, QuantizeReport]:
     """``quantize_z`` for a fitted ``compose.Merger``: its labelled ``train`` images (and ``unlabeled`` pool)
     calibrate; its head is refitted the way the build fitted it, where it was fitted on these labels alone."""
     if train is None:
-        raise OnnxMergeError("--quantize needs labelled training images ([head] train) to calibrate on and to "
-                             "check accuracy before/after; build without --quantize.")
+        raise OnnxMergeError(
+            "--quantize needs labelled training images ([head] train) to calibrate on and to "
+            "check accuracy before/after; build without --quantize."
+        )
     data = as_labelled(train, None, merger.input)
     pool = as_pool(unlabeled, merger.input).x if unlabeled is not None else None
     fit = None  # teachers mode or a pseudo-labelled head: not fitted on these labels alone, never refitted
@@ -368,15 +436,19 @@ def _fit_head(x: np.ndarray, y: np.ndarray, widths, C: float, class_weight):
 
 def _summary(r: QuantizeReport) -> str:
     drawn = f"the {r.images} labelled" + (f" and {r.pool_images} pool" if r.pool_images else "")
-    line = (f"quantize: int8 static QDQ (per-channel int8 weights, uint8 activations), calibrated on "
-            f"{r.calibration_images} of {drawn} images; accuracy ({r.held_out}): "
-            f"{r.accuracy_before:.3f} float")
+    line = (
+        f"quantize: int8 static QDQ (per-channel int8 weights, uint8 activations), calibrated on "
+        f"{r.calibration_images} of {drawn} images; accuracy ({r.held_out}): "
+        f"{r.accuracy_before:.3f} float"
+    )
     if r.method:
-        line += (f" -> {r.accuracy_after:.3f} int8 ({r.method} calibration, head "
-                 f"{'refitted on the int8 features' if r.head_refit else 'kept'}"
-                 f"{f', weights of {r.int8_weights} float layers stored int8' if r.int8_weights else ''}); "
-                 f"Z int8 / float time at batch "
-                 f"{SPEED_BATCH}: {r.time_ratio:.2f}; size {r.size_ratio:.2f}x")
+        line += (
+            f" -> {r.accuracy_after:.3f} int8 ({r.method} calibration, head "
+            f"{'refitted on the int8 features' if r.head_refit else 'kept'}"
+            f"{f', weights of {r.int8_weights} float layers stored int8' if r.int8_weights else ''}); "
+            f"Z int8 / float time at batch "
+            f"{SPEED_BATCH}: {r.time_ratio:.2f}; size {r.size_ratio:.2f}x"
+        )
     return line
 
 

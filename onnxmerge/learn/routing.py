@@ -50,7 +50,8 @@ clusters go to whichever teacher is most confident, which is max-probability rou
 affinities standardised per label); EM over a mixture of experts (tied-covariance Gaussians per teacher
 label in 32 PCA dimensions, the teacher's own probabilities inside each source, priors re-estimated,
 started from this routing: 0.587-0.603, it refines the same local optimum); k-means in whitened PCA space
-(0.558 vs 0.604, 10 runs each); a feature-compactness score per source (centred resultant length of a cluster in the source's
+(0.558 vs 0.604, 10 runs each); a feature-compactness score per source (centred resultant length of a cluster in
+the source's
 own block) added to the matching cost (+1.2 points with 10 runs and no agreement filter; -0.8 to +5 at
 0.9 agreement on 3 teachers, -2.4 on 5). Two extra clusters
 that no label is matched to (their images vote "none of these", ``extra_clusters``) cut the junk the
@@ -95,7 +96,8 @@ The Merger then trains a logistic regression "which source" router on the agreed
 labelled images, whose source is known, and any new classes' images, each new class a router class of
 its own). Z's probability of label ``l`` of source ``s`` is ``router(s | x) * p_s(l | x)``. (Self-training
 the router on its own predictions lost 1-4 points here, so it is not done.) ``Routing.label_counts`` and
-``Routing.scarce_labels`` say which labels routing gave no or implausibly few pool images (the build report's ``routing`` entry; its warnings come from ``learn.health.class_loss_warnings``).
+``Routing.scarce_labels`` say which labels routing gave no or implausibly few pool images (the build report's
+``routing`` entry; its warnings come from ``learn.health.class_loss_warnings``).
 """
 
 from __future__ import annotations
@@ -109,14 +111,14 @@ from sklearn.cluster import KMeans
 from ..errors import OnnxMergeError
 
 HEAD_KINDS = ("probabilities", "log-probabilities", "logits")
-LOG_FLOOR = 1e-6           # log-probabilities are clipped here: log(1e-6) = -13.8 keeps one bad source finite
+LOG_FLOOR = 1e-6  # log-probabilities are clipped here: log(1e-6) = -13.8 keeps one bad source finite
 PSEUDO_LABEL_THRESHOLD = 0.5  # pool images whose routed probability is below this are not pseudo-labelled
 MATCH_RUNS = 25  # k-means runs voted over: single runs land on 0.68-0.87 routing, 25 votes 0.81-0.90
 MIN_AGREEMENT = 0.8  # the router learns only from images >= this share of runs agreed on (tuned: module docstring)
 KMEANS_FIT_IMAGES = 5000  # k-means fits on at most this many pool images; every image is then assigned
-CLUSTERS_PER_LABEL = 4     # k-means clusters per union label (tuned: module docstring)
-EXTRA_CLUSTERS = 0         # clusters beyond those; unmatched ones say "none of these" (tuned)
-SCARCE_SHARE = 0.1        # a label with under a tenth of an even share of the routed pool is "scarce"
+CLUSTERS_PER_LABEL = 4  # k-means clusters per union label (tuned: module docstring)
+EXTRA_CLUSTERS = 0  # clusters beyond those; unmatched ones say "none of these" (tuned)
+SCARCE_SHARE = 0.1  # a label with under a tenth of an even share of the routed pool is "scarce"
 SCARCE_MIN_IMAGES = 3
 
 
@@ -159,9 +161,9 @@ def l2_blocks(blocks: list[np.ndarray]) -> np.ndarray:
 class Teachers:
     """The teacher sources' label space: union labels in order, and which sources own each."""
 
-    names: list[str]           # teacher source names, in recipe order
-    labels: list[list[str]]    # each teacher's labels, in its head's order
-    union: list[str]           # union labels, first-seen order (the same name in two sources is one class)
+    names: list[str]  # teacher source names, in recipe order
+    labels: list[list[str]]  # each teacher's labels, in its head's order
+    union: list[str]  # union labels, first-seen order (the same name in two sources is one class)
 
     @classmethod
     def of(cls, names: list[str], labels: list[list[str]]) -> Teachers:
@@ -197,10 +199,10 @@ class Teachers:
 class Routing:
     """What routing decided for each pool image, and how sure the k-means runs were of it."""
 
-    source: np.ndarray     # [N] teacher index (into Teachers.names), majority over the runs
+    source: np.ndarray  # [N] teacher index (into Teachers.names), majority over the runs
     agreement: np.ndarray  # [N] share of runs that voted for ``source``
-    label: np.ndarray      # [N] union label index: the routed teacher's most probable label
-    union: list[str]       # the union labels ``label`` indexes
+    label: np.ndarray  # [N] union label index: the routed teacher's most probable label
+    union: list[str]  # the union labels ``label`` indexes
     min_agreement: float = 0.0  # below it an image is left out of the router's targets
 
     @property
@@ -229,9 +231,17 @@ class Routing:
         return [label for label, c in counts.items() if c < floor]
 
 
-def route_pool(features: np.ndarray, teachers: Teachers, probs: list[np.ndarray], runs: int = MATCH_RUNS,
-               seed: int = 0, min_agreement: float = MIN_AGREEMENT, fit_images: int = KMEANS_FIT_IMAGES,
-               extra_clusters: int = EXTRA_CLUSTERS, per_label: int = CLUSTERS_PER_LABEL) -> Routing:
+def route_pool(
+    features: np.ndarray,
+    teachers: Teachers,
+    probs: list[np.ndarray],
+    runs: int = MATCH_RUNS,
+    seed: int = 0,
+    min_agreement: float = MIN_AGREEMENT,
+    fit_images: int = KMEANS_FIT_IMAGES,
+    extra_clusters: int = EXTRA_CLUSTERS,
+    per_label: int = CLUSTERS_PER_LABEL,
+) -> Routing:
     """Which teacher owns each pool image, without labels, and how sure the runs are (module docstring).
 
     ``features`` are the pool's L2-normalised per-source blocks; ``probs`` each teacher's probabilities.
@@ -241,8 +251,10 @@ def route_pool(features: np.ndarray, teachers: Teachers, probs: list[np.ndarray]
     """
     n_labels = len(teachers.union)
     if len(features) < 2 * n_labels:
-        raise OnnxMergeError(f"the unlabeled pool has {len(features)} images, too few to route between "
-                             f"{n_labels} labels; give at least {2 * n_labels} (hundreds work best).")
+        raise OnnxMergeError(
+            f"the unlabeled pool has {len(features)} images, too few to route between "
+            f"{n_labels} labels; give at least {2 * n_labels} (hundreds work best)."
+        )
     spread = teachers.spread(probs)
     union = spread.max(axis=0)
     per_label = max(1, min(per_label, len(features) // (5 * n_labels)))  # >= ~5 images per cluster
@@ -273,14 +285,16 @@ def route_pool(features: np.ndarray, teachers: Teachers, probs: list[np.ndarray]
     return Routing(source, agreement, own.argmax(axis=1), list(teachers.union), min_agreement)
 
 
-def match_sources(features: np.ndarray, teachers: Teachers, probs: list[np.ndarray], runs: int = MATCH_RUNS,
-                  seed: int = 0) -> np.ndarray:
+def match_sources(
+    features: np.ndarray, teachers: Teachers, probs: list[np.ndarray], runs: int = MATCH_RUNS, seed: int = 0
+) -> np.ndarray:
     """Which teacher owns each pool image (majority over the runs, every image): ``route_pool(...).source``."""
     return route_pool(features, teachers, probs, runs, seed).source
 
 
-def pseudo_labels(union_probs: np.ndarray, classes: list[str], threshold: float = PSEUDO_LABEL_THRESHOLD
-                  ) -> tuple[np.ndarray, np.ndarray]:
+def pseudo_labels(
+    union_probs: np.ndarray, classes: list[str], threshold: float = PSEUDO_LABEL_THRESHOLD
+) -> tuple[np.ndarray, np.ndarray]:
     """``(labels, keep)``: each pool image's most probable routed class, kept where its probability >= threshold."""
     best = union_probs.argmax(axis=1)
     return np.asarray(classes)[best], union_probs[np.arange(len(best)), best] >= threshold

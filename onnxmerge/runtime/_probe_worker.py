@@ -31,8 +31,14 @@ import onnxruntime as ort
 #: Text that onnx, onnxruntime or numpy write when an allocation failed. onnxruntime catches std::bad_alloc
 #: during constant folding, logs it and carries on, so the session succeeds under the limit although the
 #: same model would allocate without bound in the parent: its log is scanned, not only its exceptions.
-MEMORY_MARKERS = ("bad_alloc", "bad allocation", "failed to allocate", "unable to allocate", "out of memory",
-                  "memoryerror")
+MEMORY_MARKERS = (
+    "bad_alloc",
+    "bad allocation",
+    "failed to allocate",
+    "unable to allocate",
+    "out of memory",
+    "memoryerror",
+)
 
 
 def _address_space() -> int:
@@ -127,9 +133,12 @@ def _warm_up() -> None:
     """
     from onnx import TensorProto, helper
 
-    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "warm_up",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "warm_up",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
     onnx.checker.check_model(model, full_check=True)
     options = ort.SessionOptions()

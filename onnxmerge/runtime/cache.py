@@ -39,10 +39,10 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from ..version import __version__
 from ..errors import warn
 from ..safety import printable
 from ..signals import temporary
+from ..version import __version__
 
 ENV = "ONNXMERGE_CACHE_DIR"
 SUFFIX = ".features"
@@ -71,18 +71,22 @@ def graph_digest(model: onnx.ModelProto) -> str:
 
 
 def feature_key(graph: str, images: np.ndarray, outputs: list[str], batch_size: int) -> str:
-    """Hex digest naming the ``outputs`` of ``images`` through the stitched graph whose ``graph_digest`` is ``graph``."""
+    """Hex digest naming the ``outputs`` of ``images`` through the stitched graph whose ``graph_digest`` is
+    ``graph``."""
     digest = hashlib.sha256()
-    digest.update(f"onnxmerge {__version__}|onnxruntime {ort.__version__}|batch {batch_size}|"
-                  f"outputs {outputs}|graph {graph}|".encode())
+    digest.update(
+        f"onnxmerge {__version__}|onnxruntime {ort.__version__}|batch {batch_size}|"
+        f"outputs {outputs}|graph {graph}|".encode()
+    )
     images = np.ascontiguousarray(images)
     digest.update(f"|images {images.dtype.str} {list(images.shape)}|".encode())
     digest.update(memoryview(images).cast("B"))
     return digest.hexdigest()
 
 
-def load(folder: str | os.PathLike | None, key: str, rows: int,
-         check: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray | None:
+def load(
+    folder: str | os.PathLike | None, key: str, rows: int, check: Callable[[np.ndarray], np.ndarray] | None = None
+) -> np.ndarray | None:
     """The cached features ``[rows, D]`` for ``key``, or None (no cache, no entry, or an entry that failed a check).
 
     ``check(indices)`` recomputes the features of the rows ``indices`` (the build runs the sources on those
@@ -104,8 +108,10 @@ def load(folder: str | os.PathLike | None, key: str, rows: int,
         fresh = np.asarray(check(picked), dtype=np.float32)
         tolerance = SPOT_CHECK_TOLERANCE * max(1.0, float(np.abs(fresh).max(initial=0.0)))
         if fresh.shape != (len(picked), array.shape[1]) or np.abs(fresh - array[picked]).max() > tolerance:
-            warn(f"feature cache entry {printable(path)} holds features that differ from the sources' own on a "
-                 "spot check of its rows (replaced or reordered); ignored, the features are recomputed.")
+            warn(
+                f"feature cache entry {printable(path)} holds features that differ from the sources' own on a "
+                "spot check of its rows (replaced or reordered); ignored, the features are recomputed."
+            )
             return None
     return array
 
@@ -132,9 +138,9 @@ def _read_entry(path: Path, key: str, rows: int) -> np.ndarray | None:
         if hasattr(os, "set_blocking"):
             os.set_blocking(fd, True)
         head = handle.read(len(MAGIC) + 4)
-        if head[:len(MAGIC)] != MAGIC or len(head) != len(MAGIC) + 4:
+        if head[: len(MAGIC)] != MAGIC or len(head) != len(MAGIC) + 4:
             raise _Untrusted("is not an onnxmerge feature file (an older format, truncated or replaced)")
-        size = int.from_bytes(head[len(MAGIC):], "little")
+        size = int.from_bytes(head[len(MAGIC) :], "little")
         if size > MAX_HEADER_BYTES:
             raise _Untrusted(f"declares a {size:,}-byte header")
         try:
@@ -149,8 +155,10 @@ def _read_entry(path: Path, key: str, rows: int) -> np.ndarray | None:
             raise _Untrusted(f"claims shape [{count}, {width}] where [{rows}, 1..{MAX_COLUMNS}] is expected")
         data_bytes = count * width * 4
         if info.st_size != len(MAGIC) + 4 + size + data_bytes:
-            raise _Untrusted(f"is {info.st_size:,} bytes, not the {len(MAGIC) + 4 + size + data_bytes:,} its header "
-                             "declares (truncated or extended)")
+            raise _Untrusted(
+                f"is {info.st_size:,} bytes, not the {len(MAGIC) + 4 + size + data_bytes:,} its header "
+                "declares (truncated or extended)"
+            )
         array = np.empty((count, width), np.dtype("<f4"))  # bounded: the file really holds this many bytes
         if handle.readinto(memoryview(array).cast("B")) != data_bytes:
             raise _Untrusted("changed while it was read")
@@ -178,8 +186,9 @@ def store(folder: str | os.PathLike | None, key: str, features: np.ndarray) -> P
     folder = Path(folder)
     target = folder / f"{key}{SUFFIX}"
     array = np.ascontiguousarray(features, dtype="<f4")
-    header = json.dumps({"format": 2, "key": key, "shape": list(array.shape), "dtype": "<f4",
-                         "sha256": _digest(key, array)}).encode()
+    header = json.dumps(
+        {"format": 2, "key": key, "shape": list(array.shape), "dtype": "<f4", "sha256": _digest(key, array)}
+    ).encode()
     try:
         folder.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{key[:16]}.", suffix=".tmp", dir=folder)

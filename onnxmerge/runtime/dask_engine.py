@@ -71,18 +71,26 @@ class DaskCluster:
             # loopback only: the cluster serves this process and nothing else on the network
             with warnings.catch_warnings():  # the scheduler's health endpoint found port 8787 taken: it takes another
                 warnings.filterwarnings("ignore", message="Port .* is already in use", category=UserWarning)
-                self.cluster = LocalCluster(n_workers=workers or os.cpu_count() or 1, threads_per_worker=1,
-                                            processes=True, host="127.0.0.1", dashboard_address=None,
-                                            local_directory=self.scratch.name, silence_logs=logging.ERROR)
+                self.cluster = LocalCluster(
+                    n_workers=workers or os.cpu_count() or 1,
+                    threads_per_worker=1,
+                    processes=True,
+                    host="127.0.0.1",
+                    dashboard_address=None,
+                    local_directory=self.scratch.name,
+                    silence_logs=logging.ERROR,
+                )
             self.client = Client(self.cluster)
         else:
             try:
                 self.client = Client(address, timeout=CONNECT_TIMEOUT)
             except (OSError, TimeoutError, ValueError) as exc:
                 self.scratch.cleanup()
-                raise OnnxMergeError(f"cannot reach the Dask scheduler at {address} ({first_line(exc)}); start "
-                                     "one with `dask scheduler` (and workers with `dask worker ADDRESS`) or fix "
-                                     "--address.") from None
+                raise OnnxMergeError(
+                    f"cannot reach the Dask scheduler at {address} ({first_line(exc)}); start "
+                    "one with `dask scheduler` (and workers with `dask worker ADDRESS`) or fix "
+                    "--address."
+                ) from None
 
     @property
     def workers(self) -> int:
@@ -107,8 +115,9 @@ class DaskCluster:
             except Exception:  # a worker that left meanwhile: nothing to drop there
                 pass
 
-    def map(self, func: Callable[..., Any], chunks: Sequence, sizes: Sequence[int], desc: str, quiet: bool,
-            **kwargs) -> Iterator[Any]:
+    def map(
+        self, func: Callable[..., Any], chunks: Sequence, sizes: Sequence[int], desc: str, quiet: bool, **kwargs
+    ) -> Iterator[Any]:
         """``func(chunk, **kwargs)`` for every chunk on the cluster; results in the chunks' order.
 
         At most ``WINDOW_PER_WORKER`` tasks per worker are in flight (at least ``WINDOW_MIN``): a new one is
@@ -143,15 +152,16 @@ class DaskCluster:
         done: dict[int, Any] = {}
         following = 0
         try:
-            with tqdm(total=sum(sizes), desc=desc, unit="img", disable=not progress_enabled(quiet),
-                      leave=False) as bar:
+            with tqdm(total=sum(sizes), desc=desc, unit="img", disable=not progress_enabled(quiet), leave=False) as bar:
                 for future in queue:
                     i = index.pop(future.key)
                     try:
                         done[i] = future.result()
                     except KilledWorker as exc:
-                        raise OnnxMergeError(f"Dask gave up on chunk {i} of {desc}: it killed {exc.last_worker} "
-                                             "and the workers that retried it; give the workers more memory.") from None
+                        raise OnnxMergeError(
+                            f"Dask gave up on chunk {i} of {desc}: it killed {exc.last_worker} "
+                            "and the workers that retried it; give the workers more memory."
+                        ) from None
                     live.discard(future)
                     future.release()
                     following_future = submit()
@@ -188,8 +198,9 @@ class DaskEngine:
         self.local, self.cluster = local, cluster
         self._shipped: dict[tuple[str, ...], str] = {}
 
-    def outputs(self, images: np.ndarray, names: list[str], budget: int = EXTRACT_VALUES_PER_CALL
-                ) -> dict[str, np.ndarray]:
+    def outputs(
+        self, images: np.ndarray, names: list[str], budget: int = EXTRACT_VALUES_PER_CALL
+    ) -> dict[str, np.ndarray]:
         """On the cluster, chunk by chunk. ``images`` may be an array or a lazy set of image files (anything
         with ``chunks(rows)`` and a picklable ``load(chunk)``, e.g. ``io.images.ImageFiles``): then only
         file names travel and each worker decodes its chunk itself."""
@@ -205,9 +216,20 @@ class DaskEngine:
             batch = self.local.batch(group, budget)
             rows = chunk_rows(per_image, batch)
             chunks, load = _chunks(images, rows)
-            parts = list(self.cluster.map(outputs_task, chunks, [len(c) for c in chunks], "features",
-                                          self.local.quiet, digest=self._ship(group), names=mine, batch=batch,
-                                          threads=self.cluster.threads, load=load))
+            parts = list(
+                self.cluster.map(
+                    outputs_task,
+                    chunks,
+                    [len(c) for c in chunks],
+                    "features",
+                    self.local.quiet,
+                    digest=self._ship(group),
+                    names=mine,
+                    batch=batch,
+                    threads=self.cluster.threads,
+                    load=load,
+                )
+            )
             for name in mine:
                 result[name] = np.concatenate([p[name] for p in parts])
         return self.local.join(result, names)
@@ -215,8 +237,7 @@ class DaskEngine:
     def pixel_digests(self, images) -> list[bytes]:
         """``digests_task`` over ``images`` on the cluster (a lazy set of files: decoded on the workers)."""
         chunks, load = _chunks(images, chunk_rows(int(np.prod(images.shape[1:])), 1))
-        parts = self.cluster.map(digests_task, chunks, [len(c) for c in chunks], "digests", self.local.quiet,
-                                 load=load)
+        parts = self.cluster.map(digests_task, chunks, [len(c) for c in chunks], "digests", self.local.quiet, load=load)
         return [d for part in parts for d in part]
 
     def _ship(self, group: list[str]) -> str:
@@ -248,5 +269,5 @@ def _chunks(images, rows: int) -> tuple[list, object]:
     """``images`` in task chunks of ``rows``, and the worker-side ``load`` for them: None for an array's
     slices, the lazy set's own ``load`` for chunks of file names (``io.images.ImageFiles``)."""
     if isinstance(images, np.ndarray):
-        return [images[start:start + rows] for start in range(0, len(images), rows)], None
+        return [images[start : start + rows] for start in range(0, len(images), rows)], None
     return images.chunks(rows), images.load

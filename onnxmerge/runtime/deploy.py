@@ -19,9 +19,9 @@ from ..errors import OnnxMergeError
 
 @dataclass
 class OrtFormat:
-    ort: Path                  # the ORT-format model
-    config: Path               # required_operators.config (reduced-operator build)
-    operators: list[str]       # "domain;opset;Op" entries, one per op type, as the config lists them
+    ort: Path  # the ORT-format model
+    config: Path  # required_operators.config (reduced-operator build)
+    operators: list[str]  # "domain;opset;Op" entries, one per op type, as the config lists them
 
 
 def config_operators(config: Path) -> list[str]:
@@ -43,9 +43,22 @@ def ort_format(model: str | Path, output_dir: str | Path, target_platform: str =
         # the converter converts every .onnx in a folder and writes one config for all: give it this one alone
         source = Path(tmp) / model.name
         source.symlink_to(model.resolve())
-        result = subprocess.run([sys.executable, "-m", "onnxruntime.tools.convert_onnx_models_to_ort", str(source),
-                                 "--output_dir", tmp, "--optimization_style", "Fixed", "--target_platform",
-                                 target_platform], capture_output=True, text=True)
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "onnxruntime.tools.convert_onnx_models_to_ort",
+                str(source),
+                "--output_dir",
+                tmp,
+                "--optimization_style",
+                "Fixed",
+                "--target_platform",
+                target_platform,
+            ],
+            capture_output=True,
+            text=True,
+        )
         ort_file = Path(tmp) / (model.stem + ".ort")
         config = next(Path(tmp).glob("*.config"), None)
         if result.returncode != 0 or not ort_file.exists() or config is None:

@@ -23,8 +23,9 @@ from .weights import WeightFolder, release_freed_memory
 class Engine(Protocol):
     """Runs one graph over images and returns the named outputs, rows in the images' order."""
 
-    def outputs(self, images: np.ndarray, names: list[str], budget: int = EXTRACT_VALUES_PER_CALL
-                ) -> dict[str, np.ndarray]:
+    def outputs(
+        self, images: np.ndarray, names: list[str], budget: int = EXTRACT_VALUES_PER_CALL
+    ) -> dict[str, np.ndarray]:
         """``{name: array [N, ...]}`` for uint8 ``images [N, H, W, C]``; ``budget`` bounds input values per call."""
         ...
 
@@ -51,9 +52,17 @@ class LocalEngine:
     ``values_per_image`` (source input values per image, by source) sizes the calls.
     """
 
-    def __init__(self, model: onnx.ModelProto, weights: WeightFolder, groups: list[list[str]],
-                 values_per_image: Mapping[str, int], joined: Mapping[str, list[str]] | None = None,
-                 batch_size: int = 128, large: bool = False, quiet: bool = False):
+    def __init__(
+        self,
+        model: onnx.ModelProto,
+        weights: WeightFolder,
+        groups: list[list[str]],
+        values_per_image: Mapping[str, int],
+        joined: Mapping[str, list[str]] | None = None,
+        batch_size: int = 128,
+        large: bool = False,
+        quiet: bool = False,
+    ):
         self.model, self.weights, self.groups = model, weights, groups
         self.values_per_image, self.joined = dict(values_per_image), dict(joined or {})
         self.batch_size, self.large, self.quiet = batch_size, large, quiet
@@ -64,16 +73,18 @@ class LocalEngine:
         """A digest of each image's pixels (``runtime.tasks.digests_task``), in this process."""
         return digests_task(np.asarray(images))
 
-    def outputs(self, images: np.ndarray, names: list[str], budget: int = EXTRACT_VALUES_PER_CALL
-                ) -> dict[str, np.ndarray]:
+    def outputs(
+        self, images: np.ndarray, names: list[str], budget: int = EXTRACT_VALUES_PER_CALL
+    ) -> dict[str, np.ndarray]:
         needed = self.needed(names)
         images = np.asarray(images)  # a lazy set of files (a cluster build's pool) is read here, in one go
         result: dict[str, np.ndarray] = {}
         for group in sorted(self.groups, key=lambda g: tuple(g) not in self._sessions):  # a live session first
             mine = [n for n in needed if owner(n) in group]
             if mine:
-                result.update(run_batched(self._group_session(group), images, mine, self.batch(group, budget),
-                                          self.quiet))
+                result.update(
+                    run_batched(self._group_session(group), images, mine, self.batch(group, budget), self.quiet)
+                )
         if self.large:
             release_freed_memory()  # the runs' activations, freed but resident in the C heap
         return self.join(result, names)
@@ -113,8 +124,11 @@ class LocalEngine:
             # onnxruntime 1.31's Identity elimination loses a tensor that an Identity copies into a graph output
             # while other nodes read it too ("not a graph input, initializer, or output of a previous node"): a
             # source's input shared away to another source's. Exposing that tensor as well avoids it.
-            outputs = outputs + [n.input[0] for n in self.model.graph.node if n.op_type == "Identity"
-                                 and n.output[0] in outputs and n.input[0] not in outputs]
+            outputs = outputs + [
+                n.input[0]
+                for n in self.model.graph.node
+                if n.op_type == "Identity" and n.output[0] in outputs and n.input[0] not in outputs
+            ]
             self._parts[key] = keep_outputs(self.model, outputs)
         return self._parts[key]
 

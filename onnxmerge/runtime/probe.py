@@ -40,9 +40,11 @@ TEST_SIGNAL_ENV = "ONNXMERGE_PROBE_TEST_SIGNAL"
 
 # The worker imports only the standard library, onnx and onnxruntime: it is run from its file path, not
 # as ``-m onnxmerge...``, and the current folder is dropped from sys.path so no stray module shadows them.
-_BOOT = ("import runpy, sys\n"
-         "if not getattr(sys.flags, 'safe_path', False): del sys.path[0]\n"
-         "runpy.run_path(sys.argv[1], run_name='__main__')\n")
+_BOOT = (
+    "import runpy, sys\n"
+    "if not getattr(sys.flags, 'safe_path', False): del sys.path[0]\n"
+    "runpy.run_path(sys.argv[1], run_name='__main__')\n"
+)
 _WORKER = Path(__file__).with_name("_probe_worker.py")
 
 
@@ -83,8 +85,15 @@ class _Worker:
         env.update(OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1", MALLOC_ARENA_MAX="2")
         # stderr is dropped: the children send their own to a file, and the worker writes there only if
         # it cannot import onnx/onnxruntime, which ask() reports in one line.
-        return subprocess.Popen([sys.executable, "-c", _BOOT, str(_WORKER)], stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, text=True, bufsize=1)
+        return subprocess.Popen(
+            [sys.executable, "-c", _BOOT, str(_WORKER)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            env=env,
+            text=True,
+            bufsize=1,
+        )
 
     def prestart(self) -> None:
         """Start the worker if it is not running, without waiting for it to be ready."""
@@ -112,8 +121,10 @@ class _Worker:
                 if line:
                     return json.loads(line)
                 self.close()
-            raise OnnxMergeError(f"could not start the process that checks {request['path']} (python "
-                                 f"{sys.executable}); check that onnx and onnxruntime import in it.")
+            raise OnnxMergeError(
+                f"could not start the process that checks {request['path']} (python "
+                f"{sys.executable}); check that onnx and onnxruntime import in it."
+            )
 
     def close(self) -> None:
         """Close the worker's stdin (it exits on EOF) and reap it."""
@@ -157,23 +168,40 @@ def probe_model(path: Path, sha256: str, data_bytes: int, folder: Path | None) -
         return
     limit = memory_limit(data_bytes)
     timeout = _env_int(TIMEOUT_ENV, 600)
-    reply = _worker.ask({"path": str(path), "sha256": sha256, "folder": None if folder is None else str(folder),
-                         "limit": limit, "timeout": timeout, "signal": _env_int(TEST_SIGNAL_ENV, 0)})
+    reply = _worker.ask(
+        {
+            "path": str(path),
+            "sha256": sha256,
+            "folder": None if folder is None else str(folder),
+            "limit": limit,
+            "timeout": timeout,
+            "signal": _env_int(TEST_SIGNAL_ENV, 0),
+        }
+    )
     status, detail = reply["status"], reply["detail"]
     if status == "signal" and detail == str(int(signal.SIGALRM)):
-        raise OnnxMergeError(f"model {str(path)!r} took more than {timeout} s to be checked by onnx/onnxruntime; "
-                             "the file is malformed or hostile, re-export it (if it really is that large, raise "
-                             f"{TIMEOUT_ENV}).")
+        raise OnnxMergeError(
+            f"model {str(path)!r} took more than {timeout} s to be checked by onnx/onnxruntime; "
+            "the file is malformed or hostile, re-export it (if it really is that large, raise "
+            f"{TIMEOUT_ENV})."
+        )
     if status == "memory":
-        raise OnnxMergeError(f"model {str(path)!r} needs more than the {limit >> 20} MB memory limit to be "
-                             "checked by onnx/onnxruntime; the file is malformed or hostile, re-export it (if it "
-                             f"really is that large, raise {MEMORY_ENV}).")
+        raise OnnxMergeError(
+            f"model {str(path)!r} needs more than the {limit >> 20} MB memory limit to be "
+            "checked by onnx/onnxruntime; the file is malformed or hostile, re-export it (if it "
+            f"really is that large, raise {MEMORY_ENV})."
+        )
     if status == "signal":
-        raise OnnxMergeError(f"model {str(path)!r} crashed onnx/onnxruntime while being checked (signal "
-                             f"{detail}); the file is malformed or hostile, re-export it.")
+        raise OnnxMergeError(
+            f"model {str(path)!r} crashed onnx/onnxruntime while being checked (signal "
+            f"{detail}); the file is malformed or hostile, re-export it."
+        )
     if status == "changed":
-        raise OnnxMergeError(f"model {str(path)!r} changed on disk while being loaded; load it again once "
-                             "nothing writes to it.")
+        raise OnnxMergeError(
+            f"model {str(path)!r} changed on disk while being loaded; load it again once nothing writes to it."
+        )
     if status == "exit":
-        raise OnnxMergeError(f"model {str(path)!r} made onnx/onnxruntime exit while being checked (exit code "
-                             f"{detail}); the file is malformed or hostile, re-export it.")
+        raise OnnxMergeError(
+            f"model {str(path)!r} made onnx/onnxruntime exit while being checked (exit code "
+            f"{detail}); the file is malformed or hostile, re-export it."
+        )

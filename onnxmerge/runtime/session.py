@@ -27,8 +27,9 @@ ORT_LOG_FATAL_ONLY = 4
 LARGE_MODEL_BYTES = 8 * 2**20
 
 
-def make_session(model: onnx.ModelProto | bytes | str, threads: int = 0, weights: WeightFolder | None = None
-                 ) -> ort.InferenceSession:
+def make_session(
+    model: onnx.ModelProto | bytes | str, threads: int = 0, weights: WeightFolder | None = None
+) -> ort.InferenceSession:
     """An onnxruntime CPU session; idle threads do not spin, so back-to-back sessions do not slow each other.
 
     ``weights`` is the folder a light model's offloaded tensors live in (``onnxmerge.runtime.weights``).
@@ -59,8 +60,9 @@ def make_session(model: onnx.ModelProto | bytes | str, threads: int = 0, weights
     try:
         session = ort.InferenceSession(payload, options, providers=["CPUExecutionProvider"])
     except Exception as exc:
-        raise OnnxMergeError(f"onnxruntime cannot load the model ({first_line(exc)}); "
-                             "re-export the source or check its opset.") from exc
+        raise OnnxMergeError(
+            f"onnxruntime cannot load the model ({first_line(exc)}); re-export the source or check its opset."
+        ) from exc
     if not options.enable_cpu_mem_arena:
         release_freed_memory()  # loading and optimising left about the weights' size freed but resident
     return session
@@ -81,8 +83,15 @@ CHECK_VALUES_PER_CALL = 160 * 1024
 MAX_VALUES_PER_CALL = 128 * 64 * 64 * 3
 
 
-def run_batched(session: ort.InferenceSession, images: np.ndarray, outputs: list[str], batch_size: int = 128,
-                quiet: bool = False, desc: str = "features", lean: bool = False) -> dict[str, np.ndarray]:
+def run_batched(
+    session: ort.InferenceSession,
+    images: np.ndarray,
+    outputs: list[str],
+    batch_size: int = 128,
+    quiet: bool = False,
+    desc: str = "features",
+    lean: bool = False,
+) -> dict[str, np.ndarray]:
     """Run ``session`` over uint8 ``images`` in batches; returns each requested output, concatenated.
 
     Large images run in smaller batches (at most ``MAX_VALUES_PER_CALL`` input values per call). ``lean``
@@ -95,14 +104,16 @@ def run_batched(session: ort.InferenceSession, images: np.ndarray, outputs: list
     parts: dict[str, list[np.ndarray]] = {o: [] for o in outputs}
     with tqdm(total=len(images), desc=desc, unit="img", disable=not progress_enabled(quiet), leave=False) as bar:
         for start in range(0, len(images), batch_size):
-            batch = np.ascontiguousarray(images[start:start + batch_size])
+            batch = np.ascontiguousarray(images[start : start + batch_size])
             try:
                 values = session.run(outputs, {name: batch})
             except Exception as exc:  # e.g. a source whose weights do not fit its own op (a corrupt file)
                 sources = sorted({o.split("/")[0] for o in outputs if "/" in o})
-                raise OnnxMergeError(f"onnxruntime failed running {', '.join(map(repr, sources)) or 'the model'} "
-                                     f"on images {start}-{start + len(batch) - 1} ({first_line(exc)}); the model file is "
-                                     "probably corrupt, re-export it.") from exc
+                raise OnnxMergeError(
+                    f"onnxruntime failed running {', '.join(map(repr, sources)) or 'the model'} "
+                    f"on images {start}-{start + len(batch) - 1} ({first_line(exc)}); the model file is "
+                    "probably corrupt, re-export it."
+                ) from exc
             for key, value in zip(outputs, values):
                 parts[key].append(value)
             bar.update(len(batch))
@@ -111,8 +122,9 @@ def run_batched(session: ort.InferenceSession, images: np.ndarray, outputs: list
     return {k: np.concatenate(v) if v else np.zeros((0,)) for k, v in parts.items()}
 
 
-def tensor_rank(model: onnx.ModelProto, tensor: str, probe_input: np.ndarray, weights: WeightFolder | None = None
-                ) -> int:
+def tensor_rank(
+    model: onnx.ModelProto, tensor: str, probe_input: np.ndarray, weights: WeightFolder | None = None
+) -> int:
     """Rank of ``tensor``, measured by running ``model`` with it exposed on one sample input."""
     session = make_session(exposing(model, tensor), weights=weights)
     return session.run([tensor], {session.get_inputs()[0].name: probe_input})[0].ndim

@@ -74,8 +74,9 @@ class Tasks(Protocol):
 
     def forget(self, digest: str) -> None: ...
 
-    def map(self, func: Callable[..., Any], chunks: Sequence, sizes: Sequence[int], desc: str, quiet: bool,
-            **kwargs) -> Iterator[Any]: ...
+    def map(
+        self, func: Callable[..., Any], chunks: Sequence, sizes: Sequence[int], desc: str, quiet: bool, **kwargs
+    ) -> Iterator[Any]: ...
 
     def close(self) -> None: ...
 
@@ -92,8 +93,9 @@ class LocalTasks:
     def forget(self, digest: str) -> None:
         forget_model(digest)
 
-    def map(self, func: Callable[..., Any], chunks: Sequence, sizes: Sequence[int], desc: str, quiet: bool,
-            **kwargs) -> Iterator[Any]:
+    def map(
+        self, func: Callable[..., Any], chunks: Sequence, sizes: Sequence[int], desc: str, quiet: bool, **kwargs
+    ) -> Iterator[Any]:
         with tqdm(total=sum(sizes), desc=desc, unit="img", disable=not progress_enabled(quiet), leave=False) as bar:
             for chunk, size in zip(chunks, sizes):
                 yield func(chunk, **kwargs)

@@ -60,8 +60,10 @@ class WeightFolder:
             self.path = Path(self._tmp.name)
             self._lock = _hold_lock(self.path)
         except OSError as exc:
-            raise OnnxMergeError(f"cannot create a temporary folder for the build's weights ({exc.strerror or exc}); "
-                                 "set TMPDIR to a writable folder.") from exc
+            raise OnnxMergeError(
+                f"cannot create a temporary folder for the build's weights ({exc.strerror or exc}); "
+                "set TMPDIR to a writable folder."
+            ) from exc
         self._files = 0
 
     def offload(self, model: onnx.ModelProto) -> onnx.ModelProto:
@@ -74,7 +76,9 @@ class WeightFolder:
         self._files += 1
         with open(self.path / name, "wb") as out:
             for tensor in model.graph.initializer:
-                if tensor.data_type in (onnx.TensorProto.STRING, onnx.TensorProto.UNDEFINED) or uses_external_data(tensor):
+                if tensor.data_type in (onnx.TensorProto.STRING, onnx.TensorProto.UNDEFINED) or uses_external_data(
+                    tensor
+                ):
                     continue
                 if tensor.HasField("raw_data"):
                     if len(tensor.raw_data) < OFFLOAD_BYTES:
@@ -146,8 +150,10 @@ class WeightFolder:
             onnx.save_model(model, str(path))
         except OSError as exc:  # a full $TMPDIR (or a file-size limit) this late in a build
             path.unlink(missing_ok=True)
-            raise OnnxMergeError(f"could not write into the temporary folder {self.path} ({exc.strerror or exc}); "
-                                 "free disk space there or set TMPDIR to a larger disk.") from exc
+            raise OnnxMergeError(
+                f"could not write into the temporary folder {self.path} ({exc.strerror or exc}); "
+                "free disk space there or set TMPDIR to a larger disk."
+            ) from exc
         try:
             onnx.checker.check_model(str(path), full_check=full_check)
         finally:

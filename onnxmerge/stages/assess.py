@@ -40,14 +40,21 @@ def _start(build: Build, head_input) -> None:
 
 
 def _set_estimate(build: Build, result: estimate.Estimate, seconds: float, cpu_seconds: float) -> None:
-    build.report["expected_accuracy"] = dict(result.as_dict(), line=result.line(), seconds=round(seconds, 3),
-                                               cpu_seconds=round(cpu_seconds, 3))
+    build.report["expected_accuracy"] = dict(
+        result.as_dict(), line=result.line(), seconds=round(seconds, 3), cpu_seconds=round(cpu_seconds, 3)
+    )
     if result.accuracy is not None:
         build.metadata["onnxmerge.expected_accuracy"] = json.dumps(result.as_dict())
 
 
-def _check_sources(build: Build, head_input, x: np.ndarray, where: str, x_labelled: np.ndarray | None = None,
-                   y_labelled: np.ndarray | None = None) -> None:
+def _check_sources(
+    build: Build,
+    head_input,
+    x: np.ndarray,
+    where: str,
+    x_labelled: np.ndarray | None = None,
+    y_labelled: np.ndarray | None = None,
+) -> None:
     """Output signatures of every source on head inputs ``x`` (``where``: what those images are), and each
     teacher's accuracy on the labelled images of its own labels where ``x_labelled``/``y_labelled`` are given."""
     widths = head_input.widths(build.widths)
@@ -78,13 +85,20 @@ def _routed_labels(build: Build, head, head_input, x_pool: np.ndarray, route: np
     out = np.empty(len(x_pool), dtype=object)
     for i, column in enumerate(columns):
         mine = best == i
-        out[mine] = (np.asarray(labels[column])[probs[i][mine].argmax(axis=1)] if i < len(names) else column)
+        out[mine] = np.asarray(labels[column])[probs[i][mine].argmax(axis=1)] if i < len(names) else column
     return out.astype(str)
 
 
-def fit_mode(build: Build, head, classes: list[str], head_input, widths: list[int], C: float,
-             labelled: tuple[np.ndarray, np.ndarray] | None,
-             pool: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None) -> None:
+def fit_mode(
+    build: Build,
+    head,
+    classes: list[str],
+    head_input,
+    widths: list[int],
+    C: float,
+    labelled: tuple[np.ndarray, np.ndarray] | None,
+    pool: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None,
+) -> None:
     """Mode "fit": cross-validated accuracy, source checks, per-label pool counts (module docstring).
 
     ``labelled`` is ``(head inputs, labels)`` of the labelled images (None: a pool-only build); ``pool`` is
@@ -104,8 +118,14 @@ def fit_mode(build: Build, head, classes: list[str], head_input, widths: list[in
         if labelled_classes < len(classes):  # the pool added classes no held-out image can test
             result.what = f"labelled images of {labelled_classes} of Z's {len(classes)} classes"
         _set_estimate(build, result, time.perf_counter() - began, time.process_time() - cpu)
-    _check_sources(build, head_input, x_pool if x_pool is not None else x_labelled,
-                   OUTPUTS_ON if x_pool is not None else "training images", x_labelled, y_labelled)
+    _check_sources(
+        build,
+        head_input,
+        x_pool if x_pool is not None else x_labelled,
+        OUTPUTS_ON if x_pool is not None else "training images",
+        x_labelled,
+        y_labelled,
+    )
     if x_pool is not None:
         routed = np.where(pool_keep, pool_labels, "")
         predicted = head.predict(x_pool)
@@ -113,8 +133,9 @@ def fit_mode(build: Build, head, classes: list[str], head_input, widths: list[in
         counts = health.pool_label_counts(union, routed, predicted, build.pool_claims)
         build.report["pool_labels"] = counts
         kept = {c: v for c, v in counts.items() if c in classes}  # the others are warned about already
-        build.warnings += health.class_loss_warnings(kept, len(x_pool), set(y_labelled) if y_labelled is not None
-                                                       else set())
+        build.warnings += health.class_loss_warnings(
+            kept, len(x_pool), set(y_labelled) if y_labelled is not None else set()
+        )
 
 
 def teachers_mode(build: Build, head, head_input, pool_out: dict | None) -> None:
@@ -130,13 +151,14 @@ def teachers_mode(build: Build, head, head_input, pool_out: dict | None) -> None
     x_pool = head_input.numpy(pool_out).astype(np.float64)
     _check_sources(build, head_input, x_pool, OUTPUTS_ON)
     probs, route = head.numpy(pool_out)
-    build.metadata["onnxmerge.route"] = json.dumps([n for n, _ in head_input.teachers]
-                                                           + list(head.new_classes))
+    build.metadata["onnxmerge.route"] = json.dumps([n for n, _ in head_input.teachers] + list(head.new_classes))
     predicted = np.asarray(classes)[probs.argmax(axis=1)]
-    claims = health.teacher_claims(head.space.labels, [head_input.probabilities(pool_out, n, k)
-                                                       for n, k in head_input.teachers])
-    counts = health.pool_label_counts(classes, _routed_labels(build, head, head_input, x_pool, route), predicted,
-                                      claims)
+    claims = health.teacher_claims(
+        head.space.labels, [head_input.probabilities(pool_out, n, k) for n, k in head_input.teachers]
+    )
+    counts = health.pool_label_counts(
+        classes, _routed_labels(build, head, head_input, x_pool, route), predicted, claims
+    )
     build.report["pool_labels"] = counts
     new = set(head.new_classes)
     build.warnings += health.class_loss_warnings(counts, len(x_pool), new)
@@ -144,7 +166,14 @@ def teachers_mode(build: Build, head, head_input, pool_out: dict | None) -> None
     if head.new_classes and data is not None:
         began, cpu = time.perf_counter(), time.process_time()
         x, y, weight = data
-        result = estimate.cross_validate_new_classes(x, y, weight, head_input.widths(build.widths), build.config.router_C,
-                                                     len(head_input.sources), head.space.merge_matrix(),
-                                                     classes)
+        result = estimate.cross_validate_new_classes(
+            x,
+            y,
+            weight,
+            head_input.widths(build.widths),
+            build.config.router_C,
+            len(head_input.sources),
+            head.space.merge_matrix(),
+            classes,
+        )
         _set_estimate(build, result, time.perf_counter() - began, time.process_time() - cpu)

@@ -43,9 +43,9 @@ class Build:
     weights: WeightFolder
     sources: list[ResolvedSource]
     graph: StitchedGraph
-    engine: Engine                # LocalEngine, or DaskEngine (runtime.dask_engine)
+    engine: Engine  # LocalEngine, or DaskEngine (runtime.dask_engine)
     teachers: list[tuple[str, str]] = field(default_factory=list)  # (name, head kind) of the teaching sources
-    widths: dict[str, int] = field(default_factory=dict)          # width of every feature and head output
+    widths: dict[str, int] = field(default_factory=dict)  # width of every feature and head output
     features: Features | None = None
     warnings: list[str] = field(default_factory=list)
     report: dict = field(default_factory=dict)
@@ -62,8 +62,11 @@ class Build:
 
     def graph_outputs(self) -> list[str]:
         """The stitched graph's outputs the head reads: features (joined and per source), the teachers' heads."""
-        return ([FEATURES] + [output_names(s.name)["feature"] for s in self.sources]
-                + [output_names(n)["head"] for n, _ in self.teachers])
+        return (
+            [FEATURES]
+            + [output_names(s.name)["feature"] for s in self.sources]
+            + [output_names(n)["head"] for n, _ in self.teachers]
+        )
 
 
 @dataclass
@@ -71,6 +74,6 @@ class Fitted:
     """Stage 4's result: Z (light: its weights in the build's folder), the head behind it, its classes."""
 
     model: onnx.ModelProto
-    head: object                  # a scikit-learn Pipeline (mode "fit") or a TeachersHead
+    head: object  # a scikit-learn Pipeline (mode "fit") or a TeachersHead
     classes: list[str]
-    parity_images: np.ndarray     # real images the build used, for the parity check
+    parity_images: np.ndarray  # real images the build used, for the parity check

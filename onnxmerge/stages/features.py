@@ -17,8 +17,16 @@ from .stitching import StitchedGraph
 class Features:
     """The stitched graph's outputs the head reads, on given images; ``from_cache`` until a run was needed."""
 
-    def __init__(self, engine: Engine, graph: StitchedGraph, sources: list[str], teachers: list[str],
-                 widths: dict[str, int], batch: int, cache_dir: str | os.PathLike | None = None):
+    def __init__(
+        self,
+        engine: Engine,
+        graph: StitchedGraph,
+        sources: list[str],
+        teachers: list[str],
+        widths: dict[str, int],
+        batch: int,
+        cache_dir: str | os.PathLike | None = None,
+    ):
         self.engine, self.graph, self.cache_dir, self.batch = engine, graph, cache_dir, batch
         self.names = [output_names(s)["feature"] for s in sources] + [output_names(t)["head"] for t in teachers]
         self.widths = [widths[n] for n in self.names]
@@ -30,8 +38,18 @@ class Features:
         # the cache is keyed on pixels; a cluster's pool of files is not read here, so it is not cached
         key = self._key(images) if self.cache_dir and isinstance(images, np.ndarray) else None
         # a few rows of an entry are recomputed and must agree (runtime/cache.py: a consistent forgery)
-        joined = feature_cache.load(self.cache_dir, key, len(images), check=lambda rows: np.concatenate(
-            [self.engine.outputs(images[rows], self.names)[n] for n in self.names], axis=1)) if key else None
+        joined = (
+            feature_cache.load(
+                self.cache_dir,
+                key,
+                len(images),
+                check=lambda rows: np.concatenate(
+                    [self.engine.outputs(images[rows], self.names)[n] for n in self.names], axis=1
+                ),
+            )
+            if key
+            else None
+        )
         hit = joined is not None and joined.shape[1] == sum(self.widths)
         self.from_cache = self.from_cache and hit  # true only if every extraction was cached
         if hit:
@@ -41,8 +59,10 @@ class Features:
             if not np.isfinite(blocks[name]).all():
                 source = name.rsplit("/", 1)[0]
                 what = "features" if name.endswith("/feature") else "classifier outputs"
-                raise OnnxMergeError(f"source {source!r} produced NaN or infinite {what} on the images; "
-                                     "check its scale/mean/std and its feature tensor.")
+                raise OnnxMergeError(
+                    f"source {source!r} produced NaN or infinite {what} on the images; "
+                    "check its scale/mean/std and its feature tensor."
+                )
         feature_cache.store(self.cache_dir, key, np.concatenate([blocks[n] for n in self.names], axis=1))
         return blocks
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import OnnxMergeError
-from ..graph.stitch import keep_outputs
 from ..files.images import Dataset, ImageFiles
+from ..graph.stitch import keep_outputs
 from ..learn import health
 from ..learn.head import HeadInput, TeachersHead, append_head, fit_head, select_C
 from ..learn.routing import PSEUDO_LABEL_THRESHOLD, pseudo_labels
@@ -36,28 +36,40 @@ def fit_labelled(build: Build, labelled: Dataset | None, pool: Dataset | None) -
     config = build.config
     # C follows the labels a person gave where there are any (pseudo-labels are many but noisy)
     C = select_C(ys[0]) if config.C == "auto" else float(config.C)
-    head = fit_head(x, y, widths, C=C, class_weight=config.class_weight,
-                    sample_weight=np.concatenate(weights) if weights else None)
-    build.report.update({
-        "C": C,
-        "train_accuracy": float(np.mean(head.predict(x) == y)),
-        "feature_dim": int(sum(widths[:len(build.sources)])),
-        "head_inputs": int(x.shape[1]),
-    })
+    head = fit_head(
+        x, y, widths, C=C, class_weight=config.class_weight, sample_weight=np.concatenate(weights) if weights else None
+    )
+    build.report.update(
+        {
+            "C": C,
+            "train_accuracy": float(np.mean(head.predict(x) == y)),
+            "feature_dim": int(sum(widths[: len(build.sources)])),
+            "head_inputs": int(x.shape[1]),
+        }
+    )
     classes = [str(c) for c in head.classes_]
-    assess.fit_mode(build, head, classes, head_input, widths, C,
-                    (xs[0], labelled.y) if labelled is not None else None,
-                    (x_pool, pseudo, keep, weights[-1] if weights else np.ones(kept)) if pool is not None else None)
+    assess.fit_mode(
+        build,
+        head,
+        classes,
+        head_input,
+        widths,
+        C,
+        (xs[0], labelled.y) if labelled is not None else None,
+        (x_pool, pseudo, keep, weights[-1] if weights else np.ones(kept)) if pool is not None else None,
+    )
     model = append_head(keep_outputs(build.graph.model, build.graph_outputs()), head_input, head, build.widths)
     return Fitted(model, head, classes, (labelled if labelled is not None else pool).x)
 
 
-def _pseudo_labelled_pool(build: Build, labelled: Dataset | None, pool: Dataset,
-                          x_labelled: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _pseudo_labelled_pool(
+    build: Build, labelled: Dataset | None, pool: Dataset, x_labelled: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The pool's head input, its pseudo-labels, and which to keep (where the routed teachers are confident)."""
     if not build.teachers:
-        raise OnnxMergeError("an unlabeled pool needs at least one teacher source (teacher = true, with "
-                             "labels) to pseudo-label it.")
+        raise OnnxMergeError(
+            "an unlabeled pool needs at least one teacher source (teacher = true, with labels) to pseudo-label it."
+        )
     head_input = build.head_input()
     fresh = _not_in(pool.x, labelled.x, build.engine) if labelled is not None else np.ones(len(pool.x), bool)
     pool_out = build.features(pool.x[fresh])  # labelled samples win: pool copies of them are dropped
@@ -68,25 +80,33 @@ def _pseudo_labelled_pool(build: Build, labelled: Dataset | None, pool: Dataset,
         owner = {label: i for i, own in enumerate(teachers.labels) for label in own}
         known = [(x_labelled[labelled.y == c], owner[c]) for c in np.unique(labelled.y) if c in owner]
     router = fit_router(build, x_pool, teachers, pool_out, known)
-    build.pool_claims = health.teacher_claims(teachers.labels, [HeadInput.probabilities(pool_out, n, k)
-                                                                 for n, k in build.teachers])
+    build.pool_claims = health.teacher_claims(
+        teachers.labels, [HeadInput.probabilities(pool_out, n, k) for n, k in build.teachers]
+    )
     union_probs, _ = TeachersHead(head_input, teachers, router).numpy(pool_out)
     if labelled is not None and set(teachers.union) <= set(labelled.y):
         # product of experts: the routed teachers and a head fitted on the labels alone must agree
         # (benchmark, k = 5 labels per class: 0.816 vs 0.775 from the teachers alone)
-        alone = fit_head(x_labelled, labelled.y, head_input.widths(build.widths), C=select_C(labelled.y),
-                         class_weight=build.config.class_weight)
+        alone = fit_head(
+            x_labelled,
+            labelled.y,
+            head_input.widths(build.widths),
+            C=select_C(labelled.y),
+            class_weight=build.config.class_weight,
+        )
         cols = [list(alone.classes_).index(c) for c in teachers.union]
         union_probs = union_probs * alone.predict_proba(x_pool)[:, cols]
         union_probs /= np.maximum(union_probs.sum(axis=1, keepdims=True), 1e-300)
     pseudo, keep = pseudo_labels(union_probs, teachers.union)
-    missing = [c for c in teachers.union if c not in set(pseudo[keep])
-               and (labelled is None or c not in set(labelled.y))]
+    missing = [
+        c for c in teachers.union if c not in set(pseudo[keep]) and (labelled is None or c not in set(labelled.y))
+    ]
     if missing:
-        build.warnings.append(f"no pool image was pseudo-labelled {', '.join(map(repr, missing))}; "
-                              "Z leaves these teacher labels out (add labelled images of them to keep them).")
-    build.report["pseudo_labels"] = {"kept": int(keep.sum()), "of": int(len(keep)),
-                                     "threshold": PSEUDO_LABEL_THRESHOLD}
+        build.warnings.append(
+            f"no pool image was pseudo-labelled {', '.join(map(repr, missing))}; "
+            "Z leaves these teacher labels out (add labelled images of them to keep them)."
+        )
+    build.report["pseudo_labels"] = {"kept": int(keep.sum()), "of": int(len(keep)), "threshold": PSEUDO_LABEL_THRESHOLD}
     return x_pool, pseudo, keep
 
 

@@ -14,16 +14,16 @@ import numpy as np
 import onnx
 
 from ..errors import OnnxMergeError
+from ..files.images import decoded
 from ..graph.cut import exposing
 from ..graph.preprocess import reference_preprocess
 from ..graph.stitch import FEATURES, IMAGE, output_names
-from ..files.images import decoded
 from ..learn.head import PROBABILITIES
 from ..runtime.session import CHECK_VALUES_PER_CALL, make_session, run_batched
 from ..runtime.weights import WeightFolder, release_freed_memory
 from .context import Build, Fitted
 
-EXACT = 1e-5     # the contract's tolerance, relative to max(1, max |reference|)
+EXACT = 1e-5  # the contract's tolerance, relative to max(1, max |reference|)
 CONVERTED = 1e-4  # the loosest allowed step (an opset conversion that changes an op's arithmetic)
 
 
@@ -44,15 +44,21 @@ class ParityCheck:
     def line(self) -> str:
         mark = "ok" if self.ok else "FAILED"
         why = f" ({self.why})" if self.why else ""
-        return (f"{self.step}: max |diff| {self.max_abs_error:.2e} <= {self.tolerance:.0e} x {self.scale:.3g}"
-                f"{why} -> {mark}")
+        return (
+            f"{self.step}: max |diff| {self.max_abs_error:.2e} <= {self.tolerance:.0e} x {self.scale:.3g}"
+            f"{why} -> {mark}"
+        )
 
 
-def compare(step: str, actual: np.ndarray, reference: np.ndarray, tolerance: float = EXACT, why: str = "") -> ParityCheck:
+def compare(
+    step: str, actual: np.ndarray, reference: np.ndarray, tolerance: float = EXACT, why: str = ""
+) -> ParityCheck:
     """Compare two arrays the way the contract defines parity."""
     if actual.shape != reference.shape:
-        raise OnnxMergeError(f"parity check {step} failed: shapes differ ({list(actual.shape)} vs "
-                             f"{list(reference.shape)}); this is a bug in onnxmerge, please report it.")
+        raise OnnxMergeError(
+            f"parity check {step} failed: shapes differ ({list(actual.shape)} vs "
+            f"{list(reference.shape)}); this is a bug in onnxmerge, please report it."
+        )
     reference64 = reference.astype(np.float64)
     error = float(np.max(np.abs(actual.astype(np.float64) - reference64))) if actual.size else 0.0
     scale = max(1.0, float(np.max(np.abs(reference64)))) if reference.size else 1.0
@@ -65,8 +71,9 @@ class SourceReference:
     ``weights`` holds a light model's offloaded tensors (the bytes of the source file, moved unchanged).
     """
 
-    def __init__(self, model: onnx.ModelProto, feature: str, pooled: tuple[int, ...] | bool,
-                 weights: WeightFolder | None = None):
+    def __init__(
+        self, model: onnx.ModelProto, feature: str, pooled: tuple[int, ...] | bool, weights: WeightFolder | None = None
+    ):
         self.session = make_session(exposing(model, feature), weights=weights)
         self.feature, self.pooled = feature, pooled
 
@@ -99,8 +106,11 @@ def require(checks: list[ParityCheck]) -> None:
     """Fail the build loudly if any check failed: never ship an unchecked Z."""
     failed = [c for c in checks if not c.ok]
     if failed:
-        raise OnnxMergeError("parity check failed, Z was not written: " + "; ".join(c.line() for c in failed)
-                             + ". Please report this with the source models.")
+        raise OnnxMergeError(
+            "parity check failed, Z was not written: "
+            + "; ".join(c.line() for c in failed)
+            + ". Please report this with the source models."
+        )
 
 
 SAMPLES = 64  # images per parity check, drawn from the images the build used
@@ -119,18 +129,30 @@ def check_parity(build: Build, fitted: Fitted) -> list[ParityCheck]:
     inner = engine.outputs(sample, [n for n in build.graph_outputs() if n != FEATURES], CHECK_VALUES_PER_CALL)
     engine.close()
     references = [_source_reference(build, source, sample) for source in build.sources]
-    z_out = run_batched(engine.session(fitted.model), sample, [PROBABILITIES, FEATURES],
-                        engine.batch(budget=CHECK_VALUES_PER_CALL), quiet=True, lean=build.graph.large)
+    z_out = run_batched(
+        engine.session(fitted.model),
+        sample,
+        [PROBABILITIES, FEATURES],
+        engine.batch(budget=CHECK_VALUES_PER_CALL),
+        quiet=True,
+        lean=build.graph.large,
+    )
     release_freed_memory()
     start, checks = 0, []
     for source, (reference, preprocessing_check) in zip(build.sources, references):
         checks.append(preprocessing_check)
         width = reference.shape[1]
-        check = compare(f"{source.name} features vs source {source.feature!r}",
-                        z_out[FEATURES][:, start:start + width], reference)
+        check = compare(
+            f"{source.name} features vs source {source.feature!r}", z_out[FEATURES][:, start : start + width], reference
+        )
         if not check.ok and source.name in build.graph.notes:
-            check = compare(check.step, z_out[FEATURES][:, start:start + width], reference, CONVERTED,
-                            f"{build.graph.notes[source.name]} may change an op's arithmetic")
+            check = compare(
+                check.step,
+                z_out[FEATURES][:, start : start + width],
+                reference,
+                CONVERTED,
+                f"{build.graph.notes[source.name]} may change an op's arithmetic",
+            )
         checks.append(check)
         start += width
     if build.config.mode == "teachers":
@@ -151,7 +173,7 @@ def _source_reference(build: Build, source, sample: np.ndarray) -> tuple[np.ndar
     preprocessing = Worst(f"{source.name} preprocessing vs numpy reference")
     parts, batch = [], build.engine.batch([source.name], CHECK_VALUES_PER_CALL)
     for start in range(0, len(sample), batch):
-        chunk = sample[start:start + batch]
+        chunk = sample[start : start + batch]
         z_input = preprocess.run([names["input"]], {IMAGE: chunk})[0]
         preprocessing.add(z_input, reference_preprocess(chunk, build.config.input, source.preprocess))
         parts.append(original.features(z_input))

@@ -57,14 +57,24 @@ def fit(build: Build, labelled: Dataset | None, pool: Dataset | None) -> tuple[F
     config = build.config
     build.warnings += [w for s in build.sources for w in (s.label_warnings or [])]
     if config.mode == "fit" and labelled is None and pool is None:
-        raise OnnxMergeError("mode \"fit\" needs labelled images (train) or an unlabeled pool; add [head] train "
-                             "or unlabeled, or use mode = \"teachers\".")
+        raise OnnxMergeError(
+            'mode "fit" needs labelled images (train) or an unlabeled pool; add [head] train '
+            'or unlabeled, or use mode = "teachers".'
+        )
     given = pool if pool is not None else labelled
     probe = decoded(given.x[:16]) if given is not None else np.zeros((1, *config.input.shape), np.uint8)
-    build.teachers, build.widths = find_teachers(build.sources, build.graph.model, build.engine, probe,
-                                                 config.mode, build.warnings)
-    build.features = Features(build.engine, build.graph, [s.name for s in build.sources],
-                              [n for n, _ in build.teachers], build.widths, build.engine.batch(), config.cache_dir)
+    build.teachers, build.widths = find_teachers(
+        build.sources, build.graph.model, build.engine, probe, config.mode, build.warnings
+    )
+    build.features = Features(
+        build.engine,
+        build.graph,
+        [s.name for s in build.sources],
+        [n for n, _ in build.teachers],
+        build.widths,
+        build.engine.batch(),
+        config.cache_dir,
+    )
     fitted = fit_teachers(build, labelled, pool) if config.mode == "teachers" else fit_labelled(build, labelled, pool)
     # a source's own labels (model metadata) reach Z in teachers mode and through pseudo-labels: checked here
     check_labels(fitted.classes, "a source's model (one of Z's classes)", "give that source's labels in the recipe")
@@ -72,17 +82,19 @@ def fit(build: Build, labelled: Dataset | None, pool: Dataset | None) -> tuple[F
     parity = check_parity(build, fitted)
     build.weights.check(fitted.model)
     known = {label for s in build.sources for label in (s.labels or [])}
-    build.report.update({
-        "mode": config.mode,
-        "classes": fitted.classes,
-        "new_classes": [c for c in fitted.classes if c not in known],
-        "train_images": len(labelled.x) if labelled is not None else 0,
-        "pool_images": len(pool.x) if pool is not None else 0,
-        "teachers": {name: kind for name, kind in build.teachers},
-        "warnings": build.warnings,
-        "shared": build.graph.share.as_dict(),
-        "features_from_cache": build.features.from_cache,
-    })
+    build.report.update(
+        {
+            "mode": config.mode,
+            "classes": fitted.classes,
+            "new_classes": [c for c in fitted.classes if c not in known],
+            "train_images": len(labelled.x) if labelled is not None else 0,
+            "pool_images": len(pool.x) if pool is not None else 0,
+            "teachers": {name: kind for name, kind in build.teachers},
+            "warnings": build.warnings,
+            "shared": build.graph.share.as_dict(),
+            "features_from_cache": build.features.from_cache,
+        }
+    )
     return fitted, parity
 
 
@@ -90,8 +102,9 @@ def set_metadata(model: onnx.ModelProto, build: Build, classes: list[str]) -> No
     """Z's ``metadata_props`` as PRODUCT.md defines them, and its producer."""
     props = {
         "onnxmerge.labels": json.dumps(classes),
-        "onnxmerge.sources": json.dumps([{"name": s.name, "sha256": s.sha256, "feature": s.feature}
-                                         for s in build.sources]),
+        "onnxmerge.sources": json.dumps(
+            [{"name": s.name, "sha256": s.sha256, "feature": s.feature} for s in build.sources]
+        ),
         "onnxmerge.mode": build.config.mode,
         "onnxmerge.version": __version__,
     }

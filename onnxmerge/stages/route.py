@@ -7,8 +7,8 @@ import numpy as np
 from sklearn.pipeline import Pipeline
 
 from ..errors import OnnxMergeError
-from ..graph.stitch import keep_outputs, output_names
 from ..files.images import Dataset
+from ..graph.stitch import keep_outputs, output_names
 from ..learn.head import HeadInput, TeachersHead, fit_head
 from ..learn.routing import Teachers, l2_blocks, route_pool
 from . import assess
@@ -21,11 +21,15 @@ def fit_teachers(build: Build, labelled: Dataset | None, pool: Dataset | None) -
     new = sorted(set(labelled.y)) if labelled is not None else []
     overlap = [c for c in new if c in teachers.union]
     if overlap:
-        raise OnnxMergeError(f"mode \"teachers\" takes a train set of new classes only, but {overlap[0]!r} is a "
-                             "teacher's label; remove those images, or use mode = \"fit\" to learn from labels.")
+        raise OnnxMergeError(
+            f'mode "teachers" takes a train set of new classes only, but {overlap[0]!r} is a '
+            'teacher\'s label; remove those images, or use mode = "fit" to learn from labels.'
+        )
     if new and pool is None:
-        raise OnnxMergeError("new classes in mode \"teachers\" need an unlabeled pool to tell them from the "
-                             "teachers' classes; add [head] unlabeled.")
+        raise OnnxMergeError(
+            'new classes in mode "teachers" need an unlabeled pool to tell them from the '
+            "teachers' classes; add [head] unlabeled."
+        )
     head_input = build.head_input()
     router = None
     if pool is not None:
@@ -43,8 +47,13 @@ def fit_teachers(build: Build, labelled: Dataset | None, pool: Dataset | None) -
     return Fitted(model, head, head.classes, parity)
 
 
-def fit_router(build: Build, x_pool: np.ndarray, teachers: Teachers, pool: dict[str, np.ndarray],
-               known: list[tuple[np.ndarray, int]]) -> Pipeline:
+def fit_router(
+    build: Build,
+    x_pool: np.ndarray,
+    teachers: Teachers,
+    pool: dict[str, np.ndarray],
+    known: list[tuple[np.ndarray, int]],
+) -> Pipeline:
     """Fit the "which source" router on the pool, its targets from label-matched clustering.
 
     ``x_pool`` is the pool's head input, ``pool`` its stitched-graph outputs. ``known`` holds ``(head
@@ -60,8 +69,9 @@ def fit_router(build: Build, x_pool: np.ndarray, teachers: Teachers, pool: dict[
     y_known = np.concatenate([np.full(len(x), c) for x, c in known]) if known else np.zeros(0, int)
     x_all, y_all = np.concatenate([x_pool, x_known]), np.concatenate([targets, y_known])
     if len(np.unique(y_all)) < 2:
-        raise OnnxMergeError("every pool image was routed to one source; the pool must hold images of "
-                             "several sources' classes.")
+        raise OnnxMergeError(
+            "every pool image was routed to one source; the pool must hold images of several sources' classes."
+        )
     # labelled images of the teachers' labels count as much as the whole pool: their source is certain,
     # the pool's is a guess (benchmark: +0.7 to +2 points over equal weights); new classes are balanced
     # by class_weight already
@@ -69,17 +79,26 @@ def fit_router(build: Build, x_pool: np.ndarray, teachers: Teachers, pool: dict[
     certain = np.flatnonzero(y_known < len(teachers.names)) + len(x_pool)
     if len(certain):
         weight[certain] = len(x_pool) / len(certain)
-    router = fit_head(x_all, y_all, build.head_input().widths(build.widths), C=build.config.router_C,
-                      class_weight="balanced", sample_weight=weight)
+    router = fit_head(
+        x_all,
+        y_all,
+        build.head_input().widths(build.widths),
+        C=build.config.router_C,
+        class_weight="balanced",
+        sample_weight=weight,
+    )
     build.router_data = (x_all, y_all, weight)  # assess.teachers_mode refits the router per fold
     unrouted = [n for i, n in enumerate(teachers.names) if not np.any(y_all == i)]
     if unrouted:
-        build.warnings.append(f"no pool image was routed to {', '.join(map(repr, unrouted))} (another teacher "
-                              "claims the same images); Z never uses its head.")
+        build.warnings.append(
+            f"no pool image was routed to {', '.join(map(repr, unrouted))} (another teacher "
+            "claims the same images); Z never uses its head."
+        )
     build.report["routing"] = {
         "method": "label-matched clustering + logistic-regression router",
         "pool_share": {n: float(np.mean(routing.source == i)) for i, n in enumerate(teachers.names)},
-        "router_targets": int(len(targets)), "label_counts": routing.label_counts(),
+        "router_targets": int(len(targets)),
+        "label_counts": routing.label_counts(),
         "scarce_labels": routing.scarce_labels(),
     }
     return router

@@ -10,16 +10,15 @@ import numpy as np
 import onnx
 
 from ..errors import OnnxMergeError, first_line
+from ..files.models import load_model_with_digest
 from ..graph.batchloop import exposing_all, per_image
 from ..graph.cut import CutModel, cut, inferred_rank, source_input
 from ..graph.inspect import find_head, find_head_output, read_labels
 from ..graph.preprocess import ImageInput, Preprocess, reference_preprocess
 from ..graph.stitch import FEATURES
-from ..files.models import load_model_with_digest
 from ..learn.head import LABEL, PROBABILITIES
 from ..runtime.session import make_session, tensor_rank
 from ..runtime.weights import WeightFolder
-
 
 MAX_PIXELS = 8192 * 8192  # a declared size beyond this is a hostile or broken model, not a photo
 RESERVED = (FEATURES, LABEL, PROBABILITIES, "image", "head")
@@ -62,7 +61,7 @@ class ResolvedSource:
 def check_config(image: ImageInput, sources: list[Source], mode: str, modes: tuple[str, ...]) -> None:
     """The checks a configuration must pass before any model is read."""
     if mode not in modes:
-        raise OnnxMergeError(f"mode {mode!r} is unknown; use \"fit\" or \"teachers\".")
+        raise OnnxMergeError(f'mode {mode!r} is unknown; use "fit" or "teachers".')
     if len(sources) < 1:
         raise OnnxMergeError("no sources given; add at least one [[sources]] table.")
     names = [s.name for s in sources]
@@ -71,8 +70,10 @@ def check_config(image: ImageInput, sources: list[Source], mode: str, modes: tup
         raise OnnxMergeError(f"source name {duplicates[0]!r} is used twice; give every source its own name.")
     for name in names:
         if not name or "/" in name or name in RESERVED:
-            raise OnnxMergeError(f"source name {name!r} is not usable as a namespace; use letters, digits, "
-                                 "'_' or '-', and not a reserved name (features, label, probabilities, image, head).")
+            raise OnnxMergeError(
+                f"source name {name!r} is not usable as a namespace; use letters, digits, "
+                "'_' or '-', and not a reserved name (features, label, probabilities, image, head)."
+            )
     if image.channels not in (1, 3) or image.height <= 0 or image.width <= 0:
         raise OnnxMergeError(f"[input] {image} is invalid; height and width must be positive and channels 1 or 3.")
 
@@ -91,9 +92,11 @@ def resolve_sources(specs: list[Source], image: ImageInput, weights: WeightFolde
         except OnnxMergeError:
             raise
         except Exception as exc:  # a model that passed onnx's checker and onnxruntime but defeats the graph steps
-            raise OnnxMergeError(f"source {spec.name!r} ({spec.model}) could not be cut ({type(exc).__name__}: "
-                                 f"{first_line(exc)}); name its feature tensor "
-                                 "explicitly, or report the model if it is valid.") from exc
+            raise OnnxMergeError(
+                f"source {spec.name!r} ({spec.model}) could not be cut ({type(exc).__name__}: "
+                f"{first_line(exc)}); name its feature tensor "
+                "explicitly, or report the model if it is valid."
+            ) from exc
         resolved.append(source)
     return resolved
 
@@ -125,8 +128,9 @@ def _resolve(spec: Source, image: ImageInput, weights: WeightFolder) -> Resolved
     warnings = [f"source {spec.name!r}: {w}" for w in carried.warnings] if spec.labels is None else []
     preprocess = resolve_preprocess(spec.name, model, spec.preprocess, image)
     model, note = dynamic_batch(spec.name, model, preprocess, image, weights, [feature, head_output])
-    return ResolvedSource(spec, model, feature, reason, head_output, labels, preprocess, sha256, batch_note=note,
-                          label_warnings=warnings)
+    return ResolvedSource(
+        spec, model, feature, reason, head_output, labels, preprocess, sha256, batch_note=note, label_warnings=warnings
+    )
 
 
 def _static(dim) -> int | None:
@@ -146,20 +150,34 @@ def resolve_preprocess(name: str, model: onnx.ModelProto, spec: Preprocess, imag
     elif len(dims) == 2:
         height, width, channels, layout = _flat_input(name, dims, spec, image)
     else:
-        raise OnnxMergeError(f"source {name!r} takes an input of rank {len(dims)}; onnxmerge feeds images as "
-                             "[N, C, H, W], [N, H, W, C] or flat [N, H*W*C].")
+        raise OnnxMergeError(
+            f"source {name!r} takes an input of rank {len(dims)}; onnxmerge feeds images as "
+            "[N, C, H, W], [N, H, W, C] or flat [N, H*W*C]."
+        )
     if height * width > MAX_PIXELS:
-        raise OnnxMergeError(f"source {name!r} takes {height}x{width} images, more than onnxmerge accepts "
-                             f"({MAX_PIXELS:,} pixels); set a smaller height/width in its [sources.preprocess].")
+        raise OnnxMergeError(
+            f"source {name!r} takes {height}x{width} images, more than onnxmerge accepts "
+            f"({MAX_PIXELS:,} pixels); set a smaller height/width in its [sources.preprocess]."
+        )
     if channels not in (1, 3):
         raise OnnxMergeError(f"source {name!r} expects {channels} channels; onnxmerge converts between 1 and 3 only.")
     mean, std = _per_channel_normalisation(name, spec, channels)
-    return Preprocess(scale=spec.scale, mean=mean, std=std, height=height, width=width, channels=channels,
-                      layout=layout, flat=len(dims) == 2, dtype=np.dtype(dtype))
+    return Preprocess(
+        scale=spec.scale,
+        mean=mean,
+        std=std,
+        height=height,
+        width=width,
+        channels=channels,
+        layout=layout,
+        flat=len(dims) == 2,
+        dtype=np.dtype(dtype),
+    )
 
 
-def _image_input(name: str, input_name: str, dims: list, spec: Preprocess, image: ImageInput
-                 ) -> tuple[int, int, int, str]:
+def _image_input(
+    name: str, input_name: str, dims: list, spec: Preprocess, image: ImageInput
+) -> tuple[int, int, int, str]:
     """Size, channels and layout of a 4-D image input: the recipe's, else the model's static ones, else Z's."""
     layout = spec.layout
     if layout is None:
@@ -168,13 +186,17 @@ def _image_input(name: str, input_name: str, dims: list, spec: Preprocess, image
         elif _static(dims[3]) in (1, 3):
             layout = "NHWC"
         else:
-            raise OnnxMergeError(f"source {name!r}: cannot tell the layout of input shape {dims}; set "
-                                 "layout = \"NCHW\" or \"NHWC\" in its [sources.preprocess].")
+            raise OnnxMergeError(
+                f"source {name!r}: cannot tell the layout of input shape {dims}; set "
+                'layout = "NCHW" or "NHWC" in its [sources.preprocess].'
+            )
     c, h, w = (dims[1], dims[2], dims[3]) if layout == "NCHW" else (dims[3], dims[1], dims[2])
     for key, given, static in (("height", spec.height, h), ("width", spec.width, w), ("channels", spec.channels, c)):
         if given is not None and _static(static) is not None and given != static:
-            raise OnnxMergeError(f"source {name!r}: preprocess {key} = {given} but the model's input "
-                                 f"{input_name!r} {dims} ({layout}) has {key} {static}; remove the key or fix it.")
+            raise OnnxMergeError(
+                f"source {name!r}: preprocess {key} = {given} but the model's input "
+                f"{input_name!r} {dims} ({layout}) has {key} {static}; remove the key or fix it."
+            )
     height = spec.height or _static(h) or image.height
     width = spec.width or _static(w) or image.width
     channels = spec.channels or _static(c) or image.channels
@@ -190,11 +212,15 @@ def _flat_input(name: str, dims: list, spec: Preprocess, image: ImageInput) -> t
         if _static(dims[1]) == image.height * image.width * channels:
             height, width = height or image.height, width or image.width
         else:
-            raise OnnxMergeError(f"source {name!r} takes a flat input {dims}; set height, width and channels "
-                                 "in its [sources.preprocess] so that height*width*channels matches.")
+            raise OnnxMergeError(
+                f"source {name!r} takes a flat input {dims}; set height, width and channels "
+                "in its [sources.preprocess] so that height*width*channels matches."
+            )
     if _static(dims[1]) and _static(dims[1]) != height * width * channels:
-        raise OnnxMergeError(f"source {name!r} takes {dims[1]} values per image but height*width*channels "
-                             f"is {height * width * channels}; fix its [sources.preprocess].")
+        raise OnnxMergeError(
+            f"source {name!r} takes {dims[1]} values per image but height*width*channels "
+            f"is {height * width * channels}; fix its [sources.preprocess]."
+        )
     return height, width, channels, layout
 
 
@@ -202,8 +228,10 @@ def _per_channel_normalisation(name: str, spec: Preprocess, channels: int) -> tu
     for key in ("mean", "std"):
         values = getattr(spec, key)
         if len(values) not in (1, channels):
-            raise OnnxMergeError(f"source {name!r}: {key} has {len(values)} values but the source takes "
-                                 f"{channels} channels; give one value per channel.")
+            raise OnnxMergeError(
+                f"source {name!r}: {key} has {len(values)} values but the source takes "
+                f"{channels} channels; give one value per channel."
+            )
     if any(s == 0 for s in spec.std):
         raise OnnxMergeError(f"source {name!r}: std contains 0; every std must be non-zero.")
     mean = tuple(spec.mean) * (channels if len(spec.mean) == 1 else 1)
@@ -211,8 +239,14 @@ def _per_channel_normalisation(name: str, spec: Preprocess, channels: int) -> tu
     return mean, std
 
 
-def dynamic_batch(name: str, model: onnx.ModelProto, preprocess: Preprocess, image: ImageInput,
-                  weights: WeightFolder, keep: list[str] = ()) -> tuple[onnx.ModelProto, str | None]:
+def dynamic_batch(
+    name: str,
+    model: onnx.ModelProto,
+    preprocess: Preprocess,
+    image: ImageInput,
+    weights: WeightFolder,
+    keep: list[str] = (),
+) -> tuple[onnx.ModelProto, str | None]:
     """Make a fixed batch dimension dynamic where the graph allows it (checked by running a batch of 2); a
     batch-1-only graph runs image by image inside a Loop (``keep``: tensors the build reads, kept exposed)."""
     dim = source_input(model).type.tensor_type.shape.dim
@@ -242,44 +276,58 @@ def check_per_image(original_session, wrapped_session, images: np.ndarray, names
     together = wrapped_session.run(names, {wrapped_session.get_inputs()[0].name: images})
     worst = 0.0
     for k in range(len(images)):
-        alone = original_session.run(names, {input_name: images[k:k + 1]})
+        alone = original_session.run(names, {input_name: images[k : k + 1]})
         for a, b in zip(alone, together):
-            a64, b64 = np.asarray(a, np.float64), np.asarray(b[k:k + 1], np.float64)
+            a64, b64 = np.asarray(a, np.float64), np.asarray(b[k : k + 1], np.float64)
             scale = max(1.0, float(np.abs(a64).max())) if a64.size else 1.0
             worst = max(worst, float(np.abs(a64 - b64).max()) / scale if a64.size else 0.0)
     return worst
 
 
-def run_per_image(name: str, model: onnx.ModelProto, fixed: int, probe: np.ndarray, keep: list[str],
-                  weights=None) -> tuple[onnx.ModelProto, str]:
+def run_per_image(
+    name: str, model: onnx.ModelProto, fixed: int, probe: np.ndarray, keep: list[str], weights=None
+) -> tuple[onnx.ModelProto, str]:
     """For the build: ``model`` (fixed batch ``fixed``) wrapped by ``per_image``, checked on ``probe``
     (a few preprocessed images) against the original run image by image; ``(wrapped, the build's note)``.
 
     A fixed batch other than 1, or a wrapper that does not reproduce the source, is a one-sentence error.
     """
     if fixed != 1:
-        raise OnnxMergeError(f"source {name!r} has a fixed batch of {fixed} baked into its graph (it fails on "
-                             "other batches), so Z could not take a dynamic batch; re-export it with a dynamic "
-                             "batch axis.")
+        raise OnnxMergeError(
+            f"source {name!r} has a fixed batch of {fixed} baked into its graph (it fails on "
+            "other batches), so Z could not take a dynamic batch; re-export it with a dynamic "
+            "batch axis."
+        )
     input_name = source_input(model).name
     wrapped = per_image(model, input_name, keep)
     # checked on the build's probe and on random images in the range a normalised input has
     noise = np.random.default_rng(0).standard_normal((3, *probe.shape[1:])).astype(probe.dtype)
     probe = np.concatenate([probe, noise])
-    names = [o.name for o in wrapped.graph.output] + [k for k in keep if k and k not in
-                                                      {o.name for o in wrapped.graph.output} and k != input_name]
+    names = [o.name for o in wrapped.graph.output] + [
+        k for k in keep if k and k not in {o.name for o in wrapped.graph.output} and k != input_name
+    ]
     try:
         exposed_original, exposed_wrapped = (exposing_all(m, names) for m in (model, wrapped))
-        error = check_per_image(make_session(exposed_original, weights=weights),
-                                make_session(exposed_wrapped, weights=weights), probe, names)
+        error = check_per_image(
+            make_session(exposed_original, weights=weights),
+            make_session(exposed_wrapped, weights=weights),
+            probe,
+            names,
+        )
     except OnnxMergeError:
         raise
     except Exception as exc:  # onnxruntime refused the wrapped graph
-        raise OnnxMergeError(f"source {name!r} runs only at batch 1 and could not be run image by image "
-                             f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); re-export it with a "
-                             "dynamic batch axis.") from None
+        raise OnnxMergeError(
+            f"source {name!r} runs only at batch 1 and could not be run image by image "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); re-export it with a "
+            "dynamic batch axis."
+        ) from None
     if error > 1e-5:  # the contract's parity bound (build.parity.EXACT)
-        raise OnnxMergeError(f"source {name!r} runs only at batch 1 and, run image by image inside a Loop, "
-                             f"differs from itself by {error:.2e}; re-export it with a dynamic batch axis.")
-    return wrapped, (f"fixed batch 1: runs image by image inside Z (an ONNX Loop over the batch; checked on a "
-                     f"batch of {len(probe)}: max |diff| {error:.1e})")
+        raise OnnxMergeError(
+            f"source {name!r} runs only at batch 1 and, run image by image inside a Loop, "
+            f"differs from itself by {error:.2e}; re-export it with a dynamic batch axis."
+        )
+    return wrapped, (
+        f"fixed batch 1: runs image by image inside Z (an ONNX Loop over the batch; checked on a "
+        f"batch of {len(probe)}: max |diff| {error:.1e})"
+    )

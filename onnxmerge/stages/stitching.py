@@ -22,10 +22,10 @@ class StitchedGraph:
     """The sources' graph without a head: outputs ``features``, ``NAME/feature``, ``NAME/head``, ``NAME/input``."""
 
     model: onnx.ModelProto
-    notes: dict[str, str]          # per source, a conversion the stitch made (an opset change)
+    notes: dict[str, str]  # per source, a conversion the stitch made (an opset change)
     share: ShareStats
-    groups: list[list[str]]        # sources that run in one session
-    large: bool                    # weights above LARGE_MODEL_BYTES: run group by group
+    groups: list[list[str]]  # sources that run in one session
+    large: bool  # weights above LARGE_MODEL_BYTES: run group by group
 
 
 def stitch_sources(sources: list[ResolvedSource], image: ImageInput) -> StitchedGraph:
@@ -40,16 +40,23 @@ def stitch_sources(sources: list[ResolvedSource], image: ImageInput) -> Stitched
     return StitchedGraph(model, notes, share, groups, large)
 
 
-def local_engine(graph: StitchedGraph, sources: list[ResolvedSource], weights: WeightFolder,
-                 batch_size: int, quiet: bool) -> LocalEngine:
+def local_engine(
+    graph: StitchedGraph, sources: list[ResolvedSource], weights: WeightFolder, batch_size: int, quiet: bool
+) -> LocalEngine:
     """The engine that runs ``graph`` here, its calls sized by each source's input."""
     values = {s.name: s.preprocess.height * s.preprocess.width * s.preprocess.channels for s in sources}
     joined = {FEATURES: [output_names(s.name)["feature"] for s in sources]}
     return LocalEngine(graph.model, weights, graph.groups, values, joined, batch_size, graph.large, quiet)
 
 
-def make_engine(graph: StitchedGraph, sources: list[ResolvedSource], weights: WeightFolder, batch_size: int,
-                quiet: bool, tasks: Tasks | None = None) -> Engine:
+def make_engine(
+    graph: StitchedGraph,
+    sources: list[ResolvedSource],
+    weights: WeightFolder,
+    batch_size: int,
+    quiet: bool,
+    tasks: Tasks | None = None,
+) -> Engine:
     """The local engine, or where ``tasks`` is a cluster (``runtime.dask_engine``), the Dask engine over it."""
     local = local_engine(graph, sources, weights, batch_size, quiet)
     if tasks is None or isinstance(tasks, LocalTasks):

@@ -14,8 +14,14 @@ from ..runtime.engine import Engine
 from .sources import ResolvedSource
 
 
-def find_teachers(sources: list[ResolvedSource], graph: onnx.ModelProto, engine: Engine, probe: np.ndarray,
-                  mode: str, warnings: list[str]) -> tuple[list[tuple[str, str]], dict[str, int]]:
+def find_teachers(
+    sources: list[ResolvedSource],
+    graph: onnx.ModelProto,
+    engine: Engine,
+    probe: np.ndarray,
+    mode: str,
+    warnings: list[str],
+) -> tuple[list[tuple[str, str]], dict[str, int]]:
     """``(name, head kind)`` of every teaching source, and the width of every feature and head output.
 
     One run on ``probe`` images tells both. Sources that cannot teach in mode "fit" add a warning and
@@ -32,26 +38,34 @@ def find_teachers(sources: list[ResolvedSource], graph: onnx.ModelProto, engine:
         if name not in heads or source.labels is None:
             if mode == "teachers":
                 what = "labels" if source.labels is None else "classifier output"
-                raise OnnxMergeError(f"source {name!r} is a teacher without {what}; give its labels "
-                                     "in the recipe, or set teacher = false to use it as a feature extractor only.")
+                raise OnnxMergeError(
+                    f"source {name!r} is a teacher without {what}; give its labels "
+                    "in the recipe, or set teacher = false to use it as a feature extractor only."
+                )
             continue
         head = outputs[heads[name]]
         if widths[heads[name]] != len(source.labels):
             if mode == "teachers":
-                raise OnnxMergeError(f"source {name!r} has {len(source.labels)} labels but its "
-                                     f"classifier output {source.head_output!r} has shape "
-                                     f"{list(head.shape)}; fix its labels or head_output.")
-            warnings.append(f"source {name!r} has {len(source.labels)} labels but its classifier output "
-                            f"has {widths[heads[name]]} columns; its head is not used (features only).")
+                raise OnnxMergeError(
+                    f"source {name!r} has {len(source.labels)} labels but its "
+                    f"classifier output {source.head_output!r} has shape "
+                    f"{list(head.shape)}; fix its labels or head_output."
+                )
+            warnings.append(
+                f"source {name!r} has {len(source.labels)} labels but its classifier output "
+                f"has {widths[heads[name]]} columns; its head is not used (features only)."
+            )
             continue
         foreign = head_domains(graph.graph, name)
         if foreign and mode == "fit":  # Z's head stays runnable on minimal onnxruntime builds
-            warnings.append(f"the own head of source {name!r} uses {sorted(foreign)} ops, so Z's "
-                            "head does not read its probabilities (features only).")
+            warnings.append(
+                f"the own head of source {name!r} uses {sorted(foreign)} ops, so Z's "
+                "head does not read its probabilities (features only)."
+            )
             continue
         kinds.append((name, head_kind(head)))
     if mode == "teachers" and not kinds:
-        raise OnnxMergeError("mode \"teachers\" needs at least one source with teacher = true and labels.")
+        raise OnnxMergeError('mode "teachers" needs at least one source with teacher = true and labels.')
     return kinds, widths
 
 
