@@ -3,16 +3,11 @@ columns, and teachers that are saturated or nearly constant over the training im
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
+from benchmarks.parity.head_numerics import edited_teacher, head_parity, ill_conditioned
 from onnxmerge import ImageInput, Merger, Preprocess, Source
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from head_numerics import edited_teacher, head_parity, ill_conditioned  # noqa: E402
 
 
 @pytest.mark.parametrize("seed", [0, 1])

@@ -81,7 +81,7 @@ def read_images(paths: list[str | os.PathLike], image: ImageInput, threads: int 
     Each image is written into its row as it is decoded, so a pool costs its pixels once (stacking a list of
     decoded images held every image twice at the peak). With two cores or fewer the pool is skipped: on a
     2-core machine decoding 1,800 28x28 PNGs took 395 ms in 4 threads, 297 ms in a plain loop (small images
-    are GIL-bound; benchmarks/speed.py case c).
+    are GIL-bound; benchmarks/speed/cases.py case c).
     """
     out = np.empty((len(paths), *image.shape), np.uint8)
     if not paths:

@@ -34,7 +34,7 @@ class HeadInput:
 
     L2-normalising each block keeps a source with large activations from dominating; the teachers'
     log-probabilities let a linear head reproduce "route, then ask the owning source"
-    (``log router(s|x) + log p_s(l|x)`` is linear in them). Measured in benchmarks/accuracy.py.
+    (``log router(s|x) + log p_s(l|x)`` is linear in them). Measured in benchmarks/accuracy/modes.py.
     """
 
     sources: list[str]  # feature blocks, in order
@@ -104,7 +104,7 @@ def log_probability_nodes(name: str, kind: str) -> list[onnx.NodeProto]:
 
 FEW_SHOT_C, MANY_SHOT_C, MANY_SHOT = 0.1, 1.0, 50
 #: a column's scale is at least this fraction of its largest |value| (fit_head); 1e-2 kept parity with a 3x
-#: margin on the near-constant teachers of benchmarks/head_numerics.py, 3e-2 with 20x, at the same accuracy
+#: margin on the near-constant teachers of benchmarks/parity/head_numerics.py, 3e-2 with 20x, at the same accuracy
 SCALE_FLOOR = 3e-2
 
 
@@ -145,7 +145,7 @@ def fit_head(
     Each column's scale is floored at ``scale_floor`` (default ``SCALE_FLOOR``) times its largest magnitude:
     a near-constant column (a teacher that gives every image p = 0.1 +- 1e-4, or a saturated one) would
     otherwise get a weight so large that one float32 rounding step in Z's head input (onnxruntime's Log or
-    L2 norm vs numpy's) moves the probabilities by more than the parity bound (benchmarks/head_numerics.py).
+    L2 norm vs numpy's) moves the probabilities by more than the parity bound (benchmarks/parity/head_numerics.py).
     """
     scale_floor = SCALE_FLOOR if scale_floor is None else scale_floor
     classes = np.unique(labels)
@@ -202,7 +202,7 @@ def folded_weights(pipeline: Pipeline, centre: np.ndarray | None = None) -> tupl
 def _linear(x: str, pipeline: Pipeline, prefix: str, out: str, centred: bool = True) -> tuple[list, list]:
     """``x`` -> Sub(means) -> MatMul + Add -> Softmax: the fitted pipeline in plain ONNX ops (``folded_weights``).
 
-    ``centred=False`` is the plain fold (no Sub), kept for benchmarks/head_numerics.py's comparison.
+    ``centred=False`` is the plain fold (no Sub), kept for benchmarks/parity/head_numerics.py's comparison.
     """
     centre = pipeline[0].mean_.astype(np.float32) if centred else None
     weights, bias = folded_weights(pipeline, centre)

@@ -142,9 +142,9 @@ def class_loss_warnings(counts: dict[str, dict], pool_images: int, labelled: set
 
     ``labelled`` labels have labelled images of their own, so a thin pool share is no loss for them.
     "Implausibly few": under ``FEW_SHARE`` of the pool's mean images per label. "A small part": under
-    ``CLAIMED_SHARE`` of the claimed images. Tuned with benchmarks/routing_warnings.py on 34 setups and
-    pools of the tuning seed (100, validation images): it names 56 of the 57 labels Z answered with recall
-    < 0.3 (the two count rules alone: 28), and 16% of those with recall >= 0.5 (a teacher also claims other
+    ``CLAIMED_SHARE`` of the claimed images. Tuned on 34 setups and pools of the tuning seed (100,
+    validation images; benchmarks/RESULTS.md): it names 56 of the 57 labels Z answered with recall < 0.3
+    (the two count rules alone: 28), and 16% of those with recall >= 0.5 (a teacher also claims other
     teachers' look-alike images, so some false alarms are the price).
     """
     if not counts or not pool_images:

@@ -15,11 +15,9 @@ for its pseudo-labels):
    centroid, so a 100,000-image pool costs little more than 5,000);
 2. match clusters one-to-one to the labels repeated 4 times with the Hungarian algorithm, maximising the
    mean probability the label's own source gives the label over the cluster's images; every image gets
-   the source that owns its cluster's label. One cluster per label (the routing before issue 16) cannot
-   route a pool where k-means merges look-alike classes of different teachers into one cluster
-   (Pullover + Coat + Shirt) and splits others (Bag in two): even each such cluster given its majority
-   TRUE source routed only 0.68 / 0.56 / 0.60 of images right at K = 3 / 3 with a 10% teacher / 5, where
-   4 clusters per label with their true majority reach 0.79 / 0.69 / 0.68;
+   the source that owns its cluster's label. One cluster per label cannot route a pool where k-means
+   merges look-alike classes of different teachers into one cluster (Pullover + Coat + Shirt) and splits
+   others (Bag in two);
 3. repeat with ``runs`` k-means seeds and take the majority source per image, with its **agreement** (the
    share of runs that voted for it);
 4. the router learns only from images whose runs agreed (agreement >= ``MIN_AGREEMENT`` = 0.8). Where a
@@ -29,75 +27,17 @@ for its pseudo-labels):
 
 ``match_sources`` keeps its old call and returns the majority source of every image.
 
-Chosen on tuning seeds (100+), scored on training images outside the pool (never the test split;
-``benchmarks/routing_tune.py``, 39 cases: K = 2, 3, 4, 5 teachers, interleaved and grouped classes, pools
-balanced / one teacher 10% / long-tailed / two labels missing / 20% junk / 10,000 images / blurred).
-Z's mean accuracy: 4 clusters per label at 0.8 agreement 0.667, one per label at 0.7 (the routing of
-the previous release) 0.650, one per label and every image a target 0.646; the labelled oracle 0.818.
-4 per label won in 57% of cases and lost in 33% (mostly long-tailed and two-labels-missing pools at
-K = 3, where equal label shares are the wrong assumption: -1 to -3 points); by group K=2 interleaved
-0.756 -> 0.773, K=2 grouped 0.711 -> 0.728, K=3 0.658 -> 0.654 (grouped 0.674 -> 0.671), K=4 0.504 ->
-0.521, K=5 0.531 -> 0.577, K=5 grouped 0.584 -> 0.624. At one cluster per label, 0.7 had beaten 0.8 (0.8
-lost 9 points at K=5); with 4 per label 0.8 is ahead (numpy, ``benchmarks/routing_matchings.py``: 0.720 /
-0.658 / 0.594 / 0.827 vs 0.705 / 0.647 / 0.598 / 0.811 at 0.7 agreement, K=3 / K=3 10% / K=5 / K=2).
-On the test seeds 0-2 (``benchmarks/RESULTS.md``, 51 setups and pools) it beat the previous release in 41
-and lost in 9 (mean +3.6 points); the worst losses are K=3 grouped (-5 to -9) and 50-image pools.
-
-Measured and not kept (same protocol, one cluster per label unless said): more clusters than labels with
-many-to-one assignment
-under "every label gets >= 1 cluster" (3 per label: 0.520, 5 per label: 0.438 vs 0.622: the extra
-clusters go to whichever teacher is most confident, which is max-probability routing again, even with
-affinities standardised per label); EM over a mixture of experts (tied-covariance Gaussians per teacher
-label in 32 PCA dimensions, the teacher's own probabilities inside each source, priors re-estimated,
-started from this routing: 0.587-0.603, it refines the same local optimum); k-means in whitened PCA space
-(0.558 vs 0.604, 10 runs each); a feature-compactness score per source (centred resultant length of a cluster in
-the source's
-own block) added to the matching cost (+1.2 points with 10 runs and no agreement filter; -0.8 to +5 at
-0.9 agreement on 3 teachers, -2.4 on 5). Two extra clusters
-that no label is matched to (their images vote "none of these", ``extra_clusters``) cut the junk the
-router learns from (20% junk of no union class: 76% -> 64% of it kept, accuracy 0.660 -> 0.665) but cost
-a clean pool 5 points (0.668 -> 0.619), so the default is 0: with the agreement filter, 20% junk costs
-0.8 points (0.660 vs 0.668).
-Partial-label EM (``benchmarks/routing_ideas.py``, seed 100, validation reserve; Z's accuracy in numpy,
-K=3 4+3+3 balanced / minority10, K=5 balanced, K=2 balanced; this routing 0.668 / 0.638 / 0.584 / 0.801):
-each image's candidates are the teachers' argmax labels, a logistic regression over the union labels on
-soft candidate targets, E-step = its probability x the teacher's, Saerens priors, started from this
-routing. Every image as a target: 0.677 / 0.658 / 0.589 / 0.788; only q >= 0.9: 0.684 / 0.653 / 0.602 /
-0.796; a floor on each label's share (half an even share, 10 iterations): 0.672 / 0.662 / 0.614 / 0.747;
-split-pool cross-fitting: 0.656 / 0.648. +1 to +2 points on one seed and a loss at K=2 is no clear
-win: EM keeps the clustering's class-level swaps (Pullover routed to the Coat teacher: 2-4% right in
-every iteration), and max-probability starts collapse (0.29). Per-image "is it mine" scores in a
-teacher's own block (max-probability, feature norm, kNN similarity, cosine to the pool's class centroid)
-told its images from the others' with AUROC 0.22-0.93 on K=3 / K=5, often under 0.6.
-Alternative matchings (``benchmarks/routing_matchings.py``, same protocol and cases): per k-means run, the
-Hungarian optimum plus Murty's first level (each matched pair forbidden), the run keeping the candidate
-with the best cross-validated log-likelihood of a logistic source router: 0.675 / 0.670 / 0.471 / 0.734
-(with the marginal's log-likelihood subtracted: 0.675 / 0.665 / 0.467 / 0.733; cross-validated balanced
-accuracy 0.676 / 0.591 / 0.506 / 0.816); the teachers' argmax agreeing with the matched label: 0.593 /
-0.627 / 0.517 / 0.739; the two ranks summed: 0.611 / 0.675 / 0.590 / 0.735. Any union of classes is about
-as linearly predictable as the right one, so cross-validation does not tell them apart. The errors are not
-swaps a matching can undo: choosing the candidate by the TRUE sources reaches only 0.678 / 0.643 / 0.569 /
-0.824 (every cross-source exchange of two clusters' labels: 0.636 / 0.632 / 0.590 / 0.825), no class-level
-label swap of the voted routing puts more images on their true source (best 0.528 vs 0.537 at K=3), and
-even each of the L clusters given its majority true source reaches only 0.681 / 0.559 / 0.600 / 0.825:
-k-means merges look-alike classes of different teachers into one cluster (Pullover + Coat + Shirt) and
-splits others (Bag in two), so a one-cluster-per-label matching cannot route them. Finer clusters can (4
-per label, majority true source: 0.785 / 0.691 / 0.677 / 0.817), but their label-free assignment is the
-open part: Hungarian against each label repeated 4 times (equal label shares assumed) 0.705 / 0.647 /
-0.598 / 0.811 (at 0.8 agreement 0.720 / 0.658 / 0.594 / 0.827; 2, 3, 6, 8 per label: 0.685-0.703 /
-0.640-0.688 / 0.576-0.607 / 0.777-0.821), and it loses where labels are not equally common (K=3 longtail
-0.648 vs 0.661, missing2 0.656 vs 0.679); capacities from this routing's label counts 0.663-0.682 /
-0.623-0.660 / 0.580-0.584 / 0.760-0.795; partial-label EM (q >= 0.9) started from it 0.708 / 0.696 / 0.609
-/ 0.751; k-means also on the teachers' sqrt-probabilities 0.611-0.657 / 0.632-0.642 / 0.439-0.549 /
-0.775-0.823; a label's k-th fine cluster costing 0.1-1.0 x k/4 more (unequal shares at a price) 0.610-0.685 /
-0.628-0.631 / 0.598-0.616 / 0.795-0.823. None gains 3 points at both K=3 and K=5 without losing K=2.
+The number that chose it: on 39 tuning cases (seeds 100+, never the test split) Z's mean accuracy was
+0.667 with 4 clusters per label at 0.8 agreement against 0.650 for one per label at 0.7 (the previous
+release). Every alternative measured and the test-seed results are in benchmarks/RESULTS.md ("Routing
+choices on the tuning protocol", "routing/pools.py on 3 test seeds").
 
 The Merger then trains a logistic regression "which source" router on the agreed pool images (plus any
 labelled images, whose source is known, and any new classes' images, each new class a router class of
-its own). Z's probability of label ``l`` of source ``s`` is ``router(s | x) * p_s(l | x)``. (Self-training
-the router on its own predictions lost 1-4 points here, so it is not done.) ``Routing.label_counts`` and
-``Routing.scarce_labels`` say which labels routing gave no or implausibly few pool images (the build report's
-``routing`` entry; its warnings come from ``learn.health.class_loss_warnings``).
+its own). Z's probability of label ``l`` of source ``s`` is ``router(s | x) * p_s(l | x)``.
+``Routing.label_counts`` and ``Routing.scarce_labels`` say which labels routing gave no or implausibly
+few pool images (the build report's ``routing`` entry; its warnings come from
+``learn.health.class_loss_warnings``).
 """
 
 from __future__ import annotations
@@ -114,9 +54,9 @@ HEAD_KINDS = ("probabilities", "log-probabilities", "logits")
 LOG_FLOOR = 1e-6  # log-probabilities are clipped here: log(1e-6) = -13.8 keeps one bad source finite
 PSEUDO_LABEL_THRESHOLD = 0.5  # pool images whose routed probability is below this are not pseudo-labelled
 MATCH_RUNS = 25  # k-means runs voted over: single runs land on 0.68-0.87 routing, 25 votes 0.81-0.90
-MIN_AGREEMENT = 0.8  # the router learns only from images >= this share of runs agreed on (tuned: module docstring)
+MIN_AGREEMENT = 0.8  # the router learns only from images >= this share of runs agreed on (tuned: RESULTS.md)
 KMEANS_FIT_IMAGES = 5000  # k-means fits on at most this many pool images; every image is then assigned
-CLUSTERS_PER_LABEL = 4  # k-means clusters per union label (tuned: module docstring)
+CLUSTERS_PER_LABEL = 4  # k-means clusters per union label (tuned: RESULTS.md)
 EXTRA_CLUSTERS = 0  # clusters beyond those; unmatched ones say "none of these" (tuned)
 SCARCE_SHARE = 0.1  # a label with under a tenth of an even share of the routed pool is "scarce"
 SCARCE_MIN_IMAGES = 3

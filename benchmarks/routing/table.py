@@ -1,6 +1,6 @@
-"""The markdown tables of benchmarks/RESULTS.md from one or more ``benchmarks/routing.py --json`` files.
+"""The markdown tables of benchmarks/RESULTS.md from one or more ``benchmarks.routing.pools --json`` files.
 
-    python benchmarks/routing_table.py /tmp/m-*.json
+    python -m benchmarks.routing.table m-*.json
 
 Per setup and pool variant (mean +- std over the seeds in the file): Z in teachers mode with the pool, the
 two earlier routings (numpy), routing accuracy, fit k = 5 with and without the pool, the oracle, the gap to
@@ -28,7 +28,7 @@ SETUP_ORDER = [
 ]
 VARIANT_ORDER = ["balanced", "minority10", "longtail", "missing2", "junk20", "blur", "n50", "n200", "n10000"]
 
-COLUMNS = [  # (header, row key in routing.py's --json)
+COLUMNS = [  # (header, row key in pools' --json)
     ("teachers + pool (Z)", "teachers + pool (Z)"),
     ("previous release", "previous release: 1 cluster per label, agreement >= 0.7 (numpy)"),
     ("before issue 16", "teachers + pool, routing before issue 16 (numpy)"),

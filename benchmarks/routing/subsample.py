@@ -7,9 +7,9 @@ centroid. This script varies ``fit_images`` on one large pool and reports, side 
 routing accuracy on the pool (against the pool's true sources), Z's accuracy (the head's math in numpy, on
 validation images of the training reserve: never the test split) and the routing + router-fit time.
 
-Teachers and features come from ``benchmarks/routing.py`` (trained once, cached under ``--work``).
+Teachers and features come from ``benchmarks.routing.setups`` (trained once, cached under ``--work``).
 
-    python benchmarks/pool_subsample.py [--setup k3-interleaved] [--seed 100] [--variant n10000]
+    python -m benchmarks.routing.subsample [--setup k3-interleaved] [--seed 100] [--variant n10000]
 """
 
 from __future__ import annotations
@@ -18,15 +18,13 @@ import argparse
 import functools
 import os
 import platform
-import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from routing import SETUPS, VARIANTS, Data, Features, Setup, numpy_rows, variant_pool  # noqa: E402
+from benchmarks.common import work_dir
+from benchmarks.routing.setups import SETUPS, VARIANTS, Data, Features, Setup, numpy_rows, variant_pool
 
 
 def main() -> None:
@@ -35,8 +33,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=100)
     parser.add_argument("--variant", choices=VARIANTS, default="n10000")
     parser.add_argument("--fit-images", type=int, nargs="+", default=[1000, 2000, 5000, 10000])
-    parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "onnxmerge-routing")
+    parser.add_argument("--work", type=Path, default=None, help="teachers and caches (default: common.work_dir)")
     args = parser.parse_args()
+    args.work = args.work or work_dir("routing")
     from onnxmerge.learn.routing import route_pool
 
     print(

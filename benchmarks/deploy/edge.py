@@ -12,13 +12,14 @@ demo      ``onnxmerge build examples/fashion/stage1.toml --quantize`` (the small
 ort       the ORT format for onnxruntime mobile: ``python -m onnxruntime.tools.convert_onnx_models_to_ort``
           on float and int8 Z (its ``required_operators.config`` is the reduced-operator build config); the
           .ort files run in onnxruntime against the .onnx ones on the same images.
-web       onnxruntime-web (WASM) in headless Chromium: ``benchmarks/web/page.html`` loads each Z, runs
+web       onnxruntime-web (WASM) in headless Chromium: ``benchmarks/deploy/web/page.html`` loads each Z, runs
           the same images and posts labels and probabilities back; compared to onnxruntime CPU.
 
-    python benchmarks/deploy.py [--phases build,quantize,demo,ort,web] [--out /tmp/onnxmerge-deploy]
+    python -m benchmarks.deploy.edge [--phases build,quantize,demo,ort,web] [--out DIR]
 
-Needs the EfficientNet ONNX file (``benchmarks/export_efficientnet.py``, see speed.py's ``--torch-python``),
-and for ``web``: Debian's ``chromium`` and ``npm install onnxruntime-web`` in ``benchmarks/web`` (git-ignored).
+Needs the EfficientNet ONNX file (``benchmarks/speed/export_efficientnet.py``, exported on first use with
+``--torch-python``), and for ``web``: Debian's ``chromium`` and ``npm install onnxruntime-web`` in
+``benchmarks/deploy/web`` (git-ignored). ``--out`` and ``--models`` default to ``common.work_dir``.
 """
 
 from __future__ import annotations
@@ -38,27 +39,16 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "benchmarks"))
-from speed import effnet_files  # noqa: E402
+from benchmarks.common import EXAMPLE, IMAGENET, effnet_files, session, torch_python, upscale, work_dir
 
-IMAGENET = {"scale": 1 / 255, "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
 INT8_TOLERANCE = 2e-2  # max |p_runtime - p_onnxruntime| allowed for int8 Z (requantisation rounding differs)
 FLOAT_TOLERANCE = 1e-3
 
 
-def upscale(x: np.ndarray, size: int = 224) -> np.ndarray:
-    from PIL import Image
-
-    return np.stack(
-        [np.asarray(Image.fromarray(img[..., 0]).convert("RGB").resize((size, size), Image.BILINEAR)) for img in x]
-    )
-
-
 def data(args) -> dict[str, np.ndarray]:
     """Labelled, pool and held-out images (224x224 RGB uint8), disjoint, seeded."""
-    train = np.load(ROOT / "examples/fashion/data/train.npz")
-    test = np.load(ROOT / "examples/fashion/data/test.npz")
+    train = np.load(EXAMPLE / "data/train.npz")
+    test = np.load(EXAMPLE / "data/test.npz")
     order = np.random.default_rng(0).permutation(len(train["x"]))
     labelled, pool = order[: args.train], order[args.train : args.train + args.pool]
     known = np.flatnonzero(np.isin(test["y"], np.unique(train["y"])))  # the test file also holds "Bag"
@@ -70,14 +60,6 @@ def data(args) -> dict[str, np.ndarray]:
         "test_x": upscale(test["x"][held]),
         "test_y": test["y"][held].astype(str),
     }
-
-
-def session(path_or_model, threads: int = 2) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    payload = path_or_model.SerializeToString() if hasattr(path_or_model, "SerializeToString") else str(path_or_model)
-    return ort.InferenceSession(payload, options, providers=["CPUExecutionProvider"])
 
 
 def run(sess, images: np.ndarray, batch: int = 16) -> tuple[np.ndarray, np.ndarray]:
@@ -92,8 +74,8 @@ def run(sess, images: np.ndarray, batch: int = 16) -> tuple[np.ndarray, np.ndarr
 def merger_for(args):
     from onnxmerge import ImageInput, Merger, Preprocess, Source
 
-    folder = effnet_files(args)
-    cnn = ROOT / "examples/fashion/models/a_torch_cnn.onnx"
+    folder = effnet_files(args.models, args.torch_python)
+    cnn = EXAMPLE / "models/a_torch_cnn.onnx"
     return Merger(
         ImageInput(224, 224, 3),
         [
@@ -173,7 +155,7 @@ def phase_demo(args, d) -> None:
             "-m",
             "onnxmerge",
             "build",
-            str(ROOT / "examples/fashion/stage1.toml"),
+            str(EXAMPLE / "stage1.toml"),
             "-o",
             str(out),
             "--quiet",
@@ -213,7 +195,7 @@ def phase_ort(args, d) -> None:
 
 
 # -- onnxruntime-web (WASM) in headless Chromium --------------------------------------------------------------------
-WEB = ROOT / "benchmarks/web"
+WEB = Path(__file__).resolve().parent / "web"
 
 
 class _Handler(http.server.SimpleHTTPRequestHandler):
@@ -297,9 +279,11 @@ def phase_web(args, d) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--phases", default="build,quantize,demo,ort,web")
-    parser.add_argument("--out", default="/tmp/onnxmerge-deploy")
-    parser.add_argument("--models", default="/tmp/onnxmerge-bench", help="EfficientNet ONNX files (speed.py)")
-    parser.add_argument("--torch-python", default=str(ROOT / ".venv-fx/bin/python"))
+    parser.add_argument("--out", type=Path, default=None, help="default: common.work_dir('deploy')")
+    parser.add_argument(
+        "--models", type=Path, default=None, help="EfficientNet ONNX files (default: work_dir('bench'))"
+    )
+    parser.add_argument("--torch-python", default=torch_python())
     parser.add_argument("--train", type=int, default=240, help="labelled training images (30 per class)")
     parser.add_argument("--pool", type=int, default=272, help="unlabelled training images for calibration")
     parser.add_argument("--test", type=int, default=400, help="held-out test images")
@@ -309,7 +293,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--web-timeout", type=float, default=600)
     args = parser.parse_args()
-    args.out = Path(args.out)
+    args.out = args.out or work_dir("deploy")
+    args.models = args.models or work_dir("bench")
     args.out.mkdir(parents=True, exist_ok=True)
     print(
         f"machine: {platform.machine()}, {len(__import__('os').sched_getaffinity(0))} cores; python "

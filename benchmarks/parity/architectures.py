@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Sweep of real classifier architectures (issue 12): does "auto" find the feature, and does a build keep parity?
 
 For each architecture (torchvision, timm, Hugging Face transformers; random initialisation, BatchNorm
@@ -12,10 +11,12 @@ statistics recalibrated on the sweep's images, small inputs where the architectu
 4. a build (``Merger``, mode "fit", digits upscaled to the input size, 3 classes) must pass every parity check.
 
 Results go to stdout as a markdown table (and JSON lines with --json FILE). Environment:
-benchmarks/requirements-sweep.txt (torch 2.14.1 + torchvision 0.29.1, timm, transformers).
+benchmarks/parity/requirements-architectures.txt (torch 2.14.1 + torchvision 0.29.1, timm, transformers).
 
-    nice -n 10 .venv-sweep/bin/python benchmarks/sweep_architectures.py [NAME ...] [--json out.jsonl]
-    .venv-sweep/bin/python benchmarks/sweep_architectures.py --table out.jsonl     # the markdown table
+    nice -n 10 .venv-sweep/bin/python -m benchmarks.parity.architectures [NAME ...] [--json out.jsonl]
+    .venv-sweep/bin/python -m benchmarks.parity.architectures --table out.jsonl     # the markdown table
+
+The rows of the run recorded in RESULTS.md are in ``benchmarks/parity/architectures.jsonl``.
 """
 
 from __future__ import annotations
@@ -32,16 +33,14 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
+from benchmarks.common import IMAGENET  # noqa: E402
 from onnxmerge import ImageInput, Merger, Preprocess, Source  # noqa: E402
 from onnxmerge.files.models import load_model  # noqa: E402
 from onnxmerge.graph.cut import exposing, spatial_axes  # noqa: E402
 from onnxmerge.graph.inspect import find_head  # noqa: E402
 from onnxmerge.runtime.session import make_session  # noqa: E402
 
-MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+MEAN, STD = IMAGENET["mean"], IMAGENET["std"]
 CLASSES = 10
 
 

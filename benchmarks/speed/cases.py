@@ -19,11 +19,12 @@ Every session: CPU, ``session.intra_op.allow_spinning = "0"``, the same thread c
 Timings alternate blocks (Z then separate, then separate then Z, ...); each block is the median of many
 runs; the script prints each round's ratio, then the median ratio and the spread over rounds.
 
-    python benchmarks/speed.py [--cases abcd] [--rounds 5] [--runs 200]
+    python -m benchmarks.speed.cases [--cases abcd] [--rounds 5] [--runs 200]
 
 Cases b and d need the EfficientNet ONNX files; they are exported once into ``--models`` (default
-``/tmp/onnxmerge-bench``) by ``benchmarks/export_efficientnet.py``, run with ``--torch-python`` (a
-Python with torch 2.13.0 and the two EfficientNet wheels; see that script). They are never committed.
+``common.work_dir("bench")``) by ``benchmarks/speed/export_efficientnet.py``, run with ``--torch-python``
+(default ``$ONNXMERGE_TORCH_PYTHON``: a Python with torch 2.13.0 and the two EfficientNet wheels; see that
+script). They are never committed.
 """
 
 from __future__ import annotations
@@ -34,17 +35,24 @@ import platform
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
+from benchmarks.common import (
+    EFFNET,
+    EXAMPLE,
+    IMAGENET,
+    ROOT,
+    effnet_files,
+    median_time,
+    photos,
+    session,
+    torch_python,
+    work_dir,
+)
 from onnxmerge.graph.preprocess import _resize_axis
-
-ROOT = Path(__file__).resolve().parent.parent
-EFFNET = ("lite0_imagenet.onnx", "lite0_head10.onnx", "lite0_other.onnx")
-IMAGENET = {"scale": 1 / 255, "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
 
 
 def numpy_preprocess(images: np.ndarray, spec) -> np.ndarray:
@@ -61,24 +69,6 @@ def numpy_preprocess(images: np.ndarray, spec) -> np.ndarray:
         spec.std, np.float32
     ).reshape(shape)
     return np.ascontiguousarray(x.reshape(len(x), -1) if spec.flat else x)
-
-
-def session(model, threads: int) -> ort.InferenceSession:
-    """How a user runs a model: CPU, onnxruntime's defaults, plus the fairness settings of ASSETS.md."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    payload = model.SerializeToString() if hasattr(model, "SerializeToString") else model
-    return ort.InferenceSession(payload, options, providers=["CPUExecutionProvider"])
-
-
-def median_time(fn, runs: int) -> float:
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
 
 
 def interleaved(
@@ -117,8 +107,8 @@ def compare_z_separate(
             z.run(["label", "probabilities"], {"image": images})
 
         def run_separate(images=images):
-            for session, spec in separate:
-                session.run(None, {session.get_inputs()[0].name: numpy_preprocess(images, spec)})
+            for sess, spec in separate:
+                sess.run(None, {sess.get_inputs()[0].name: numpy_preprocess(images, spec)})
 
         results[batch] = interleaved(
             f"({label}) batch {batch:2d}", run_z, run_separate, ("Z", "separate"), rounds, runs_by_batch[batch]
@@ -131,47 +121,20 @@ def case_a(args) -> None:
     from onnxmerge.recipe import load_recipe
 
     print("\n(a) demo sources (Fashion-MNIST CNN 28->32 NCHW + sklearn MLP flat), nothing in common but the Cast")
-    recipe = load_recipe(ROOT / "examples/fashion/stage1.toml", quiet=True)
+    recipe = load_recipe(EXAMPLE / "stage1.toml", quiet=True)
     merger = recipe.merger.fit(recipe.train)
     print(merger.share_.line())
-    test = np.load(ROOT / "examples/fashion/data/test.npz")["x"]
+    test = np.load(EXAMPLE / "data/test.npz")["x"]
     compare_z_separate(
         "a", merger, {b: test[:b] for b in (1, 32)}, args.threads, args.rounds, {1: args.runs, 32: args.runs}
     )
 
 
 # -- (b) two heads, one backbone ---------------------------------------------------------------------------------
-def effnet_files(args) -> Path:
-    folder = Path(args.models)
-    if not all((folder / f).exists() for f in EFFNET):
-        print(f"exporting EfficientNet-Lite0 into {folder} with {args.torch_python} ...", flush=True)
-        subprocess.run(
-            [args.torch_python, str(ROOT / "benchmarks/export_efficientnet.py"), str(folder)],
-            check=True,
-            stdout=subprocess.DEVNULL,
-        )
-    return folder
-
-
-def photos(n: int, size: int = 224) -> tuple[np.ndarray, np.ndarray]:
-    """``n`` Fashion-MNIST test images as RGB ``size`` x ``size`` uint8 (Pillow bilinear) and their labels."""
-    from PIL import Image
-
-    data = np.load(ROOT / "examples/fashion/data/test.npz")
-    pick = np.random.default_rng(0).permutation(len(data["x"]))[:n]  # the file is sorted by class
-    x = np.stack(
-        [
-            np.asarray(Image.fromarray(img[..., 0]).convert("RGB").resize((size, size), Image.BILINEAR))
-            for img in data["x"][pick]
-        ]
-    )
-    return x, data["y"][pick]
-
-
 def case_b(args) -> None:
     from onnxmerge import ImageInput, Merger, Preprocess, Source
 
-    folder = effnet_files(args)
+    folder = effnet_files(args.models, args.torch_python)
     print("\n(b) EfficientNet-Lite0: its ImageNet head + a 10-class head on the byte-identical backbone, 224x224x3")
     pre = Preprocess(**IMAGENET)
     x, y = photos(48)
@@ -242,14 +205,14 @@ def case_c(args) -> None:
     from onnxmerge.recipe import load_recipe
 
     print("\n(c) build extraction throughput: labelled folder of PNGs -> features (demo sources)")
-    merger = load_recipe(ROOT / "examples/fashion/stage1.toml", quiet=True).merger
+    merger = load_recipe(EXAMPLE / "stage1.toml", quiet=True).merger
     merger.build_graph()
     merger.quiet = True
-    data = np.load(ROOT / "examples/fashion/data/test.npz")
+    data = np.load(EXAMPLE / "data/test.npz")
     n = min(args.images, len(data["x"]))
     extraction_throughput("(c)", merger, data["x"][:n], data["y"][:n], merger.batch_size, args)
 
-    folder = effnet_files(args)
+    folder = effnet_files(args.models, args.torch_python)
     print("\n(c, real size) the same on EfficientNet-Lite0 + its perturbed copy, 224x224x3 PNGs")
     pre = Preprocess(**IMAGENET)
     merger = Merger(
@@ -271,8 +234,7 @@ def status_mb(key):  # VmHWM, not ru_maxrss: a child's ru_maxrss starts from its
         if line.startswith(key + ":"):
             return int(line.split()[1]) / 1024
 import numpy as np, onnx, onnxruntime, sklearn.linear_model
-sys.path.insert(0, sys.argv[3])
-from speed import photos, IMAGENET
+from benchmarks.common import photos, IMAGENET
 from onnxmerge import ImageInput, Merger, Preprocess, Source
 x, y = photos(int(sys.argv[2]))
 after_import = status_mb("VmRSS")
@@ -295,12 +257,13 @@ print(json.dumps({"after_import": after_import, "graph_peak": graph_peak, "peak"
 def case_d(args) -> None:
     import json
 
-    folder = effnet_files(args)
+    folder = effnet_files(args.models, args.torch_python)
     print("\n(d) build time and peak memory: EfficientNet-Lite0 + a perturbed copy (nothing shared), fresh process")
     size = sum((folder / f).stat().st_size for f in (EFFNET[0], EFFNET[2])) / 2**20
     for images in (8, args.build_images):
         result = subprocess.run(
-            [sys.executable, "-c", MEMORY_CHILD, str(folder), str(images), str(ROOT / "benchmarks")],
+            [sys.executable, "-c", MEMORY_CHILD, str(folder), str(images)],
+            cwd=ROOT,  # the child imports benchmarks.common
             check=True,
             capture_output=True,
             text=True,
@@ -320,7 +283,7 @@ def case_q(args) -> None:
     from onnxmerge import ImageInput, Merger, Preprocess, Source
     from onnxmerge.learn.quantize import quantize_z
 
-    folder = effnet_files(args)
+    folder = effnet_files(args.models, args.torch_python)
     print("\n(q) --quantize: EfficientNet-Lite0 alone, 96 Fashion-MNIST images at 224x224x3")
     x, y = photos(96)
     merger = Merger(ImageInput(224, 224, 3), [Source("a", folder / EFFNET[0], Preprocess(**IMAGENET))], quiet=True).fit(
@@ -338,9 +301,10 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=1800, help="PNG files for (c)")
     parser.add_argument("--real-images", type=int, default=192, help="224x224 PNG files for (c, real size)")
     parser.add_argument("--build-images", type=int, default=64, help="training images for (d)")
-    parser.add_argument("--models", default=os.environ.get("ONNXMERGE_BENCH_MODELS", "/tmp/onnxmerge-bench"))
-    parser.add_argument("--torch-python", default="/work/venv-gen/bin/python")
+    parser.add_argument("--models", type=Path, default=None, help="EfficientNet files (default: work_dir('bench'))")
+    parser.add_argument("--torch-python", default=torch_python())
     args = parser.parse_args()
+    args.models = args.models or work_dir("bench")
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} cores; python {platform.python_version()}, "
         f"onnxruntime {ort.__version__} CPU, {args.threads} intra-op threads, spinning off"

@@ -5,12 +5,12 @@ digit fixtures (torch_legacy_cnn: digits 0-4, torch_dynamo_mlp: 5-9) in a child 
 the child's peak resident memory (``ru_maxrss`` from ``wait4``). The slope between two pool sizes is the
 memory per pool image; a 224x224x3 uint8 image is 150,528 bytes (0.144 MiB).
 
-    nice -n 10 .venv/bin/python benchmarks/pool_memory.py 1000 2000
+    nice -n 10 .venv/bin/python -m benchmarks.scale.pool_memory 1000 2000
     # a cluster build (issue 14): the builds run with --address on a LocalCluster of 2 workers started here;
     # the client's own RSS is sampled every 20 ms (the workers are not its children)
-    nice -n 10 .venv/bin/python benchmarks/pool_memory.py --dask 1000 4000
-    # the code before a change, side by side:
-    git archive <commit> onnxmerge | tar -x -C /tmp/old && PYTHONPATH=/tmp/old nice -n 10 .venv/bin/python benchmarks/pool_memory.py 1000 2000
+    nice -n 10 .venv/bin/python -m benchmarks.scale.pool_memory --dask 1000 4000
+    # the code before a change, side by side: the same command from a checkout of that commit
+    # (``git worktree add DIR COMMIT``; ``python -m`` runs the onnxmerge of the folder it starts in)
 """
 
 from __future__ import annotations
@@ -26,7 +26,9 @@ import numpy as np
 from PIL import Image
 from sklearn.datasets import load_digits
 
-FIXTURES = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "models"
+from benchmarks.common import FIXTURES as ALL_FIXTURES
+
+FIXTURES = ALL_FIXTURES / "models"
 
 
 def write_pool(folder: Path, count: int) -> None:

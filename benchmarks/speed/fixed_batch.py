@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """What running a batch-1-only source image by image inside Z (an ONNX Loop) costs (issue 12).
 
 The same network twice: tests/fixtures/graphs/fixed_batch1.onnx (torch legacy, batch 1 baked into its
@@ -6,14 +5,13 @@ flatten Reshape: onnxmerge wraps it in a Loop) and a copy whose baked 1 is repla
 input batch (what a dynamic-batch export of it computes, node for node). Each is built into Z with the same
 recipe; Z's predict_proba is timed on the same images at several batch sizes, side by side in one run.
 
-    nice -n 10 .venv/bin/python benchmarks/fixed_batch_cost.py
+    nice -n 10 .venv/bin/python -m benchmarks.speed.fixed_batch
 """
 
 from __future__ import annotations
 
 import json
 import platform
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -23,13 +21,11 @@ import onnx
 from onnx import numpy_helper
 from sklearn.datasets import load_digits
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from benchmarks.common import FIXTURES
+from onnxmerge import ImageInput, Merger, Preprocess, Source
+from onnxmerge.runtime.session import make_session
 
-from onnxmerge import ImageInput, Merger, Preprocess, Source  # noqa: E402
-from onnxmerge.runtime.session import make_session  # noqa: E402
-
-GRAPHS = ROOT / "tests" / "fixtures" / "graphs"
+GRAPHS = FIXTURES / "graphs"
 
 
 def dynamic_twin(folder: Path) -> Path:

@@ -5,23 +5,20 @@ one at K=2 (0.774 vs 0.813). Candidates scored in numpy on 1k and 10k pools: k-m
 5,000 (the default then) or 1,000 pool images per run, and the router's C kept or scaled by 1,000 / N so
 that its regularisation per image stays that of a 1,000-image pool.
 
-    nice -n 19 python benchmarks/routing_bigpool.py --seed 100
+    nice -n 19 python -m benchmarks.routing.bigpool --seed 100
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from routing import numpy_rows, validation_cases  # noqa: E402
-
-from onnxmerge.learn.routing import route_pool  # noqa: E402
-from onnxmerge.merger import ROUTER_C  # noqa: E402
+from benchmarks.common import work_dir
+from benchmarks.routing.setups import numpy_rows, validation_cases
+from onnxmerge.learn.routing import route_pool
+from onnxmerge.merger import ROUTER_C
 
 CASES = [
     "k2-interleaved/balanced",
@@ -54,8 +51,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seed", type=int, default=100)
     parser.add_argument("--cases", nargs="+", default=CASES)
-    parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "onnxmerge-routing")
+    parser.add_argument("--work", type=Path, default=None, help="teachers and caches (default: common.work_dir)")
     args = parser.parse_args()
+    args.work = args.work or work_dir("routing")
     assert args.seed >= 100, "tuning uses seeds 100+, never the reported ones"
     print(f"seed {args.seed}, validation reserve; Z accuracy / routing accuracy (numpy)")
     print(f"{'case':28} " + " ".join(f"{m:>22}" for m in METHODS))

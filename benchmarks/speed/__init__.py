@@ -1,0 +1,1 @@
+"""Speed: is Z as fast as running its sources apart, and what does a fixed-batch source cost?"""
