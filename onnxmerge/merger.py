@@ -13,12 +13,11 @@ import numpy as np
 import onnx
 from sklearn.base import BaseEstimator, ClassifierMixin
 
+from .contract import FEATURES, LABEL, PROBABILITIES
 from .errors import OnnxMergeError
 from .files.images import as_images, as_labelled, as_pool
 from .files.models import check_output_path, save_model
 from .graph.preprocess import ImageInput
-from .graph.stitch import FEATURES
-from .learn.head import LABEL, PROBABILITIES
 from .runtime.factory import open_tasks
 from .runtime.session import EXTRACT_VALUES_PER_CALL, run_batched
 from .stages import pipeline

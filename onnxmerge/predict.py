@@ -9,7 +9,6 @@ holds every row.
 
 from __future__ import annotations
 
-import json
 import os
 import uuid
 from collections.abc import Iterator, Sequence
@@ -18,11 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
+from .contract import LABEL, PROBABILITIES, read_metadata
 from .errors import OnnxMergeError
 from .files.images import as_images, is_url, read_image_at
 from .files.models import load_model
 from .graph.preprocess import ImageInput
-from .learn.head import LABEL, PROBABILITIES
 from .runtime.session import make_session, run_batched
 from .runtime.tasks import CHUNK_IMAGES, Tasks, cached_session, chunk_rows
 from .safety import printable
@@ -36,14 +35,14 @@ class ZModel:
     def __init__(self, path: str | Path, batch_size: int = 128, quiet: bool = False, chunk: int = CHUNK_IMAGES):
         self.path = Path(path)
         self.model = load_model(self.path)
-        props = {p.key: p.value for p in self.model.metadata_props}
+        metadata = read_metadata(self.model, self.path)
         outputs = {o.name for o in self.model.graph.output}
-        if "onnxmerge.labels" not in props or not {LABEL, PROBABILITIES} <= outputs:
+        if metadata is None or not {LABEL, PROBABILITIES} <= outputs:
             raise OnnxMergeError(
                 f"{self.path} was not built by onnxmerge (no onnxmerge.labels metadata or no "
                 "label/probabilities outputs); build one with `onnxmerge build`."
             )
-        self.labels = _labels(self.path, props["onnxmerge.labels"])
+        self.labels = metadata.labels
         self.input = _image_input(self.path, self.model)
         if chunk < 1:
             raise OnnxMergeError(f"--chunk must be at least 1 image, got {chunk}.")
@@ -299,20 +298,6 @@ def evaluate_files(
     finally:
         tasks.forget(digest)
     return total, errors
-
-
-def _labels(path: Path, text: str) -> list[str]:
-    """Z's class names from its ``onnxmerge.labels`` metadata: a JSON list of strings, or a one-line refusal."""
-    try:
-        labels = json.loads(text)
-    except (ValueError, RecursionError):
-        labels = None
-    if not isinstance(labels, list) or not labels or not all(isinstance(v, str) for v in labels):
-        raise OnnxMergeError(
-            f"{printable(path)} has malformed onnxmerge.labels metadata (not a JSON list of class "
-            "names); the file was altered or damaged, rebuild it with `onnxmerge build`."
-        )
-    return labels
 
 
 def _image_input(path: Path, model) -> ImageInput:

@@ -13,9 +13,9 @@ import numpy as np
 import onnx
 import pytest
 
+from onnxmerge.contract import ROUTE
 from onnxmerge.errors import OnnxMergeError
 from onnxmerge.graph.stitch import output_names
-from onnxmerge.learn.head import ROUTE
 from onnxmerge.learn.routing import Teachers, head_kind, to_probabilities
 from onnxmerge.recipe import load_recipe
 

@@ -212,8 +212,9 @@ def test_cli_cache_flags(tmp_path, digits_npz, capsys, monkeypatch):
 
 # -- build --quantize ------------------------------------------------------------------------------------------
 def test_quantize_reports_accuracy_before_after_and_keeps_a_valid_z(digits):
+    from onnxmerge.contract import read_metadata
     from onnxmerge.learn.head import fit_head
-    from onnxmerge.learn.quantize import quantization_info, quantize_z
+    from onnxmerge.learn.quantize import quantize_z
 
     x, y = digits
     merger = Merger(ImageInput(8, 8, 1), [fixture_source("a", "torch_legacy_cnn.onnx")], quiet=True).fit(
@@ -237,14 +238,14 @@ def test_quantize_reports_accuracy_before_after_and_keeps_a_valid_z(digits):
     assert report.lines[1].startswith("quantize: source a: " + ("int8" if report.sources[0].int8 else "float"))
     if report.accepted:
         assert any(n.op_type == "QuantizeLinear" for n in model.graph.node)
-        info = quantization_info(model)
+        info = read_metadata(model).quantization
         assert (
             info["sources"][0]["int8"]
             and info["method"] == "MinMax"
             and info["accuracy_before"] == report.accuracy_before
         )
     else:
-        assert model is float_z and "refused" in report.lines[-1] and quantization_info(model) is None
+        assert model is float_z and "refused" in report.lines[-1] and read_metadata(model).quantization is None
     label = make_session(model).run(["label"], {"image": x[:3]})[0]
     assert set(label) <= set(merger.classes_)
 

@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import CLASSES, digits_28, mean_std_line, merger, read_split, teacher, work_dir
+from onnxmerge.contract import ROUTE
 from onnxmerge.graph.stitch import output_names
-from onnxmerge.learn.head import ROUTE
 from onnxmerge.learn.routing import head_kind, to_probabilities
 from onnxmerge.merger import Merger
 

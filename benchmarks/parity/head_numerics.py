@@ -24,7 +24,8 @@ from sklearn.datasets import load_digits
 
 from benchmarks.common import FIXTURES
 from onnxmerge import ImageInput, Merger, Preprocess, Source
-from onnxmerge.graph.stitch import FEATURES, output_names
+from onnxmerge.contract import FEATURES
+from onnxmerge.graph.stitch import output_names
 from onnxmerge.learn.head import HeadInput, append_head, fit_head
 from onnxmerge.runtime.session import make_session
 

@@ -41,7 +41,7 @@ from benchmarks.routing.setups import (
     take,
     variant_pool,
 )
-from onnxmerge.learn.head import ROUTE
+from onnxmerge.contract import ROUTE
 
 DETAIL = ("recall: ", "agreed images: ", "routed images: ")  # per-class rows kept in --json, not printed
 

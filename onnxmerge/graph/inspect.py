@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
 
+from ..contract import ZMetadata, read_metadata
 from ..errors import OnnxMergeError
 from .labels import LABEL_ATTRIBUTES, LABEL_KEYS, Labels, _text, model_labels, read_labels  # noqa: F401
 
@@ -377,32 +377,28 @@ def _printable_type(t: onnx.TypeProto) -> str:
         return f"tensor(unknown elem_type {t.tensor_type.elem_type})"
 
 
-def describe_z(model: onnx.ModelProto) -> dict | None:
+def describe_z(model: onnx.ModelProto, path: str | Path | None = None) -> dict | None:
     """What a Z built by onnxmerge says about itself (its ``onnxmerge.*`` metadata), or None for other models.
 
     Keys: ``mode``, ``version``, ``sources`` (``{name, sha256, feature}``), ``classes`` (in ``probabilities``
     order), ``route`` (teachers mode: the ``route`` output's columns, teachers then new classes), ``expected_accuracy``
     (the build's held-out estimate, or None), ``head_inputs`` (the head's input blocks: source, block, width).
-    A Z built before a key existed shows None for it.
+    A Z built before a key existed shows None for it; a damaged value is refused (``contract.read_metadata``).
     """
-    props = {p.key: p.value for p in model.metadata_props}
-    if "onnxmerge.mode" not in props or "onnxmerge.labels" not in props:
+    return _z_view(read_metadata(model, path))
+
+
+def _z_view(metadata: ZMetadata | None) -> dict | None:
+    if metadata is None:
         return None
-
-    def value(key: str):
-        try:
-            return json.loads(props[key]) if key in props else None
-        except json.JSONDecodeError:
-            return None
-
     return {
-        "mode": props["onnxmerge.mode"],
-        "version": props.get("onnxmerge.version"),
-        "sources": value("onnxmerge.sources"),
-        "classes": value("onnxmerge.labels"),
-        "route": value("onnxmerge.route"),
-        "expected_accuracy": value("onnxmerge.expected_accuracy"),
-        "head_inputs": value("onnxmerge.head_inputs"),
+        "mode": metadata.mode,
+        "version": metadata.version,
+        "sources": metadata.sources,
+        "classes": metadata.labels,
+        "route": metadata.route,
+        "expected_accuracy": metadata.expected_accuracy,
+        "head_inputs": metadata.head_inputs,
     }
 
 
@@ -418,6 +414,7 @@ def describe(path: str | Path, model: onnx.ModelProto) -> dict:
 
     initializers = {i.name for i in model.graph.initializer}
     labels = read_labels(model)
+    metadata = read_metadata(model, path)
     try:
         head = find_head(model)
         suggested, reason = head.feature, head.reason
@@ -437,18 +434,6 @@ def describe(path: str | Path, model: onnx.ModelProto) -> dict:
         "candidates": candidates(model, suggested),
         "suggested": suggested,
         "reason": reason,
-        "z": describe_z(model),
-        "quantization": _quantization(model),
+        "z": _z_view(metadata),
+        "quantization": metadata.quantization if metadata else None,
     }
-
-
-def _quantization(model: onnx.ModelProto) -> dict | None:
-    """What ``build --quantize`` chose for an int8 Z (its ``onnxmerge.quantization`` metadata), else None."""
-    for prop in model.metadata_props:
-        if prop.key == "onnxmerge.quantization":
-            try:
-                value = json.loads(_text(prop.value))
-            except (ValueError, RecursionError):  # a hand-edited file: inspect still describes the rest
-                return None
-            return value if isinstance(value, dict) else None
-    return None

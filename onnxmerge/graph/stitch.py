@@ -9,13 +9,12 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx import version_converter
 
+from ..contract import FEATURES, IMAGE
 from ..errors import OnnxMergeError, first_line
 from .batchloop import hoist_loop_weights
 from .cut import FEATURE, HEAD, CutModel
 from .preprocess import ImageInput, Preprocess, build_preprocess
 
-IMAGE = "image"  # Z's one input
-FEATURES = "features"  # the Concat of every source's features
 BATCH = "N"
 
 

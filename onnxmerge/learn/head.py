@@ -18,14 +18,12 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
+from ..contract import FEATURES, LABEL, PROBABILITIES, ROUTE
 from ..errors import OnnxMergeError
-from ..graph.stitch import FEATURES, output_names
+from ..graph.stitch import output_names
 from .routing import LOG_FLOOR, Teachers, l2_blocks, to_probabilities
 
-LABEL = "label"
-PROBABILITIES = "probabilities"
 HEAD_INPUT = "head/input"
-ROUTE = "route"  # teachers mode: P(source | image), an extra output of Z
 
 
 @dataclass

@@ -14,6 +14,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from ..contract import IMAGE
 from ..errors import OnnxMergeError, first_line
 from ..graph.fold import fold_pads_into_convs
 from ..graph.share import ancestors
@@ -95,10 +96,10 @@ class _Reader:
 
     def get_next(self):
         batch = next(self._items, None)
-        return None if batch is None else {"image": batch}
+        return None if batch is None else {IMAGE: batch}
 
     def __iter__(self):  # quantize_static copies readers it iterates (SmoothQuant only)
-        return iter({"image": b} for b in self.batches)
+        return iter({IMAGE: b} for b in self.batches)
 
 
 class Quantizer:
@@ -163,8 +164,8 @@ def _with_pads_folded(model: onnx.ModelProto, images: np.ndarray) -> onnx.ModelP
     if not count:
         return model
     names = [o.name for o in model.graph.output if o.type.tensor_type.elem_type == onnx.TensorProto.FLOAT]
-    before = make_session(model).run(names, {"image": images})
-    after = make_session(folded).run(names, {"image": images})
+    before = make_session(model).run(names, {IMAGE: images})
+    after = make_session(folded).run(names, {IMAGE: images})
     for a, b in zip(before, after):
         if a.shape != b.shape or np.abs(a - b).max(initial=0) > 1e-5 * max(1.0, float(np.abs(a).max(initial=0))):
             return model

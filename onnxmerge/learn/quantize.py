@@ -34,7 +34,6 @@ Temporary models and the calibration tables go into a temporary folder that is r
 from __future__ import annotations
 
 import functools
-import json
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -44,6 +43,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from ..contract import IMAGE, QUANTIZATION_KEY, write_metadata
 from ..errors import OnnxMergeError
 from ..files.images import as_labelled, as_pool
 from ..graph.stitch import keep_outputs, output_names
@@ -58,7 +58,6 @@ LAYER_TOLERANCE = 0.005  # first/last layers go int8 as well when that costs <= 
 MAX_ACCURACY_DROP = 0.02  # more than 2 points lost held out: the float Z is kept
 SPEED_BATCH = 32
 FOLDS = 5
-METADATA_KEY = "onnxmerge.quantization"
 
 
 @dataclass
@@ -90,8 +89,8 @@ class QuantizeReport:
     trials: dict[str, float] = field(default_factory=dict)  # held-out accuracy of every variant measured
     lines: list[str] = field(default_factory=list)
 
-    def metadata(self) -> str:
-        """The JSON stored under ``onnxmerge.quantization`` in the int8 Z."""
+    def metadata(self) -> dict:
+        """The record stored under ``contract.QUANTIZATION_KEY`` in the int8 Z."""
         keep = (
             "accuracy_before",
             "accuracy_after",
@@ -107,7 +106,7 @@ class QuantizeReport:
         )
         data = {k: v for k, v in asdict(self).items() if k in keep}
         data["sources"] = [asdict(s) for s in self.sources]
-        return json.dumps(data)
+        return data
 
 
 # -- the graph: which nodes belong to which source -----------------------------------------------------------------
@@ -157,7 +156,7 @@ def _median_time(session, images: np.ndarray, outputs: list[str], runs: int) -> 
     times = []
     for _ in range(runs):
         start = time.perf_counter()
-        session.run(outputs, {"image": images})
+        session.run(outputs, {IMAGE: images})
         times.append(time.perf_counter() - start)
     return float(np.median(times))
 
@@ -193,7 +192,7 @@ def _runs_for(model: onnx.ModelProto, images: np.ndarray) -> int:
     """Runs per timing block: about 0.5 s of work, 3 to 50 runs."""
     session = make_session(model)
     start = time.perf_counter()
-    session.run(None, {"image": images})
+    session.run(None, {IMAGE: images})
     return int(np.clip(0.5 / max(time.perf_counter() - start, 1e-6), 3, 50))
 
 
@@ -406,7 +405,7 @@ def _decide(
         )
     if not report.accepted:
         return model, report
-    quantized.metadata_props.add(key=METADATA_KEY, value=report.metadata())
+    write_metadata(quantized, {QUANTIZATION_KEY: report.metadata()})
     onnx.checker.check_model(quantized, full_check=True)
     return quantized, report
 
@@ -455,11 +454,3 @@ def _summary(r: QuantizeReport) -> str:
 def _source_line(c: SourceChoice) -> str:
     kept = f"; float: {', '.join(c.float_layers)}" if c.float_layers else ""
     return f"quantize: source {c.name}: {'int8' if c.int8 else 'float'}, {c.reason}{kept}"
-
-
-def quantization_info(model: onnx.ModelProto) -> dict | None:
-    """The ``onnxmerge.quantization`` record of an int8 Z (None for a float Z)."""
-    for prop in model.metadata_props:
-        if prop.key == METADATA_KEY:
-            return json.loads(prop.value)
-    return None

@@ -9,17 +9,17 @@ inputs the build computed anyway (no source runs again). Each function writes:
   (per union label: pool images routing gives it, and pool images Z predicts as it);
 - ``build.warnings``: the sentences of ``health`` (a source near chance or looking fed the wrong input;
   a label Z never or hardly ever predicts on the pool);
-- ``build.metadata``: Z's extra ``metadata_props`` (``onnxmerge.expected_accuracy``,
-  ``onnxmerge.route``, ``onnxmerge.head_inputs``), which ``pipeline.set_metadata`` adds.
+- ``build.metadata``: Z's extra ``metadata_props`` (``contract``'s expected accuracy, route and head
+  inputs keys), which ``pipeline.set_metadata`` writes.
 """
 
 from __future__ import annotations
 
-import json
 import time
 
 import numpy as np
 
+from ..contract import EXPECTED_ACCURACY_KEY, HEAD_INPUTS_KEY, ROUTE_KEY
 from ..learn import estimate, health
 from .context import Build
 
@@ -35,7 +35,7 @@ def _head_inputs(build: Build, head_input) -> list[dict]:
 
 
 def _start(build: Build, head_input) -> None:
-    build.metadata = {"onnxmerge.head_inputs": json.dumps(_head_inputs(build, head_input))}
+    build.metadata = {HEAD_INPUTS_KEY: _head_inputs(build, head_input)}
     build.report["source_checks"] = {"own_labels": [], "outputs": []}
 
 
@@ -44,7 +44,7 @@ def _set_estimate(build: Build, result: estimate.Estimate, seconds: float, cpu_s
         result.as_dict(), line=result.line(), seconds=round(seconds, 3), cpu_seconds=round(cpu_seconds, 3)
     )
     if result.accuracy is not None:
-        build.metadata["onnxmerge.expected_accuracy"] = json.dumps(result.as_dict())
+        build.metadata[EXPECTED_ACCURACY_KEY] = result.as_dict()
 
 
 def _check_sources(
@@ -151,7 +151,7 @@ def teachers_mode(build: Build, head, head_input, pool_out: dict | None) -> None
     x_pool = head_input.numpy(pool_out).astype(np.float64)
     _check_sources(build, head_input, x_pool, OUTPUTS_ON)
     probs, route = head.numpy(pool_out)
-    build.metadata["onnxmerge.route"] = json.dumps([n for n, _ in head_input.teachers] + list(head.new_classes))
+    build.metadata[ROUTE_KEY] = [n for n, _ in head_input.teachers] + list(head.new_classes)
     predicted = np.asarray(classes)[probs.argmax(axis=1)]
     claims = health.teacher_claims(
         head.space.labels, [head_input.probabilities(pool_out, n, k) for n, k in head_input.teachers]

@@ -8,8 +8,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
+from ..contract import FEATURES
 from ..graph.preprocess import ImageInput
-from ..graph.stitch import FEATURES, output_names
+from ..graph.stitch import output_names
 from ..learn.head import HeadInput
 from ..learn.routing import Teachers
 from ..runtime.engine import Engine
@@ -49,7 +50,7 @@ class Build:
     features: Features | None = None
     warnings: list[str] = field(default_factory=list)
     report: dict = field(default_factory=dict)
-    metadata: dict[str, str] = field(default_factory=dict)  # Z's extra metadata_props (stages/assess.py)
+    metadata: dict[str, object] = field(default_factory=dict)  # Z's extra metadata_props (stages/assess.py)
     router_data: tuple | None = None  # the router's training rows (x, y, weight), for the new classes' estimate
     pool_claims: dict[str, int] | None = None  # pool images each teacher label's own teacher calls it (mode "fit")
 

@@ -13,12 +13,12 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
+from ..contract import FEATURES, IMAGE, PROBABILITIES
 from ..errors import OnnxMergeError
 from ..files.images import decoded
 from ..graph.cut import exposing
 from ..graph.preprocess import reference_preprocess
-from ..graph.stitch import FEATURES, IMAGE, output_names
-from ..learn.head import PROBABILITIES
+from ..graph.stitch import output_names
 from ..runtime.session import CHECK_VALUES_PER_CALL, make_session, run_batched
 from ..runtime.weights import WeightFolder, release_freed_memory
 from .context import Build, Fitted

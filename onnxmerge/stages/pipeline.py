@@ -10,11 +10,10 @@ then Z's metadata is set here, and ``Merger.save`` writes it.
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import onnx
 
+from .. import contract
 from ..errors import OnnxMergeError
 from ..files.images import Dataset, decoded
 from ..runtime.tasks import Tasks
@@ -99,16 +98,12 @@ def fit(build: Build, labelled: Dataset | None, pool: Dataset | None) -> tuple[F
 
 
 def set_metadata(model: onnx.ModelProto, build: Build, classes: list[str]) -> None:
-    """Z's ``metadata_props`` as PRODUCT.md defines them, and its producer."""
+    """Z's ``metadata_props`` as PRODUCT.md defines them (``contract``), and its producer."""
     props = {
-        "onnxmerge.labels": json.dumps(classes),
-        "onnxmerge.sources": json.dumps(
-            [{"name": s.name, "sha256": s.sha256, "feature": s.feature} for s in build.sources]
-        ),
-        "onnxmerge.mode": build.config.mode,
-        "onnxmerge.version": __version__,
+        contract.LABELS_KEY: classes,
+        contract.SOURCES_KEY: [{"name": s.name, "sha256": s.sha256, "feature": s.feature} for s in build.sources],
+        contract.MODE_KEY: build.config.mode,
+        contract.VERSION_KEY: __version__,
     }
     props.update(build.metadata)  # expected accuracy, route columns, head inputs (stages/assess.py)
-    for key, value in props.items():
-        model.metadata_props.add(key=key, value=value)
-    model.producer_name, model.producer_version = "onnxmerge", __version__
+    contract.write_metadata(model, props)

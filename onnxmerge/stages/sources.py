@@ -9,19 +9,18 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
+from ..contract import FEATURES, IMAGE, LABEL, PROBABILITIES
 from ..errors import OnnxMergeError, first_line
 from ..files.models import load_model_with_digest
 from ..graph.batchloop import exposing_all, per_image
 from ..graph.cut import CutModel, cut, inferred_rank, source_input
 from ..graph.inspect import find_head, find_head_output, read_labels
 from ..graph.preprocess import ImageInput, Preprocess, reference_preprocess
-from ..graph.stitch import FEATURES
-from ..learn.head import LABEL, PROBABILITIES
 from ..runtime.session import make_session, tensor_rank
 from ..runtime.weights import WeightFolder
 
 MAX_PIXELS = 8192 * 8192  # a declared size beyond this is a hostile or broken model, not a photo
-RESERVED = (FEATURES, LABEL, PROBABILITIES, "image", "head")
+RESERVED = (FEATURES, LABEL, PROBABILITIES, IMAGE, "head")
 
 
 @dataclass

@@ -7,9 +7,10 @@ from dataclasses import dataclass
 
 import onnx
 
+from ..contract import FEATURES
 from ..graph.preprocess import ImageInput
 from ..graph.share import ShareStats, extraction_groups, share_common
-from ..graph.stitch import FEATURES, StitchSource, output_names, stitch
+from ..graph.stitch import StitchSource, output_names, stitch
 from ..runtime.engine import Engine, LocalEngine
 from ..runtime.session import LARGE_MODEL_BYTES
 from ..runtime.tasks import LocalTasks, Tasks
