@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from . import signals
-from .errors import OnnxMergeError, warn
+from .errors import OnnxMergeError, note, warn
 from .safety import printable
 from .summary import build_summary, quantization_lines, z_lines  # noqa: F401  (also the API of build's report)
 from .version import __version__
@@ -80,6 +80,8 @@ def _build(args) -> int:
         # the setter drops Z's session; the report's lines say per source float/int8, time ratio and why
         merger.model_, merger.quantize_ = quantize_merger(merger, recipe.train, recipe.unlabeled)
     merger.save(args.output)
+    for line in merger.report_["data_notes"]:  # a train folder's images waiting for a label
+        note(printable(line))
     if args.json:  # the whole report: expected accuracy with per-class recall, source checks, pool counts, ...
         say(json.dumps(dict(merger.report_, output=str(args.output)), indent=2, default=_plain))
     else:
@@ -240,6 +242,29 @@ def _evaluate_chunked(args, z) -> dict:
     return evaluation_from_confusion(matrix, labels, z.labels)
 
 
+def _suggest(args) -> int:
+    from .suggest import suggest, summary
+
+    cache = None
+    if not args.no_cache:
+        from .runtime.cache import default_cache_dir
+
+        cache = Path(args.cache) if args.cache else default_cache_dir()
+    result = suggest(args.recipe, args.n, args.output, quiet=args.quiet, cache_dir=cache)
+    for line in result.data_notes:
+        note(printable(line))
+    for line in summary(result):
+        say(line)
+    return 0
+
+
+def _label(args) -> int:
+    from .label import serve
+
+    serve(Path(args.folder).expanduser(), port=args.port, announce=say)
+    return 0
+
+
 def _demo(args) -> int:
     from .demo import run_demo
 
@@ -275,6 +300,18 @@ def engine_options(sub: argparse.ArgumentParser, chunk: bool = False) -> None:
     )
 
 
+def cache_options(sub: argparse.ArgumentParser) -> None:
+    """--cache / --no-cache: where the sources' features are cached."""
+    cache = sub.add_mutually_exclusive_group()
+    cache.add_argument(
+        "--cache",
+        metavar="DIR",
+        help="feature cache folder (default: $ONNXMERGE_CACHE_DIR or "
+        "~/.cache/onnxmerge); a rebuild with a changed head does not run the sources again",
+    )
+    cache.add_argument("--no-cache", action="store_true", help="neither read nor write the feature cache")
+
+
 def parser() -> argparse.ArgumentParser:
     """The argument parser of every command."""
     main = argparse.ArgumentParser(
@@ -296,14 +333,7 @@ def parser() -> argparse.ArgumentParser:
     sub = command("build", _build, "build Z from a TOML recipe")
     sub.add_argument("recipe")
     sub.add_argument("-o", "--output", required=True, help="where to write Z (.onnx)")
-    cache = sub.add_mutually_exclusive_group()
-    cache.add_argument(
-        "--cache",
-        metavar="DIR",
-        help="feature cache folder (default: $ONNXMERGE_CACHE_DIR or "
-        "~/.cache/onnxmerge); a rebuild with a changed head does not run the sources again",
-    )
-    cache.add_argument("--no-cache", action="store_true", help="neither read nor write the feature cache")
+    cache_options(sub)
     sub.add_argument(
         "--json",
         action="store_true",
@@ -337,6 +367,21 @@ def parser() -> argparse.ArgumentParser:
     sub.add_argument("--json", action="store_true")
     sub.add_argument("--report", metavar="OUTDIR", help="also write confusion.png and report.html here")
     engine_options(sub, chunk=True)
+    sub = command("suggest", _suggest, "pick pool images worth a label and copy them into a folder to label")
+    sub.add_argument("recipe")
+    sub.add_argument("-n", type=int, required=True, help="how many images to suggest")
+    sub.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        metavar="DIR",
+        help="the labelling folder (created if missing): the images are copied to its top level and listed in "
+        "DIR/suggestions.csv; each moves into DIR/<label>/ once labelled, so DIR can be the recipe's train",
+    )
+    cache_options(sub)
+    sub = command("label", _label, "a labelling page for a suggest folder, served on 127.0.0.1 only")
+    sub.add_argument("folder", metavar="DIR")
+    sub.add_argument("--port", type=int, default=8765, help="port on 127.0.0.1 (default 8765; 0: any free port)")
     sub = command("demo", _demo, "the whole story on the Fashion-MNIST example shipped in the repository")
     sub.add_argument("--out", default="demo-output", help="folder for Z files and reports (default: demo-output)")
     return main

@@ -27,3 +27,8 @@ def first_line(exc: BaseException) -> str:
 def warn(message: str) -> None:
     """Print ``onnxmerge: warning: MESSAGE`` to stderr (something went wrong that the run could work around)."""
     print(f"onnxmerge: warning: {message}", file=sys.stderr)
+
+
+def note(message: str) -> None:
+    """Print ``onnxmerge: note: MESSAGE`` to stderr (what a run left out on purpose, e.g. unlabelled files)."""
+    print(f"onnxmerge: note: {message}", file=sys.stderr)

@@ -18,6 +18,7 @@ from .errors import OnnxMergeError
 from .files.images import as_images, as_labelled, as_pool
 from .files.models import check_output_path, save_model
 from .graph.preprocess import ImageInput
+from .learn.head import TeachersHead
 from .runtime.factory import open_tasks
 from .runtime.session import EXTRACT_VALUES_PER_CALL, run_batched
 from .stages import pipeline
@@ -131,12 +132,16 @@ class Merger(ClassifierMixin, BaseEstimator):
         """
         pipeline.check(self._config())
         labelled = as_labelled(X, y, self.input) if X is not None else None
+        # a train folder of suggested images that nobody has labelled yet: no labelled images (yet)
+        notes = labelled.notes if labelled is not None else []
+        labelled = labelled if labelled is not None and len(labelled.x) else None
         # on a cluster the workers read a pool folder's files themselves: its pixels never come here
         lazy = self.engine == "dask" or bool(self.address)
         pool = as_pool(unlabeled, self.input, lazy) if unlabeled is not None else None
         self.build_graph()
         build = self._build
         self.warnings_, self.report_ = build.warnings, build.report
+        build.report["data_notes"] = notes
         fitted, self.parity_ = pipeline.fit(build, labelled, pool)
         self.teachers_, self.widths_ = build.teachers, build.widths
         self.head_input_ = build.head_input()  # what the head reads, block by block
@@ -157,6 +162,20 @@ class Merger(ClassifierMixin, BaseEstimator):
         if getattr(self, "_build", None) is None:
             raise OnnxMergeError("this Merger has no graph yet; call fit() or build_graph() first.")
         return self.engine_.outputs(X, outputs or [o.name for o in self.stitched_.graph.output], budget)
+
+    def head_outputs(self, X: np.ndarray) -> dict[str, np.ndarray]:
+        """The stitched graph's outputs Z's head reads (``NAME/feature``, teachers' ``NAME/head``) on uint8
+        images, from the feature cache where this build stored them."""
+        if getattr(self, "_build", None) is None or self._build.features is None:
+            raise OnnxMergeError("this Merger is not fitted yet; call fit() first.")
+        return self._build.features(X)
+
+    def proba_from_outputs(self, outputs: dict[str, np.ndarray]) -> np.ndarray:
+        """Z's probabilities ``[N, K]`` from :meth:`head_outputs`, computed by the fitted head in numpy (equal to
+        Z's ``probabilities`` within the parity bound the build checked)."""
+        if isinstance(self.head_, TeachersHead):
+            return self.head_.numpy(outputs)[0]
+        return self.head_.predict_proba(self.head_input_.numpy(outputs).astype(np.float64))
 
     # -- using Z ----------------------------------------------------------------------------------------
     @property

@@ -9,7 +9,7 @@ import io
 import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
@@ -27,11 +27,13 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".we
 
 @dataclass
 class Dataset:
-    """Images ``x`` (uint8 ``[N, H, W, C]``), labels ``y`` (strings, or None) and where each came from."""
+    """Images ``x`` (uint8 ``[N, H, W, C]``), labels ``y`` (strings, or None) and where each came from;
+    ``notes``: what loading left out on purpose (a labelled folder's top-level files), for the build to say."""
 
     x: np.ndarray
     y: np.ndarray | None
     files: list[str]
+    notes: list[str] = field(default_factory=list)
 
 
 def read_image(path: str | os.PathLike, image: ImageInput, data: BinaryIO | None = None) -> np.ndarray:
@@ -159,20 +161,26 @@ def _load_npz(path: Path, image: ImageInput, labelled: bool, expected_by: str = 
 
 
 def load_labelled(
-    path: str | os.PathLike, image: ImageInput, what: str = "training data", expected_by: str = "the recipe's [input]"
+    path: str | os.PathLike,
+    image: ImageInput,
+    what: str = "training data",
+    expected_by: str = "the recipe's [input]",
+    pending: bool = False,
 ) -> Dataset:
     """A labelled folder (one sub-folder per class, ImageFolder style) or an ``.npz`` with x and y.
 
     ``what`` names the data in messages; ``expected_by`` says where its image size comes from ("Z's input"
-    when evaluating a built Z, where there is no recipe).
+    when evaluating a built Z, where there is no recipe). With ``pending`` (a build's train folder), a folder
+    of ``onnxmerge suggest``'s images that nobody has labelled yet is an empty Dataset rather than an error.
     """
     path = Path(path)
     if not path.exists():
         raise OnnxMergeError(f"{what} {printable(path)} does not exist; check the path.")
     if not path.is_dir():  # an .npz; a FIFO or device in its place is refused when opened
         return _load_npz(path, image, labelled=True, expected_by=expected_by)
-    files, labels = list_labelled(path)
-    return Dataset(read_images(files, image), np.asarray(labels), files)
+    note = unlabelled_note(path)
+    files, labels = list_labelled(path, pending=pending and note is not None)
+    return Dataset(read_images(files, image), np.asarray(labels, dtype=str), files, [note] if note else [])
 
 
 @dataclass(frozen=True)
@@ -305,13 +313,14 @@ def _some(x: np.ndarray, what: str) -> np.ndarray:
 def as_labelled(X, y, image: ImageInput) -> Dataset:
     """The API's labelled data: a folder or ``.npz`` path, a list of them (joined), or an array with ``y``."""
     if isinstance(X, (str, os.PathLike)):
-        return load_labelled(X, image)
+        return load_labelled(X, image, pending=True)
     if y is None and isinstance(X, (list, tuple)) and X and all(isinstance(p, (str, os.PathLike)) for p in X):
-        parts = [load_labelled(p, image) for p in X]  # e.g. old classes + a new class's few images
+        parts = [load_labelled(p, image, pending=True) for p in X]  # e.g. old classes + a new class's few images
         return Dataset(
             np.concatenate([d.x for d in parts]),
             np.concatenate([d.y for d in parts]),
             [f for d in parts for f in d.files],
+            [n for d in parts for n in d.notes],
         )
     x = _some(as_images(X, image, "X"), "X")
     if y is None or len(y) != len(x):
@@ -400,12 +409,18 @@ def _list_url(source: str) -> list[str]:
     return [fs.unstrip_protocol(p) for p in found]
 
 
-def list_labelled(path: str | os.PathLike) -> tuple[list[str], list[str]]:
-    """The files and labels of a labelled folder (one sub-folder per class), without reading the images."""
+def list_labelled(path: str | os.PathLike, pending: bool = False) -> tuple[list[str], list[str]]:
+    """The files and labels of a labelled folder (one sub-folder per class), without reading the images.
+
+    Top-level files and hidden sub-folders (``.none``, ``.skipped`` of the labelling page) are not classes.
+    ``pending``: a folder without any class sub-folder yet gives no files instead of an error.
+    """
     path = Path(path)
     if not path.is_dir():
         raise OnnxMergeError(f"labelled folder {path} does not exist; check the path.")
-    classes = sorted(p for p in path.iterdir() if p.is_dir())
+    classes = sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes and pending:
+        return [], []
     if not classes:
         raise OnnxMergeError(f"{path} has no class sub-folders; put each class's images in a folder named after it.")
     files, labels = [], []
@@ -417,3 +432,18 @@ def list_labelled(path: str | os.PathLike) -> tuple[list[str], list[str]]:
         files += found
         labels += [folder.name] * len(found)
     return files, labels
+
+
+def unlabelled_note(path: Path) -> str | None:
+    """The one note a labelled folder's images outside its class folders earn (None if there are none): its
+    top-level images (``onnxmerge suggest`` puts them there to be labelled) and hidden sub-folders."""
+    top = [p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+    hidden = sorted(p.name + "/" for p in path.iterdir() if p.is_dir() and p.name.startswith("."))
+    if not top and not hidden:
+        return None
+    parts = [f"{len(top)} top-level image{'s' * (len(top) != 1)} (not labelled yet)"] if top else []
+    parts += [f"the hidden folder{'s' * (len(hidden) != 1)} {', '.join(hidden)}"] if hidden else []
+    return (
+        f"{printable(path)}: {' and '.join(parts)} ignored; a file counts once it is moved into "
+        f"{printable(path)}/<label>/ (onnxmerge label {printable(path)})."
+    )

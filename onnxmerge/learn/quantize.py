@@ -421,6 +421,11 @@ def quantize_merger(
             "check accuracy before/after; build without --quantize."
         )
     data = as_labelled(train, None, merger.input)
+    if not len(data.x):
+        raise OnnxMergeError(
+            "--quantize needs labelled training images, and [head] train holds none yet (only images waiting "
+            "for a label); label them first or build without --quantize."
+        )
     pool = as_pool(unlabeled, merger.input).x if unlabeled is not None else None
     fit = None  # teachers mode or a pseudo-labelled head: not fitted on these labels alone, never refitted
     if merger.mode == "fit" and "pseudo_labels" not in merger.report_:
