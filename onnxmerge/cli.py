@@ -137,53 +137,46 @@ def _unreadable(errors: list[str], total: int) -> None:
 
 
 def _predict(args) -> int:
-    from .files.images import list_images, read_images
+    """Z on image files, chunk by chunk, here or on a cluster: the same rows, and the same handling of a file
+    that cannot be read (one warning naming it, the run goes on; an error only if no image could be read)."""
+    from .files.images import list_images
     from .predict import ZModel, predict_files, write_predictions
 
+    if args.probabilities and not args.out:
+        raise OnnxMergeError("--probabilities is a column of --out's Parquet file; add --out PREDICTIONS.parquet.")
     z = ZModel(args.model, quiet=args.quiet, chunk=args.chunk)
     files = list_images(args.images)
-    if args.out or args.engine == "dask" or args.address:
-        # chunked: in this process (--out only) or on a cluster; unreadable files are reported and skipped
-        tasks = _tasks(args)
-        try:
-            if args.out:
-                written = write_predictions(z, files, tasks, args.out, args.probabilities)
-                _unreadable(written.errors, len(files))
-                say(
-                    f"wrote {written.rows} predictions of {len(files)} images to {written.path} "
-                    f"({written.parts} parquet parts)"
-                )
-                return 0
-            errors, rows = [], []
-            for chunk in predict_files(z, files, tasks):
-                errors += chunk.errors
-                for file, label, probability in chunk.rows:
-                    if args.json:
-                        rows.append({"file": file, "label": label, "probability": probability})
-                    else:
-                        say(f"{printable(file)}\t{printable(label)}\t{probability:.4f}")
-        finally:
-            tasks.close()
-        if args.json:
-            say(json.dumps(rows, indent=2))
-        _unreadable(errors, len(files))
-        if len(errors) == len(files):
-            raise OnnxMergeError(f"none of the {len(files)} images could be read; check the files.")
-        return 0
-    if args.probabilities:
-        raise OnnxMergeError("--probabilities is a column of --out's Parquet file; add --out PREDICTIONS.parquet.")
-    images = read_images(files, z.input)
-    labels, probs = z.predict(images)
-    rows = [
-        {"file": str(f), "label": str(label), "probability": float(p.max())}
-        for f, label, p in zip(files, labels, probs)
-    ]
-    if args.json:  # json escapes control characters itself; undecodable file-name bytes as \udcXX
+    tasks = _tasks(args)
+    try:
+        if args.out:
+            written = write_predictions(z, files, tasks, args.out, args.probabilities)
+            _unreadable(written.errors, len(files))
+            parts = f"{written.parts} parquet part{'' if written.parts == 1 else 's'}"
+            say(f"wrote {written.rows} predictions of {len(files)} images to {written.path} ({parts})")
+            return 0
+        errors, rows = [], []
+        for chunk in predict_files(z, files, tasks):
+            errors += chunk.errors
+            for file, label, probability in chunk.rows:
+                if args.json:  # json escapes control characters itself; undecodable file-name bytes as \udcXX
+                    rows.append({"file": file, "label": label, "probability": probability})
+                else:  # a TAB, newline or escape sequence in a name or label is escaped: always three fields
+                    say(f"{printable(file)}\t{printable(label)}\t{probability:.4f}")
+    finally:
+        tasks.close()
+    if errors and len(errors) == len(files):
+        raise OnnxMergeError(_none_read(errors, len(files)))
+    if args.json:
         say(json.dumps(rows, indent=2))
-    else:  # a TAB, newline or escape sequence in a name or label is escaped: always three fields per line
-        for row in rows:
-            say(f"{printable(row['file'])}\t{printable(row['label'])}\t{row['probability']:.4f}")
+    _unreadable(errors, len(files))
     return 0
+
+
+def _none_read(errors: list[str], total: int) -> str:
+    """The one sentence when no image of a run could be read: the error itself where there was one image."""
+    if total == 1:
+        return errors[0]
+    return f"none of the {total} images could be read (first: {errors[0].rstrip('.')}); check the files."
 
 
 def _evaluate(args) -> int:
@@ -287,7 +280,8 @@ def engine_options(sub: argparse.ArgumentParser, chunk: bool = False) -> None:
         "--engine",
         choices=["local", "dask"],
         help="local: this process (default); dask: a Dask "
-        "cluster (the extra onnxmerge[dask]); a recipe's [engine] table may also name it",
+        "cluster (the optional extra 'dask': pip install -e '.[dask]' in a clone); a recipe's [engine] table may "
+        "also name it",
     )
     sub.add_argument(
         "--address",
@@ -357,7 +351,7 @@ def parser() -> argparse.ArgumentParser:
         "--out",
         metavar="PREDICTIONS.parquet",
         help="write a Parquet dataset (one part file per "
-        "chunk: file, label, probability) instead of printing; needs the extra onnxmerge[dask]",
+        "chunk: file, label, probability) instead of printing; needs the optional extra 'dask'",
     )
     sub.add_argument("--probabilities", action="store_true", help="with --out: also every class's probability")
     engine_options(sub, chunk=True)

@@ -58,6 +58,9 @@ class Merger(ClassifierMixin, BaseEstimator):
         here for the head's fit; the parity check's 64 images run here.
     address : a Dask scheduler's address (``tcp://HOST:8786``); None with engine "dask": a LocalCluster on
         loopback, ``workers`` single-threaded worker processes (default one per core). ``close()`` ends it.
+    new_classes : training classes to keep as classes of their own although their names resemble a teacher's
+        label or another training class (``coat`` beside a teacher's ``Coat``); without it, that is an error
+        asking "did you mean".
 
     Example
     -------
@@ -79,6 +82,7 @@ class Merger(ClassifierMixin, BaseEstimator):
         engine: str = "local",
         address: str | None = None,
         workers: int | None = None,
+        new_classes: list[str] | tuple[str, ...] = (),
     ):
         self.input = input
         self.sources = sources
@@ -92,6 +96,7 @@ class Merger(ClassifierMixin, BaseEstimator):
         self.engine = engine
         self.address = address
         self.workers = workers
+        self.new_classes = new_classes
 
     def _config(self) -> BuildConfig:
         return BuildConfig(
@@ -104,6 +109,7 @@ class Merger(ClassifierMixin, BaseEstimator):
             self.batch_size,
             self.quiet,
             self.cache_dir,
+            tuple(self.new_classes),
         )
 
     def build_graph(self) -> onnx.ModelProto:
@@ -205,6 +211,12 @@ class Merger(ClassifierMixin, BaseEstimator):
         return run_batched(self._z_session(), as_images(X, self.input), [PROBABILITIES], self.batch_size, self.quiet)[
             PROBABILITIES
         ]
+
+    def score(self, X, y=None, sample_weight=None) -> float:
+        """Z's accuracy on labelled data given as ``fit`` takes it: a labelled folder or ``.npz`` (or a list of
+        them), or images with labels ``y``. A label Z does not know counts as wrong."""
+        data = as_labelled(X, y, self.input)
+        return float(np.average(self.predict(data.x) == data.y, weights=sample_weight))
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write Z atomically (temporary file, then rename); never onto a source model."""

@@ -25,6 +25,7 @@ from .graph.preprocess import ImageInput
 from .runtime.session import make_session, run_batched
 from .runtime.tasks import CHUNK_IMAGES, Tasks, cached_session, chunk_rows
 from .safety import printable
+from .version import install_extra_command
 
 PART = "part-{:05d}.parquet"
 
@@ -186,8 +187,8 @@ def write_predictions(z: ZModel, files: list[str], tasks: Tasks, out: str, proba
         import pyarrow  # noqa: F401 - the workers write the parts with it
     except ImportError as exc:
         raise OnnxMergeError(
-            f"--out needs the optional extra ({exc.name} is not installed); install it with "
-            "pip install 'onnxmerge[dask]'."
+            f"--out needs the optional extra 'dask' ({exc.name} is not installed); install it with: "
+            f"{install_extra_command('dask')}"
         ) from None
     fs, target = fsspec.core.url_to_fs(out)
     _check_replaceable(fs, target, out)

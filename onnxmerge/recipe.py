@@ -52,6 +52,7 @@ _HEAD = {
     "train": ((str, list), False),
     "unlabeled": (str, False),
     "C": ((int, float, str), False),
+    "new_classes": (list, False),
 }
 _TYPE_NAMES = {
     int: "an integer",
@@ -195,6 +196,9 @@ def parse_recipe(data: dict, base: Path, path: Path, quiet: bool = False) -> Rec
             '(a pool the teachers pseudo-label), or use mode = "teachers".'
         )
     engine = _engine(data)
+    new_classes = head.get("new_classes", [])
+    if not all(isinstance(v, str) for v in new_classes):
+        raise OnnxMergeError("head.new_classes must be a list of class names (strings).")
     merger = Merger(
         ImageInput(height, width, channels),
         sources,
@@ -204,6 +208,7 @@ def parse_recipe(data: dict, base: Path, path: Path, quiet: bool = False) -> Rec
         engine=engine["name"],
         address=engine.get("address"),
         workers=engine.get("workers"),
+        new_classes=new_classes,
     )
     train = None
     if "train" in head:

@@ -106,6 +106,22 @@ def test_predictions_identical_and_a_bad_image_reported(fitted, image_files, clu
     assert np.array_equal(table.column("probability").to_numpy(), probs.max(axis=1))
 
 
+def test_an_unreadable_image_is_skipped_alike_here_and_on_the_cluster(fitted, image_files, cluster, tmp_path, capsys):
+    """Printed predictions (no --out): the local engine and the cluster print the same rows and the same warnings
+    for the file that is not an image (the local engine used to stop at it)."""
+    local, _, _ = fitted
+    z = local.save(tmp_path / "z.onnx")
+    runs = []
+    for engine in ([], ["--address", cluster.scheduler_address]):
+        assert main(["predict", str(z), str(image_files / "1"), "--quiet", "--chunk", "256", *engine]) == 0
+        runs.append(capsys.readouterr())
+    assert runs[0].out == runs[1].out and len(runs[0].out.splitlines()) == 600
+    assert runs[0].err == runs[1].err and "00007_bad.png cannot be read" in runs[0].err
+    assert (
+        runs[0].err.splitlines()[-1] == "onnxmerge: warning: 1 of 601 images could not be read and have no prediction."
+    )
+
+
 def test_a_killed_worker_is_retried_and_the_output_is_identical(fitted, image_files, cluster, tmp_path, capsys):
     local, _, _ = fitted
     z = local.save(tmp_path / "z.onnx")

@@ -19,6 +19,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from ..errors import OnnxMergeError
 from ..graph.preprocess import ImageInput
 from ..safety import check_labels, open_regular, printable
+from ..version import install_extra_command
 
 #: The EXIF tag that says how a camera held the picture (1 = as stored).
 ORIENTATION = 0x0112
@@ -58,7 +59,11 @@ def read_image(path: str | os.PathLike, image: ImageInput, data: BinaryIO | None
                         "file); save the frame to use as a single image."
                     )
                 array = pil_image(img, image)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
+    except UnidentifiedImageError as exc:  # its message names the open file object, not the file
+        raise OnnxMergeError(
+            f"image {printable(path)} cannot be read (not an image format Pillow can decode); remove or replace it."
+        ) from exc
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise OnnxMergeError(
             f"image {printable(path)} cannot be read ({printable(exc)}); remove or replace it."
         ) from exc
@@ -391,7 +396,8 @@ def _list_url(source: str) -> list[str]:
         import fsspec
     except ImportError:
         raise OnnxMergeError(
-            f"reading {source} needs fsspec; install the extra: pip install 'onnxmerge[dask]'."
+            f"reading {source} needs fsspec (the optional extra 'dask'); install it with: "
+            f"{install_extra_command('dask')}"
         ) from None
     try:
         fs, path = fsspec.core.url_to_fs(source)

@@ -276,9 +276,14 @@ def check_output_path(output: str | os.PathLike, protected: list[Path] = (), fla
     is one of them after symbolic links are resolved, or the same file under another name (a hard link:
     same device and inode). ``flag`` names the option in the message (``-o``, ``--report``).
     """
+    text = os.fspath(output)
     output = Path(output)
     folder = output.parent if str(output.parent) else Path(".")
     shown = printable(output)
+    if isinstance(text, str) and text.endswith(("/", os.sep)):  # Path() drops the slash that says "a folder"
+        raise OnnxMergeError(
+            f"output path {printable(text)} names a folder; give a file name such as {printable(output / 'z.onnx')}."
+        )
     if not folder.is_dir():
         raise OnnxMergeError(
             f"output folder {printable(folder)} does not exist; create it first or choose another {flag} path."

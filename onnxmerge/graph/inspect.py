@@ -370,11 +370,30 @@ def candidates(model: onnx.ModelProto, suggested: str | None) -> list[dict]:
 
 
 def _printable_type(t: onnx.TypeProto) -> str:
-    """onnx's printable type; an element type onnx has no name for (a corrupt file) is shown by number."""
+    """onnx's printable type for a tensor (``FLOAT, Nx8``); sequences, maps and optionals spelled out
+    (skl2onnx's ZipMap: ``sequence of map(INT64 -> FLOAT)``), which onnx prints as "Unknown type"; an element
+    type onnx has no name for (a corrupt file) is shown by number."""
+    kind = t.WhichOneof("value")
+    if kind == "sequence_type":
+        return f"sequence of {_printable_type(t.sequence_type.elem_type)}"
+    if kind == "map_type":
+        return f"map({_element_name(t.map_type.key_type)} -> {_printable_type(t.map_type.value_type)})"
+    if kind == "optional_type":
+        return f"optional {_printable_type(t.optional_type.elem_type)}"
+    if kind == "tensor_type" and not t.tensor_type.HasField("shape"):  # a map's values: no shape to print
+        return _element_name(t.tensor_type.elem_type)
     try:
         return onnx.helper.printable_type(t)
     except ValueError:
         return f"tensor(unknown elem_type {t.tensor_type.elem_type})"
+
+
+def _element_name(elem_type: int) -> str:
+    """``FLOAT``, ``INT64``, ...; a number onnx has no name for as ``elem_type N``."""
+    try:
+        return onnx.TensorProto.DataType.Name(elem_type)
+    except ValueError:
+        return f"elem_type {elem_type}"
 
 
 def describe_z(model: onnx.ModelProto, path: str | Path | None = None) -> dict | None:

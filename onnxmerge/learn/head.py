@@ -1,9 +1,8 @@
 """Z's head: its input (the sources' features and the teachers' log-probabilities), the fitted
 logistic regression, and the teachers' routed union; exported to plain ONNX ops and appended.
 
-Everything appended here uses only default-domain ops that exist in every opset onnxmerge accepts
-(MatMul, Add, Mul, Div, Sqrt, Max, Log, Exp, Softmax, Concat, Gather, ArgMax), so Z runs on minimal
-onnxruntime builds whatever opset its sources came with.
+Only default-domain ops that exist in every opset onnxmerge accepts (MatMul, Add, Mul, Div, Sqrt, Max, Log, Exp,
+Softmax, Concat, Gather, ArgMax): Z runs on minimal onnxruntime builds whatever opset its sources came with.
 """
 
 from __future__ import annotations
@@ -227,8 +226,9 @@ def _finish(
     classes: list[str],
     outputs: list[str],
     extra: list[onnx.ValueInfoProto] = (),
+    features_width: int | None = None,
 ) -> onnx.ModelProto:
-    """Append ``nodes`` + ArgMax + Gather(class names); Z's outputs become label, probabilities, ``outputs``."""
+    """Append ``nodes`` + ArgMax + Gather(class names); Z's outputs: label, probabilities, ``outputs``."""
     result = onnx.ModelProto()
     result.CopyFrom(model)
     graph = result.graph
@@ -243,6 +243,8 @@ def _finish(
         ]
     )
     kept = [o for o in graph.output if o.name in outputs]
+    for dims in [o.type.tensor_type.shape.dim for o in kept if o.name == FEATURES and features_width]:
+        dims[1].dim_value = features_width  # the stitched graph's Concat has no static width; the head knows it
     del graph.output[:]
     graph.output.extend(
         [
@@ -253,6 +255,10 @@ def _finish(
         + list(extra)
     )
     return result
+
+
+def _features_width(head_input: HeadInput, width_of: Mapping[str, int]) -> int:
+    return sum(head_input.widths(width_of)[: len(head_input.sources)])  # Z's ``features``: every source's block
 
 
 def append_head(
@@ -266,7 +272,8 @@ def append_head(
     """Mode "fit": ``head/input`` -> Sub + MatMul + Add + Softmax -> ArgMax + Gather(labels)."""
     nodes, inits = head_input.nodes(width_of)
     more, more_inits = _linear(HEAD_INPUT, pipeline, "head", PROBABILITIES, centred)
-    return _finish(model, nodes + more, inits + more_inits, [str(c) for c in pipeline.classes_], outputs)
+    classes, width = [str(c) for c in pipeline.classes_], _features_width(head_input, width_of)
+    return _finish(model, nodes + more, inits + more_inits, classes, outputs, (), width)
 
 
 @dataclass
@@ -338,7 +345,8 @@ class TeachersHead:
                 helper.make_node("Softmax", ["head/scores"], ["head/joint"], name="head/Softmax", axis=1),
                 helper.make_node("MatMul", ["head/joint", "head/merge"], [PROBABILITIES], name="head/Merge"),
             ]
-            return _finish(model, nodes, inits, self.classes, outputs)
+            width = _features_width(self.head_input, width_of)
+            return _finish(model, nodes, inits, self.classes, outputs, (), width)
         nodes, more = self.head_input.nodes(width_of)
         inits += more
         linear, linear_inits = _linear(HEAD_INPUT, self.router, "head/router", "head/router/probabilities")
@@ -384,7 +392,7 @@ class TeachersHead:
             ]
         else:
             nodes.append(helper.make_node("Identity", ["head/union"], [PROBABILITIES], name="head/Probabilities"))
-        route_out = helper.make_tensor_value_info(
-            ROUTE, TensorProto.FLOAT, ["N", len(self.teachers) + len(self.new_classes)]
-        )
-        return _finish(model, nodes, inits, self.classes, outputs, [route_out])
+        routes = len(self.teachers) + len(self.new_classes)
+        route_out = helper.make_tensor_value_info(ROUTE, TensorProto.FLOAT, ["N", routes])
+        width = _features_width(self.head_input, width_of)
+        return _finish(model, nodes, inits, self.classes, outputs, [route_out], width)

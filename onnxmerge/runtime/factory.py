@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from ..errors import OnnxMergeError
+from ..version import install_extra_command
 from .tasks import ENGINES, LocalTasks, Tasks
 
 
@@ -28,7 +29,7 @@ def open_tasks(
         from .dask_engine import DaskCluster
     except ImportError as exc:
         raise OnnxMergeError(
-            f"--engine dask needs the optional extra ({exc.name} is not installed); "
-            "install it with pip install 'onnxmerge[dask]'."
+            f"--engine dask needs the optional extra 'dask' ({exc.name} is not installed); "
+            f"install it with: {install_extra_command('dask')}"
         ) from None
     return DaskCluster(address, workers, quiet)

@@ -34,6 +34,7 @@ class BuildConfig:
     batch_size: int = 128
     quiet: bool = False
     cache_dir: str | os.PathLike | None = None
+    new_classes: tuple[str, ...] = ()  # training classes kept as new although they resemble a teacher's label
 
 
 @dataclass

@@ -27,7 +27,7 @@ from .parity import ParityCheck, check_parity
 from .route import fit_teachers
 from .sources import check_config, resolve_sources
 from .stitching import make_engine, stitch_sources
-from .teachers import find_teachers
+from .teachers import check_class_names, find_teachers
 
 MODES = ("fit", "teachers")
 
@@ -60,6 +60,8 @@ def fit(build: Build, labelled: Dataset | None, pool: Dataset | None) -> tuple[F
             'mode "fit" needs labelled images (train) or an unlabeled pool; add [head] train '
             'or unlabeled, or use mode = "teachers".'
         )
+    if labelled is not None:
+        check_class_names(sorted({str(c) for c in labelled.y}), build.sources, config.new_classes)
     given = pool if pool is not None else labelled
     probe = decoded(given.x[:16]) if given is not None else np.zeros((1, *config.input.shape), np.uint8)
     build.teachers, build.widths = find_teachers(

@@ -18,6 +18,7 @@ from ..graph.inspect import find_head, find_head_output, read_labels
 from ..graph.preprocess import ImageInput, Preprocess, reference_preprocess
 from ..runtime.session import make_session, tensor_rank
 from ..runtime.weights import WeightFolder
+from ..safety import printable
 
 MAX_PIXELS = 8192 * 8192  # a declared size beyond this is a hostile or broken model, not a photo
 RESERVED = (FEATURES, LABEL, PROBABILITIES, IMAGE, "head")
@@ -88,8 +89,10 @@ def resolve_sources(specs: list[Source], image: ImageInput, weights: WeightFolde
             if rank is None and source.feature in _tensor_names(source.model):
                 rank = tensor_rank(source.model, source.feature, probe, weights)  # e.g. a computed Reshape
             source.cut = cut(source.model, source.feature, source.head_output, rank)
-        except OnnxMergeError:
-            raise
+        except OnnxMergeError as exc:
+            if str(exc).startswith(f"source {spec.name!r}"):
+                raise
+            raise OnnxMergeError(_naming_source(str(exc), spec)) from exc
         except Exception as exc:  # a model that passed onnx's checker and onnxruntime but defeats the graph steps
             raise OnnxMergeError(
                 f"source {spec.name!r} ({spec.model}) could not be cut ({type(exc).__name__}: "
@@ -98,6 +101,12 @@ def resolve_sources(specs: list[Source], image: ImageInput, weights: WeightFolde
             ) from exc
         resolved.append(source)
     return resolved
+
+
+def _naming_source(message: str, spec: Source) -> str:
+    """``message`` with the source's name and (where it does not name it already) its model file in front."""
+    model = printable(spec.model)
+    return f"source {spec.name!r}" + ("" if model in message else f" ({model})") + f": {message}"
 
 
 def _tensor_names(model: onnx.ModelProto) -> set[str]:

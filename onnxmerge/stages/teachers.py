@@ -3,6 +3,9 @@ output has one column per label, and (in mode "fit") it needs no ops outside the
 
 from __future__ import annotations
 
+import difflib
+import json
+
 import numpy as np
 import onnx
 
@@ -80,3 +83,60 @@ def head_domains(graph: onnx.GraphProto, name: str) -> set[str]:
     names = output_names(name)
     head_only = ancestors(graph, [names["head"]]) - ancestors(graph, [names["feature"]])
     return {graph.node[i].domain for i in head_only} - {"", "ai.onnx"}
+
+
+#: difflib similarity (2 x matching characters / total) at or above which two class names look like one name
+#: typed twice: "Bagg" ~ "Bag" 0.86, "Trousers" ~ "Trouser" 0.93; "Shirt" ~ "Skirt" 0.80 and "cat" ~ "bat" 0.67 are
+#: different classes
+SIMILAR = 0.85
+
+
+def check_class_names(classes: list[str], sources: list[ResolvedSource], new_classes: tuple[str, ...] = ()) -> None:
+    """Refuse a training class whose name is a teacher's label (or another training class) up to case, spaces,
+    underscores and hyphens, or a typo: it would silently become a class of its own. ``new_classes`` are names
+    the user keeps as new classes all the same (recipe ``[head] new_classes``, ``Merger(new_classes=...)``)."""
+    for name in new_classes:
+        if name not in classes:
+            raise OnnxMergeError(
+                f"new_classes names {name!r}, which is no class of the training data; fix or remove it."
+            )
+    owners = {}
+    for source in sources:
+        for label in (source.labels or []) if source.spec.teacher else []:
+            owners.setdefault(label, f"source {source.name!r}'s label")
+    for i, name in enumerate(classes):
+        if name in owners or name in new_classes:
+            continue
+        others = [(label, owner) for label, owner in owners.items()] + [(c, "training class") for c in classes[:i]]
+        for label, owner in others:
+            how = resemblance(name, label)
+            if how:
+                raise OnnxMergeError(
+                    f"training class {name!r} looks like {owner} {label!r} ({how}); did you mean {label!r}? "
+                    f"Rename that class (its folder or labels), or keep it as a class of its own with "
+                    f"[head] new_classes = [{_toml(name)}] (Merger(new_classes=[{name!r}]))."
+                )
+
+
+def resemblance(a: str, b: str) -> str | None:
+    """How two different names look like one (``"differs only in case"``, ...), or None where they do not."""
+
+    def squeezed(text: str) -> str:
+        return "".join(ch for ch in text.casefold() if not (ch.isspace() or ch in "_-"))
+
+    if a == b:
+        return None
+    if a.casefold() == b.casefold():
+        return "differs only in case"
+    if squeezed(a) == squeezed(b):
+        return "differs only in case, spaces, underscores or hyphens"
+    x, y = squeezed(a), squeezed(b)
+    matcher = difflib.SequenceMatcher(None, x, y, autojunk=False)
+    changed = [x[i1:i2] + y[j1:j2] for tag, i1, i2, j1, j2 in matcher.get_opcodes() if tag != "equal"]
+    if any(ch.isdigit() for part in changed for ch in part):  # "class_10" and "class_11" are two classes
+        return None
+    return "a small edit apart" if matcher.ratio() >= SIMILAR else None
+
+
+def _toml(name: str) -> str:
+    return json.dumps(name, ensure_ascii=False)  # a TOML basic string is JSON's string syntax for printable text
