@@ -21,6 +21,8 @@ def _inspect(args) -> int:
     from .files.models import load_model
     from .graph.inspect import describe
 
+    if args.others:
+        return _compare(args)
     info = describe(args.model, load_model(args.model))
     for warning in info["label_warnings"]:  # e.g. a labels metadata value that is not a list or dict
         warn(printable(warning))
@@ -47,6 +49,20 @@ def _inspect(args) -> int:
     say(f"candidates ({len(shown)} of {len(info['candidates'])}{'' if args.all else '; --all for every one'}):")
     for c in shown:
         say(f"  {'*' if c['suggested'] else ' '} {p(c['name'])}  shape {p(c['shape'])}  -> {p(c['op'])}")
+    return 0
+
+
+def _compare(args) -> int:
+    """``inspect A.onnx B.onnx ...``: do the models share an architecture (can they be merged in weight space)?"""
+    from .files.models import load_model
+    from .graph.architecture import compare_files
+
+    paths = [args.model, *args.others]
+    match = compare_files(paths, [load_model(p) for p in paths])
+    if args.json:
+        say(json.dumps(match, indent=2))
+    else:
+        say(printable(match["line"]))
     return 0
 
 
@@ -322,6 +338,9 @@ def parser() -> argparse.ArgumentParser:
 
     sub = command("inspect", _inspect, "show a model's inputs, outputs, labels and candidate feature tensors")
     sub.add_argument("model")
+    sub.add_argument(
+        "others", nargs="*", metavar="MODEL", help="more models: say whether they share the first one's architecture"
+    )
     sub.add_argument("--json", action="store_true", help="machine-readable output")
     sub.add_argument("--all", action="store_true", help="list every candidate, not only the top ten")
     sub = command("build", _build, "build Z from a TOML recipe")

@@ -21,8 +21,9 @@ from .graph.preprocess import ImageInput
 from .learn.head import TeachersHead
 from .runtime.factory import open_tasks
 from .runtime.session import EXTRACT_VALUES_PER_CALL, run_batched
-from .stages import pipeline
+from .stages import choice, pipeline
 from .stages.context import Build, BuildConfig
+from .stages.merging import MergeSpec
 from .stages.sources import Source
 
 MODES = pipeline.MODES
@@ -53,6 +54,9 @@ class Merger(ClassifierMixin, BaseEstimator):
     quiet : no progress bars.
     router_C : the teachers-mode router's inverse regularisation.
     cache_dir : a folder for the feature cache (None: no cache).
+    merge : a ``MergeSpec`` (the recipe's ``[merge]``): ``mode`` "concat" (every source's backbone), "weights"
+        (sources of one architecture share one backbone merged in weight space) or "auto" (the merged one
+        unless it loses more than ``margin`` held-out accuracy); ``base`` the model they were tuned from.
     engine : "local" (this process) or "dask" (a Dask cluster; the extra ``onnxmerge[dask]``): where the
         sources run over the labelled set and the pool. Their features and teachers' outputs are gathered
         here for the head's fit; the parity check's 64 images run here.
@@ -83,6 +87,7 @@ class Merger(ClassifierMixin, BaseEstimator):
         address: str | None = None,
         workers: int | None = None,
         new_classes: list[str] | tuple[str, ...] = (),
+        merge: MergeSpec = MergeSpec(),
     ):
         self.input = input
         self.sources = sources
@@ -97,6 +102,7 @@ class Merger(ClassifierMixin, BaseEstimator):
         self.address = address
         self.workers = workers
         self.new_classes = new_classes
+        self.merge = merge
 
     def _config(self) -> BuildConfig:
         return BuildConfig(
@@ -110,6 +116,7 @@ class Merger(ClassifierMixin, BaseEstimator):
             self.quiet,
             self.cache_dir,
             tuple(self.new_classes),
+            self.merge,
         )
 
     def build_graph(self) -> onnx.ModelProto:
@@ -121,12 +128,14 @@ class Merger(ClassifierMixin, BaseEstimator):
         self._z = self._session = None
         if getattr(self, "_tasks", None) is None:
             self._tasks = open_tasks(self.engine, self.address, self.workers, self.quiet)
-        self._build: Build = pipeline.prepare(self._config(), self._tasks)
-        build = self._build
+        self._set_graph(pipeline.prepare(self._config(), self._tasks))
+        return self.stitched_
+
+    def _set_graph(self, build: Build) -> None:
+        self._build = build
         self.weights_, self.sources_, self.stitched_ = build.weights, build.sources, build.graph.model
         self.notes_, self.share_, self.groups_ = build.graph.notes, build.graph.share, build.graph.groups
         self.engine_ = build.engine  # where the stitched graph runs (runtime.engine)
-        return self.stitched_
 
     def fit(self, X=None, y=None, unlabeled=None) -> Merger:
         """Build Z: extract features, fit the head (or route the teachers), append it, check parity.
@@ -144,11 +153,14 @@ class Merger(ClassifierMixin, BaseEstimator):
         # on a cluster the workers read a pool folder's files themselves: its pixels never come here
         lazy = self.engine == "dask" or bool(self.address)
         pool = as_pool(unlabeled, self.input, lazy) if unlabeled is not None else None
-        self.build_graph()
-        build = self._build
+        self._z = self._session = None
+        if getattr(self, "_tasks", None) is None:
+            self._tasks = open_tasks(self.engine, self.address, self.workers, self.quiet)
+        # stages 1-5; with [merge] also the merged Z, and the choice between it and the concatenation
+        build, fitted, self.parity_ = choice.build_z(self._config(), self._tasks, labelled, pool)
+        self._set_graph(build)
         self.warnings_, self.report_ = build.warnings, build.report
         build.report["data_notes"] = notes
-        fitted, self.parity_ = pipeline.fit(build, labelled, pool)
         self.teachers_, self.widths_ = build.teachers, build.widths
         self.head_input_ = build.head_input()  # what the head reads, block by block
         self.head_, self.classes_ = fitted.head, fitted.classes

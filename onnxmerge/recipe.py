@@ -19,14 +19,24 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 
 from .errors import OnnxMergeError
 from .graph.preprocess import ImageInput, Preprocess
+from .learn.merging import METHODS as MERGE_METHODS
 from .merger import DEFAULT_C, MODES, Merger, Source
 from .runtime.tasks import ENGINES
 from .safety import check_labels, printable, read_regular
+from .stages.merging import DEFAULT_MARGIN, MergeSpec, check_spec
+from .stages.merging import MODES as MERGE_MODES
 
 #: A recipe is a few hundred bytes; a larger file is not one (and is not read into memory).
 MAX_RECIPE_BYTES = 1 << 20
 # key -> (type(s), required)
-_TOP = {"input": (dict, True), "sources": (list, True), "head": (dict, False), "engine": (dict, False)}
+_TOP = {
+    "input": (dict, True),
+    "sources": (list, True),
+    "head": (dict, False),
+    "engine": (dict, False),
+    "merge": (dict, False),
+}
+_MERGE = {"mode": (str, False), "base": (str, False), "method": (str, False), "margin": ((int, float), False)}
 _ENGINE = {"name": (str, True), "address": (str, False), "workers": (int, False)}
 _INPUT = {"height": (int, True), "width": (int, True), "channels": (int, True)}
 _SOURCE = {
@@ -178,6 +188,21 @@ def _engine(data: dict) -> dict:
     return engine
 
 
+def _merge(data: dict, base: Path) -> MergeSpec:
+    """The ``[merge]`` table, checked (default: mode "concat", every source's backbone in Z)."""
+    table = _check_table(data.get("merge", {}), _MERGE, "merge")
+    _known(table.get("mode", "concat"), MERGE_MODES, "merge.mode")
+    _known(table.get("method", "auto"), MERGE_METHODS, "merge.method")
+    spec = MergeSpec(
+        mode=table.get("mode", "concat"),
+        base=(base / Path(table["base"]).expanduser()) if "base" in table else None,
+        method=table.get("method", "auto"),
+        margin=float(table.get("margin", DEFAULT_MARGIN)),
+    )
+    check_spec(spec)
+    return spec
+
+
 def parse_recipe(data: dict, base: Path, path: Path, quiet: bool = False) -> Recipe:
     """Turn a recipe's TOML data into a configured :class:`Merger` (paths resolved against ``base``)."""
     _check_table(data, _TOP, "the recipe")
@@ -209,6 +234,7 @@ def parse_recipe(data: dict, base: Path, path: Path, quiet: bool = False) -> Rec
         address=engine.get("address"),
         workers=engine.get("workers"),
         new_classes=new_classes,
+        merge=_merge(data, base),
     )
     train = None
     if "train" in head:

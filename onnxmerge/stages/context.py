@@ -16,6 +16,7 @@ from ..learn.routing import Teachers
 from ..runtime.engine import Engine
 from ..runtime.weights import WeightFolder
 from .features import Features
+from .merging import MergeSpec
 from .sources import ResolvedSource, Source
 from .stitching import StitchedGraph
 from .teachers import teacher_space
@@ -35,6 +36,7 @@ class BuildConfig:
     quiet: bool = False
     cache_dir: str | os.PathLike | None = None
     new_classes: tuple[str, ...] = ()  # training classes kept as new although they resemble a teacher's label
+    merge: MergeSpec = MergeSpec()
 
 
 @dataclass
@@ -54,10 +56,15 @@ class Build:
     metadata: dict[str, object] = field(default_factory=dict)  # Z's extra metadata_props (stages/assess.py)
     router_data: tuple | None = None  # the router's training rows (x, y, weight), for the new classes' estimate
     pool_claims: dict[str, int] | None = None  # pool images each teacher label's own teacher calls it (mode "fit")
+    merge_checks: list = field(default_factory=list)  # parity checks of a weight merge (stages/choice.py)
+
+    def feature_sources(self) -> list[str]:
+        """Sources whose features the head reads: a merged backbone's features once (its sources share them)."""
+        return [s.name for i, s in enumerate(self.sources) if not (s.merged and i > 0 and self.sources[0].merged)]
 
     def head_input(self) -> HeadInput:
         """What the head reads: every source's features, every teacher's head output."""
-        return HeadInput([s.name for s in self.sources], list(self.teachers))
+        return HeadInput(self.feature_sources(), list(self.teachers))
 
     def teacher_space(self) -> Teachers:
         return teacher_space(self.sources, self.teachers)

@@ -43,7 +43,7 @@ def fit_labelled(build: Build, labelled: Dataset | None, pool: Dataset | None) -
         {
             "C": C,
             "train_accuracy": float(np.mean(head.predict(x) == y)),
-            "feature_dim": int(sum(widths[: len(build.sources)])),
+            "feature_dim": int(sum(widths[: len(head_input.sources)])),
             "head_inputs": int(x.shape[1]),
         }
     )

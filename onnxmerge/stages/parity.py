@@ -142,8 +142,11 @@ def check_parity(build: Build, fitted: Fitted) -> list[ParityCheck]:
     for source, (reference, preprocessing_check) in zip(build.sources, references):
         checks.append(preprocessing_check)
         width = reference.shape[1]
+        against = f"merged model ({source.merged})" if source.merged else "source"
         check = compare(
-            f"{source.name} features vs source {source.feature!r}", z_out[FEATURES][:, start : start + width], reference
+            f"{source.name} features vs {against} {source.feature!r}",
+            z_out[FEATURES][:, start : start + width],
+            reference,
         )
         if not check.ok and source.name in build.graph.notes:
             check = compare(

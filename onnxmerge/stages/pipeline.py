@@ -23,9 +23,10 @@ from ..version import __version__
 from .context import Build, BuildConfig, Fitted
 from .features import Features
 from .fit import fit_labelled
+from .merging import check_spec
 from .parity import ParityCheck, check_parity
 from .route import fit_teachers
-from .sources import check_config, resolve_sources
+from .sources import ResolvedSource, check_config, resolve_sources
 from .stitching import make_engine, stitch_sources
 from .teachers import check_class_names, find_teachers
 
@@ -35,17 +36,26 @@ MODES = ("fit", "teachers")
 def check(config: BuildConfig) -> None:
     """The configuration's own checks (before any file is read)."""
     check_config(config.input, config.sources, config.mode, MODES)
+    check_spec(config.merge)
 
 
-def prepare(config: BuildConfig, tasks: Tasks | None = None) -> Build:
+def prepare(
+    config: BuildConfig,
+    tasks: Tasks | None = None,
+    resolved: tuple[list[ResolvedSource], WeightFolder] | None = None,
+) -> Build:
     """Stages 1-2: the sources resolved and cut, the stitched graph (no head yet) and its engine.
 
     The sources' weights go to a temporary folder (``Build.weights``) that the graphs refer to. ``tasks``
     is where extraction runs (``runtime.factory.open_tasks``: this process, or a Dask cluster).
+    ``resolved``: sources resolved already, and their folder (a weight merge's, ``stages/choice.py``).
     """
     check(config)
-    weights = WeightFolder()
-    sources = resolve_sources(config.sources, config.input, weights)
+    if resolved is None:
+        weights = WeightFolder()
+        sources = resolve_sources(config.sources, config.input, weights)
+    else:
+        sources, weights = resolved
     graph = stitch_sources(sources, config.input)
     engine = make_engine(graph, sources, weights, config.batch_size, config.quiet, tasks)
     return Build(config, weights, sources, graph, engine)
@@ -80,7 +90,7 @@ def fit(build: Build, labelled: Dataset | None, pool: Dataset | None) -> tuple[F
     # a source's own labels (model metadata) reach Z in teachers mode and through pseudo-labels: checked here
     check_labels(fitted.classes, "a source's model (one of Z's classes)", "give that source's labels in the recipe")
     set_metadata(fitted.model, build, fitted.classes)
-    parity = check_parity(build, fitted)
+    parity = check_parity(build, fitted) + build.merge_checks
     build.weights.check(fitted.model)
     known = {label for s in build.sources for label in (s.labels or [])}
     build.report.update(

@@ -52,6 +52,7 @@ class ResolvedSource:
     cut: CutModel | None = None
     batch_note: str | None = None
     label_warnings: list[str] | None = None  # labels the model carries but onnxmerge could not read
+    merged: str | None = None  # the weight merge this model's backbone came from (stages/merging.py)
 
     @property
     def name(self) -> str:

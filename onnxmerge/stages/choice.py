@@ -1,0 +1,112 @@
+"""Concatenate or merge: with ``[merge] mode = "weights"`` or ``"auto"`` the build makes both Zs, the
+concatenated one (every source's backbone) and the merged one (one backbone, ``stages/merging.py``), and
+reports each one's held-out accuracy and time side by side. Mode "weights" keeps the merged Z; mode "auto"
+keeps it unless it loses more than ``[merge] margin`` of held-out accuracy, and prints the choice and both
+numbers. Without labelled images to hold out, the comparison is the merged backbone's agreement with the
+sources' own heads (the concatenated Z agrees with them by construction).
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from ..errors import OnnxMergeError
+from ..files.images import Dataset, decoded
+from ..runtime.tasks import Tasks
+from . import pipeline
+from .context import Build, BuildConfig, Fitted
+from .merging import merge_sources, mergeable
+from .parity import ParityCheck, require
+
+TIMING_BATCH = 32  # images per call when each Z is timed (the issue's comparison)
+TIMING_RUNS = 5  # median of these, after one warm-up call
+WEIGHT_TOLERANCE = 0.0  # the written merged weights are the numpy merge's exact float32 values
+
+
+def build_z(
+    config: BuildConfig, tasks: Tasks | None, labelled: Dataset | None, pool: Dataset | None
+) -> tuple[Build, Fitted, list[ParityCheck]]:
+    """Stages 1-5, with the weight merge and the choice between merged and concatenated Z where asked."""
+    concat = pipeline.prepare(config, tasks)
+    if config.merge.mode == "concat":
+        return (concat, *pipeline.fit(concat, labelled, pool))
+    found = mergeable(concat.sources)
+    if not found.same and config.merge.mode == "weights":
+        raise OnnxMergeError(
+            f'the sources cannot be merged in weight space ({found.difference}); use [merge] mode = "concat".'
+        )
+    if not found.same:
+        fitted, parity = pipeline.fit(concat, labelled, pool)
+        concat.report["merge"] = {"choice": "concat", "why": found.line()}
+        return concat, fitted, parity
+    merged = merge_sources(concat.sources, config.merge, config.input, concat.weights, labelled, pool)
+    weights_check = ParityCheck(
+        f"merged backbone weights vs {merged.chosen.label()} recomputed in numpy from the sources' tensors",
+        merged.weight_check,
+        1.0,
+        WEIGHT_TOLERANCE,
+    )
+    require([weights_check])
+    one = pipeline.prepare(config, tasks, (merged.sources, concat.weights))
+    one.merge_checks = [weights_check]
+    results = {}
+    for name, build in (("concat", concat), ("weights", one)):
+        start = time.perf_counter()
+        fitted, parity = pipeline.fit(build, labelled, pool)
+        results[name] = (build, fitted, parity, time.perf_counter() - start)
+    images = decoded((labelled if labelled is not None else pool).x[:TIMING_BATCH])
+    seconds = {name: _time_z(r[0], r[1], images) for name, r in results.items()}
+    accuracy = {name: r[0].report.get("expected_accuracy", {}).get("accuracy") for name, r in results.items()}
+    measure = "held-out accuracy"
+    if accuracy["concat"] is None or accuracy["weights"] is None:
+        measure = "agreement with the sources' own heads"
+        accuracy = {"concat": 1.0, "weights": merged.chosen.score}
+    keep = "weights" if config.merge.mode == "weights" else _auto_choice(accuracy, config.merge.margin)
+    build, fitted, parity, _ = results[keep]
+    results["concat" if keep == "weights" else "weights"][0].engine.close()
+    build.report["merge"] = dict(
+        merged.as_dict(),
+        choice=keep,
+        mode=config.merge.mode,
+        margin=config.merge.margin,
+        measure=measure,
+        accuracy=accuracy,
+        seconds_per_batch=seconds,
+        batch=len(images),
+        build_seconds={name: round(r[3], 2) for name, r in results.items()},
+        line=_line(keep, config.merge, accuracy, seconds, measure, len(images)),
+    )
+    return build, fitted, parity
+
+
+def _auto_choice(accuracy: dict, margin: float) -> str:
+    return "weights" if accuracy["weights"] >= accuracy["concat"] - margin else "concat"
+
+
+def _time_z(build: Build, fitted: Fitted, images: np.ndarray) -> float:
+    """Median seconds of one call of Z on ``images`` (one session, one warm-up call first)."""
+    session = build.engine.session(fitted.model)
+    feed = session.get_inputs()[0].name
+    session.run(None, {feed: images})
+    times = []
+    for _ in range(TIMING_RUNS):
+        start = time.perf_counter()
+        session.run(None, {feed: images})
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def _line(keep: str, spec, accuracy: dict, seconds: dict, measure: str, batch: int) -> str:
+    """The build report's line: both Zs' numbers and which was kept, why."""
+    numbers = (
+        f"merged Z {measure} {accuracy['weights']:.3f}, {seconds['weights'] * 1000:.1f} ms per {batch} images; "
+        f"concatenated Z {accuracy['concat']:.3f}, {seconds['concat'] * 1000:.1f} ms "
+        f"({seconds['weights'] / max(seconds['concat'], 1e-12):.2f}x the time)"
+    )
+    if spec.mode == "weights":
+        return f"kept the merged Z (mode weights): {numbers}"
+    why = "loses no more than" if keep == "weights" else "loses more than"
+    kept = "merged" if keep == "weights" else "concatenated"
+    return f"kept the {kept} Z (mode auto: merging {why} {spec.margin:.3f}): {numbers}"
