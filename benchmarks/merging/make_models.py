@@ -1,8 +1,10 @@
 """Fine-tune and export the sources that ``benchmarks/merging/run.py`` merges (needs torch; never onnxmerge).
 
-Run with the benchmark venv (``requirements.txt`` here; torch==2.13.0 installed first, on its own):
+Run from the repository root with the benchmark venv (``requirements.txt`` here; torch==2.13.0 first, alone):
 
-    nice -n 10 .venv-fx/bin/python benchmarks/merging/make_models.py OUTDIR
+    nice -n 10 .venv-fx/bin/python -m benchmarks.merging.make_models [OUTDIR]
+
+(OUTDIR default: ``benchmarks.common.work_dir("merging")``, under ``$ONNXMERGE_BENCH_WORK``.)
 
 Tasks (disjoint labels; Z's input is a 28x28 gray image):
 
@@ -13,19 +15,19 @@ Tasks (disjoint labels; Z's input is a 28x28 gray image):
 Models written into OUTDIR (not committed; legacy exporter, opset 17, dynamic batch, labels in metadata):
 
 - ``lite0_base.onnx``: EfficientNet-Lite0 with its ImageNet weights (the merge base), input 64x64 RGB;
-- ``lite0_<task>.onnx``: the base fine-tuned on each task (every layer, BatchNorm statistics frozen, a new
-  linear head), same input; ``lite0_oracle.onnx``: fine-tuned on fashionA+fashionB together (10 classes);
+- ``lite0_<task>.onnx``: the base fine-tuned on each task (blocks 8-15, the head conv and a new linear
+  head; the stem and blocks 0-7 frozen, as are BatchNorm statistics: CPU time), same input;
+  ``lite0_oracle.onnx``: fine-tuned the same way on fashionA+fashionB together (10 classes);
 - ``cnn_<task>_seed<k>.onnx``: a small CNN (3 convs, global pooling, a linear head) trained from scratch on
   fashionA with seed 0 and on fashionB with seed 1: one architecture, different initialisations.
 
-and ``data.npz``-style sets for onnxmerge: ``train.npz`` (labelled, 20 per class of every task: what a user
-labels), ``pool.npz`` (unlabeled, 600 per task), ``test.npz`` (held out, 200 per fashion class, the digits
-left over), each with ``x`` uint8 [N, 28, 28, 1] and ``y`` label strings (``task`` the task of each image).
+and sets for onnxmerge: ``train.npz`` (labelled, 20 per class of every task: what a user labels),
+``pool.npz`` (unlabeled, 120 per fashion class, 20 per digit), ``test.npz`` (held out: 1,000 Fashion-MNIST
+test images per fashion task, the digits left over), each with ``x`` uint8 [N, 28, 28, 1] and ``y`` label strings (``task`` the task of each image).
 """
 
 from __future__ import annotations
 
-import gzip
 import json
 import os
 import sys
@@ -35,36 +37,23 @@ from pathlib import Path
 import numpy as np
 import onnx
 import torch
-from PIL import Image
 from torch import nn
 from torch.nn import functional as F
 
-FASHION = Path(os.environ.get("FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist"))
-CLASSES = ["T-shirt_top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle_boot"]
+from benchmarks.common import CLASSES, IMAGENET, digits_28, read_split, work_dir
+
 TASKS = {"fashionA": CLASSES[:5], "fashionB": CLASSES[5:], "digits": [f"digit_{d}" for d in range(10)]}
 SIZE = 64  # Lite0's input here: small enough to fine-tune on a CPU in minutes
-MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+MEAN, STD = IMAGENET["mean"], IMAGENET["std"]
 CNN_MEAN, CNN_STD = 0.286, 0.353
-PER_CLASS = {"source": 500, "train": 20, "pool": 120, "test": 200}
-
-
-def fashion(split: str) -> tuple[np.ndarray, np.ndarray]:
-    with gzip.open(FASHION / f"{split}-images-idx3-ubyte.gz") as f:
-        x = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 28, 28, 1)
-    with gzip.open(FASHION / f"{split}-labels-idx1-ubyte.gz") as f:
-        y = np.frombuffer(f.read(), np.uint8, offset=8)
-    return x, np.asarray(CLASSES)[y]
+PER_CLASS = {"source": 300, "train": 20, "pool": 120, "test": 200}
+FIRST_TUNED_BLOCK = 8  # of Lite0's 16 blocks
 
 
 def digits() -> tuple[np.ndarray, np.ndarray]:
     from sklearn.datasets import load_digits
 
-    d = load_digits()
-    big = [
-        np.asarray(Image.fromarray((im * 255 / 16).astype(np.uint8)).resize((28, 28), Image.BILINEAR))
-        for im in d.images
-    ]
-    return np.stack(big)[..., None], np.asarray([f"digit_{t}" for t in d.target])
+    return digits_28(), np.asarray([f"digit_{t}" for t in load_digits().target])
 
 
 def split(x, y, rng) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -83,8 +72,8 @@ def split(x, y, rng) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
 def data(rng) -> dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]:
     """Per task, its parts; digits are few (1,797): 100 source images per class, 20 train, 20 pool, the rest test."""
-    xf, yf = fashion("train")
-    xt, yt = fashion("t10k")
+    xf, yf = read_split("train")
+    xt, yt = read_split("t10k")
     out = {}
     for task in ("fashionA", "fashionB"):
         keep = np.isin(yf, TASKS[task])
@@ -94,7 +83,7 @@ def data(rng) -> dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]:
         out[task] = parts
     xd, yd = digits()
     saved = dict(PER_CLASS)
-    PER_CLASS.update(source=100, train=20, pool=20, test=1000)
+    PER_CLASS.update(source=60, train=20, pool=20, test=1000)
     out["digits"] = split(xd, yd, rng)
     PER_CLASS.update(saved)
     return out
@@ -139,16 +128,18 @@ def frozen_bn_train(model: nn.Module) -> None:
 def train(model, x, y, labels, epochs, lr, seed, prepare, bn_frozen):
     gen = torch.Generator().manual_seed(seed)
     xt, yt = prepare(x), torch.tensor([labels.index(v) for v in y])
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
     for epoch in range(epochs):
         frozen_bn_train(model) if bn_frozen else model.train()
         start, total = time.time(), 0.0
-        for idx in torch.randperm(len(xt), generator=gen).split(64):
+        for step, idx in enumerate(torch.randperm(len(xt), generator=gen).split(64)):
             opt.zero_grad()
             loss = F.cross_entropy(model(xt[idx]), yt[idx])
             loss.backward()
             opt.step()
-            total += float(loss) * len(idx)
+            total += float(loss.detach()) * len(idx)
+            if step % 10 == 0:
+                print(f"    step {step}: {time.time() - start:.0f} s", flush=True)
         print(f"  epoch {epoch}: loss {total / len(xt):.3f} ({time.time() - start:.0f} s)", flush=True)
     return model.eval()
 
@@ -176,7 +167,7 @@ def export(model, shape, labels, path: Path) -> None:
 
 
 def main() -> None:
-    out = Path(sys.argv[1])
+    out = Path(sys.argv[1]) if len(sys.argv) > 1 else work_dir("merging")
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(int(os.environ.get("THREADS", "2")))
     rng = np.random.default_rng(0)
@@ -202,6 +193,9 @@ def main() -> None:
         torch.manual_seed(0)
         model = lite0()
         model._fc = nn.Linear(1280, len(labels))
+        frozen = [model._conv_stem, model._bn0, *model._blocks[:FIRST_TUNED_BLOCK]]
+        for p in (p for m in frozen for p in m.parameters()):
+            p.requires_grad_(False)
         print(f"lite0 {name}: {len(x)} images", flush=True)
         train(model, x, y, labels, 2, 2e-4, 0, lite0_input, True)
         xs = np.concatenate([parts[t]["test"][0] for t in tasks])
