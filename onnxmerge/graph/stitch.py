@@ -25,6 +25,7 @@ class StitchSource:
     name: str
     cut: CutModel
     preprocess: Preprocess
+    in_features: bool = True  # False: a merged backbone's repeat, whose features Z's ``features`` holds once
 
 
 def output_names(name: str) -> dict[str, str]:
@@ -122,7 +123,8 @@ def stitch(sources: list[StitchSource], image: ImageInput) -> tuple[onnx.ModelPr
         for out in graph.outputs:
             out.shape = [BATCH, None]
             out.dtype = np.float32
-        features.append(graph.outputs[0])
+        if source.in_features:
+            features.append(graph.outputs[0])
         extra_outputs += graph.outputs
         src_input.shape = None
         extra_outputs.append(src_input)

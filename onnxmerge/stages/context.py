@@ -17,7 +17,7 @@ from ..runtime.engine import Engine
 from ..runtime.weights import WeightFolder
 from .features import Features
 from .merging import MergeSpec
-from .sources import ResolvedSource, Source
+from .sources import ResolvedSource, Source, feature_sources
 from .stitching import StitchedGraph
 from .teachers import teacher_space
 
@@ -58,13 +58,9 @@ class Build:
     pool_claims: dict[str, int] | None = None  # pool images each teacher label's own teacher calls it (mode "fit")
     merge_checks: list = field(default_factory=list)  # parity checks of a weight merge (stages/choice.py)
 
-    def feature_sources(self) -> list[str]:
-        """Sources whose features the head reads: a merged backbone's features once (its sources share them)."""
-        return [s.name for i, s in enumerate(self.sources) if not (s.merged and i > 0 and self.sources[0].merged)]
-
     def head_input(self) -> HeadInput:
         """What the head reads: every source's features, every teacher's head output."""
-        return HeadInput(self.feature_sources(), list(self.teachers))
+        return HeadInput(feature_sources(self.sources), list(self.teachers))
 
     def teacher_space(self) -> Teachers:
         return teacher_space(self.sources, self.teachers)

@@ -22,6 +22,7 @@ from ..graph.stitch import output_names
 from ..runtime.session import CHECK_VALUES_PER_CALL, make_session, run_batched
 from ..runtime.weights import WeightFolder, release_freed_memory
 from .context import Build, Fitted
+from .sources import feature_sources
 
 EXACT = 1e-5  # the contract's tolerance, relative to max(1, max |reference|)
 CONVERTED = 1e-4  # the loosest allowed step (an opset conversion that changes an op's arithmetic)
@@ -138,26 +139,20 @@ def check_parity(build: Build, fitted: Fitted) -> list[ParityCheck]:
         lean=build.graph.large,
     )
     release_freed_memory()
-    start, checks = 0, []
+    start, checks, joined = 0, [], feature_sources(build.sources)
     for source, (reference, preprocessing_check) in zip(build.sources, references):
         checks.append(preprocessing_check)
         width = reference.shape[1]
+        if source.name in joined:
+            actual, start = z_out[FEATURES][:, start : start + width], start + width
+        else:  # a merged backbone's repeat: its features are the stitched graph's (Z's ``features`` has them once)
+            actual = inner[output_names(source.name)["feature"]]
         against = f"merged model ({source.merged})" if source.merged else "source"
-        check = compare(
-            f"{source.name} features vs {against} {source.feature!r}",
-            z_out[FEATURES][:, start : start + width],
-            reference,
-        )
+        check = compare(f"{source.name} features vs {against} {source.feature!r}", actual, reference)
         if not check.ok and source.name in build.graph.notes:
-            check = compare(
-                check.step,
-                z_out[FEATURES][:, start : start + width],
-                reference,
-                CONVERTED,
-                f"{build.graph.notes[source.name]} may change an op's arithmetic",
-            )
+            why = f"{build.graph.notes[source.name]} may change an op's arithmetic"
+            check = compare(check.step, actual, reference, CONVERTED, why)
         checks.append(check)
-        start += width
     if build.config.mode == "teachers":
         expected, _ = fitted.head.numpy(inner)
         checks.append(compare("probabilities vs the teachers' routed union (numpy)", z_out[PROBABILITIES], expected))

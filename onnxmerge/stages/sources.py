@@ -59,6 +59,12 @@ class ResolvedSource:
         return self.spec.name
 
 
+def feature_sources(sources: list[ResolvedSource]) -> list[str]:
+    """Sources whose features Z's ``features`` holds and the head reads: a merged backbone's once (every source
+    of a weight merge computes the same features, ``stages/merging.py``)."""
+    return [s.name for i, s in enumerate(sources) if not (i > 0 and s.merged and sources[0].merged)]
+
+
 def check_config(image: ImageInput, sources: list[Source], mode: str, modes: tuple[str, ...]) -> None:
     """The checks a configuration must pass before any model is read."""
     if mode not in modes:

@@ -15,7 +15,7 @@ from ..runtime.engine import Engine, LocalEngine
 from ..runtime.session import LARGE_MODEL_BYTES
 from ..runtime.tasks import LocalTasks, Tasks
 from ..runtime.weights import WeightFolder, external_bytes
-from .sources import ResolvedSource
+from .sources import ResolvedSource, feature_sources
 
 
 @dataclass
@@ -31,7 +31,8 @@ class StitchedGraph:
 
 def stitch_sources(sources: list[ResolvedSource], image: ImageInput) -> StitchedGraph:
     """One graph from every cut source, identical sub-graphs computed once."""
-    model, notes = stitch([StitchSource(s.name, s.cut, s.preprocess) for s in sources], image)
+    joined = feature_sources(sources)
+    model, notes = stitch([StitchSource(s.name, s.cut, s.preprocess, s.name in joined) for s in sources], image)
     model, share = share_common(model)
     # large sources run group by group (one's weights and activations in memory at a time); small ones in one
     # session, which computes their shared preprocessing once (the demo's extraction: 5-15% faster)
@@ -46,7 +47,7 @@ def local_engine(
 ) -> LocalEngine:
     """The engine that runs ``graph`` here, its calls sized by each source's input."""
     values = {s.name: s.preprocess.height * s.preprocess.width * s.preprocess.channels for s in sources}
-    joined = {FEATURES: [output_names(s.name)["feature"] for s in sources]}
+    joined = {FEATURES: [output_names(name)["feature"] for name in feature_sources(sources)]}
     return LocalEngine(graph.model, weights, graph.groups, values, joined, batch_size, graph.large, quiet)
 
 
