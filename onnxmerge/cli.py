@@ -38,6 +38,8 @@ def _inspect(args) -> int:
             say(f"{kind[:-1]:7}  {p(entry['name'])}  {p(entry['type'])}")
     if info["z"] is not None:
         say("\n".join(z_lines(info["z"])))
+        for line in quantization_lines(info["quantization"]):
+            say(printable(line))
         return 0
     if info["labels"]:
         labels = ", ".join(p(label) for label in info["labels"][:10])
@@ -95,6 +97,10 @@ def _build(args) -> int:
 
         # the setter drops Z's session; the report's lines say per source float/int8, time ratio and why
         merger.model_, merger.quantize_ = quantize_merger(merger, recipe.train, recipe.unlabeled)
+        if merger.quantize_.accepted:  # the Z written is int8: its expected accuracy is the int8 one
+            estimate = merger.quantize_.expected_accuracy()
+            merger.report_["float_expected_accuracy"] = merger.report_.get("expected_accuracy")
+            merger.report_["expected_accuracy"] = dict(estimate.as_dict(), line=estimate.line())
     merger.save(args.output)
     for line in merger.report_["data_notes"]:  # a train folder's images waiting for a label
         note(printable(line))

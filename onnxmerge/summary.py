@@ -21,7 +21,13 @@ def z_lines(z: dict) -> list[str]:
     if z["route"]:
         lines.append(f"route    columns: {', '.join(map(p, z['route']))} (P(source or new class | image))")
     estimate = z["expected_accuracy"]
-    if estimate:
+    if estimate and estimate.get("int8"):
+        lines.append(
+            f"expected {p(estimate.get('measure', 'accuracy'))} {estimate['accuracy']:.3f} +- "
+            f"{estimate['standard_error']:.3f} (int8 Z, {estimate['held_out_images']} labelled images held out "
+            f"from calibration and head; float Z {estimate.get('float_accuracy') or 0:.3f})"
+        )
+    elif estimate:
         lines.append(
             f"expected {p(estimate.get('measure', 'accuracy'))} {estimate['accuracy']:.3f} +- "
             f"{estimate['standard_error']:.3f} ({estimate['folds']}-fold, {estimate['held_out_images']} "
@@ -35,23 +41,36 @@ def z_lines(z: dict) -> list[str]:
 
 
 def quantization_lines(q: dict | None) -> list[str]:
-    """``inspect``'s lines for an int8 Z: per source float/int8, time ratio and why; accuracy before/after."""
+    """``inspect``'s lines for an int8 Z: the int8 estimate against the float one, agreement with the float Z,
+    calibration, which sources are int8 (and why), time and size against the float Z."""
     if not q:
         return []
-    weights = q.get("int8_weights", 0)
-    light = f", weights of {weights} float layers stored int8" if weights else ""
+    p = printable
+
+    def num(key: str) -> str:
+        value = q.get(key)
+        return f"{value:.3f}" if isinstance(value, (int, float)) else "n/a"
+
+    ratio = q.get("time_ratio") or {}
     lines = [
-        f"quantization: int8 static QDQ, {q['method']} calibration on {q['calibration_images']} images "
-        f"(of {q['images']} labelled and {q.get('pool_images', 0)} pool images); "
-        f"accuracy ({q['held_out']}) {q['accuracy_before']:.3f} float -> {q['accuracy_after']:.3f} "
-        f"int8{', head refitted on the int8 features' if q['head_refit'] else ''}"
-        f"{light}; "
-        f"Z int8 / float time "
-        f"{q['time_ratio']:.2f}, size {q['size_ratio']:.2f}x"
+        f"int8     sources {', '.join(map(p, q.get('int8_sources', []))) or 'none'}; {p(q.get('method', '?'))} "
+        f"calibration on {p(q.get('calibration_from', '?'))}",
+        f"int8     accuracy {num('int8_accuracy')} (float Z {num('float_accuracy')}), labels agree with the float Z "
+        f"{num('agreement')} ({p(q.get('held_out', '?'))})",
     ]
-    for s in q["sources"]:
-        kept = f"; float: {', '.join(s['float_layers'])}" if s["float_layers"] else ""
-        lines.append(f"  {s['name']}: {'int8' if s['int8'] else 'float'}, {s['reason']}{kept}")
+    if q.get("pool_agreement_images"):
+        lines.append(
+            f"int8     labels agree with the float Z on {q['pool_agreement_images']} held-out pool images: "
+            f"{num('pool_agreement')}"
+        )
+    if ratio:
+        lines.append(
+            f"int8     time {ratio['median']:.2f}x the float Z ({ratio['low']:.2f}-{ratio['high']:.2f} over "
+            f"{ratio['rounds']} interleaved rounds, batch {q.get('batch', '?')}), size {num('size_ratio')}x"
+        )
+    for s in q.get("sources", []):
+        kept = f"; float: {', '.join(map(p, s['float_layers']))}" if s.get("float_layers") else ""
+        lines.append(f"  {p(s['name'])}: {'int8' if s['int8'] else 'float'}, {p(s['reason'])}{kept}")
     return lines
 
 

@@ -1,12 +1,11 @@
 """The QDQ quantiser behind ``quantize``: which nodes are a source's network (first and last weighted layers
-named), and onnxruntime's ``quantize_static`` on a chosen set of them with a chosen calibration method."""
+named), and onnxruntime's ``quantize_static`` on a chosen set of them with activation ranges given."""
 
 from __future__ import annotations
 
 import contextlib
 import io
 import logging
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from ..graph.share import ancestors
 from ..graph.stitch import output_names
 from ..runtime.session import make_session
 
-CALIBRATION_BATCH = 8
+ENTROPY_BINS = 256
 WEIGHTED = ("Conv", "ConvTranspose", "MatMul", "Gemm")
 
 
@@ -78,69 +77,43 @@ def _named(model: onnx.ModelProto) -> onnx.ModelProto:
     return copy
 
 
-# -- calibration and quantisation --------------------------------------------------------------------------------
-class _Reader:
-    """onnxruntime's calibration reader over uint8 images, in batches, with the strided ``set_range`` protocol
-    (quantize_static then collects ``CalibStridedMinMax`` batches at a time, so histogram calibration holds a
-    few batches' activations, not the whole set's)."""
-
-    def __init__(self, images: np.ndarray, batch: int = CALIBRATION_BATCH):
-        self.batches = [images[i : i + batch] for i in range(0, len(images), batch)]
-        self.set_range(0, len(self.batches))
-
-    def __len__(self) -> int:
-        return len(self.batches)
-
-    def set_range(self, start_index: int, end_index: int) -> None:
-        self._items = iter(self.batches[start_index:end_index])
-
-    def get_next(self):
-        batch = next(self._items, None)
-        return None if batch is None else {IMAGE: batch}
-
-    def __iter__(self):  # quantize_static copies readers it iterates (SmoothQuant only)
-        return iter({IMAGE: b} for b in self.batches)
-
-
+# -- quantisation with ranges measured elsewhere (``calibrate``) ------------------------------------------------
 class Quantizer:
-    """Quantises one float Z repeatedly (other nodes, other methods), calibrating each method once."""
+    """Quantises one float Z repeatedly (other nodes, other ranges); the ranges come from ``calibrate``, so
+    onnxruntime's quantizer never runs Z itself."""
 
-    def __init__(self, model: onnx.ModelProto, calibration: np.ndarray, folder: Path):
-        self.model = _named(_with_pads_folded(model, calibration[:8]))  # exact; Pads cost int8 Z most
-        self.calibration = calibration
+    def __init__(self, model: onnx.ModelProto, check_images: np.ndarray, folder: Path):
+        self.model = _named(_with_pads_folded(model, check_images[:8]))  # exact; Pads cost int8 Z most
         self.folder = folder
         self.source_path = folder / "z.onnx"
         onnx.save(self.model, str(self.source_path))
-        self.seconds: dict[str, float] = {}
+        self.calls = 0
 
-    def quantize(self, nodes: list[str], method: str = "MinMax") -> onnx.ModelProto:
-        """Z with ``nodes`` quantised (int8 per-channel weights, uint8 activations), calibrated by ``method``."""
+    def quantize(self, nodes: list[str], ranges: dict[str, tuple[float, float]]) -> onnx.ModelProto:
+        """Z with ``nodes`` quantised (int8 per-channel weights, uint8 activations) with the activation
+        ``ranges`` given (``{tensor: (low, high)}``)."""
         from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+        from onnxruntime.quantization.calibrate import TensorData, TensorsData, save_tensors_data
 
-        cache = self.folder / f"ranges-{method}.json"
-        reader = None if cache.exists() else _Reader(self.calibration)
+        self.calls += 1
+        cache = self.folder / f"ranges-{self.calls}.json"
+        table = {t: TensorData(lowest=np.float32(lo), highest=np.float32(hi)) for t, (lo, hi) in ranges.items()}
+        save_tensors_data(TensorsData(CalibrationMethod.MinMax, table), cache)
         target = self.folder / "z_int8.onnx"
-        start = time.perf_counter()
         logging.disable(logging.WARNING)  # onnxruntime.quantization's root-logger advice ("consider pre-processing")
         try:
-            with contextlib.redirect_stdout(io.StringIO()):  # the histogram calibrators' progress prints
+            with contextlib.redirect_stdout(io.StringIO()):
                 quantize_static(
                     str(self.source_path),
                     str(target),
-                    reader,
+                    None,
                     quant_format=QuantFormat.QDQ,
                     per_channel=True,
                     activation_type=QuantType.QUInt8,
                     weight_type=QuantType.QInt8,
                     nodes_to_quantize=list(nodes),
-                    calibrate_method=getattr(CalibrationMethod, method),
+                    calibrate_method=CalibrationMethod.MinMax,  # the label of the ranges file, not a calibration
                     calibration_cache_path=str(cache),
-                    extra_options={
-                        "CalibStridedMinMax": 4 if reader else None,
-                        # uint8 activations after ReLU/ReLU6: a range symmetric around 0
-                        # (percentile's default) would waste half of the 256 codes
-                        "CalibTensorRangeSymmetric": False,
-                    },
                 )
         except Exception as exc:
             raise OnnxMergeError(
@@ -148,13 +121,29 @@ class Quantizer:
             ) from exc
         finally:
             logging.disable(logging.NOTSET)
-        if reader is not None:
-            self.seconds[method] = time.perf_counter() - start
         quantized = _unique_node_names(onnx.load(str(target)))
         del quantized.metadata_props[:]
         quantized.metadata_props.extend(self.model.metadata_props)
         quantized.producer_name, quantized.producer_version = self.model.producer_name, self.model.producer_version
         return quantized
+
+
+def entropy_ranges(
+    histograms: dict[str, tuple[np.ndarray, np.ndarray]], minmax: dict[str, tuple[float, float]]
+) -> dict[str, tuple[float, float]]:
+    """onnxruntime's Entropy threshold (the KL search of ``HistogramCollector``, 128 quantised bins) on each
+    histogram merged to ``ENTROPY_BINS`` bins: the search is a Python loop, 2048 bins took minutes on Lite0."""
+    from onnxruntime.quantization.calibrate import HistogramCollector
+
+    search = HistogramCollector("entropy", False, ENTROPY_BINS, 128, 100.0, "same")
+    result = {}
+    for t, (counts, edges) in histograms.items():
+        group = len(counts) // ENTROPY_BINS
+        merged, coarse = counts.reshape(ENTROPY_BINS, group).sum(axis=1), edges[::group].astype(np.float32)
+        lo, hi = minmax[t]
+        low, high = search.get_entropy_threshold((merged, coarse, np.float32(lo), np.float32(hi)), 128)
+        result[t] = (float(low), float(high))
+    return result
 
 
 def _with_pads_folded(model: onnx.ModelProto, images: np.ndarray) -> onnx.ModelProto:
