@@ -32,11 +32,11 @@ def load() -> torch.nn.Module:
     return EfficientNet.from_pretrained("efficientnet-lite0", weights_path=path).eval()
 
 
-def export(model: torch.nn.Module, path: Path) -> None:
+def export(model: torch.nn.Module, path: Path, size: int = 224) -> None:
     tmp = path.with_suffix(".tmp")
     torch.onnx.export(
         model,
-        torch.zeros(1, 3, 224, 224),
+        torch.zeros(1, 3, size, size),
         str(tmp),
         dynamo=False,
         opset_version=17,

@@ -52,9 +52,13 @@ class Split:
     estimate: np.ndarray  # indices of the labelled images scored (never calibrated on)
     agreement: np.ndarray  # held-out pool images (uint8), never calibrated on
 
+    @property
+    def calibration_labelled(self) -> int:
+        """How many labelled images calibrate (never scored)."""
+        return len(self.calibration) - self.from_pool
+
     def text(self) -> str:
-        labelled = len(self.calibration) - self.from_pool
-        parts = [f"{n} {what}" for n, what in ((self.from_pool, "pool"), (labelled, "labelled")) if n]
+        parts = [f"{n} {what}" for n, what in ((self.from_pool, "pool"), (self.calibration_labelled, "labelled")) if n]
         return " and ".join(parts) + " images"
 
 
