@@ -34,6 +34,7 @@ def test_ort_format_round_trip_gives_the_same_labels_and_probabilities(tmp_path,
 
 def test_int8_z_has_unique_node_names_and_runs(tmp_path, digits):
     """onnxruntime-web refuses a graph with two nodes of one name, which quantize_static can produce."""
+    from onnxmerge.learn.calibrate import calibrated_tensors, collect_stats
     from onnxmerge.learn.qdq import Quantizer, _unique_node_names, source_nodes
 
     x, y = digits
@@ -42,7 +43,8 @@ def test_int8_z_has_unique_node_names_and_runs(tmp_path, digits):
     )
     quantizer = Quantizer(merger.model_, x[:64], tmp_path)
     network = [n for s in source_nodes(quantizer.model, ["a"]) for n in s.network]
-    int8 = quantizer.quantize(network)
+    stats = collect_stats(quantizer.model, calibrated_tensors(quantizer.model, network), x[:64])
+    int8 = quantizer.quantize(network, stats.minmax())
     names = [n.name for n in int8.graph.node if n.name]
     assert any(n.op_type == "QuantizeLinear" for n in int8.graph.node)
     assert len(names) == len(set(names))

@@ -20,6 +20,9 @@ web       onnxruntime-web (WASM) in headless Chromium: ``benchmarks/deploy/web/p
 Needs the EfficientNet ONNX file (``benchmarks/speed/export_efficientnet.py``, exported on first use with
 ``--torch-python``), and for ``web``: Debian's ``chromium`` and ``npm install onnxruntime-web`` in
 ``benchmarks/deploy/web`` (git-ignored). ``--out`` and ``--models`` default to ``common.work_dir``.
+
+The held-out split of issue 29 (calibrate / estimate / test, disjoint, on three multi-source Zs) is
+``python -m benchmarks.deploy.heldout``.
 """
 
 from __future__ import annotations
@@ -98,52 +101,26 @@ def phase_build(args, d) -> None:
 
 
 def phase_quantize(args, d) -> None:
-    from onnxmerge.learn.head import fit_head
-    from onnxmerge.learn.quantize import quantize_z, time_ratio
+    from onnxmerge.learn.qestimate import HeadFit
+    from onnxmerge.learn.quantize import QuantizeInputs, quantize_z
 
     merger = getattr(args, "merger", None)
     if merger is None:
         merger = args.merger = merger_for(args).fit(d["x"], d["y"])
-    widths, C = merger.head_input_.widths(merger.widths_), merger.report_["C"]
-
-    def fit(x, y):
-        return fit_head(x, y, widths, C=C, class_weight=merger.class_weight)
-
-    start = time.perf_counter()
+    fit = HeadFit(merger.head_input_.widths(merger.widths_), merger.report_["C"], merger.class_weight)
     float_z = onnx.load(str(args.out / "z_float.onnx"))
-    int8_z, report = quantize_z(
-        float_z,
-        [s.spec.name for s in merger.sources_],
-        d["x"],
-        d["y"],
-        d["pool"],
-        fit,
-        methods=tuple(args.methods.split(",")),
-    )
+    names = [s.spec.name for s in merger.sources_]
+    int8_z, report = quantize_z(QuantizeInputs(float_z, names, d["x"], d["y"], d["pool"], fit))
     print("\n".join(report.lines))
-    print(f"quantize: {time.perf_counter() - start:.0f} s")
     if int8_z is float_z:
         print("quantize: the int8 Z was refused; nothing more to compare")
         return
     onnx.save(int8_z, str(args.out / "z_int8.onnx"))
-    sizes = {k: (args.out / f"z_{k}.onnx").stat().st_size for k in ("float", "int8")}
-    print(
-        f"size: float {sizes['float'] / 1e6:.2f} MB, int8 {sizes['int8'] / 1e6:.2f} MB, "
-        f"ratio {sizes['int8'] / sizes['float']:.3f} (target <= 0.3)"
-    )
     f_labels, _ = run(session(float_z), d["test_x"])
     q_labels, _ = run(session(int8_z), d["test_x"])
-    acc_f, acc_q = np.mean(f_labels == d["test_y"]), np.mean(q_labels == d["test_y"])
     print(
-        f"held-out test images ({len(d['test_y'])}, never fitted on): accuracy float {acc_f:.3f}, int8 {acc_q:.3f}, "
-        f"difference {100 * (acc_q - acc_f):+.1f} points (target >= -1); labels agree on "
-        f"{np.mean(f_labels == q_labels):.1%}"
-    )
-    batch = d["test_x"][:32]
-    ratio = time_ratio(float_z, int8_z, batch, ["label", "probabilities"], rounds=args.rounds, runs=args.runs)
-    print(
-        f"time Z int8 / Z float at batch 32: {ratio:.3f} (median of {args.rounds} interleaved rounds, {args.runs} "
-        f"runs per block; target <= 0.6)"
+        f"held-out test images ({len(d['test_y'])}): accuracy float {np.mean(f_labels == d['test_y']):.3f}, "
+        f"int8 {np.mean(q_labels == d['test_y']):.3f}; labels agree on {np.mean(f_labels == q_labels):.1%}"
     )
 
 

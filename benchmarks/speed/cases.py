@@ -281,7 +281,8 @@ def case_d(args) -> None:
 # -- (q) build --quantize on a real CNN (not part of the default cases) ------------------------------------------
 def case_q(args) -> None:
     from onnxmerge import ImageInput, Merger, Preprocess, Source
-    from onnxmerge.learn.quantize import quantize_z
+    from onnxmerge.learn.qestimate import HeadFit
+    from onnxmerge.learn.quantize import QuantizeInputs, quantize_z
 
     folder = effnet_files(args.models, args.torch_python)
     print("\n(q) --quantize: EfficientNet-Lite0 alone, 96 Fashion-MNIST images at 224x224x3")
@@ -289,7 +290,8 @@ def case_q(args) -> None:
     merger = Merger(ImageInput(224, 224, 3), [Source("a", folder / EFFNET[0], Preprocess(**IMAGENET))], quiet=True).fit(
         x, y
     )
-    print("\n".join(quantize_z(merger.model_, x, y)[1].lines))
+    fit = HeadFit(merger.head_input_.widths(merger.widths_), merger.report_["C"], merger.class_weight)
+    print("\n".join(quantize_z(QuantizeInputs(merger.model_, ["a"], x, y, None, fit))[1].lines))
 
 
 def main() -> None:

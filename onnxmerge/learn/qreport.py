@@ -7,7 +7,7 @@ the int8 Z is expected to do, not what the float Z was.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 from .estimate import Estimate
 from .timing import Ratio
@@ -52,6 +52,7 @@ class QuantizeReport:
     trials: dict[str, float] = field(default_factory=dict)  # held-out accuracy of every candidate measured
     per_class: dict[str, dict] = field(default_factory=dict)  # int8 recall per class on the estimate images
     lines: list[str] = field(default_factory=list)
+    candidate: object = field(default=None, repr=False)  # the best int8 Z, even refused (``keep_candidate``)
 
     @property
     def int8_sources(self) -> list[str]:
@@ -59,7 +60,8 @@ class QuantizeReport:
 
     def metadata(self) -> dict:
         """The record stored under ``contract.QUANTIZATION_KEY`` in the int8 Z."""
-        data = {k: v for k, v in asdict(self).items() if k not in ("lines", "sources", "time_ratio", "per_class")}
+        skip = ("lines", "sources", "time_ratio", "per_class", "candidate")
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip}
         data["time_ratio"] = self.time_ratio.as_dict() if self.time_ratio else None
         data["int8_sources"] = self.int8_sources
         data["sources"] = [asdict(s) for s in self.sources]

