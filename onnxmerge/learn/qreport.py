@@ -46,7 +46,8 @@ class QuantizeReport:
     time_ratio: Ratio | None = None  # whole Z int8 / float at ``batch``
     batch: int = 32
     size_ratio: float = 1.0  # serialised size, int8 / float
-    seconds: float = 0.0  # the whole quantize step
+    seconds: float = 0.0  # the whole quantize step, wall time
+    cpu_seconds: float = 0.0  # its CPU time, every thread (a loaded machine stretches wall time, not this)
     peak_mb: float = 0.0  # the quantize step's peak resident memory
     sources: list[SourceChoice] = field(default_factory=list)
     trials: dict[str, float] = field(default_factory=dict)  # held-out accuracy of every candidate measured
@@ -116,7 +117,9 @@ def summary_lines(r: QuantizeReport) -> list[str]:
         lines.append(f"quantize: source {c.name}: {'int8' if c.int8 else 'float'}, {c.reason}{kept}")
     if r.trials:
         lines.append("quantize: candidates held out: " + "; ".join(f"{k} {v:.3f}" for k, v in r.trials.items()))
-    lines.append(f"quantize: step took {r.seconds:.0f} s, peak memory {r.peak_mb:.0f} MB")
+    lines.append(
+        f"quantize: step took {r.seconds:.0f} s ({r.cpu_seconds:.0f} s of CPU), peak memory {r.peak_mb:.0f} MB"
+    )
     lines.append(
         f"quantize: wrote the int8 Z (int8: {', '.join(r.int8_sources)})"
         if r.accepted

@@ -154,7 +154,7 @@ def quantize_z(
     ``keep_candidate``: the best int8 Z stays in ``report.candidate`` even where refused (benchmarks)."""
     if len(inputs.images) == 0:
         raise OnnxMergeError("--quantize needs labelled training images to calibrate on and to check accuracy.")
-    start = time.perf_counter()
+    start = (time.perf_counter(), time.process_time())
     reset_peak_memory()
     sp = split(inputs.images, inputs.pool, calibration_images)
     report = QuantizeReport(margin=margin, calibration_images=len(sp.calibration), calibration_from=sp.text())
@@ -219,10 +219,11 @@ def _record(best: _Candidate, inputs: QuantizeInputs, layers, held_out: HeldOut,
     return quantized
 
 
-def _finish(model, quantized, report: QuantizeReport, start: float) -> tuple[onnx.ModelProto, QuantizeReport]:
+def _finish(model, quantized, report: QuantizeReport, start) -> tuple[onnx.ModelProto, QuantizeReport]:
     """The Z to write, with the report's lines; the int8 Z carries its own numbers in its metadata."""
     report.accepted = quantized is not None and not report.reason
-    report.seconds, report.peak_mb = time.perf_counter() - start, peak_memory_mb()
+    report.seconds, report.cpu_seconds = time.perf_counter() - start[0], time.process_time() - start[1]
+    report.peak_mb = peak_memory_mb()
     report.lines = summary_lines(report)
     if not report.accepted:
         return model, report
