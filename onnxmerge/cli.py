@@ -97,7 +97,7 @@ def _build(args) -> int:
 
         # the setter drops Z's session; the report's lines say per source float/int8, time ratio and why
         merger.model_, merger.quantize_ = quantize_merger(merger, recipe.train, recipe.unlabeled)
-        merger.report_["quantization"] = json.loads(merger.quantize_.metadata())
+        merger.report_["quantization"] = merger.quantize_.metadata()
         if merger.quantize_.accepted:  # the Z written is int8: its expected accuracy is the int8 one
             estimate = merger.quantize_.expected_accuracy()
             merger.report_["float_expected_accuracy"] = merger.report_.get("expected_accuracy")
