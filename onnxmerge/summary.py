@@ -74,6 +74,22 @@ def quantization_lines(q: dict | None) -> list[str]:
     return lines
 
 
+def merge_lines(merge: dict | None) -> list[str]:
+    """The ``[merge]`` lines of the build report: the architecture check, the method chosen, both Zs, the choice."""
+    if not merge:
+        return []
+    if "line" not in merge or "method" not in merge:  # mode auto on sources that cannot be merged
+        return [f"merge: kept the concatenated Z ({printable(merge.get('why', ''))})"]
+    tried = ", ".join(f"{name} {score:.3f}" for name, score in merge["candidates"].items())
+    lines = [
+        f"merge: {merge['architecture']}",
+        f"merge: {merge['method']} chosen by the sources' own heads on the merged backbone ({tried}; "
+        f"{merge['seconds']:.1f} s)",
+    ]
+    lines += [f"merge: note: {printable(note)}" for note in merge["notes"]]
+    return lines + [f"merge: {merge['line']}"]
+
+
 def build_summary(merger, output) -> str:
     """What ``build`` did, in a few lines: sources, feature widths, parity, classes, the file written."""
     p = printable
@@ -95,6 +111,7 @@ def build_summary(merger, output) -> str:
     if getattr(merger, "quantize_", None) is not None:  # its warnings go to stderr with the build's (_build)
         lines += [line for line in merger.quantize_.lines if not line.startswith("quantize: warning: ")]
     lines.append(merger.share_.line())
+    lines += merge_lines(merger.report_.get("merge"))
     if merger.features_from_cache_:
         lines.append(
             f"features: from cache {p(merger.cache_dir)} (checked; sources run only on a few spot-check images)"
