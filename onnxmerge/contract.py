@@ -24,7 +24,7 @@ from .version import __version__
 IMAGE = "image"  # the one input: uint8 [N, height, width, channels]
 LABEL = "label"  # string [N]
 PROBABILITIES = "probabilities"  # float [N, K], K = len(labels), in the order of the labels metadata
-FEATURES = "features"  # float [N, D]: the Concat of every source's features
+FEATURES = "features"  # float [N, D]: the Concat of every source's features (a merged backbone's once)
 ROUTE = "route"  # teachers mode: P(source | image), columns as the route metadata lists them
 
 # -- Z's metadata keys -----------------------------------------------------------------------------------------
@@ -36,6 +36,7 @@ HEAD_INPUTS_KEY = "onnxmerge.head_inputs"  # JSON list of {source, block, width}
 EXPECTED_ACCURACY_KEY = "onnxmerge.expected_accuracy"  # JSON object: the build's held-out estimate
 ROUTE_KEY = "onnxmerge.route"  # JSON list: the route output's columns (teachers, then new classes)
 QUANTIZATION_KEY = "onnxmerge.quantization"  # JSON object: what build --quantize chose (int8 Z only)
+MERGE_KEY = "onnxmerge.merge"  # JSON object {method, sources}: the sources' one merged backbone ([merge])
 
 TEXT_KEYS = (MODE_KEY, VERSION_KEY)  # stored as they are; every other key holds JSON
 #: what each JSON key must decode to, and how a refusal describes it
@@ -46,6 +47,7 @@ _SHAPES = {
     EXPECTED_ACCURACY_KEY: (dict, "a JSON object"),
     ROUTE_KEY: (list, "a JSON list of route columns"),
     QUANTIZATION_KEY: (dict, "a JSON object"),
+    MERGE_KEY: (dict, "a JSON object"),
 }
 
 
@@ -61,6 +63,7 @@ class ZMetadata:
     expected_accuracy: dict | None = None
     route: list[str] | None = None
     quantization: dict | None = None
+    merge: dict | None = None
 
 
 def write_metadata(model: onnx.ModelProto, entries: Mapping[str, object]) -> None:
@@ -92,6 +95,7 @@ def read_metadata(model: onnx.ModelProto, path: str | Path | None = None) -> ZMe
         expected_accuracy=values.get(EXPECTED_ACCURACY_KEY),
         route=values.get(ROUTE_KEY),
         quantization=values.get(QUANTIZATION_KEY),
+        merge=values.get(MERGE_KEY),
     )
 
 

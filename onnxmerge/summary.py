@@ -16,6 +16,10 @@ def z_lines(z: dict) -> list[str]:
     lines = [f"onnxmerge Z, mode {p(z['mode'])!r}, built by onnxmerge {p(z['version'] or '?')}"]
     for s in z["sources"] or []:
         lines.append(f"source   {p(s.get('name'))}: feature {p(s.get('feature'))!r}, sha256 {p(s.get('sha256'))}")
+    if z.get("merge"):
+        merge = z["merge"]
+        names = ", ".join(map(p, merge.get("sources", [])))
+        lines.append(f"backbone one, merged in weight space ({p(merge.get('method'))}) for {names}")
     classes = z["classes"] or []
     lines.append(f"classes  ({len(classes)}, in probabilities order): {', '.join(map(p, classes))}")
     if z["route"]:

@@ -158,6 +158,9 @@ def test_merged_z_runs_one_backbone_and_keeps_the_contract(with_base):
     assert z.share_.per_source.get("high", 0) >= 10
     convs = [n for n in model.graph.node if n.op_type == "Conv"]
     assert len(convs) == 3
+    stored = json.loads({p.key: p.value for p in model.metadata_props}["onnxmerge.merge"])
+    assert stored == {"method": merge["method"], "sources": ["low", "high"]}
+    assert model.graph.output[2].type.tensor_type.shape.dim[1].dim_value == 16  # the merged features, once
     assert np.mean(z.predict(X[TEST]) == Y[TEST]) > 0.5
 
 

@@ -401,7 +401,8 @@ def describe_z(model: onnx.ModelProto, path: str | Path | None = None) -> dict |
 
     Keys: ``mode``, ``version``, ``sources`` (``{name, sha256, feature}``), ``classes`` (in ``probabilities``
     order), ``route`` (teachers mode: the ``route`` output's columns, teachers then new classes), ``expected_accuracy``
-    (the build's held-out estimate, or None), ``head_inputs`` (the head's input blocks: source, block, width).
+    (the build's held-out estimate, or None), ``head_inputs`` (the head's input blocks: source, block, width),
+    ``merge`` (``{method, sources}`` where the sources share one merged backbone, else None).
     A Z built before a key existed shows None for it; a damaged value is refused (``contract.read_metadata``).
     """
     return _z_view(read_metadata(model, path))
@@ -418,6 +419,7 @@ def _z_view(metadata: ZMetadata | None) -> dict | None:
         "route": metadata.route,
         "expected_accuracy": metadata.expected_accuracy,
         "head_inputs": metadata.head_inputs,
+        "merge": metadata.merge,
     }
 
 

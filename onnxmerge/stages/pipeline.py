@@ -117,5 +117,7 @@ def set_metadata(model: onnx.ModelProto, build: Build, classes: list[str]) -> No
         contract.MODE_KEY: build.config.mode,
         contract.VERSION_KEY: __version__,
     }
+    if build.sources[0].merged:  # one backbone, merged in weight space (stages/merging.py)
+        props[contract.MERGE_KEY] = {"method": build.sources[0].merged, "sources": [s.name for s in build.sources]}
     props.update(build.metadata)  # expected accuracy, route columns, head inputs (stages/assess.py)
     contract.write_metadata(model, props)
