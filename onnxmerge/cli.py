@@ -169,6 +169,13 @@ def _predict(args) -> int:
         raise OnnxMergeError("--probabilities is a column of --out's Parquet file; add --out PREDICTIONS.parquet.")
     z = ZModel(args.model, quiet=args.quiet, chunk=args.chunk)
     files = list_images(args.images)
+    if args.unknown_to and (z.unknown is None or args.out):
+        raise OnnxMergeError(
+            f"--unknown-to needs a Z built with [head] unknown on (rebuild {printable(args.model)} with "
+            'unknown = "auto").'
+            if z.unknown is None
+            else "--unknown-to copies the images Z prints as unknown; drop --out, or read the label column of --out."
+        )
     tasks = _tasks(args)
     try:
         if args.out:
@@ -177,12 +184,15 @@ def _predict(args) -> int:
             parts = f"{written.parts} parquet part{'' if written.parts == 1 else 's'}"
             say(f"wrote {written.rows} predictions of {len(files)} images to {written.path} ({parts})")
             return 0
-        errors, rows = [], []
+        errors, rows, unknown = [], [], []
         for chunk in predict_files(z, files, tasks):
             errors += chunk.errors
-            for file, label, probability in chunk.rows:
+            for file, label, probability, *score in chunk.rows:  # score: Z's unknown_score, where it has one
+                if label == "unknown" and score:
+                    unknown.append(file)
                 if args.json:  # json escapes control characters itself; undecodable file-name bytes as \udcXX
                     rows.append({"file": file, "label": label, "probability": probability})
+                    rows[-1].update({"unknown_score": score[0]} if score else {})  # an extra key
                 else:  # a TAB, newline or escape sequence in a name or label is escaped: always three fields
                     say(f"{printable(file)}\t{printable(label)}\t{probability:.4f}")
     finally:
@@ -192,6 +202,11 @@ def _predict(args) -> int:
     if args.json:
         say(json.dumps(rows, indent=2))
     _unreadable(errors, len(files))
+    if args.unknown_to:
+        from .rejection import copy_unknown
+
+        copies = copy_unknown(unknown, args.unknown_to)
+        print(f"onnxmerge: {len(copies)} images called unknown are in {printable(args.unknown_to)}", file=sys.stderr)
     return 0
 
 
@@ -207,7 +222,9 @@ def _evaluate(args) -> int:
     from .files.images import input_files, load_labelled
     from .files.models import check_output_folder, model_files
     from .predict import ZModel
+    from .rejection import rejection_report, report_lines
 
+    scores = None
     if args.report:  # before any work: the folder can be made, and its files replace nothing the run reads
         check_output_folder(args.report, REPORT_FILES, model_files(args.model) + input_files(args.data), "--report")
     z = ZModel(args.model, quiet=args.quiet, chunk=args.chunk)
@@ -215,11 +232,16 @@ def _evaluate(args) -> int:
         result = _evaluate_chunked(args, z)
     else:
         data = load_labelled(Path(args.data).expanduser(), z.input, "labelled data", "Z's input")
-        labels, _ = z.predict(data.x)
-        result = evaluate_predictions(data.y, labels, z.labels)
-    written = (
-        write_report(result, args.report, f"{Path(args.model).name} on {Path(args.data).name}") if args.report else []
-    )
+        out = z.run(data.x)
+        # with the score, "unknown" is one of Z's answers: a column of the confusion matrix
+        result = evaluate_predictions(data.y, out["label"], z.labels + (["unknown"] if z.unknown is not None else []))
+        if z.unknown is not None:
+            result["unknown"] = rejection_report(
+                data.y, out["label"], out["probabilities"], z.labels, z.unknown.get("threshold")
+            )
+            scores = (data.y, out["unknown_score"], z.labels)
+    title = f"{Path(args.model).name} on {Path(args.data).name}"
+    written = write_report(result, args.report, title, scores) if args.report else []
     if args.json:
         say(json.dumps(result, indent=2))
         return 0
@@ -229,6 +251,8 @@ def _evaluate(args) -> int:
         say(f"{printable(label):20} {v['recall']:7.3f} {v['support']:8d}")
     if result["unknown_labels"]:
         say(f"labels Z does not know (counted as wrong): {', '.join(map(printable, result['unknown_labels']))}")
+    for line in report_lines(result["unknown"]) if "unknown" in result else []:
+        say(line)
     for path in written:
         say(f"wrote {printable(path)}")
     return 0
@@ -246,7 +270,8 @@ def _evaluate_chunked(args, z) -> dict:
         items, truths = data.x, [str(v) for v in data.y]
     else:
         items, truths = list_labelled(args.data)
-    labels = evaluation_labels(truths, z.labels)
+    answers = z.labels + (["unknown"] if z.unknown is not None else [])  # "unknown" is an answer: a column
+    labels = evaluation_labels(truths, answers)
     tasks = _tasks(args)
     try:
         matrix, errors = evaluate_files(z, items, truths, tasks, labels)
@@ -255,7 +280,7 @@ def _evaluate_chunked(args, z) -> dict:
     _unreadable(errors, len(truths))
     if not matrix.sum():
         raise OnnxMergeError(f"none of the {len(truths)} images of {args.data} could be read; check the files.")
-    return evaluation_from_confusion(matrix, labels, z.labels)
+    return evaluation_from_confusion(matrix, labels, answers)
 
 
 def _suggest(args) -> int:
@@ -380,6 +405,12 @@ def parser() -> argparse.ArgumentParser:
         "chunk: file, label, probability) instead of printing; needs the optional extra 'dask'",
     )
     sub.add_argument("--probabilities", action="store_true", help="with --out: also every class's probability")
+    sub.add_argument(
+        "--unknown-to",
+        metavar="DIR",
+        help="copy the images Z calls unknown into DIR (flat, created if missing) to sort into class folders "
+        "for stage 2 (a Z built with [head] unknown on)",
+    )
     engine_options(sub, chunk=True)
     sub = command("evaluate", _evaluate, "accuracy, per-class recall and confusion matrix of Z on a labelled folder")
     sub.add_argument("model")

@@ -26,6 +26,8 @@ LABEL = "label"  # string [N]
 PROBABILITIES = "probabilities"  # float [N, K], K = len(labels), in the order of the labels metadata
 FEATURES = "features"  # float [N, D]: the Concat of every source's features (a merged backbone's once)
 ROUTE = "route"  # teachers mode: P(source | image), columns as the route metadata lists them
+UNKNOWN_SCORE = "unknown_score"  # [head] unknown on: float [N], the calibrated distance from the build's images
+UNKNOWN = "unknown"  # [head] unknown on: the label above the threshold (a reserved class name)
 
 # -- Z's metadata keys -----------------------------------------------------------------------------------------
 LABELS_KEY = "onnxmerge.labels"  # JSON list of the K class names
@@ -37,6 +39,7 @@ EXPECTED_ACCURACY_KEY = "onnxmerge.expected_accuracy"  # JSON object: the build'
 ROUTE_KEY = "onnxmerge.route"  # JSON list: the route output's columns (teachers, then new classes)
 QUANTIZATION_KEY = "onnxmerge.quantization"  # JSON object: what build --quantize chose (int8 Z only)
 MERGE_KEY = "onnxmerge.merge"  # JSON object {method, sources}: the sources' one merged backbone ([merge])
+UNKNOWN_KEY = "onnxmerge.unknown"  # JSON object: the unknown_score threshold and what it keeps ([head] unknown)
 
 TEXT_KEYS = (MODE_KEY, VERSION_KEY)  # stored as they are; every other key holds JSON
 #: what each JSON key must decode to, and how a refusal describes it
@@ -48,6 +51,7 @@ _SHAPES = {
     ROUTE_KEY: (list, "a JSON list of route columns"),
     QUANTIZATION_KEY: (dict, "a JSON object"),
     MERGE_KEY: (dict, "a JSON object"),
+    UNKNOWN_KEY: (dict, "a JSON object"),
 }
 
 
@@ -64,6 +68,7 @@ class ZMetadata:
     route: list[str] | None = None
     quantization: dict | None = None
     merge: dict | None = None
+    unknown: dict | None = None
 
 
 def write_metadata(model: onnx.ModelProto, entries: Mapping[str, object]) -> None:
@@ -96,6 +101,7 @@ def read_metadata(model: onnx.ModelProto, path: str | Path | None = None) -> ZMe
         route=values.get(ROUTE_KEY),
         quantization=values.get(QUANTIZATION_KEY),
         merge=values.get(MERGE_KEY),
+        unknown=values.get(UNKNOWN_KEY),
     )
 
 

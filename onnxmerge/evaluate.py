@@ -10,10 +10,11 @@ from sklearn.metrics import confusion_matrix
 
 from .errors import OnnxMergeError
 from .files.models import atomic_path
+from .rejection import PLOT, plot_scores, report_html
 from .safety import printable
 
-#: The files ``write_report`` puts into its folder.
-REPORT_FILES = ("confusion.png", "report.html")
+#: The files ``write_report`` puts into its folder (``unknown.png`` only for a Z with ``unknown_score``).
+REPORT_FILES = ("confusion.png", "report.html", PLOT)
 
 
 def evaluate_predictions(true: np.ndarray, predicted: np.ndarray, known: list[str]) -> dict:
@@ -52,8 +53,12 @@ def evaluation_from_confusion(matrix: np.ndarray, labels: list[str], known: list
     }
 
 
-def write_report(result: dict, outdir: str | Path, title: str = "onnxmerge evaluation") -> list[Path]:
-    """Write ``confusion.png`` and ``report.html`` into ``outdir`` (created if missing)."""
+def write_report(
+    result: dict, outdir: str | Path, title: str = "onnxmerge evaluation", scores: tuple | None = None
+) -> list[Path]:
+    """Write ``confusion.png`` and ``report.html`` into ``outdir`` (created if missing); with ``scores``
+    (``(true labels, unknown_score, Z's classes)`` of a Z with the score) also ``unknown.png``, the score's
+    distributions on Z's classes and on the others."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display
@@ -110,7 +115,12 @@ def write_report(result: dict, outdir: str | Path, title: str = "onnxmerge evalu
         f"<table border='1' cellpadding='4'><tr><th>class</th><th>recall</th><th>support</th></tr>{rows_html}"
         "</table></body></html>"
     )
+    written = [png]
+    if scores is not None and "unknown" in result:
+        true, values, known = scores
+        written.append(plot_scores(true, values, known, result["unknown"]["threshold"], outdir))
+        page = page.replace("</body>", report_html(result["unknown"]) + "</body>")
     page_path = outdir / "report.html"
     with atomic_path(page_path, ".html") as tmp:
         tmp.write_text(page, encoding="utf-8")
-    return [png, page_path]
+    return written + [page_path]

@@ -19,6 +19,7 @@ from .files.images import as_images, as_labelled, as_pool
 from .files.models import check_output_path, save_model
 from .graph.preprocess import ImageInput
 from .learn.head import TeachersHead
+from .learn.unknown import check_setting
 from .runtime.factory import open_tasks
 from .runtime.session import EXTRACT_VALUES_PER_CALL, run_batched
 from .stages import choice, pipeline
@@ -65,6 +66,9 @@ class Merger(ClassifierMixin, BaseEstimator):
     new_classes : training classes to keep as classes of their own although their names resemble a teacher's
         label or another training class (``coat`` beside a teacher's ``Coat``); without it, that is an error
         asking "did you mean".
+    unknown : "off" (default), "auto" or a number in (0, 1): Z gains an ``unknown_score`` output and answers
+        "unknown" for images farther from the build's images than that share of them (auto: 0.95);
+        docs/unknown.md.
 
     Example
     -------
@@ -88,6 +92,7 @@ class Merger(ClassifierMixin, BaseEstimator):
         workers: int | None = None,
         new_classes: list[str] | tuple[str, ...] = (),
         merge: MergeSpec = MergeSpec(),
+        unknown: str | float = "off",
     ):
         self.input = input
         self.sources = sources
@@ -103,6 +108,7 @@ class Merger(ClassifierMixin, BaseEstimator):
         self.workers = workers
         self.new_classes = new_classes
         self.merge = merge
+        self.unknown = unknown
 
     def _config(self) -> BuildConfig:
         return BuildConfig(
@@ -117,6 +123,7 @@ class Merger(ClassifierMixin, BaseEstimator):
             self.cache_dir,
             tuple(self.new_classes),
             self.merge,
+            check_setting(self.unknown),
         )
 
     def build_graph(self) -> onnx.ModelProto:
@@ -164,6 +171,7 @@ class Merger(ClassifierMixin, BaseEstimator):
         self.teachers_, self.widths_ = build.teachers, build.widths
         self.head_input_ = build.head_input()  # what the head reads, block by block
         self.head_, self.classes_ = fitted.head, fitted.classes
+        self.unknown_ = fitted.unknown  # learn.unknown.Prototypes with [head] unknown on, else None
         self.features_from_cache_ = build.features.from_cache
         self._z, self._session = fitted.model, None
         return self

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .contract import LABEL, PROBABILITIES, read_metadata
+from .contract import LABEL, PROBABILITIES, UNKNOWN_SCORE, read_metadata
 from .errors import OnnxMergeError
 from .files.images import as_images, is_url, read_image_at
 from .files.models import load_model
@@ -45,6 +45,8 @@ class ZModel:
             )
         self.labels = metadata.labels
         self.input = _image_input(self.path, self.model)
+        # [head] unknown on: the threshold metadata (None for a Z built with it off, or before it existed)
+        self.unknown = (metadata.unknown or {}) if UNKNOWN_SCORE in outputs else None
         if chunk < 1:
             raise OnnxMergeError(f"--chunk must be at least 1 image, got {chunk}.")
         self.batch_size, self.quiet, self.chunk = batch_size, quiet, chunk
@@ -60,15 +62,14 @@ class ZModel:
     def predict(self, images) -> tuple[np.ndarray, np.ndarray]:
         """Labels ``[N]`` and probabilities ``[N, K]`` for uint8 images ``[N, H, W, C]`` (or files, a folder,
         PIL images: ``data.as_images``)."""
-        out = run_batched(
-            self.session,
-            as_images(images, self.input, "the input"),
-            [LABEL, PROBABILITIES],
-            self.batch_size,
-            self.quiet,
-            desc="predict",
-        )
+        out = self.run(images)
         return out[LABEL], out[PROBABILITIES]
+
+    def run(self, images) -> dict[str, np.ndarray]:
+        """``label``, ``probabilities`` and, where Z has it, ``unknown_score``, on images as ``predict`` takes."""
+        names = [LABEL, PROBABILITIES] + ([UNKNOWN_SCORE] if self.unknown is not None else [])
+        images = as_images(images, self.input, "the input")
+        return run_batched(self.session, images, names, self.batch_size, self.quiet, desc="predict")
 
     def chunks(self, items: Sequence) -> list[Sequence]:
         """``items`` (files or images) in task-sized chunks, each a whole number of onnxruntime calls."""
@@ -86,9 +87,10 @@ class Chunk:
 
 
 def _run_chunk(
-    files: Sequence[str], digest: str, input: ImageInput, threads: int, batch: int
+    files: Sequence[str], digest: str, input: ImageInput, threads: int, batch: int, unknown: bool = False
 ) -> tuple[list[str], dict[str, np.ndarray] | None, list[str], list[int]]:
-    """Read ``files`` (collecting the ones that fail) and run Z on the rest: files, outputs, errors, kept rows."""
+    """Read ``files`` (collecting the ones that fail) and run Z on the rest: files, outputs, errors, kept rows.
+    ``unknown``: Z has ``unknown_score``, fetched too."""
     images, good, errors, kept = [], [], [], []
     for i, file in enumerate(files):
         try:
@@ -100,7 +102,8 @@ def _run_chunk(
         kept.append(i)
     if not good:
         return good, None, errors, kept
-    out = run_batched(cached_session(digest, threads), np.stack(images), [LABEL, PROBABILITIES], batch, quiet=True)
+    names = [LABEL, PROBABILITIES] + ([UNKNOWN_SCORE] if unknown else [])
+    out = run_batched(cached_session(digest, threads), np.stack(images), names, batch, quiet=True)
     return good, out, errors, kept
 
 
@@ -112,14 +115,19 @@ def predict_chunk(
     batch: int,
     part: str | None = None,
     probabilities: bool = False,
+    unknown: bool = False,
 ) -> Chunk:
-    """A task: Z on ``files``; the rows returned, or written to the Parquet file ``part`` (a path or URL)."""
-    good, out, errors, _ = _run_chunk(files, digest, input, threads, batch)
+    """A task: Z on ``files``; the rows returned, or written to the Parquet file ``part`` (a path or URL).
+    ``unknown``: Z has ``unknown_score``; each row ends with it (and the part file has its column)."""
+    good, out, errors, _ = _run_chunk(files, digest, input, threads, batch, unknown)
     if out is None:
         return Chunk(errors=errors)
     labels, probs = out[LABEL].astype(str), out[PROBABILITIES]
     if part is None:
-        return Chunk(list(zip(good, labels.tolist(), probs.max(axis=1).tolist())), 0, errors)
+        columns = [good, labels.tolist(), probs.max(axis=1).tolist()] + (
+            [out[UNKNOWN_SCORE].tolist()] if unknown else []
+        )
+        return Chunk(list(zip(*columns)), 0, errors)
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -128,6 +136,8 @@ def predict_chunk(
         "label": pa.array(labels, pa.string()),
         "probability": pa.array(probs.max(axis=1), pa.float32()),
     }
+    if unknown:
+        columns[UNKNOWN_SCORE] = pa.array(out[UNKNOWN_SCORE], pa.float32())
     if probabilities:
         columns["probabilities"] = pa.FixedSizeListArray.from_arrays(
             pa.array(probs.reshape(-1), pa.float32()), probs.shape[1]
@@ -161,6 +171,7 @@ def predict_files(z: ZModel, files: list[str], tasks: Tasks) -> Iterator[Chunk]:
             input=z.input,
             threads=tasks.threads,
             batch=z.batch_size,
+            unknown=z.unknown is not None,
         )
     finally:
         tasks.forget(digest)
@@ -214,6 +225,7 @@ def write_predictions(z: ZModel, files: list[str], tasks: Tasks, out: str, proba
                 threads=tasks.threads,
                 batch=z.batch_size,
                 probabilities=probabilities,
+                unknown=z.unknown is not None,
             ):
                 rows += chunk.written
                 errors += chunk.errors

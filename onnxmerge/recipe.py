@@ -20,6 +20,7 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 from .errors import OnnxMergeError
 from .graph.preprocess import ImageInput, Preprocess
 from .learn.merging import METHODS as MERGE_METHODS
+from .learn.unknown import check_setting
 from .merger import DEFAULT_C, MODES, Merger, Source
 from .runtime.tasks import ENGINES
 from .safety import check_labels, printable, read_regular
@@ -63,6 +64,7 @@ _HEAD = {
     "unlabeled": (str, False),
     "C": ((int, float, str), False),
     "new_classes": (list, False),
+    "unknown": ((str, int, float), False),
 }
 _TYPE_NAMES = {
     int: "an integer",
@@ -72,6 +74,7 @@ _TYPE_NAMES = {
     bool: "true or false",
     (int, float): "a number",
     (int, float, str): 'a number or "auto"',
+    (str, int, float): '"off", "auto" or a number between 0 and 1',
     (str, list): "a path or a list of paths",
 }
 
@@ -235,7 +238,9 @@ def parse_recipe(data: dict, base: Path, path: Path, quiet: bool = False) -> Rec
         workers=engine.get("workers"),
         new_classes=new_classes,
         merge=_merge(data, base),
+        unknown=head.get("unknown", "off"),
     )
+    check_setting(merger.unknown)
     train = None
     if "train" in head:
         paths = head["train"] if isinstance(head["train"], list) else [head["train"]]

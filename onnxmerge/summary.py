@@ -39,6 +39,14 @@ def z_lines(z: dict) -> list[str]:
         )
     else:
         lines.append("expected accuracy: not measured (the build had no labelled images to hold out)")
+    unknown = z.get("unknown")
+    if isinstance(unknown, dict) and isinstance(unknown.get("threshold"), (int, float)):
+        lines.append(
+            f"unknown  label 'unknown' when unknown_score > {unknown['threshold']:.3g} (keeps "
+            f"{unknown.get('keeps', unknown['threshold']):.0%} of the build's {unknown.get('calibration_images', '?')} "
+            f"images, cross-fitted; distance > {unknown.get('distance', float('nan')):.4g}: "
+            f"{p(unknown.get('score', '?'))})"
+        )
     for block in z["head_inputs"] or []:
         lines.append(f"head in  {p(block['source'])} {p(block['block'])}, width {block['width']}")
     return lines
@@ -147,6 +155,8 @@ def build_summary(merger, output) -> str:
         )
     if "expected_accuracy" in report:
         lines.append(report["expected_accuracy"]["line"])
+    if "unknown" in report:
+        lines.append(f"unknown: {report['unknown']['line']}")
     if report["warnings"]:
         lines.append(f"warnings: {len(report['warnings'])} (on stderr)")
     lines.append(f"classes ({len(report['classes'])}): {', '.join(map(p, report['classes']))}")

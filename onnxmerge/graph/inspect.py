@@ -403,6 +403,7 @@ def describe_z(model: onnx.ModelProto, path: str | Path | None = None) -> dict |
     order), ``route`` (teachers mode: the ``route`` output's columns, teachers then new classes), ``expected_accuracy``
     (the build's held-out estimate, or None), ``head_inputs`` (the head's input blocks: source, block, width),
     ``merge`` (``{method, sources}`` where the sources share one merged backbone, else None).
+    ``unknown`` (``[head] unknown`` on: the threshold on ``unknown_score``, the share it keeps, its distance).
     A Z built before a key existed shows None for it; a damaged value is refused (``contract.read_metadata``).
     """
     return _z_view(read_metadata(model, path))
@@ -420,6 +421,7 @@ def _z_view(metadata: ZMetadata | None) -> dict | None:
         "expected_accuracy": metadata.expected_accuracy,
         "head_inputs": metadata.head_inputs,
         "merge": metadata.merge,
+        "unknown": metadata.unknown,
     }
 
 

@@ -37,6 +37,7 @@ class BuildConfig:
     cache_dir: str | os.PathLike | None = None
     new_classes: tuple[str, ...] = ()  # training classes kept as new although they resemble a teacher's label
     merge: MergeSpec = MergeSpec()
+    unknown: float | None = None  # the share of the build's images the "unknown" threshold keeps; None: off
 
 
 @dataclass
@@ -82,3 +83,5 @@ class Fitted:
     head: object  # a scikit-learn Pipeline (mode "fit") or a TeachersHead
     classes: list[str]
     parity_images: np.ndarray  # real images the build used, for the parity check
+    head_inputs: np.ndarray | None = None  # the head input of every image the build learned from (labelled, pool)
+    unknown: object = None  # the fitted unknown score (learn.unknown.Prototypes) where [head] unknown is on

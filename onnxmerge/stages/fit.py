@@ -59,7 +59,8 @@ def fit_labelled(build: Build, labelled: Dataset | None, pool: Dataset | None) -
         (x_pool, pseudo, keep, weights[-1] if weights else np.ones(kept)) if pool is not None else None,
     )
     model = append_head(keep_outputs(build.graph.model, build.graph_outputs()), head_input, head, build.widths)
-    return Fitted(model, head, classes, (labelled if labelled is not None else pool).x)
+    seen = np.concatenate(xs[:1] + ([x_pool] if pool is not None else []))  # every pool image, kept or not
+    return Fitted(model, head, classes, (labelled if labelled is not None else pool).x, seen)
 
 
 def _pseudo_labelled_pool(

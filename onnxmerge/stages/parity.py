@@ -13,12 +13,13 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from ..contract import FEATURES, IMAGE, PROBABILITIES
+from ..contract import FEATURES, IMAGE, PROBABILITIES, UNKNOWN_SCORE
 from ..errors import OnnxMergeError
 from ..files.images import decoded
 from ..graph.cut import exposing
 from ..graph.preprocess import reference_preprocess
 from ..graph.stitch import output_names
+from ..learn.unknown import DISTANCE
 from ..runtime.session import CHECK_VALUES_PER_CALL, make_session, run_batched
 from ..runtime.weights import WeightFolder, release_freed_memory
 from .context import Build, Fitted
@@ -130,10 +131,11 @@ def check_parity(build: Build, fitted: Fitted) -> list[ParityCheck]:
     inner = engine.outputs(sample, [n for n in build.graph_outputs() if n != FEATURES], CHECK_VALUES_PER_CALL)
     engine.close()
     references = [_source_reference(build, source, sample) for source in build.sources]
+    extra = [UNKNOWN_SCORE, DISTANCE] if fitted.unknown is not None else []
     z_out = run_batched(
-        engine.session(fitted.model),
+        engine.session(with_outputs(fitted.model, extra[1:])),
         sample,
-        [PROBABILITIES, FEATURES],
+        [PROBABILITIES, FEATURES] + extra,
         engine.batch(budget=CHECK_VALUES_PER_CALL),
         quiet=True,
         lean=build.graph.large,
@@ -159,8 +161,24 @@ def check_parity(build: Build, fitted: Fitted) -> list[ParityCheck]:
     else:
         expected = fitted.head.predict_proba(build.head_input().numpy(inner).astype(np.float64))
         checks.append(compare("probabilities vs scikit-learn predict_proba", z_out[PROBABILITIES], expected))
+    if fitted.unknown is not None:  # in two exact steps: the score's slope magnifies the distance's rounding
+        distance = z_out[DISTANCE][:, 0]
+        expected = fitted.unknown.distance(build.head_input().numpy(inner))
+        checks.append(compare("unknown distance vs numpy", distance, expected))
+        level = fitted.unknown.level(distance)
+        checks.append(compare("unknown_score vs numpy calibration", z_out[UNKNOWN_SCORE], level))
     require(checks)
     return checks
+
+
+def with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
+    """``model`` computing inner tensors ``names`` as extra outputs (the same graph: a copy of the light proto)."""
+    if not names:
+        return model
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    copy.graph.output.extend(onnx.helper.make_empty_tensor_value_info(name) for name in names)
+    return copy
 
 
 def _source_reference(build: Build, source, sample: np.ndarray) -> tuple[np.ndarray, ParityCheck]:

@@ -4,6 +4,7 @@
 2. ``stitching`` build the graph: one image input, per-source preprocessing, shared work once;
 3. ``teachers`` + ``features``  extract: which sources teach, their features and head outputs (cached);
 4. ``fit`` (mode "fit") or ``route`` (mode "teachers"): the head, appended to the graph: Z;
+   ``unknown`` (``[head] unknown`` on): Z's ``unknown_score`` and its calibrated threshold;
 5. ``parity``    check Z against every source and against the fitted head;
 then Z's metadata is set here, and ``Merger.save`` writes it.
 """
@@ -29,6 +30,7 @@ from .route import fit_teachers
 from .sources import ResolvedSource, check_config, resolve_sources
 from .stitching import make_engine, stitch_sources
 from .teachers import check_class_names, find_teachers
+from .unknown import add_unknown, check_reserved
 
 MODES = ("fit", "teachers")
 
@@ -72,6 +74,11 @@ def fit(build: Build, labelled: Dataset | None, pool: Dataset | None) -> tuple[F
         )
     if labelled is not None:
         check_class_names(sorted({str(c) for c in labelled.y}), build.sources, config.new_classes)
+    if config.unknown is not None:  # before any source runs: the reserved name in the user's labels
+        if labelled is not None:
+            check_reserved(labelled.y, "the labelled data")
+        for source in build.sources:
+            check_reserved(source.labels or [], f"source {source.name!r}")
     given = pool if pool is not None else labelled
     probe = decoded(given.x[:16]) if given is not None else np.zeros((1, *config.input.shape), np.uint8)
     build.teachers, build.widths = find_teachers(
@@ -89,6 +96,8 @@ def fit(build: Build, labelled: Dataset | None, pool: Dataset | None) -> tuple[F
     fitted = fit_teachers(build, labelled, pool) if config.mode == "teachers" else fit_labelled(build, labelled, pool)
     # a source's own labels (model metadata) reach Z in teachers mode and through pseudo-labels: checked here
     check_labels(fitted.classes, "a source's model (one of Z's classes)", "give that source's labels in the recipe")
+    if config.unknown is not None:
+        fitted = add_unknown(build, fitted)
     set_metadata(fitted.model, build, fitted.classes)
     parity = check_parity(build, fitted) + build.merge_checks
     build.weights.check(fitted.model)

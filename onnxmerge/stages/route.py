@@ -31,20 +31,22 @@ def fit_teachers(build: Build, labelled: Dataset | None, pool: Dataset | None) -
             "teachers' classes; add [head] unlabeled."
         )
     head_input = build.head_input()
-    router = None
+    router, seen = None, None
     if pool is not None:
         pool_out = build.features(pool.x)
         known = []
+        seen = head_input.numpy(pool_out).astype(np.float64)
         if labelled is not None:
             x = head_input.numpy(build.features(labelled.x)).astype(np.float64)
             known = [(x[labelled.y == c], len(teachers.names) + i) for i, c in enumerate(new)]
-        router = fit_router(build, head_input.numpy(pool_out).astype(np.float64), teachers, pool_out, known)
+            seen = np.concatenate([seen, x])
+        router = fit_router(build, seen[: len(pool.x)], teachers, pool_out, known)
     head = TeachersHead(head_input, teachers, router, new)
     assess.teachers_mode(build, head, head_input, pool_out if pool is not None else None)
     model = head.append(keep_outputs(build.graph.model, build.graph_outputs()), build.widths)
     given = pool if pool is not None else labelled
     parity = given.x if given is not None else np.zeros((2, *build.config.input.shape), np.uint8)
-    return Fitted(model, head, head.classes, parity)
+    return Fitted(model, head, head.classes, parity, seen)
 
 
 def fit_router(

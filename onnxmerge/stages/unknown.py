@@ -1,0 +1,43 @@
+"""Stage 4b, ``[head] unknown`` on: Z's ``unknown_score``, fitted and calibrated on the build's own images
+(``learn.unknown`` says how), appended to Z, and its threshold printed with what it means."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..contract import UNKNOWN, UNKNOWN_KEY
+from ..errors import OnnxMergeError
+from ..learn.unknown import append_unknown, fit_unknown
+from .context import Build, Fitted
+
+
+def check_reserved(names, where: str) -> None:
+    """With ``[head] unknown`` on, "unknown" is Z's answer for no class: a class of that name is an error."""
+    if UNKNOWN in set(map(str, names)):
+        raise OnnxMergeError(
+            f'{where} has a class named "{UNKNOWN}", the answer Z gives with [head] unknown on; rename that '
+            'class (its folder or label), or set unknown = "off".'
+        )
+
+
+def add_unknown(build: Build, fitted: Fitted) -> Fitted:
+    """``fitted`` with ``unknown_score`` in Z; ``build.report["unknown"]`` says what its threshold means."""
+    check_reserved(fitted.classes, "Z")
+    images = fitted.head_inputs if fitted.head_inputs is not None else np.zeros((0, 1))
+    widths = build.head_input().widths(build.widths)
+    score = fit_unknown(images, sum(widths[: len(build.sources)]), len(build.sources), build.config.unknown)
+    fitted.model = append_unknown(fitted.model, score, fitted.classes)
+    fitted.unknown = score
+    build.metadata[UNKNOWN_KEY] = score.metadata()  # written with Z's other metadata (pipeline.set_metadata)
+    build.report["unknown"] = dict(score.metadata(), line=meaning(score.metadata()))
+    return fitted
+
+
+def meaning(unknown: dict) -> str:
+    """One line: the threshold and what it means for the user's images."""
+    keeps = unknown["keeps"]
+    return (
+        f'label "{UNKNOWN}" when unknown_score > {unknown["threshold"]:.2f}: keeps {keeps:.0%} of your images '
+        f"(cross-fitted on the build's {unknown['calibration_images']} images), so about {1 - keeps:.0%} of new "
+        "images like them will be called unknown"
+    )
