@@ -55,12 +55,14 @@ class Maha:
         resid = x - self.means[np.searchsorted(classes, y)]
         cov = resid.T @ resid / len(x)
         cov += self.shrink * np.trace(cov) / len(cov) * np.eye(len(cov))
-        self.prec = np.linalg.inv(cov)
+        self.white = np.linalg.cholesky(np.linalg.inv(cov))  # |x L|^2 = x' cov^-1 x
+        self.white_means = self.means @ self.white
         return self
 
     def score(self, x, logits=None):
-        d = x[:, None, :] - self.means[None]
-        return np.einsum("ncd,de,nce->nc", d, self.prec, d).min(1)
+        z = x @ self.white
+        d = (z**2).sum(1)[:, None] - 2 * z @ self.white_means.T + (self.white_means**2).sum(1)[None]
+        return d.min(1)
 
 
 class KnnProto:
@@ -231,8 +233,8 @@ def main() -> None:
             for mode in args.modes:
                 rows += case(setup, mode, work / "cache")
                 print(f"{name} seed {seed} {mode}: done", file=sys.stderr, flush=True)
-    if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=1))
+                if args.json:
+                    Path(args.json).write_text(json.dumps(rows, indent=1))
     print(summary(rows))
 
 
