@@ -19,7 +19,6 @@ from onnxmerge.cli import main
 from onnxmerge.contract import UNKNOWN_SCORE
 from onnxmerge.errors import OnnxMergeError
 from onnxmerge.graph.preprocess import ImageInput, Preprocess
-from onnxmerge.learn.head import HEAD_INPUT
 from onnxmerge.learn.unknown import check_setting
 from onnxmerge.merger import Merger, Source
 from onnxmerge.stages.parity import with_outputs
@@ -133,9 +132,10 @@ def test_parity_unknown_score_is_the_numpy_computation(split, mode, fixtures, op
     assert next(o.version for o in z.model_.opset_import if o.domain == "") == opset
     unknown_checks = [c for c in z.parity_ if c.step.startswith("unknown")]
     assert len(unknown_checks) == 2 and all(c.ok for c in unknown_checks)
-    out = _z(with_outputs(z.model_, [HEAD_INPUT]).SerializeToString(), x_test, [UNKNOWN_SCORE, HEAD_INPUT])
+    blocks = z.unknown_.blocks  # the source feature tensors inside Z that the score reads
+    out = _z(with_outputs(z.model_, blocks).SerializeToString(), x_test, [UNKNOWN_SCORE, *blocks])
     assert z.report_["unknown"]["threshold"] == 0.95
-    numpy_score = z.unknown_.score(out[HEAD_INPUT])  # the fitted score, in numpy, on Z's own head input
+    numpy_score = z.unknown_.score(out)  # the fitted score, in numpy, on Z's own feature blocks
     assert np.max(np.abs(out[UNKNOWN_SCORE] - numpy_score)) <= 1e-5
 
 

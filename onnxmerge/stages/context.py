@@ -83,5 +83,5 @@ class Fitted:
     head: object  # a scikit-learn Pipeline (mode "fit") or a TeachersHead
     classes: list[str]
     parity_images: np.ndarray  # real images the build used, for the parity check
-    head_inputs: np.ndarray | None = None  # the head input of every image the build learned from (labelled, pool)
+    seen: list[dict[str, np.ndarray]] = field(default_factory=list)  # stitched-graph outputs of the images learned from
     unknown: object = None  # the fitted unknown score (learn.unknown.Prototypes) where [head] unknown is on

@@ -21,12 +21,14 @@ def fit_labelled(build: Build, labelled: Dataset | None, pool: Dataset | None) -
     """Z with a logistic-regression head over the labels of ``labelled`` and the pool's pseudo-labels."""
     head_input = build.head_input()
     widths = head_input.widths(build.widths)
-    xs, ys, weights = [], [], []
+    xs, ys, weights, seen = [], [], [], []  # seen: the stitched-graph outputs of every image learned from
     if labelled is not None:
-        xs.append(head_input.numpy(build.features(labelled.x)).astype(np.float64))
+        seen.append(build.features(labelled.x))
+        xs.append(head_input.numpy(seen[-1]).astype(np.float64))
         ys.append(labelled.y)
     if pool is not None:
-        x_pool, pseudo, keep = _pseudo_labelled_pool(build, labelled, pool, xs[0] if xs else None)
+        x_pool, pseudo, keep, pool_out = _pseudo_labelled_pool(build, labelled, pool, xs[0] if xs else None)
+        seen.append(pool_out)
         xs.append(x_pool[keep])
         ys.append(pseudo[keep])
         kept = int(keep.sum())
@@ -59,14 +61,14 @@ def fit_labelled(build: Build, labelled: Dataset | None, pool: Dataset | None) -
         (x_pool, pseudo, keep, weights[-1] if weights else np.ones(kept)) if pool is not None else None,
     )
     model = append_head(keep_outputs(build.graph.model, build.graph_outputs()), head_input, head, build.widths)
-    seen = np.concatenate(xs[:1] + ([x_pool] if pool is not None else []))  # every pool image, kept or not
     return Fitted(model, head, classes, (labelled if labelled is not None else pool).x, seen)
 
 
 def _pseudo_labelled_pool(
     build: Build, labelled: Dataset | None, pool: Dataset, x_labelled: np.ndarray | None
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The pool's head input, its pseudo-labels, and which to keep (where the routed teachers are confident)."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """The pool's head input, its pseudo-labels, which to keep (where the routed teachers are confident), and
+    its stitched-graph outputs."""
     if not build.teachers:
         raise OnnxMergeError(
             "an unlabeled pool needs at least one teacher source (teacher = true, with labels) to pseudo-label it."
@@ -108,7 +110,7 @@ def _pseudo_labelled_pool(
             "Z leaves these teacher labels out (add labelled images of them to keep them)."
         )
     build.report["pseudo_labels"] = {"kept": int(keep.sum()), "of": int(len(keep)), "threshold": PSEUDO_LABEL_THRESHOLD}
-    return x_pool, pseudo, keep
+    return x_pool, pseudo, keep, pool_out
 
 
 def _not_in(pool, labelled: np.ndarray, engine) -> np.ndarray:

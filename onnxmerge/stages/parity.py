@@ -163,7 +163,7 @@ def check_parity(build: Build, fitted: Fitted) -> list[ParityCheck]:
         checks.append(compare("probabilities vs scikit-learn predict_proba", z_out[PROBABILITIES], expected))
     if fitted.unknown is not None:  # in two exact steps: the score's slope magnifies the distance's rounding
         distance = z_out[DISTANCE][:, 0]
-        expected = fitted.unknown.distance(build.head_input().numpy(inner))
+        expected = fitted.unknown.distance(inner)
         checks.append(compare("unknown distance vs numpy", distance, expected))
         level = fitted.unknown.level(distance)
         checks.append(compare("unknown_score vs numpy calibration", z_out[UNKNOWN_SCORE], level))

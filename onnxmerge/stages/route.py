@@ -31,16 +31,16 @@ def fit_teachers(build: Build, labelled: Dataset | None, pool: Dataset | None) -
             "teachers' classes; add [head] unlabeled."
         )
     head_input = build.head_input()
-    router, seen = None, None
+    router, seen = None, []  # seen: the stitched-graph outputs of every image learned from
     if pool is not None:
         pool_out = build.features(pool.x)
         known = []
-        seen = head_input.numpy(pool_out).astype(np.float64)
+        seen.append(pool_out)
         if labelled is not None:
-            x = head_input.numpy(build.features(labelled.x)).astype(np.float64)
+            seen.append(build.features(labelled.x))
+            x = head_input.numpy(seen[-1]).astype(np.float64)
             known = [(x[labelled.y == c], len(teachers.names) + i) for i, c in enumerate(new)]
-            seen = np.concatenate([seen, x])
-        router = fit_router(build, seen[: len(pool.x)], teachers, pool_out, known)
+        router = fit_router(build, head_input.numpy(pool_out).astype(np.float64), teachers, pool_out, known)
     head = TeachersHead(head_input, teachers, router, new)
     assess.teachers_mode(build, head, head_input, pool_out if pool is not None else None)
     model = head.append(keep_outputs(build.graph.model, build.graph_outputs()), build.widths)

@@ -7,6 +7,7 @@ import numpy as np
 
 from ..contract import UNKNOWN, UNKNOWN_KEY
 from ..errors import OnnxMergeError
+from ..graph.stitch import output_names
 from ..learn.unknown import append_unknown, fit_unknown
 from .context import Build, Fitted
 
@@ -23,9 +24,9 @@ def check_reserved(names, where: str) -> None:
 def add_unknown(build: Build, fitted: Fitted) -> Fitted:
     """``fitted`` with ``unknown_score`` in Z; ``build.report["unknown"]`` says what its threshold means."""
     check_reserved(fitted.classes, "Z")
-    images = fitted.head_inputs if fitted.head_inputs is not None else np.zeros((0, 1))
-    widths = build.head_input().widths(build.widths)
-    score = fit_unknown(images, sum(widths[: len(build.sources)]), len(build.sources), build.config.unknown)
+    names = [output_names(s.name)["feature"] for s in build.sources]
+    blocks = [np.concatenate([out[name] for out in fitted.seen]) if fitted.seen else np.zeros((0, 1)) for name in names]
+    score = fit_unknown(names, blocks, build.config.unknown)
     fitted.model = append_unknown(fitted.model, score, fitted.classes)
     fitted.unknown = score
     build.metadata[UNKNOWN_KEY] = score.metadata()  # written with Z's other metadata (pipeline.set_metadata)

@@ -1,7 +1,7 @@
-"""Data of the "unknown" benchmarks (benchmarks/unknown_families.py, benchmarks/unknown.py).
+"""Data of the "unknown" benchmarks (``benchmarks.unknown.families``, ``benchmarks.unknown.measure``).
 
 A clothes Z (Fashion-MNIST minus one held-out class) or a digits Z (scikit-learn digits at 28x28), K = 2 or
-3 teachers trained on disjoint classes (benchmarks/accuracy_sources.py: PyTorch CNNs and scikit-learn MLPs,
+3 teachers trained on disjoint classes (``benchmarks.common.teacher``: PyTorch CNNs and scikit-learn MLPs,
 alternating). Per setup and seed: the teachers' training images, a reserve the teachers never saw (labelled
 images and the pool are drawn from it) and, for ``part = "tune"``, a validation part of that reserve as
 "known" test images, for ``part = "test"`` the test split. Junk, split in two halves by index parity
@@ -15,15 +15,12 @@ images and the pool are drawn from it) and, for ``part = "tune"``, a validation 
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from accuracy import digits_28  # noqa: E402
-from accuracy_sources import CLASSES, PREPROCESS, TRAINERS, read_split  # noqa: E402
+from benchmarks.common import CLASSES, digits_28, read_split, teacher
 
 HELD_OUT = "Bag"  # the near junk: no teacher and no label has it
 CLOTHES = [c for c in CLASSES if c != HELD_OUT]
@@ -142,19 +139,14 @@ class Setup:
         sources = []
         for i, labels in enumerate(self.split):
             fw = "torch" if i % 2 == 0 or len(labels) < 3 else "sklearn"
+
+            def training(labels=labels):
+                n = [min(TRAIN_PER_CLASS, int(np.sum(y == c))) for c in labels]
+                pick = np.concatenate([rng.choice(np.flatnonzero(y == c), k, replace=False) for c, k in zip(labels, n)])
+                return x[pick], y[pick]
+
             path = work / f"unknown_{self.name}_seed{self.seed}_{i}_{fw}.onnx"
-            if not path.exists():
-                pick = np.concatenate(
-                    [
-                        rng.choice(np.flatnonzero(y == c), min(TRAIN_PER_CLASS, int(np.sum(y == c))), replace=False)
-                        for c in labels
-                    ]
-                )
-                tmp = path.with_suffix(".tmp.onnx")
-                TRAINERS[fw](x[pick], y[pick], labels, self.seed, tmp)
-                tmp.rename(path)
-            order = sorted(labels) if fw == "sklearn" else labels
-            sources.append({"name": f"s{i}_{fw}", "model": str(path), "labels": order, "preprocess": PREPROCESS[fw]})
+            sources.append(teacher(f"s{i}_{fw}", fw, labels, self.seed, path, training))
         return sources
 
     def labelled(self, per_class: int) -> tuple[np.ndarray, np.ndarray]:

@@ -12,7 +12,7 @@ faces, photo patches; near: the held-out Fashion-MNIST class), side by side with
   accuracy lost to false rejections;
 - Z's time at batch 32 (separate sessions, no spinning, alternating blocks, median) and file size, off vs auto.
 
-    python benchmarks/unknown.py --seeds 2 --json /tmp/unknown.json
+    python -m benchmarks.unknown.measure --seeds 2 --json /tmp/unknown.json
 """
 
 from __future__ import annotations
@@ -20,26 +20,16 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 from sklearn.metrics import roc_auc_score
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from accuracy import merger  # noqa: E402
-from unknown_data import SETUPS, Data, Setup  # noqa: E402
+from benchmarks.common import merger, session, work_dir
+from benchmarks.unknown.data import SETUPS, Data, Setup
 
 MODES = ("fit", "teachers")
-
-
-def session(path: Path) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 2
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def timing(paths: dict[str, Path], images: np.ndarray, rounds: int = 7, runs: int = 30) -> dict[str, float]:
@@ -158,11 +148,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--setups", nargs="+", default=list(SETUPS))
     parser.add_argument("--modes", nargs="+", default=list(MODES))
-    parser.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "onnxmerge-unknown"))
     parser.add_argument("--json", help="write every row here")
     args = parser.parse_args()
-    work = Path(args.work)
-    work.mkdir(parents=True, exist_ok=True)
+    work = work_dir("unknown")  # teachers, Zs and the feature cache ($ONNXMERGE_BENCH_WORK)
     data = Data()
     rows = []
     for name in args.setups:

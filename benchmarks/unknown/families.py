@@ -1,6 +1,6 @@
 """Which score tells "none of Z's classes"? The literature's families, measured in numpy on Z's own features.
 
-Issue "Z knows what it does not know". Per setup (benchmarks/unknown_data.py), seed and mode (fit: labelled
+Issue "Z knows what it does not know". Per setup (``benchmarks.unknown.data``), seed and mode (fit: labelled
 images; teachers: a pool; fit+pool: both), a Z is built by onnxmerge, and each family is fitted on the
 build's own images (labelled + pool), scored on known test images and on junk:
 
@@ -17,7 +17,7 @@ Threshold: cross-fitted (5 folds: an image never calibrates a score fitted on it
 Tuning (``--part tune``, seeds 100+) scores a validation part of the training reserve and the junk sets'
 even half; the test rows (seeds 0..) use the test split and the odd half.
 
-    python benchmarks/unknown_families.py --part tune --seeds 1 --json /tmp/families-tune.json
+    python -m benchmarks.unknown.families --part tune --seeds 1 --json /tmp/families-tune.json
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -33,9 +32,8 @@ from sklearn.cluster import KMeans
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import KFold
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from accuracy import merger  # noqa: E402
-from unknown_data import SETUPS, Data, Setup  # noqa: E402
+from benchmarks.common import merger, work_dir
+from benchmarks.unknown.data import SETUPS, Data, Setup
 
 KEEP = 0.95
 MODES = {"fit": (True, False), "teachers": (False, True), "fit+pool": (True, True)}
@@ -219,11 +217,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=1)
     parser.add_argument("--setups", nargs="+", default=list(SETUPS))
     parser.add_argument("--modes", nargs="+", default=list(MODES))
-    parser.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "onnxmerge-unknown"))
     parser.add_argument("--json", help="write every row here")
     args = parser.parse_args()
-    work = Path(args.work)
-    work.mkdir(parents=True, exist_ok=True)
+    work = work_dir("unknown")  # teachers, Zs and the feature cache ($ONNXMERGE_BENCH_WORK)
     data = Data()
     first = 100 if args.part == "tune" else 0
     rows = []
