@@ -155,8 +155,8 @@ class Setup:
         half_ = len(self.y_res) // 2
         idx = np.concatenate(
             [
-                rng.choice(np.flatnonzero(self.y_res[:half_] == c), per_class, replace=False)
-                for c in np.unique(self.y_res)
+                rng.choice(mine, min(per_class, len(mine)), replace=False)
+                for mine in (np.flatnonzero(self.y_res[:half_] == c) for c in np.unique(self.y_res))
             ]
         )
         return self.x_res[idx], self.y_res[idx]
