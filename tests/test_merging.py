@@ -204,7 +204,9 @@ def test_merges_without_a_base(method):
     mode = "teachers" if method == "regmean" else "fit"
     z = _merger(*pair, MergeSpec(mode="weights", method=method), mode=mode)
     merge = z.report_["merge"]
-    assert merge["method"] == ("regmean" if method == "regmean" else "aligned average")
+    assert merge["method"] == "regmean" if method == "regmean" else merge["method"].startswith("aligned average")
+    if method == "align":  # REPAIR's statistics reset is what makes the different-seed merge better than chance
+        assert merge["candidates"]["aligned average + REPAIR"] > merge["candidates"]["aligned average"] + 0.1
     assert all(c.ok for c in z.parity_) and merge["weights_vs_numpy"] == 0.0
     assert z.predict(X[TEST][:5]).shape == (5,)
 

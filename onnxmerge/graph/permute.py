@@ -42,6 +42,9 @@ class UnitSpace:
     size: int
     tensor: str  # activations matched here: the space's last tensor before a layer reads it
     members: list[tuple[str, int]] = field(default_factory=list)  # (initializer, axis) reordered with the units
+    produced: str = ""  # the layer's own output (before any activation): what REPAIR's statistics describe
+    weight: tuple[str, int] = ("", 0)  # the layer's weight and its output axis
+    bias: str | None = None  # the layer's bias (Conv/Gemm input 3), if it has one
 
 
 def _attrs(node: onnx.NodeProto) -> dict:
@@ -94,8 +97,10 @@ def unit_spaces(model: onnx.ModelProto, feature: str, where: str) -> list[UnitSp
             in_axis, out_axis, units = linear
             if space is not None:
                 spaces[space].members.append((weights[0][0], in_axis))
-            new = UnitSpace(units, node.output[0], [(weights[0][0], out_axis)])
-            new.members += [(name, 0) for name, position in weights[1:] if position == 2]
+            bias = next((name for name, position in weights[1:] if position == 2), None)
+            new = UnitSpace(units, node.output[0], [(weights[0][0], out_axis)], node.output[0])
+            new.weight, new.bias = (weights[0][0], out_axis), bias
+            new.members += [(bias, 0)] if bias else []
             spaces.append(new)
             space_of[node.output[0]] = len(spaces) - 1
             continue

@@ -35,11 +35,13 @@ class Candidate:
     scale: float | None
     merged: list[np.ndarray]  # per slot
     aligned: bool = False
+    repaired: bool = False  # REPAIR: output statistics reset to the sources' average
     score: float | None = None
 
     def label(self) -> str:
         scale = f" x{self.scale:g}" if self.scale is not None else ""
-        return f"{'aligned ' if self.aligned else ''}{self.method}{scale}"
+        repair = " + REPAIR" if self.repaired else ""
+        return f"{'aligned ' if self.aligned else ''}{self.method}{scale}{repair}"
 
 
 def rows(activation: np.ndarray, channel_axis: int, rng: np.random.Generator) -> np.ndarray:
@@ -109,6 +111,25 @@ def regmean_candidate(
     for j, layer in enumerate(layers):
         merged[layer.slot] = weightmerge.regmean([s[layer.slot] for s in sources], [g[j] for g in grams], layer.kind)
     return Candidate("regmean", None, merged, aligned)
+
+
+def channel_stats(activation: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and standard deviation of ``[N, C, ...]`` activations (every position a sample)."""
+    x = np.moveaxis(activation, 1, -1).reshape(-1, activation.shape[1]).astype(np.float64)
+    return x.mean(axis=0), x.std(axis=0)
+
+
+def repaired(
+    weight: np.ndarray, axis: int, bias: np.ndarray, current: tuple, target: tuple
+) -> tuple[np.ndarray, np.ndarray]:
+    """REPAIR (Jordan et al., ICLR 2023): the layer's weight and bias rescaled so that each output channel's
+    mean and deviation on the pool become ``target``'s (the sources' average) instead of ``current``'s."""
+    scale = target[1] / np.maximum(current[1], 1e-8)
+    shape = [1] * weight.ndim
+    shape[axis] = -1
+    new_weight = weight.astype(np.float64) * scale.reshape(shape)
+    new_bias = (bias.astype(np.float64) - current[0]) * scale + target[0]
+    return new_weight.astype(weight.dtype), new_bias.astype(bias.dtype)
 
 
 def agreement(merged: np.ndarray, reference: np.ndarray, has_head: bool) -> float:

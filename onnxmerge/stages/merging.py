@@ -218,14 +218,37 @@ def _no_base_candidates(sources, found, arrays, heads, spec, inputs, weights, no
         out.append(merging.regmean_candidate(arrays, layers, grams))
     if spec.method in ("auto", "align"):
         try:
-            aligned = _align(sources, found, arrays, heads, x, weights)
+            aligned, spaces, orders = _align(sources, found, arrays, heads, x, weights)
         except OnnxMergeError as exc:
             if spec.method == "align":
                 raise
             notes.append(str(exc))
         else:
             out.append(merging.averaged(aligned, aligned=True))
+            out.append(_repair(sources, found, spaces, orders, out[-1], x, weights))
     return out
+
+
+def _repair(sources, found: Match, spaces, orders, candidate, x: np.ndarray, weights) -> merging.Candidate:
+    """The aligned average with each layer's output statistics on the pool reset to the sources' average
+    (REPAIR), layer by layer from the input (each correction changes what later layers see)."""
+    stats = []
+    for i, source in enumerate(sources):
+        values = _run(source.model, [sp.produced for sp in spaces[i]], x, weights)
+        mine = [merging.channel_stats(v) for v in values]
+        stats.append([(m[orders[i][k]], d[orders[i][k]]) if i else (m, d) for k, (m, d) in enumerate(mine)])
+    merged = list(candidate.merged)
+    slot_of = {slot.names[0]: k for k, slot in enumerate(found.slots)}
+    first = sources[0]
+    for k, space in enumerate(spaces[0]):
+        if space.bias is None:
+            continue  # a layer without a bias cannot take the shift
+        model = weightmerge.with_weights(first.model, {slot.names[0]: merged[j] for j, slot in enumerate(found.slots)})
+        current = merging.channel_stats(_run(model, [space.produced], x, weights)[0])
+        target = tuple(np.mean([s[k][j] for s in stats], axis=0) for j in range(2))
+        w, b = slot_of[space.weight[0]], slot_of[space.bias]
+        merged[w], merged[b] = merging.repaired(merged[w], space.weight[1], merged[b], current, target)
+    return merging.Candidate("average", None, merged, aligned=True, repaired=True)
 
 
 def _grams(model, tensors: list[str], layers, x: np.ndarray, weights: WeightFolder) -> list[np.ndarray]:
@@ -238,11 +261,12 @@ def _grams(model, tensors: list[str], layers, x: np.ndarray, weights: WeightFold
     ]
 
 
-def _align(sources, found: Match, arrays, heads, x: np.ndarray, weights: WeightFolder) -> list[list[np.ndarray]]:
-    """Every source's slot tensors with its units reordered to match the first source's (activation matching)."""
+def _align(sources, found: Match, arrays, heads, x: np.ndarray, weights: WeightFolder) -> tuple:
+    """Every source's slot tensors with its units reordered to match the first source's (activation matching);
+    with each source's unit spaces and reorders."""
     spaces = [unit_spaces(s.model, s.feature, f"source {s.name!r}") for s in sources]
     reference = _run(sources[0].model, [sp.tensor for sp in spaces[0]], x, weights)
-    out = [arrays[0]]
+    out, all_orders = [arrays[0]], [[np.arange(sp.size) for sp in spaces[0]]]
     for i in range(1, len(sources)):
         mine = _run(sources[i].model, [sp.tensor for sp in spaces[i]], x, weights)
         orders = []
@@ -256,7 +280,8 @@ def _align(sources, found: Match, arrays, heads, x: np.ndarray, weights: WeightF
         out.append([moved.get(slot.names[i], arrays[i][k]) for k, slot in enumerate(found.slots)])
         slot_names = {slot.names[i] for slot in found.slots}
         heads[i] = {n: v for n, v in moved.items() if n not in slot_names}
-    return out
+        all_orders.append(orders)
+    return out, spaces, all_orders
 
 
 def _source_arrays(found: Match, i: int, candidate: merging.Candidate, head: dict) -> dict[str, np.ndarray]:
