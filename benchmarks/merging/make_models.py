@@ -2,7 +2,7 @@
 
 Run from the repository root with the benchmark venv (``requirements.txt`` here; torch==2.13.0 first, alone):
 
-    nice -n 10 .venv-fx/bin/python -m benchmarks.merging.make_models [OUTDIR]
+    nice -n 10 .venv-fx/bin/python -m benchmarks.merging.make_models [OUTDIR [cnn]]
 
 (OUTDIR default: ``benchmarks.common.work_dir("merging")``, under ``$ONNXMERGE_BENCH_WORK``.)
 
@@ -207,19 +207,21 @@ def main() -> None:
     out = Path(sys.argv[1]) if len(sys.argv) > 1 else work_dir("merging")
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(int(os.environ.get("THREADS", "2")))
+    only_cnn = sys.argv[2:] == ["cnn"]  # the small CNNs alone (a second process beside a long Lite0 run)
     rng = np.random.default_rng(0)
     parts = data(rng)
     sets = {}
-    for k in ("train", "pool", "test"):
+    for k in ("train", "pool", "test") if not only_cnn else ():
         x = np.concatenate([parts[t][k][0] for t in TASKS])
         y = np.concatenate([parts[t][k][1] for t in TASKS])
         task = np.concatenate([[t] * len(parts[t][k][0]) for t in TASKS])
         sets[k] = dict(x=x, y=y, task=task) if k != "pool" else dict(x=x, task=task)
         np.savez_compressed(out / f"{k}.npz", **sets[k])
     accuracies = {}
-    if not (out / "lite0_base.onnx").exists():
+    if not only_cnn and not (out / "lite0_base.onnx").exists():
         export(lite0().eval(), (3, SIZE, SIZE), None, out / "lite0_base.onnx")
     jobs = [(t, TASKS[t]) for t in TASKS] + [("oracle", TASKS["fashionA"] + TASKS["fashionB"])]
+    jobs = [] if only_cnn else jobs
     for name, labels in jobs:
         path = out / f"lite0_{name}.onnx"
         if path.exists():

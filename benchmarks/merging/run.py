@@ -39,7 +39,9 @@ SETUPS = {
                 "lite0_base", None),
     "cnn_seeds": ([("fashionA", "cnn_fashionA_seed0"), ("fashionB", "cnn_fashionB_seed1")], CNN, None, None),
 }  # fmt: skip
-METHODS = {True: ["task_arithmetic", "ties"], False: ["average", "regmean", "align"]}
+# (method, with the base model): with a base, task arithmetic and TIES, and RegMean (which needs none) beside
+METHODS = {True: [("task_arithmetic", True), ("ties", True), ("regmean", False)], False: [("average", False),
+           ("regmean", False), ("align", False)]}  # fmt: skip
 IMAGE = ImageInput(28, 28, 1)
 BATCH, RUNS = 32, 15
 
@@ -95,8 +97,8 @@ def run_setup(work: Path, name: str) -> dict:
         rows.append({"row": f"{model} alone (task-aware, {task})", "task_aware": acc})
     sources = [Source(t, work / f"{m}.onnx", pre, labels=TASKS[t]) for t, m in pairs]
     zs, concat = {}, None
-    for method in METHODS[base is not None]:
-        spec = MergeSpec(mode="weights", base=work / f"{base}.onnx" if base else None, method=method)
+    for method, with_base in METHODS[base is not None]:
+        spec = MergeSpec(mode="weights", base=work / f"{base}.onnx" if with_base else None, method=method)
         start = time.perf_counter()
         z = Merger(IMAGE, sources, merge=spec, quiet=True, cache_dir=work / "cache")
         z.fit(train["x"], train["y"], unlabeled=pool["x"])
@@ -124,7 +126,7 @@ def run_setup(work: Path, name: str) -> dict:
             concat = {"row": "concatenated Z", "union": union, "task_aware": aware}
             zs["concat"] = c.model_
     rows.insert(len(pairs), concat)
-    if oracle:
+    if oracle and (work / f"{oracle}.onnx").exists():
         acc = alone(work / f"{oracle}.onnx", pre, test["x"], test["y"], sum((TASKS[t] for t in tasks), []))
         rows.append({"row": f"oracle: {oracle} (one Lite0 fine-tuned on both tasks)", "union": acc})
     seconds = times(zs, test["x"][:BATCH])
