@@ -243,3 +243,14 @@ def test_recipe_merge_table_is_checked(tmp_path, table, words):
     with pytest.raises(OnnxMergeError) as err:
         parse_recipe(data, tmp_path, tmp_path / "r.toml")
     assert words in str(err.value)
+
+
+def test_recipe_merge_table_reaches_the_merger(tmp_path):
+    data = {
+        "input": {"height": 8, "width": 8, "channels": 1},
+        "sources": [{"name": "a", "model": "a.onnx", "preprocess": {"scale": 1, "mean": [0], "std": [1]}}],
+        "head": {"train": "t.npz"},
+        "merge": {"mode": "auto", "base": "models/base.onnx", "margin": 0.05},
+    }
+    spec = parse_recipe(data, tmp_path, tmp_path / "r.toml").merger.merge
+    assert spec == MergeSpec(mode="auto", base=tmp_path / "models" / "base.onnx", method="auto", margin=0.05)

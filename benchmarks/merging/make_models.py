@@ -110,9 +110,9 @@ def lite0() -> nn.Module:
 
 def small_cnn(classes: int) -> nn.Module:
     return nn.Sequential(
-        nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(),
         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, classes),
     )  # fmt: skip
 
@@ -247,7 +247,7 @@ def main() -> None:
         model = small_cnn(5)
         x, y = parts[task]["source"]
         print(f"cnn {task} seed {seed}: {len(x)} images", flush=True)
-        train(model, x, y, TASKS[task], 8, 2e-3, seed, cnn_input, False)
+        train(model, x, y, TASKS[task], 5, 3e-3, seed, cnn_input, False)
         accuracies[path.stem] = accuracy(model, *parts[task]["test"], TASKS[task], cnn_input)
         print(f"  test accuracy {accuracies[path.stem]:.4f}", flush=True)
         export(model, (1, 28, 28), TASKS[task], path)

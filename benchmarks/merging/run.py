@@ -5,7 +5,8 @@
 Reads what ``benchmarks/merging/make_models.py`` wrote into DIR (default ``work_dir("merging")``). Per setup,
 rows: each source alone on its own task's test images (task-aware), the concatenated Z, and the merged Z per
 method (union accuracy on every test image of the setup's tasks; task-aware accuracy: Z's probabilities
-restricted to each task's labels, on that task's images; the time of one call at batch 32), the oracle
+restricted to each task's labels, on that task's images; each source's own head on the merged backbone, as
+mode "teachers" uses it, task-aware; the time of one call at batch 32), the oracle
 where there is one (Lite0 fine-tuned on both fashion tasks together). Every Z is built in mode "fit" from
 ``train.npz`` (20 labelled images per class) and ``pool.npz``. Times: each Z's own session (2 threads, idle
 threads not spinning), the Zs' calls interleaved, median of ``RUNS``.
@@ -71,6 +72,16 @@ def scores(z: Merger, test: dict, tasks: list[str]) -> tuple[float, float]:
     return union, right / len(test["y"])
 
 
+def own_heads(z: Merger, test: dict, tasks: list[str]) -> float:
+    """Task-aware accuracy of each source's own head on Z's (merged) backbone: mode "teachers"'s view."""
+    right = 0
+    for task in tasks:
+        mine = test["task"] == task
+        head = z.source_outputs(test["x"][mine], [f"{task}/head"])[f"{task}/head"]
+        right += int(np.sum(np.asarray(TASKS[task])[head.argmax(1)] == test["y"][mine]))
+    return right / len(test["y"])
+
+
 def times(models: dict[str, object], images: np.ndarray) -> dict[str, float]:
     """Median seconds per call at batch 32 of each Z, their calls interleaved (one session each)."""
     sessions = {name: session(m) for name, m in models.items()}
@@ -110,6 +121,7 @@ def run_setup(work: Path, name: str) -> dict:
                 "row": f"merged Z: {merge['method']}",
                 "union": union,
                 "task_aware": aware,
+                "own_heads": own_heads(z, test, tasks),
                 "expected_accuracy": merge["accuracy"]["weights"],
                 "concat_expected_accuracy": merge["accuracy"]["concat"],
                 "candidates": merge["candidates"],
@@ -140,13 +152,15 @@ def run_setup(work: Path, name: str) -> dict:
 
 def table(result: dict) -> str:
     lines = [f"**{result['setup']}** ({result['test_images']} test images)", "",
-             "| row | union acc | task-aware acc | ms / batch 32 | time vs concat |", "|---|---|---|---|---|"]  # fmt: skip
+             "| row | union acc | task-aware acc | own heads, task-aware | ms / batch 32 | time vs concat |",
+             "|---|---|---|---|---|---|"]  # fmt: skip
     for r in result["rows"]:
         union = f"{r['union']:.3f}" if "union" in r else ""
         aware = f"{r['task_aware']:.3f}" if "task_aware" in r else ""
         ms = f"{r['seconds_b32'] * 1000:.1f}" if "seconds_b32" in r else ""
         ratio = f"{r['time_vs_concat']:.2f}x" if "time_vs_concat" in r else ""
-        lines.append(f"| {r['row']} | {union} | {aware} | {ms} | {ratio} |")
+        own = f"{r['own_heads']:.3f}" if "own_heads" in r else ""
+        lines.append(f"| {r['row']} | {union} | {aware} | {own} | {ms} | {ratio} |")
     return "\n".join(lines)
 
 
