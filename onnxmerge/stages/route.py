@@ -13,6 +13,7 @@ from ..learn.head import HeadInput, TeachersHead, fit_head
 from ..learn.routing import Teachers, l2_blocks, route_pool
 from . import assess
 from .context import Build, Fitted
+from .sources import feature_sources
 
 
 def fit_teachers(build: Build, labelled: Dataset | None, pool: Dataset | None) -> Fitted:
@@ -62,7 +63,7 @@ def fit_router(
     inputs, router class)`` of images whose router class is given (labelled images of a teacher's label,
     or a new class's images).
     """
-    blocks = [pool[output_names(s.name)["feature"]] for s in build.sources]
+    blocks = [pool[output_names(name)["feature"]] for name in feature_sources(build.sources)]
     probs = [HeadInput.probabilities(pool, n, k) for n, k in build.teachers]
     routing = route_pool(l2_blocks(blocks), teachers, probs)
     targets = routing.targets()
