@@ -10,6 +10,7 @@ from ..errors import OnnxMergeError
 from ..graph.stitch import output_names
 from ..learn.unknown import append_unknown, fit_unknown
 from .context import Build, Fitted
+from .sources import feature_sources
 
 
 def check_reserved(names, where: str) -> None:
@@ -24,7 +25,7 @@ def check_reserved(names, where: str) -> None:
 def add_unknown(build: Build, fitted: Fitted) -> Fitted:
     """``fitted`` with ``unknown_score`` in Z; ``build.report["unknown"]`` says what its threshold means."""
     check_reserved(fitted.classes, "Z")
-    names = [output_names(s.name)["feature"] for s in build.sources]
+    names = [output_names(name)["feature"] for name in feature_sources(build.sources)]  # a merged backbone once
     blocks = [np.concatenate([out[name] for out in fitted.seen]) if fitted.seen else np.zeros((0, 1)) for name in names]
     score = fit_unknown(names, blocks, build.config.unknown)
     fitted.model = append_unknown(fitted.model, score, fitted.classes)
