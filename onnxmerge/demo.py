@@ -43,7 +43,10 @@ def _source_accuracy(merger, name: str, labels: list[str], x: np.ndarray, y: np.
 
 
 def run_demo(out: Path, example: Path | None = None, quiet: bool = False) -> dict:
-    """Build stage 1 and stage 2 Z from the shipped example, print the table, write Z and the report."""
+    """Build stage 1 and stage 2 Z from the shipped example, print the table, write Z and the report.
+
+    Returns the table's rows, the stage-2 evaluation and the four fitted Mergers (``built``: fit1, fit2, teach1,
+    teach2), whose build reports are what ``onnxmerge build`` on the same recipes prints."""
     example = example if example is not None else find_example()
     if not (example / "stage1.toml").is_file():
         raise OnnxMergeError(f"the demo files are not in {example}; give the folder holding stage1.toml.")
@@ -107,4 +110,4 @@ def run_demo(out: Path, example: Path | None = None, quiet: bool = False) -> dic
     written = write_report(result, out / "report", "Z stage 2 on the Fashion-MNIST demo test set")
     for path in [*(out / f"z_{key}.onnx" for key in built), *written]:
         print(f"wrote {path}")
-    return {"rows": rows, "evaluation": result}
+    return {"rows": rows, "evaluation": result, "built": built}

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import os
 import textwrap
 from pathlib import Path
 
@@ -103,3 +106,22 @@ def digit_png(tmp_path_factory, digits) -> Path:
     path = tmp_path_factory.mktemp("png") / "digit.png"
     Image.fromarray(digits[0][0][..., 0]).save(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory) -> dict:
+    """``onnxmerge demo`` run once per session, in a temporary folder with its default ``--out demo-output`` (as
+    the README's Quick start runs it): ``out`` what it printed, ``built`` the four fitted Mergers (fit1, fit2,
+    teach1, teach2), ``rows`` the table, ``folder`` where it wrote. tests/test_demo.py and tests/test_docs.py
+    both read it, so the suite runs the demo once."""
+    from onnxmerge.demo import run_demo
+
+    folder = tmp_path_factory.mktemp("demo")
+    cwd = os.getcwd()
+    os.chdir(folder)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()) as out:
+            result = run_demo(Path("demo-output"), quiet=True)
+    finally:
+        os.chdir(cwd)
+    return {**result, "out": out.getvalue(), "folder": folder / "demo-output"}

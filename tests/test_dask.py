@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import write_recipe
+from pasted import assert_pasted
 from PIL import Image
 
 from onnxmerge.cli import main
@@ -92,8 +93,13 @@ def test_predictions_identical_and_a_bad_image_reported(fitted, image_files, clu
             )
             == 0
         )
-        err = capsys.readouterr().err.strip().splitlines()
+        captured = capsys.readouterr()
+        err = captured.err.strip().splitlines()
         assert len(err) == 2 and "00007_bad.png cannot be read" in err[0] and "1 of 1201 images" in err[1], err
+        printed = (
+            (captured.err + captured.out).replace(str(image_files), "photos").replace(str(path), "predictions.parquet")
+        )
+        assert_pasted("dask-predict", printed)  # docs/performance.md, both engines alike
         assert len(list(path.glob("part-*.parquet"))) == 5 and not list(tmp_path.glob("*.partial-*"))
         out[engine[0]] = pq.read_table(path)
     assert out["--engine"].equals(out["--address"])  # bit for bit, same row order
@@ -168,6 +174,7 @@ def test_an_unreachable_scheduler_is_one_sentence(fitted, image_files, tmp_path,
     assert main(["predict", str(z), str(image_files / "0" / "00000.png"), "--address", "tcp://127.0.0.1:9"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("onnxmerge: error: cannot reach the Dask scheduler at tcp://127.0.0.1:9")
+    assert_pasted("dask-unreachable", err)  # docs/performance.md
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     recipe = folder / "recipe.toml"
     assert main(["build", str(recipe), "-o", str(tmp_path / "z2.onnx"), "--address", "tcp://127.0.0.1:9"]) == 2

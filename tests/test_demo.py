@@ -1,16 +1,16 @@
-"""The README's main job: `onnxmerge demo` on the shipped Fashion-MNIST example."""
+"""The README's main job: `onnxmerge demo` on the shipped Fashion-MNIST example (run once: conftest's demo_run)."""
 
 from __future__ import annotations
 
 import numpy as np
 import onnxruntime as ort
+import pytest
 
-from onnxmerge.cli import main
+pytestmark = pytest.mark.slow  # the demo builds four Zs (about a minute and a half on 2 cores)
 
 
-def test_demo_builds_both_stages_both_ways_and_reports(tmp_path, capsys):
-    assert main(["demo", "--out", str(tmp_path), "--quiet"]) == 0
-    out = capsys.readouterr().out
+def test_demo_builds_both_stages_both_ways_and_reports(demo_run):
+    out, folder = demo_run["out"], demo_run["folder"]
     rows = {line[:34].strip(): line[34:].split() for line in out.splitlines()[2:8]}
     # columns: images, source, fit stage 1, fit stage 2, teachers stage 1, teachers stage 2
     assert float(rows["source a on its 5 classes"][1]) > 0.9  # the torch CNN alone
@@ -28,9 +28,10 @@ def test_demo_builds_both_stages_both_ways_and_reports(tmp_path, capsys):
         "report/confusion.png",
         "report/report.html",
     ):
-        assert (tmp_path / name).is_file(), name
+        assert (folder / name).is_file(), name
+        assert f"wrote demo-output/{name}" in out
     for name in ("z_fit2.onnx", "z_teach2.onnx"):
-        session = ort.InferenceSession(str(tmp_path / name), providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(str(folder / name), providers=["CPUExecutionProvider"])
         images = np.random.default_rng(0).integers(0, 256, (7, 28, 28, 1), dtype=np.uint8)
         for batch in (1, 7):
             label, probs = session.run(["label", "probabilities"], {"image": images[:batch]})

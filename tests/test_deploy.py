@@ -22,6 +22,7 @@ def test_ort_format_round_trip_gives_the_same_labels_and_probabilities(tmp_path,
     path = merger.save(tmp_path / "z.onnx")
     result = ort_format(path, tmp_path / "mobile")
     assert result.ort.name == "z.ort" and result.ort.stat().st_size > 0
+    assert result.config == tmp_path / "mobile" / "z.required_operators.config"  # the name docs/performance.md gives
     ops = {n.op_type for n in merger.model_.graph.node}
     assert {o.split(";")[2] for o in result.operators} <= ops | {"FusedConv", "FusedGemm", "FusedMatMul"}
     assert "Gather" in {o.split(";")[2] for o in result.operators}  # the head's label lookup is listed too

@@ -14,6 +14,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 from conftest import FIXTURES
+from pasted import assert_pasted
 from sklearn.datasets import load_digits
 
 from onnxmerge.cli import main
@@ -87,9 +88,16 @@ def test_other_architectures_are_named_with_the_first_difference(other, words):
     assert not found.same and found.difference == words
 
 
-def test_inspect_two_models(capsys):
+def test_inspect_two_models(capsys, monkeypatch):
     assert main(["inspect", str(MERGE / "low.onnx"), str(MERGE / "high_dynamo.onnx")]) == 0
     assert capsys.readouterr().out.startswith("same architecture: 4 weighted nodes match")
+    monkeypatch.chdir(FIXTURES.parent.parent.parent)  # docs/merging.md runs them from the clone's root
+    printed = ""
+    for other in ("high_dynamo", "wide"):
+        command = ["inspect", "tests/fixtures/merge/low.onnx", f"tests/fixtures/merge/{other}.onnx"]
+        assert main(command) == 0
+        printed += f"$ onnxmerge {' '.join(command)}\n{capsys.readouterr().out}"
+    assert_pasted("inspect-merge", printed)
     assert main(["inspect", str(MERGE / "low.onnx"), str(MERGE / "wide.onnx"), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["same_architecture"] is False and "wide.onnx" in info["difference"]

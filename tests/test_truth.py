@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from pasted import assert_pasted
 from PIL import Image
 
 from onnxmerge import ImageInput, Merger, OnnxMergeError, Preprocess, Source
@@ -22,6 +23,7 @@ from onnxmerge.cli import main
 from onnxmerge.learn.estimate import cross_validate, fold_plan
 from onnxmerge.learn.health import class_loss_warnings, output_signatures, pool_label_counts, teacher_claims
 from onnxmerge.predict import ZModel
+from onnxmerge.summary import build_summary
 
 SPLIT = Path(__file__).parent / "fixtures" / "split"
 RIGHT, WRONG = 16 / 255, 1 / 255
@@ -101,6 +103,11 @@ def split_recipe(tmp_path, split, lo_scale: float):
     return recipe
 
 
+def printed(z: Merger) -> str:
+    """What ``onnxmerge build`` prints for this build: the report on stdout, then the warnings on stderr."""
+    return "\n".join([build_summary(z, "z.onnx"), *(f"onnxmerge: warning: {w}" for w in z.report_["warnings"])])
+
+
 def preprocessing_warnings(z: Merger) -> list[str]:
     return [w for w in z.warnings_ if "digits_lo" in w and "preprocess" in w]
 
@@ -118,6 +125,7 @@ def test_fit_build_prints_a_cross_validated_accuracy_close_to_the_test_accuracy(
     # the seed-0 gap is the sampling of 90 labelled images, not leakage (benchmarks/RESULTS.md, issue 13).
     assert abs(estimate["accuracy"] - test) < 0.1, (estimate["accuracy"], test)
     assert estimate["accuracy"] < 1.0 and estimate["standard_error"] > 0
+    assert_pasted("truth-fit", printed(fit_right))  # docs/reliability.md
 
 
 def test_expected_accuracy_is_stored_in_z_and_shown_by_inspect(fit_right, tmp_path, capsys):
@@ -160,6 +168,7 @@ def test_folds_hold_out_small_classes_one_at_a_time_and_single_images_never(fit_
 # -- 2. each source on its own task: the wrong-scale recipe warns in both modes ---------------------------------
 def test_right_preprocessing_raises_no_source_warning(fit_right, teachers_right):
     assert not preprocessing_warnings(fit_right) and not preprocessing_warnings(teachers_right)
+    assert_pasted("truth-teachers", printed(teachers_right))  # docs/reliability.md: what it warns about instead
     own = {c["source"]: c for c in fit_right.report_["source_checks"]["own_labels"]}
     assert own["digits_lo"]["accuracy"] > 0.9 and own["digits_lo"]["images"] == 50  # measured 0.96
     assert own["digits_hi"]["accuracy"] > 0.9 and own["digits_hi"]["images"] == 40  # measured 0.975
@@ -173,6 +182,8 @@ def test_wrong_scale_warns_naming_the_source(split, mode, labels):
     assert warnings[0].startswith("source 'digits_lo' looks fed the wrong input") and "scale, mean, std" in warnings[0]
     assert all(c.ok for c in z.parity_)  # parity cannot see it
     assert not [w for w in z.warnings_ if "digits_hi" in w and "preprocess" in w]
+    if mode == "fit" and labels is True:
+        assert_pasted("truth-wrong-scale", printed(z))  # docs/reliability.md
 
 
 def test_wrong_scale_warning_goes_to_stderr_not_stdout(split, tmp_path, capsys):
