@@ -21,6 +21,7 @@ from onnxmerge.recipe import load_recipe
 
 distributed = pytest.importorskip("distributed")
 pq = pytest.importorskip("pyarrow.parquet")
+pytestmark = pytest.mark.slow  # a Dask LocalCluster and builds on it: about 5 minutes on 2 cores
 
 SOURCES = [("a", "torch_legacy_cnn.onnx"), ("b", "jax_cnn.onnx")]
 

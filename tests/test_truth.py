@@ -26,6 +26,7 @@ from onnxmerge.predict import ZModel
 from onnxmerge.summary import build_summary
 
 SPLIT = Path(__file__).parent / "fixtures" / "split"
+pytestmark = pytest.mark.slow  # a dozen real builds with k-fold estimates: about 3 minutes on 2 cores
 RIGHT, WRONG = 16 / 255, 1 / 255
 WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 
