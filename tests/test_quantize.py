@@ -124,3 +124,29 @@ def test_cli_quantize_prints_the_step_and_writes_one_file(tmp_path, digits_npz, 
     assert "quantize: int8 static QDQ" in out and "quantize: source a: " in out and "peak memory" in out
     assert "ranges from 128 labelled images" in out and "872 labelled images neither calibrated on" in out
     assert sorted(p.name for p in tmp_path.iterdir()) == ["recipe.toml", "z.onnx"]  # nothing else written here
+
+
+def test_percentile_ranges_equal_onnxruntimes_own_calibrator(fitted, digits):
+    """One histogram pass serves percentile and entropy; on one batch its percentile ranges are onnxruntime's."""
+    from onnxruntime.quantization.calibrate import HistogramCollector
+
+    from onnxmerge.learn.calibrate import HISTOGRAM_BINS, PERCENTILE, collect_histograms, percentile_ranges
+    from onnxmerge.learn.qdq import entropy_ranges
+
+    merger, _ = fitted
+    x = digits[0][:8]  # one batch: onnxruntime's histogram is then binned exactly as ours
+    layers = source_nodes(merger.model_, ["a"])
+    tensors = calibrated_tensors(merger.model_, layers[0].network)
+    minmax = collect_stats(merger.model_, tensors, x).minmax()
+    ours = percentile_ranges(collect_histograms(merger.model_, minmax, x), minmax)
+    exposed = onnx.ModelProto()
+    exposed.CopyFrom(merger.model_)
+    exposed.graph.output.extend(onnx.helper.make_empty_tensor_value_info(t) for t in tensors)
+    values = dict(zip(tensors, make_session(exposed).run(tensors, {"image": x})))
+    theirs = HistogramCollector("percentile", False, HISTOGRAM_BINS, 128, PERCENTILE, "same")
+    theirs.collect(values)
+    for t, (lo, hi, *_) in theirs.compute_percentile().items():
+        assert ours[t] == pytest.approx((float(lo), float(hi)), rel=1e-5, abs=1e-6), t
+    entropy = entropy_ranges(collect_histograms(merger.model_, minmax, x), minmax)
+    for t in tensors:  # inside the measured range, never wider
+        assert minmax[t][0] - 1e-6 <= entropy[t][0] <= entropy[t][1] <= minmax[t][1] + 1e-6, t
