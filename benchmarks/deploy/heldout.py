@@ -119,9 +119,10 @@ def one_z(args, name: str, d: dict, sizes: list[int]) -> list[dict]:
 def table(rows: list[dict]) -> str:
     head = (
         "| Z | calibration images | float estimate | float test | int8 estimate | int8 test | |est - test| int8 "
-        "| written | int8 / float time (side by side) | size | quantize s (CPU s) | peak MB |"
+        "| int8 loss, estimate / test (points) | written | int8 / float time (side by side) | size "
+        "| quantize s (CPU s) | peak MB |"
     )
-    lines = [head, "|" + "---|" * 12]
+    lines = [head, "|" + "---|" * 13]
     for r in rows:
         t, est, side = r.get("int8_test"), r["int8_estimate"], r.get("side_by_side_ratio")
         cells = [
@@ -132,6 +133,9 @@ def table(rows: list[dict]) -> str:
             "n/a" if est is None else f"{est:.3f}",
             "n/a" if t is None else f"{t:.3f}",
             "n/a" if t is None or est is None else f"{100 * abs(est - t):.1f}",
+            "n/a"
+            if t is None or est is None
+            else f"{100 * (r['float_estimate'] - est):+.1f} / {100 * (r['float_test'] - t):+.1f}",
             "int8" if r["accepted"] else "float: " + r["reason"],
             "n/a" if side is None else f"{side['median']:.2f} ({side['low']:.2f}-{side['high']:.2f})",
             f"{r.get('size_ratio', 1.0):.2f}x",
@@ -152,7 +156,10 @@ def main() -> None:
     parser.add_argument("--test", type=int, default=600)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--json", default=None)
+    parser.add_argument("--table", default=None, help="only print the table of a --json file written before")
     args = parser.parse_args()
+    if args.table:
+        return print(table(json.loads(Path(args.table).read_text())))
     args.models = args.models or str(work_dir("q29"))
     print(
         f"machine: {platform.machine()}, {len(os.sched_getaffinity(0))} cores, load average "
