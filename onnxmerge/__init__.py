@@ -8,8 +8,8 @@ from .version import __version__
 # to our users; real problems surface as exceptions.
 _GS_LOGGER.severity = _GS_LOGGER.ERROR
 
+from .config import ImageInput, Preprocess, Source  # noqa: E402
 from .errors import OnnxMergeError  # noqa: E402
-from .graph.preprocess import ImageInput, Preprocess  # noqa: E402
-from .merger import Merger, Source  # noqa: E402
+from .merger import Merger  # noqa: E402
 
 __all__ = ["Merger", "Source", "ImageInput", "Preprocess", "OnnxMergeError", "__version__"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import errno
 import io
 import json
@@ -78,16 +79,16 @@ def _json_text(value):
 def _build(args) -> int:
     from .files.images import input_files
     from .files.models import check_output_path, model_files
+    from .merger import Merger
     from .recipe import load_recipe
+    from .runtime.cache import default_cache_dir
 
-    recipe = load_recipe(args.recipe, quiet=args.quiet)
-    merger = recipe.merger
-    _engine_options(args, merger)
+    options = {"engine": args.engine, "address": args.address, "workers": args.workers, "cache_dir": args.cache}
+    recipe = load_recipe(args.recipe, quiet=args.quiet, **options)
     check_output_path(args.output, read_files(recipe, model_files, input_files))
-    if not args.no_cache:
-        from .runtime.cache import default_cache_dir
-
-        merger.cache_dir = Path(args.cache) if args.cache else default_cache_dir()
+    # the feature cache: --no-cache, else --cache or the recipe's [cache] dir, else the default folder
+    cache = None if args.no_cache else recipe.config.cache_dir or default_cache_dir()
+    merger = Merger.from_config(dataclasses.replace(recipe.config, cache_dir=cache))
     try:
         merger.fit(recipe.train, unlabeled=recipe.unlabeled)
     finally:
@@ -128,21 +129,11 @@ def read_files(recipe, model_files, input_files) -> list[Path]:
     """Every file a build of ``recipe`` reads: the recipe, each source and its external data, each image or
     ``.npz`` of the training data and the pool. ``-o`` must be none of them (``io.models.check_output_path``)."""
     files = [recipe.path]
-    for source in recipe.merger.sources:
+    for source in recipe.config.sources:
         files += model_files(source.model)
     for data in list(recipe.train or []) + ([recipe.unlabeled] if recipe.unlabeled is not None else []):
         files += input_files(data)
     return files
-
-
-def _engine_options(args, merger) -> None:
-    """--engine/--address/--workers over what the recipe's [engine] table said."""
-    if args.address or args.workers:
-        merger.engine = "dask" if args.engine is None else args.engine
-    if args.engine:
-        merger.engine = args.engine
-    merger.address = args.address or merger.address
-    merger.workers = args.workers or merger.workers
 
 
 def _tasks(args):
@@ -348,7 +339,7 @@ def cache_options(sub: argparse.ArgumentParser) -> None:
     cache.add_argument(
         "--cache",
         metavar="DIR",
-        help="feature cache folder (default: $ONNXMERGE_CACHE_DIR or "
+        help="feature cache folder (default: a recipe's [cache] dir, else $ONNXMERGE_CACHE_DIR or "
         "~/.cache/onnxmerge); a rebuild with a changed head does not run the sources again",
     )
     cache.add_argument("--no-cache", action="store_true", help="neither read nor write the feature cache")

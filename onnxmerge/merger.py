@@ -13,25 +13,16 @@ import numpy as np
 import onnx
 from sklearn.base import BaseEstimator, ClassifierMixin
 
+from .config import DEFAULT_C, MODES, Config, ImageInput, MergeSpec, Source, check_data
 from .contract import FEATURES, LABEL, PROBABILITIES
 from .errors import OnnxMergeError
 from .files.images import as_images, as_labelled, as_pool
 from .files.models import check_output_path, save_model
-from .graph.preprocess import ImageInput
 from .learn.head import TeachersHead
-from .learn.unknown import check_setting
 from .runtime.factory import open_tasks
 from .runtime.session import EXTRACT_VALUES_PER_CALL, run_batched
 from .stages import choice, pipeline
-from .stages.context import Build, BuildConfig
-from .stages.merging import MergeSpec
-from .stages.sources import Source
-
-MODES = pipeline.MODES
-# The head's C is chosen from the number of labels per class ("auto", learn.head.select_C). The router's
-# C = 0.1 was best of 0.003-0.1 on the benchmark's seed 0 (routing 0.775 vs 0.748 at 0.003).
-DEFAULT_C = "auto"
-ROUTER_C = 0.1
+from .stages.context import Build
 
 __all__ = ["Merger", "Source", "MODES", "DEFAULT_C"]
 
@@ -50,7 +41,7 @@ class Merger(ClassifierMixin, BaseEstimator):
         an unlabeled pool; ``"teachers"`` needs no labels: Z routes between the sources' own heads
         (``onnxmerge.learn.routing`` explains how), and a train set may add new classes.
     C : the head's inverse regularisation, or ``"auto"`` (from the labels per class).
-    class_weight : passed to scikit-learn's ``LogisticRegression``.
+    class_weight : passed to scikit-learn's ``LogisticRegression`` (``"balanced"``, None or a dict).
     batch_size : images per onnxruntime call during feature extraction.
     quiet : no progress bars.
     router_C : the teachers-mode router's inverse regularisation.
@@ -58,7 +49,8 @@ class Merger(ClassifierMixin, BaseEstimator):
     merge : a ``MergeSpec`` (the recipe's ``[merge]``): ``mode`` "concat" (every source's backbone), "weights"
         (sources of one architecture share one backbone merged in weight space) or "auto" (the merged one
         unless it loses more than ``margin`` held-out accuracy); ``base`` the model they were tuned from.
-    engine : "local" (this process) or "dask" (a Dask cluster; the extra ``onnxmerge[dask]``): where the
+    engine : "local" (this process) or "dask" (a Dask cluster; the extra ``onnxmerge[dask]``; None: "dask"
+        where an address or workers are given, else "local"): where the
         sources run over the labelled set and the pool. Their features and teachers' outputs are gathered
         here for the head's fit; the parity check's 64 images run here.
     address : a Dask scheduler's address (``tcp://HOST:8786``); None with engine "dask": a LocalCluster on
@@ -70,6 +62,8 @@ class Merger(ClassifierMixin, BaseEstimator):
         "unknown" for images farther from the build's images than that share of them (auto: 0.95);
         docs/unknown.md.
 
+    Every default is :class:`onnxmerge.config.Config`'s, and every value is checked there (at ``fit``).
+
     Example
     -------
     >>> z = Merger(ImageInput(28, 28, 1), [Source("a", "a.onnx", Preprocess(1 / 255, (0.5,), (0.5,)))])
@@ -80,19 +74,19 @@ class Merger(ClassifierMixin, BaseEstimator):
         self,
         input: ImageInput,
         sources: list[Source],
-        mode: str = "fit",
-        C: float | str = DEFAULT_C,
-        class_weight: str | None = "balanced",
-        batch_size: int = 128,
-        quiet: bool = False,
-        router_C: float = ROUTER_C,
-        cache_dir: str | os.PathLike | None = None,
-        engine: str = "local",
-        address: str | None = None,
-        workers: int | None = None,
-        new_classes: list[str] | tuple[str, ...] = (),
-        merge: MergeSpec = MergeSpec(),
-        unknown: str | float = "off",
+        mode: str = Config.mode,
+        C: float | str = Config.C,
+        class_weight: str | dict | None = Config.class_weight,
+        batch_size: int = Config.batch_size,
+        quiet: bool = Config.quiet,
+        router_C: float = Config.router_C,
+        cache_dir: str | os.PathLike | None = Config.cache_dir,
+        engine: str | None = Config.engine,
+        address: str | None = Config.address,
+        workers: int | None = Config.workers,
+        new_classes: list[str] | tuple[str, ...] = Config.new_classes,
+        merge: MergeSpec = Config.merge,
+        unknown: str | float = Config.unknown,
     ):
         self.input = input
         self.sources = sources
@@ -110,21 +104,14 @@ class Merger(ClassifierMixin, BaseEstimator):
         self.merge = merge
         self.unknown = unknown
 
-    def _config(self) -> BuildConfig:
-        return BuildConfig(
-            self.input,
-            list(self.sources),
-            self.mode,
-            self.C,
-            self.router_C,
-            self.class_weight,
-            self.batch_size,
-            self.quiet,
-            self.cache_dir,
-            tuple(self.new_classes),
-            self.merge,
-            check_setting(self.unknown),
-        )
+    @classmethod
+    def from_config(cls, config: Config) -> Merger:
+        """A Merger with ``config``'s parameters."""
+        return cls(**config.params())
+
+    def config(self) -> Config:
+        """This Merger's parameters as one checked :class:`Config` (raises on a bad value)."""
+        return Config(**self.get_params(deep=False))
 
     def build_graph(self) -> onnx.ModelProto:
         """Load, cut and stitch the sources (no head yet); sets ``sources_``, ``stitched_`` and ``weights_``.
@@ -133,9 +120,10 @@ class Merger(ClassifierMixin, BaseEstimator):
         long as this Merger (or until the next build).
         """
         self._z = self._session = None
+        config = self.config()
         if getattr(self, "_tasks", None) is None:
-            self._tasks = open_tasks(self.engine, self.address, self.workers, self.quiet)
-        self._set_graph(pipeline.prepare(self._config(), self._tasks))
+            self._tasks = open_tasks(config.engine, config.address, config.workers, config.quiet)
+        self._set_graph(pipeline.prepare(config, self._tasks))
         return self.stitched_
 
     def _set_graph(self, build: Build) -> None:
@@ -152,19 +140,20 @@ class Merger(ClassifierMixin, BaseEstimator):
         ``.npz`` with ``x``, or a uint8 array). In mode ``"fit"`` at least one of them is needed; in mode
         ``"teachers"`` both are optional and ``X`` may only hold new classes (stage 2 without old data).
         """
-        pipeline.check(self._config())
+        config = self.config()
+        check_data(config.mode, X is not None, unlabeled is not None)
         labelled = as_labelled(X, y, self.input) if X is not None else None
         # a train folder of suggested images that nobody has labelled yet: no labelled images (yet)
         notes = labelled.notes if labelled is not None else []
         labelled = labelled if labelled is not None and len(labelled.x) else None
         # on a cluster the workers read a pool folder's files themselves: its pixels never come here
-        lazy = self.engine == "dask" or bool(self.address)
+        lazy = config.engine == "dask"
         pool = as_pool(unlabeled, self.input, lazy) if unlabeled is not None else None
         self._z = self._session = None
         if getattr(self, "_tasks", None) is None:
-            self._tasks = open_tasks(self.engine, self.address, self.workers, self.quiet)
+            self._tasks = open_tasks(config.engine, config.address, config.workers, config.quiet)
         # stages 1-5; with [merge] also the merged Z, and the choice between it and the concatenation
-        build, fitted, self.parity_ = choice.build_z(self._config(), self._tasks, labelled, pool)
+        build, fitted, self.parity_ = choice.build_z(config, self._tasks, labelled, pool)
         self._set_graph(build)
         self.warnings_, self.report_ = build.warnings, build.report
         build.report["data_notes"] = notes

@@ -2,13 +2,18 @@
 
 Every mistake a user can make in a recipe (a missing, unknown or mistyped key, a wrong type, a bad
 value) becomes one sentence that names the key, and suggests the closest valid key where one is close.
+The recipe checks the TOML's structure and types; the values are checked by :class:`onnxmerge.config.Config`,
+which the recipe, the API and the command line all make by keyword. ``recipe_data`` writes a configuration
+back as a recipe's data: every parameter of the API has its key.
 """
 
 from __future__ import annotations
 
 import difflib
+import os
 import sys
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -17,15 +22,10 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
+from .config import Config, ImageInput, MergeSpec, Preprocess, Source, check_data
 from .errors import OnnxMergeError
-from .graph.preprocess import ImageInput, Preprocess
-from .learn.merging import METHODS as MERGE_METHODS
-from .learn.unknown import check_setting
-from .merger import DEFAULT_C, MODES, Merger, Source
-from .runtime.tasks import ENGINES
-from .safety import check_labels, printable, read_regular
-from .stages.merging import DEFAULT_MARGIN, MergeSpec, check_spec
-from .stages.merging import MODES as MERGE_MODES
+from .merger import Merger
+from .safety import printable, read_regular
 
 #: A recipe is a few hundred bytes; a larger file is not one (and is not read into memory).
 MAX_RECIPE_BYTES = 1 << 20
@@ -36,9 +36,11 @@ _TOP = {
     "head": (dict, False),
     "engine": (dict, False),
     "merge": (dict, False),
+    "cache": (dict, False),
 }
 _MERGE = {"mode": (str, False), "base": (str, False), "method": (str, False), "margin": ((int, float), False)}
-_ENGINE = {"name": (str, True), "address": (str, False), "workers": (int, False)}
+_ENGINE = {"name": (str, True), "address": (str, False), "workers": (int, False), "batch_size": (int, False)}
+_CACHE = {"dir": (str, True)}
 _INPUT = {"height": (int, True), "width": (int, True), "channels": (int, True)}
 _SOURCE = {
     "name": (str, True),
@@ -63,6 +65,8 @@ _HEAD = {
     "train": ((str, list), False),
     "unlabeled": (str, False),
     "C": ((int, float, str), False),
+    "class_weight": ((str, dict), False),
+    "router_C": ((int, float), False),
     "new_classes": (list, False),
     "unknown": ((str, int, float), False),
 }
@@ -76,17 +80,25 @@ _TYPE_NAMES = {
     (int, float, str): 'a number or "auto"',
     (str, int, float): '"off", "auto" or a number between 0 and 1',
     (str, list): "a path or a list of paths",
+    (str, dict): '"balanced", "none" or a table of weights',
 }
+#: the run options the command line may set over a recipe (``load_recipe(..., engine=...)``)
+RUN_OPTIONS = ("engine", "address", "workers", "cache_dir")
 
 
 @dataclass
 class Recipe:
-    """A parsed recipe: the configured Merger and the data it is to be fitted on."""
+    """A parsed recipe: the build's configuration and the data it is to be fitted on."""
 
-    merger: Merger
+    config: Config
     train: list[Path] | None
     unlabeled: Path | None
     path: Path
+
+    @cached_property
+    def merger(self) -> Merger:
+        """The configured (unfitted) Merger."""
+        return Merger.from_config(self.config)
 
 
 def _check_table(table: Any, schema: dict, where: str) -> dict:
@@ -115,19 +127,9 @@ def _numbers(values: list, where: str) -> tuple[float, ...]:
     return tuple(float(v) for v in values)
 
 
-def _positive(table: dict, key: str, where: str) -> int | None:
-    value = table.get(key)
-    if value is not None and not 0 < value <= 8192:
-        raise OnnxMergeError(f"{where}.{key} must be between 1 and 8192, got {value}.")
-    return value
-
-
-def _C(value) -> float | str:
-    if value == "auto":
-        return value
-    if isinstance(value, str) or not value > 0:
-        raise OnnxMergeError(f'head.C must be a positive number or "auto", got {value!r}.')
-    return float(value)
+def _number(value) -> float | str:
+    """A number as float (a TOML integer too); a string stays as it is, for ``Config`` to check."""
+    return value if isinstance(value, str) else float(value)
 
 
 def _source(table: dict, i: int, base: Path, path: Path) -> Source:
@@ -135,112 +137,80 @@ def _source(table: dict, i: int, base: Path, path: Path) -> Source:
     _check_table(table, _SOURCE, f"sources[{i}]")
     where = f"source {table['name']!r}"
     pre = _check_table(table["preprocess"], _PREPROCESS, f"{where} preprocess")
-    for key in ("height", "width", "channels"):
-        _positive(pre, key, f"{where} preprocess")
-    layout = pre.get("layout")
-    if layout is not None and layout not in ("NCHW", "NHWC"):
-        raise OnnxMergeError(f'{where} preprocess.layout must be "NCHW" or "NHWC", got {layout!r}.')
-    std = _numbers(pre["std"], f"{where} preprocess.std")
-    if any(s == 0 for s in std):
-        raise OnnxMergeError(f"{where} preprocess.std contains 0; every std must be non-zero.")
-    labels = table.get("labels")
-    if labels is not None and (not labels or not all(isinstance(v, str) for v in labels)):
-        raise OnnxMergeError(f"{where} labels must be a non-empty list of strings.")
-    if labels is not None:
-        check_labels(labels, f"{where} labels")
     model = (base / Path(table["model"]).expanduser()).resolve()
     if model == path.resolve():
         raise OnnxMergeError(f"{where} model is the recipe file itself; point it to a .onnx file.")
     return Source(
         name=table["name"],
         model=model,
-        feature=table.get("feature", "auto"),
-        head_output=table.get("head_output", "auto"),
-        labels=labels,
-        teacher=table.get("teacher", True),
+        feature=table.get("feature", Source.feature),
+        head_output=table.get("head_output", Source.head_output),
+        labels=table.get("labels"),
+        teacher=table.get("teacher", Source.teacher),
         preprocess=Preprocess(
             scale=float(pre["scale"]),
             mean=_numbers(pre["mean"], f"{where} preprocess.mean"),
-            std=std,
+            std=_numbers(pre["std"], f"{where} preprocess.std"),
             height=pre.get("height"),
             width=pre.get("width"),
             channels=pre.get("channels"),
-            layout=layout,
+            layout=pre.get("layout"),
         ),
     )
 
 
-def _known(value: str, choices, key: str) -> str:
-    """``value`` if it is one of ``choices``, else one sentence naming the closest."""
-    if value not in choices:
-        close = difflib.get_close_matches(value, choices, n=1)
-        raise OnnxMergeError(
-            f"{key} {value!r} is unknown"
-            + (f"; did you mean {close[0]!r}?" if close else f"; use one of {list(choices)}.")
-        )
-    return value
+def _class_weight(value):
+    return None if value == "none" else value
 
 
-def _engine(data: dict) -> dict:
-    """The ``[engine]`` table, checked (default: the local engine)."""
-    engine = _check_table(data.get("engine", {"name": "local"}), _ENGINE, "engine")
-    _known(engine["name"], ENGINES, "engine.name")
-    if engine["name"] == "local" and ("address" in engine or "workers" in engine):
-        raise OnnxMergeError('engine.address and engine.workers need engine.name = "dask"; set it or drop them.')
-    _positive(engine, "workers", "engine")
-    return engine
+def _engine(data: dict, options: dict) -> dict:
+    """``Config``'s engine keys from the ``[engine]`` table, with the command line's ``options`` over them
+    (an address or worker count given there without an engine means "dask")."""
+    table = _check_table(data.get("engine", {"name": "local"}), _ENGINE, "engine")
+    keys = {"engine": table["name"], "address": table.get("address"), "workers": table.get("workers")}
+    given = {k: v for k, v in options.items() if k in keys and v is not None}
+    if ("address" in given or "workers" in given) and "engine" not in given:
+        keys["engine"] = None
+    return dict(keys, **given, batch_size=table.get("batch_size", Config.batch_size))
 
 
 def _merge(data: dict, base: Path) -> MergeSpec:
-    """The ``[merge]`` table, checked (default: mode "concat", every source's backbone in Z)."""
+    """The ``[merge]`` table (default: mode "concat", every source's backbone in Z); ``MergeSpec`` checks it."""
     table = _check_table(data.get("merge", {}), _MERGE, "merge")
-    _known(table.get("mode", "concat"), MERGE_MODES, "merge.mode")
-    _known(table.get("method", "auto"), MERGE_METHODS, "merge.method")
-    spec = MergeSpec(
-        mode=table.get("mode", "concat"),
-        base=(base / Path(table["base"]).expanduser()) if "base" in table else None,
-        method=table.get("method", "auto"),
-        margin=float(table.get("margin", DEFAULT_MARGIN)),
+    return MergeSpec(
+        mode=table.get("mode", MergeSpec.mode),
+        base=(base / Path(table["base"]).expanduser()).resolve() if "base" in table else None,
+        method=table.get("method", MergeSpec.method),
+        margin=float(table.get("margin", MergeSpec.margin)),
     )
-    check_spec(spec)
-    return spec
 
 
-def parse_recipe(data: dict, base: Path, path: Path, quiet: bool = False) -> Recipe:
-    """Turn a recipe's TOML data into a configured :class:`Merger` (paths resolved against ``base``)."""
+def parse_recipe(data: dict, base: Path, path: Path, quiet: bool = False, **options) -> Recipe:
+    """Turn a recipe's TOML data into a :class:`Recipe` (paths resolved against ``base``); ``options`` are
+    the command line's ``RUN_OPTIONS`` (None: not given), which win over the recipe's."""
     _check_table(data, _TOP, "the recipe")
     inp = _check_table(data["input"], _INPUT, "input")
-    height, width, channels = (_positive(inp, k, "input") for k in ("height", "width", "channels"))
-    if channels not in (1, 3):
-        raise OnnxMergeError(f"input.channels must be 1 or 3, got {channels}.")
     if not data["sources"]:
         raise OnnxMergeError("the recipe has no [[sources]]; add at least one.")
     sources = [_source(table, i, base, path) for i, table in enumerate(data["sources"])]
     head = _check_table(data.get("head", {}), _HEAD, "head")
-    mode = _known(head.get("mode", "fit"), MODES, "head.mode")
-    if mode == "fit" and "train" not in head and "unlabeled" not in head:
-        raise OnnxMergeError(
-            'mode = "fit" needs head.train (a labelled folder or .npz) or head.unlabeled '
-            '(a pool the teachers pseudo-label), or use mode = "teachers".'
-        )
-    engine = _engine(data)
-    new_classes = head.get("new_classes", [])
-    if not all(isinstance(v, str) for v in new_classes):
-        raise OnnxMergeError("head.new_classes must be a list of class names (strings).")
-    merger = Merger(
-        ImageInput(height, width, channels),
-        sources,
-        mode=mode,
-        C=_C(head.get("C", DEFAULT_C)),
+    cache = _check_table(data["cache"], _CACHE, "cache") if "cache" in data else {}
+    cache_dir = options.get("cache_dir") or ((base / Path(cache["dir"]).expanduser()).resolve() if cache else None)
+    config = Config(
+        input=ImageInput(inp["height"], inp["width"], inp["channels"]),
+        sources=sources,
+        mode=head.get("mode", Config.mode),
+        C=_number(head.get("C", Config.C)),
+        class_weight=_class_weight(head.get("class_weight", Config.class_weight)),
+        router_C=_number(head.get("router_C", Config.router_C)),
         quiet=quiet,
-        engine=engine["name"],
-        address=engine.get("address"),
-        workers=engine.get("workers"),
-        new_classes=new_classes,
+        cache_dir=cache_dir,
+        new_classes=head.get("new_classes", Config.new_classes),
         merge=_merge(data, base),
-        unknown=head.get("unknown", "off"),
+        unknown=head.get("unknown", Config.unknown),
+        **_engine(data, options),
     )
-    check_setting(merger.unknown)
+    check_data(config.mode, "train" in head, "unlabeled" in head)
     train = None
     if "train" in head:
         paths = head["train"] if isinstance(head["train"], list) else [head["train"]]
@@ -248,11 +218,52 @@ def parse_recipe(data: dict, base: Path, path: Path, quiet: bool = False) -> Rec
             raise OnnxMergeError("head.train must be a path or a non-empty list of paths.")
         train = [base / Path(p).expanduser() for p in paths]
     unlabeled = (base / Path(head["unlabeled"]).expanduser()) if "unlabeled" in head else None
-    return Recipe(merger, train, unlabeled, path)
+    return Recipe(config, train, unlabeled, path)
 
 
-def load_recipe(path: str | Path, quiet: bool = False) -> Recipe:
-    """Read and validate a recipe file; paths inside it are relative to the file (``~`` is the home folder)."""
+def recipe_data(config: Config, base: Path, train=None, unlabeled=None) -> dict:
+    """``config`` as a recipe's data (``parse_recipe`` reads it back to the same configuration; paths are
+    written relative to ``base`` where they lie under it). ``quiet`` is a run option, not a recipe key."""
+
+    def rel(value) -> str:
+        path = Path(value)
+        return os.path.relpath(path, base) if path.is_absolute() else str(path)
+
+    def source(s: Source) -> dict:
+        pre = {"scale": s.preprocess.scale, "mean": list(s.preprocess.mean), "std": list(s.preprocess.std)}
+        pre.update({k: getattr(s.preprocess, k) for k in ("height", "width", "channels", "layout")})
+        table = {"name": s.name, "model": rel(s.model), "feature": s.feature, "head_output": s.head_output}
+        table.update(teacher=s.teacher, preprocess={k: v for k, v in pre.items() if v is not None})
+        return table if s.labels is None else dict(table, labels=list(s.labels))
+
+    head = {"mode": config.mode, "C": config.C, "router_C": config.router_C}
+    head["class_weight"] = "none" if config.class_weight is None else config.class_weight
+    if config.new_classes:
+        head["new_classes"] = list(config.new_classes)
+    if config.unknown != Config.unknown:
+        head["unknown"] = config.unknown
+    if train is not None:
+        head["train"] = [rel(p) for p in train]
+    if unlabeled is not None:
+        head["unlabeled"] = rel(unlabeled)
+    engine = {"name": config.engine, "batch_size": config.batch_size}
+    engine.update({k: v for k, v in (("address", config.address), ("workers", config.workers)) if v is not None})
+    data = {
+        "input": {"height": config.input.height, "width": config.input.width, "channels": config.input.channels},
+        "sources": [source(s) for s in config.sources],
+        "head": head,
+        "engine": engine,
+    }
+    merge = config.merge
+    data["merge"] = {"mode": merge.mode, "method": merge.method, "margin": merge.margin}
+    if merge.base is not None:
+        data["merge"]["base"] = rel(merge.base)
+    return data if config.cache_dir is None else dict(data, cache={"dir": rel(config.cache_dir)})
+
+
+def load_recipe(path: str | Path, quiet: bool = False, **options) -> Recipe:
+    """Read and validate a recipe file; paths inside it are relative to the file (``~`` is the home folder).
+    ``options``: the command line's ``RUN_OPTIONS`` over the recipe's (None: not given)."""
     path = Path(path).expanduser()
     if not path.exists():
         raise OnnxMergeError(f"recipe {printable(path)} does not exist; check the path.")
@@ -265,4 +276,4 @@ def load_recipe(path: str | Path, quiet: bool = False) -> Recipe:
         raise OnnxMergeError(
             f"recipe {printable(path)} nests arrays or tables too deeply for a recipe; fix its structure."
         ) from None
-    return parse_recipe(data, path.parent, path, quiet=quiet)
+    return parse_recipe(data, path.parent, path, quiet=quiet, **options)

@@ -60,7 +60,7 @@ def suggest(
             '[head] unlabeled = "FOLDER" (images without labels).'
         )
     folder = Path(out).expanduser()
-    check_output_folder(folder, (), [recipe.path, *(f for s in recipe.merger.sources for f in model_files(s.model))])
+    check_output_folder(folder, (), [recipe.path, *(f for s in recipe.config.sources for f in model_files(s.model))])
     if folder.resolve() == recipe.unlabeled.resolve():
         raise OnnxMergeError("-o is the recipe's pool folder; give another folder (e.g. the recipe's train).")
     merger = recipe.merger

@@ -18,6 +18,7 @@ from pasted import assert_pasted
 from sklearn.datasets import load_digits
 
 from onnxmerge.cli import main
+from onnxmerge.config import MergeSpec
 from onnxmerge.errors import OnnxMergeError
 from onnxmerge.graph import weightmerge
 from onnxmerge.graph.architecture import compare_models
@@ -26,7 +27,6 @@ from onnxmerge.graph.permute import permuted, unit_spaces
 from onnxmerge.graph.preprocess import ImageInput, Preprocess
 from onnxmerge.merger import Merger
 from onnxmerge.recipe import parse_recipe
-from onnxmerge.stages.merging import MergeSpec
 from onnxmerge.stages.sources import Source
 
 MERGE = FIXTURES.parent / "merge"

@@ -16,10 +16,10 @@ from conftest import FIXTURES, fixture_entry, write_recipe
 from PIL import Image
 
 from onnxmerge.cli import main
+from onnxmerge.config import unknown_share as check_setting
 from onnxmerge.contract import UNKNOWN_SCORE
 from onnxmerge.errors import OnnxMergeError
 from onnxmerge.graph.preprocess import ImageInput, Preprocess
-from onnxmerge.learn.unknown import check_setting
 from onnxmerge.merger import Merger, Source
 from onnxmerge.stages.parity import with_outputs
 

@@ -17,8 +17,8 @@ import numpy as np
 
 from benchmarks.common import work_dir
 from benchmarks.routing.setups import numpy_rows, validation_cases
+from onnxmerge.config import ROUTER_C
 from onnxmerge.learn.routing import route_pool
-from onnxmerge.merger import ROUTER_C
 
 CASES = [
     "k2-interleaved/balanced",

@@ -174,10 +174,10 @@ def new_class_rows(feat: Features, variant: str, data: Data, cache: Path, shots=
 
 def timing(work: Path, data: Data) -> None:
     """Build time (routing + router fit) at 1k / 10k / 100k pool images: teachers of k3-interleaved seed 0."""
+    from onnxmerge.config import ROUTER_C
     from onnxmerge.graph.stitch import output_names
     from onnxmerge.learn.head import HeadInput, fit_head
     from onnxmerge.learn.routing import l2_blocks, route_pool
-    from onnxmerge.merger import ROUTER_C
 
     setup = Setup("k3-interleaved", 100, data, work)
     feat = Features(setup, work / "cache")

@@ -179,10 +179,10 @@ def numpy_rows(
 ) -> dict[str, float]:
     """Route the pool with ``route_fn``, fit the router as the Merger does, score Z's head math in numpy.
     ``router_c``: the router's C (default the Merger's), or a function of the number of router targets."""
+    from onnxmerge.config import ROUTER_C
     from onnxmerge.graph.stitch import output_names
     from onnxmerge.learn.head import HeadInput, TeachersHead, fit_head
     from onnxmerge.learn.routing import l2_blocks
-    from onnxmerge.merger import ROUTER_C
 
     blocks = [pool_out[output_names(s["name"])["feature"]] for s in feat.setup.sources]
     probs = [HeadInput.probabilities(pool_out, n, k) for n, k in feat.base.teachers_]

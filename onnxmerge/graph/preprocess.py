@@ -9,63 +9,13 @@ numpy reference computes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from ..errors import OnnxMergeError
+from ..config import ImageInput, Preprocess
 
 # ITU-R 601-2 luma weights, the ones Pillow's "L" conversion uses.
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
-
-
-@dataclass(frozen=True)
-class ImageInput:
-    """What Z accepts: raw uint8 images ``[N, height, width, channels]`` with a dynamic batch."""
-
-    height: int
-    width: int
-    channels: int = 3
-
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        """One image's shape, ``(height, width, channels)``."""
-        return self.height, self.width, self.channels
-
-
-@dataclass(frozen=True)
-class Preprocess:
-    """What one source expects; applied inside Z.
-
-    ``height``/``width``/``channels``/``layout`` default to the source's input where it is static
-    (resolved by :func:`onnxmerge.stages.sources.resolve_preprocess`); ``scale``, ``mean`` and ``std`` are always
-    explicit.
-    """
-
-    scale: float
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    height: int | None = None
-    width: int | None = None
-    channels: int | None = None
-    layout: str | None = None  # "NCHW" or "NHWC"
-    flat: bool = False  # the source takes [N, H*W*C], flattened in ``layout`` order
-    dtype: np.dtype = field(default=np.dtype(np.float32))
-
-    def __post_init__(self) -> None:
-        # a scalar mean/std (``Preprocess(16 / 255, 0.0, 1.0)``) means one value for every channel
-        for key in ("mean", "std"):
-            value = getattr(self, key)
-            try:
-                values = tuple(float(v) for v in np.atleast_1d(np.asarray(value, dtype=np.float64)).ravel())
-            except (TypeError, ValueError):
-                values = ()
-            if not values:
-                raise OnnxMergeError(
-                    f"Preprocess {key} must be a number or a list of numbers (one per channel), got {value!r}."
-                )
-            object.__setattr__(self, key, values)
 
 
 def _const(name: str, value) -> gs.Constant:

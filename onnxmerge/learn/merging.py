@@ -17,13 +17,14 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from ..config import MERGE_METHODS
 from ..graph import weightmerge
 
 #: Task arithmetic's and TIES' scales tried (``base + scale * sum of task vectors``); 1/n is plain averaging
 #: of the fine-tuned models, the papers' best lay in 0.3-1.0.
 SCALES = (0.3, 0.5, 0.7, 1.0)
 TIES_DENSITY = 0.2  # the TIES paper's default: keep the top 20% of each task vector
-METHODS = ("auto", "average", "task_arithmetic", "ties", "regmean", "align")
+METHODS = MERGE_METHODS
 MAX_ROWS_PER_BATCH = 4096  # spatial positions per batch kept for inner products (a random subset)
 
 

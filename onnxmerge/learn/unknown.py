@@ -31,26 +31,11 @@ from ..contract import LABEL, UNKNOWN, UNKNOWN_SCORE
 from ..errors import OnnxMergeError
 
 DISTANCE = "unknown/distance"  # the uncalibrated distance inside Z, [N, 1] (the parity check reads it)
-AUTO_KEEP = 0.95  # unknown = "auto": the threshold that keeps 95% of the user's own images
 PROTOTYPES = 64  # k-means prototypes in the bank (benchmarks.unknown.families: 256 gained 0.005 AUROC)
 FOLDS = 5
 LEVELS = 101  # quantiles 0%, 1%, ..., 100% of the cross-fitted distances
 MIN_IMAGES = 20  # fewer images than this cannot calibrate a threshold
 EPS = np.float32(1e-12)  # the floor of a block's norm (an image exactly at the mean)
-
-
-def check_setting(value) -> float | None:
-    """``[head] unknown``: "off" -> None, "auto" -> 0.95, a number in (0, 1) -> itself; else one sentence."""
-    if value == "off" or value is None:
-        return None
-    if value == "auto":
-        return AUTO_KEEP
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < 1:
-        return float(value)
-    raise OnnxMergeError(
-        f'head.unknown must be "off", "auto" or a number between 0 and 1 (the share of your own images to '
-        f"keep, e.g. 0.99), got {value!r}."
-    )
 
 
 def unit_rows(blocks: list[np.ndarray], means: list[np.ndarray]) -> np.ndarray:

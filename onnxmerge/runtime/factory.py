@@ -3,9 +3,10 @@
 
 from __future__ import annotations
 
+from ..config import engine_of
 from ..errors import OnnxMergeError
 from ..version import install_extra_command
-from .tasks import ENGINES, LocalTasks, Tasks
+from .tasks import LocalTasks, Tasks
 
 
 def open_tasks(
@@ -16,14 +17,7 @@ def open_tasks(
     Without an address, Dask's engine starts a ``LocalCluster`` on loopback, one single-threaded worker
     process per core (or ``workers``). Dask is imported only here: it is the optional extra ``onnxmerge[dask]``.
     """
-    engine = engine or ("dask" if address else "local")
-    if engine not in ENGINES:
-        raise OnnxMergeError(f"engine {engine!r} is unknown; use one of {list(ENGINES)}.")
-    if workers is not None and workers < 1:
-        raise OnnxMergeError(f"--workers must be at least 1, got {workers}.")
-    if engine == "local":
-        if address or workers:
-            raise OnnxMergeError("--address and --workers need --engine dask; add it or drop them.")
+    if engine_of(engine, address, workers) == "local":
         return LocalTasks()
     try:
         from .dask_engine import DaskCluster

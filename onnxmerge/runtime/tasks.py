@@ -19,8 +19,6 @@ from tqdm.auto import tqdm
 
 from .session import make_session, progress_enabled
 
-ENGINES = ("local", "dask")
-
 # A process's shipped models (digest -> serialised, self-contained model) and the sessions opened on them.
 _MODELS: dict[str, bytes] = {}
 _SESSIONS: dict[tuple[str, int], object] = {}

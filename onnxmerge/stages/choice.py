@@ -12,11 +12,12 @@ import time
 
 import numpy as np
 
+from ..config import Config
 from ..errors import OnnxMergeError
 from ..files.images import Dataset, decoded
 from ..runtime.tasks import Tasks
 from . import pipeline
-from .context import Build, BuildConfig, Fitted
+from .context import Build, Fitted
 from .merging import merge_sources, mergeable
 from .parity import ParityCheck, require
 
@@ -26,7 +27,7 @@ WEIGHT_TOLERANCE = 0.0  # the written merged weights are the numpy merge's exact
 
 
 def build_z(
-    config: BuildConfig, tasks: Tasks | None, labelled: Dataset | None, pool: Dataset | None
+    config: Config, tasks: Tasks | None, labelled: Dataset | None, pool: Dataset | None
 ) -> tuple[Build, Fitted, list[ParityCheck]]:
     """Stages 1-5, with the weight merge and the choice between merged and concatenated Z where asked."""
     concat = pipeline.prepare(config, tasks)

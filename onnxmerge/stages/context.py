@@ -2,49 +2,29 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
 
+from ..config import Config
 from ..contract import FEATURES
-from ..graph.preprocess import ImageInput
 from ..graph.stitch import output_names
 from ..learn.head import HeadInput
 from ..learn.routing import Teachers
 from ..runtime.engine import Engine
 from ..runtime.weights import WeightFolder
 from .features import Features
-from .merging import MergeSpec
-from .sources import ResolvedSource, Source, feature_sources
+from .sources import ResolvedSource, feature_sources
 from .stitching import StitchedGraph
 from .teachers import teacher_space
-
-
-@dataclass(frozen=True)
-class BuildConfig:
-    """A build's parameters, as the recipe or the ``Merger`` gives them."""
-
-    input: ImageInput
-    sources: list[Source]
-    mode: str = "fit"
-    C: float | str = "auto"
-    router_C: float = 0.1
-    class_weight: str | None = "balanced"
-    batch_size: int = 128
-    quiet: bool = False
-    cache_dir: str | os.PathLike | None = None
-    new_classes: tuple[str, ...] = ()  # training classes kept as new although they resemble a teacher's label
-    merge: MergeSpec = MergeSpec()
-    unknown: float | None = None  # the share of the build's images the "unknown" threshold keeps; None: off
 
 
 @dataclass
 class Build:
     """One build in progress: stages 1-2 fill the sources and the graph, stage 3 the teachers and features."""
 
-    config: BuildConfig
+    config: Config
     weights: WeightFolder
     sources: list[ResolvedSource]
     graph: StitchedGraph

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
+from ..config import MergeSpec
 from ..errors import OnnxMergeError
 from ..files.images import Dataset, decoded
 from ..files.models import load_model_with_digest
@@ -36,20 +37,8 @@ from ..runtime.session import make_session
 from ..runtime.weights import WeightFolder
 from .sources import ResolvedSource
 
-MODES = ("concat", "weights", "auto")
 SELECTION_IMAGES = 200  # per source: enough to tell candidates 2-3 points apart, cheap next to extraction
 STATS_IMAGES = 256  # pool images for RegMean's inner products and alignment's correlations
-DEFAULT_MARGIN = 0.02  # mode "auto": keep concat when merging loses more than this (held-out accuracy)
-
-
-@dataclass(frozen=True)
-class MergeSpec:
-    """The recipe's ``[merge]`` table."""
-
-    mode: str = "concat"
-    base: str | os.PathLike | None = None
-    method: str = "auto"
-    margin: float = DEFAULT_MARGIN
 
 
 @dataclass
@@ -74,20 +63,6 @@ class MergedSources:
             "notes": self.notes,
             "weights_vs_numpy": self.weight_check,
         }
-
-
-def check_spec(spec: MergeSpec) -> None:
-    """The ``[merge]`` keys' own checks (before any file is read)."""
-    if spec.mode not in MODES:
-        raise OnnxMergeError(f'merge.mode {spec.mode!r} is unknown; use "weights", "concat" or "auto".')
-    if spec.method not in merging.METHODS:
-        raise OnnxMergeError(f"merge.method {spec.method!r} is unknown; use one of {list(merging.METHODS)}.")
-    if spec.base is None and spec.method in ("task_arithmetic", "ties"):
-        raise OnnxMergeError(f'merge.method "{spec.method}" needs merge.base (the model the sources were tuned from).')
-    if spec.base is not None and spec.method in ("regmean", "align", "average"):
-        raise OnnxMergeError(f'merge.method "{spec.method}" merges without a base; remove merge.base or the method.')
-    if not 0 <= spec.margin <= 1:
-        raise OnnxMergeError(f"merge.margin must be between 0 and 1 (accuracy, as a fraction), got {spec.margin}.")
 
 
 def mergeable(sources: list[ResolvedSource]) -> Match:

@@ -15,34 +15,25 @@ import numpy as np
 import onnx
 
 from .. import contract
-from ..errors import OnnxMergeError
+from ..config import Config, check_data
 from ..files.images import Dataset, decoded
 from ..runtime.tasks import Tasks
 from ..runtime.weights import WeightFolder
 from ..safety import check_labels
 from ..version import __version__
-from .context import Build, BuildConfig, Fitted
+from .context import Build, Fitted
 from .features import Features
 from .fit import fit_labelled
-from .merging import check_spec
 from .parity import ParityCheck, check_parity
 from .route import fit_teachers
-from .sources import ResolvedSource, check_config, resolve_sources
+from .sources import ResolvedSource, resolve_sources
 from .stitching import make_engine, stitch_sources
 from .teachers import check_class_names, find_teachers
 from .unknown import add_unknown, check_reserved
 
-MODES = ("fit", "teachers")
-
-
-def check(config: BuildConfig) -> None:
-    """The configuration's own checks (before any file is read)."""
-    check_config(config.input, config.sources, config.mode, MODES)
-    check_spec(config.merge)
-
 
 def prepare(
-    config: BuildConfig,
+    config: Config,
     tasks: Tasks | None = None,
     resolved: tuple[list[ResolvedSource], WeightFolder] | None = None,
 ) -> Build:
@@ -52,7 +43,6 @@ def prepare(
     is where extraction runs (``runtime.factory.open_tasks``: this process, or a Dask cluster).
     ``resolved``: sources resolved already, and their folder (a weight merge's, ``stages/choice.py``).
     """
-    check(config)
     if resolved is None:
         weights = WeightFolder()
         sources = resolve_sources(config.sources, config.input, weights)
@@ -67,14 +57,10 @@ def fit(build: Build, labelled: Dataset | None, pool: Dataset | None) -> tuple[F
     """Stages 3-5 on a prepared build: Z with its head and metadata, parity-checked (raises if a check fails)."""
     config = build.config
     build.warnings += [w for s in build.sources for w in (s.label_warnings or [])]
-    if config.mode == "fit" and labelled is None and pool is None:
-        raise OnnxMergeError(
-            'mode "fit" needs labelled images (train) or an unlabeled pool; add [head] train '
-            'or unlabeled, or use mode = "teachers".'
-        )
+    check_data(config.mode, labelled is not None, pool is not None)
     if labelled is not None:
         check_class_names(sorted({str(c) for c in labelled.y}), build.sources, config.new_classes)
-    if config.unknown is not None:  # before any source runs: the reserved name in the user's labels
+    if config.unknown_share is not None:  # before any source runs: the reserved name in the user's labels
         if labelled is not None:
             check_reserved(labelled.y, "the labelled data")
         for source in build.sources:
@@ -96,7 +82,7 @@ def fit(build: Build, labelled: Dataset | None, pool: Dataset | None) -> tuple[F
     fitted = fit_teachers(build, labelled, pool) if config.mode == "teachers" else fit_labelled(build, labelled, pool)
     # a source's own labels (model metadata) reach Z in teachers mode and through pseudo-labels: checked here
     check_labels(fitted.classes, "a source's model (one of Z's classes)", "give that source's labels in the recipe")
-    if config.unknown is not None:
+    if config.unknown_share is not None:
         fitted = add_unknown(build, fitted)
     set_metadata(fitted.model, build, fitted.classes)
     parity = check_parity(build, fitted) + build.merge_checks

@@ -3,38 +3,23 @@ preprocessing from its input, make a fixed batch dynamic, and cut it at the feat
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import numpy as np
 import onnx
 
-from ..contract import FEATURES, IMAGE, LABEL, PROBABILITIES
+from ..config import ImageInput, Preprocess, Source
 from ..errors import OnnxMergeError, first_line
 from ..files.models import load_model_with_digest
 from ..graph.batchloop import exposing_all, per_image
 from ..graph.cut import CutModel, cut, inferred_rank, source_input
 from ..graph.inspect import find_head, find_head_output, read_labels
-from ..graph.preprocess import ImageInput, Preprocess, reference_preprocess
+from ..graph.preprocess import reference_preprocess
 from ..runtime.session import make_session, tensor_rank
 from ..runtime.weights import WeightFolder
 from ..safety import printable
 
 MAX_PIXELS = 8192 * 8192  # a declared size beyond this is a hostile or broken model, not a photo
-RESERVED = (FEATURES, LABEL, PROBABILITIES, IMAGE, "head")
-
-
-@dataclass
-class Source:
-    """One pretrained classifier to compose, as a ``[[sources]]`` table of the recipe."""
-
-    name: str
-    model: str | os.PathLike
-    preprocess: Preprocess
-    feature: str = "auto"
-    head_output: str = "auto"
-    labels: list[str] | None = None
-    teacher: bool = True
 
 
 @dataclass
@@ -63,26 +48,6 @@ def feature_sources(sources: list[ResolvedSource]) -> list[str]:
     """Sources whose features Z's ``features`` holds and the head reads: a merged backbone's once (every source
     of a weight merge computes the same features, ``stages/merging.py``)."""
     return [s.name for i, s in enumerate(sources) if not (i > 0 and s.merged and sources[0].merged)]
-
-
-def check_config(image: ImageInput, sources: list[Source], mode: str, modes: tuple[str, ...]) -> None:
-    """The checks a configuration must pass before any model is read."""
-    if mode not in modes:
-        raise OnnxMergeError(f'mode {mode!r} is unknown; use "fit" or "teachers".')
-    if len(sources) < 1:
-        raise OnnxMergeError("no sources given; add at least one [[sources]] table.")
-    names = [s.name for s in sources]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
-        raise OnnxMergeError(f"source name {duplicates[0]!r} is used twice; give every source its own name.")
-    for name in names:
-        if not name or "/" in name or name in RESERVED:
-            raise OnnxMergeError(
-                f"source name {name!r} is not usable as a namespace; use letters, digits, "
-                "'_' or '-', and not a reserved name (features, label, probabilities, image, head)."
-            )
-    if image.channels not in (1, 3) or image.height <= 0 or image.width <= 0:
-        raise OnnxMergeError(f"[input] {image} is invalid; height and width must be positive and channels 1 or 3.")
 
 
 def resolve_sources(specs: list[Source], image: ImageInput, weights: WeightFolder) -> list[ResolvedSource]:
@@ -247,8 +212,6 @@ def _per_channel_normalisation(name: str, spec: Preprocess, channels: int) -> tu
                 f"source {name!r}: {key} has {len(values)} values but the source takes "
                 f"{channels} channels; give one value per channel."
             )
-    if any(s == 0 for s in spec.std):
-        raise OnnxMergeError(f"source {name!r}: std contains 0; every std must be non-zero.")
     mean = tuple(spec.mean) * (channels if len(spec.mean) == 1 else 1)
     std = tuple(spec.std) * (channels if len(spec.std) == 1 else 1)
     return mean, std

@@ -27,7 +27,7 @@ def add_unknown(build: Build, fitted: Fitted) -> Fitted:
     check_reserved(fitted.classes, "Z")
     names = [output_names(name)["feature"] for name in feature_sources(build.sources)]  # a merged backbone once
     blocks = [np.concatenate([out[name] for out in fitted.seen]) if fitted.seen else np.zeros((0, 1)) for name in names]
-    score = fit_unknown(names, blocks, build.config.unknown)
+    score = fit_unknown(names, blocks, build.config.unknown_share)
     fitted.model = append_unknown(fitted.model, score, fitted.classes)
     fitted.unknown = score
     build.metadata[UNKNOWN_KEY] = score.metadata()  # written with Z's other metadata (pipeline.set_metadata)
