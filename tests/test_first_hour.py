@@ -127,7 +127,7 @@ def test_new_classes_keeps_such_a_class(tmp_path, digits, capsys):
     assert main(["build", recipe, "-o", str(tmp_path / "z.onnx"), "--quiet", "--no-cache", "--json"]) == 0
     classes = json.loads(capsys.readouterr().out)["classes"]
     assert "coat" in classes and "Coat" not in classes
-    assert load_recipe(recipe).merger.get_params()["new_classes"] == ["coat"]
+    assert list(load_recipe(recipe).merger.get_params()["new_classes"]) == ["coat"]
 
 
 def test_new_classes_must_name_a_training_class(tmp_path, digits, capsys):
