@@ -10,6 +10,7 @@ Every Merger here uses C=1.0: these tests are about graphs, not about choosing t
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -343,8 +344,7 @@ def test_nhwc_map_behind_a_layout_transpose_is_pooled_over_its_own_spatial_axes(
     model = load_model(GRAPHS / "keras_torch_dynamo.onnx")
     assert spatial_axes(model, "relu_1") == (1, 2) and spatial_axes(model, "permute_6") == (2, 3)
     auto = Merger(ImageInput(8, 8, 1), [source("keras_torch_dynamo.onnx")], C=1.0, quiet=True).fit(x[:200], y[:200])
-    nhwc = source("keras_torch_dynamo.onnx")
-    nhwc.feature = "relu_1"
+    nhwc = dataclasses.replace(source("keras_torch_dynamo.onnx"), feature="relu_1")  # a Source is frozen
     named = Merger(ImageInput(8, 8, 1), [nhwc], C=1.0, quiet=True).fit(x[:200], y[:200])
     assert named.sources_[0].cut.pooled == (1, 2) and auto.sources_[0].cut.pooled == (2, 3)
     assert all(c.ok and c.tolerance == 1e-5 for c in named.parity_), [c.line() for c in named.parity_]

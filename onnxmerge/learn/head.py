@@ -196,20 +196,19 @@ def folded_weights(pipeline: Pipeline, centre: np.ndarray | None = None) -> tupl
     return weights.astype(np.float32), bias.astype(np.float32)
 
 
-def _linear(x: str, pipeline: Pipeline, prefix: str, out: str, centred: bool = True) -> tuple[list, list]:
-    """``x`` -> Sub(means) -> MatMul + Add -> Softmax: the fitted pipeline in plain ONNX ops (``folded_weights``).
-
-    ``centred=False`` is the plain fold (no Sub), kept for benchmarks/parity/head_numerics.py's comparison.
-    """
-    centre = pipeline[0].mean_.astype(np.float32) if centred else None
+def _linear(x: str, pipeline: Pipeline, prefix: str, out: str) -> tuple[list, list]:
+    """``x`` -> Sub(means) -> MatMul + Add -> Softmax: the fitted pipeline in plain ONNX ops (``folded_weights``)."""
+    centre = pipeline[0].mean_.astype(np.float32)
     weights, bias = folded_weights(pipeline, centre)
-    nodes, inits = [], [numpy_helper.from_array(weights, f"{prefix}/W"), numpy_helper.from_array(bias, f"{prefix}/b")]
-    if centred:
-        nodes.append(helper.make_node("Sub", [x, f"{prefix}/mean"], [f"{prefix}/centred"], name=f"{prefix}/Centre"))
-        inits.append(numpy_helper.from_array(centre, f"{prefix}/mean"))
-        x = f"{prefix}/centred"
+    inits = [
+        numpy_helper.from_array(weights, f"{prefix}/W"),
+        numpy_helper.from_array(bias, f"{prefix}/b"),
+        numpy_helper.from_array(centre, f"{prefix}/mean"),
+    ]
+    centre_node = helper.make_node("Sub", [x, f"{prefix}/mean"], [f"{prefix}/centred"], name=f"{prefix}/Centre")
+    x = f"{prefix}/centred"
     return (
-        nodes
+        [centre_node]
         + [
             helper.make_node("MatMul", [x, f"{prefix}/W"], [f"{prefix}/matmul"], name=f"{prefix}/MatMul"),
             helper.make_node("Add", [f"{prefix}/matmul", f"{prefix}/b"], [f"{prefix}/logits"], name=f"{prefix}/Add"),
@@ -267,11 +266,10 @@ def append_head(
     pipeline: Pipeline,
     width_of: Mapping[str, int],
     outputs: list[str] = (FEATURES,),
-    centred: bool = True,
 ) -> onnx.ModelProto:
     """Mode "fit": ``head/input`` -> Sub + MatMul + Add + Softmax -> ArgMax + Gather(labels)."""
     nodes, inits = head_input.nodes(width_of)
-    more, more_inits = _linear(HEAD_INPUT, pipeline, "head", PROBABILITIES, centred)
+    more, more_inits = _linear(HEAD_INPUT, pipeline, "head", PROBABILITIES)
     classes, width = [str(c) for c in pipeline.classes_], _features_width(head_input, width_of)
     return _finish(model, nodes + more, inits + more_inits, classes, outputs, (), width)
 

@@ -25,8 +25,6 @@ for its pseudo-labels):
    k-means puts the border differently in every run; leaving those images out lets the logistic router
    place the border from the images that are clear.
 
-``match_sources`` keeps its old call and returns the majority source of every image.
-
 The number that chose it: on 39 tuning cases (seeds 100+, never the test split) Z's mean accuracy was
 0.667 with 4 clusters per label at 0.8 agreement against 0.650 for one per label at 0.7 (the previous
 release). Every alternative measured and the test-seed results are in benchmarks/RESULTS.md ("Routing
@@ -50,14 +48,12 @@ from sklearn.cluster import KMeans
 
 from ..errors import OnnxMergeError
 
-HEAD_KINDS = ("probabilities", "log-probabilities", "logits")
 LOG_FLOOR = 1e-6  # log-probabilities are clipped here: log(1e-6) = -13.8 keeps one bad source finite
 PSEUDO_LABEL_THRESHOLD = 0.5  # pool images whose routed probability is below this are not pseudo-labelled
 MATCH_RUNS = 25  # k-means runs voted over: single runs land on 0.68-0.87 routing, 25 votes 0.81-0.90
 MIN_AGREEMENT = 0.8  # the router learns only from images >= this share of runs agreed on (tuned: RESULTS.md)
 KMEANS_FIT_IMAGES = 5000  # k-means fits on at most this many pool images; every image is then assigned
 CLUSTERS_PER_LABEL = 4  # k-means clusters per union label (tuned: RESULTS.md)
-EXTRA_CLUSTERS = 0  # clusters beyond those; unmatched ones say "none of these" (tuned)
 SCARCE_SHARE = 0.1  # a label with under a tenth of an even share of the routed pool is "scarce"
 SCARCE_MIN_IMAGES = 3
 
@@ -179,7 +175,6 @@ def route_pool(
     seed: int = 0,
     min_agreement: float = MIN_AGREEMENT,
     fit_images: int = KMEANS_FIT_IMAGES,
-    extra_clusters: int = EXTRA_CLUSTERS,
     per_label: int = CLUSTERS_PER_LABEL,
 ) -> Routing:
     """Which teacher owns each pool image, without labels, and how sure the runs are (module docstring).
@@ -199,9 +194,8 @@ def route_pool(
     union = spread.max(axis=0)
     per_label = max(1, min(per_label, len(features) // (5 * n_labels)))  # >= ~5 images per cluster
     slots = np.repeat(np.arange(n_labels), per_label)  # each label takes per_label clusters
-    n_clusters = len(slots) + extra_clusters  # the clusters no label is matched to vote "none of these"
-    none = len(teachers.names)
-    votes = np.zeros((len(features), none + 1))
+    n_clusters = len(slots)  # one cluster per slot: the Hungarian matching labels every cluster
+    votes = np.zeros((len(features), len(teachers.names)))
     rows = np.arange(len(features))
     rng = np.random.default_rng(seed)
     x = features.astype(np.float32)
@@ -213,23 +207,15 @@ def route_pool(
         np.add.at(sums, clusters, union)
         affinity = sums / np.maximum(sizes, 1)[:, None]
         cluster_idx, slot_idx = linear_sum_assignment(-np.log(affinity[:, slots] + 1e-9))
-        label_of = np.full(n_clusters, -1)
+        label_of = np.empty(n_clusters, int)
         label_of[cluster_idx] = slots[slot_idx]
         labels = label_of[clusters]
         # a label two teachers share goes to whichever of them is surer of it on this image
-        owner = spread[:, rows, np.maximum(labels, 0)].argmax(axis=0)
-        votes[rows, np.where(labels >= 0, owner, none)] += 1
-    source = votes[:, :none].argmax(axis=1)
+        votes[rows, spread[:, rows, labels].argmax(axis=0)] += 1
+    source = votes.argmax(axis=1)
     own = spread[source, rows]  # the routed teacher's probabilities in union columns (-1 where it lacks a label)
-    agreement = np.where(votes[:, none] * 2 > runs, 0.0, votes[rows, source] / runs)  # mostly "none": no target
+    agreement = votes[rows, source] / runs
     return Routing(source, agreement, own.argmax(axis=1), list(teachers.union), min_agreement)
-
-
-def match_sources(
-    features: np.ndarray, teachers: Teachers, probs: list[np.ndarray], runs: int = MATCH_RUNS, seed: int = 0
-) -> np.ndarray:
-    """Which teacher owns each pool image (majority over the runs, every image): ``route_pool(...).source``."""
-    return route_pool(features, teachers, probs, runs, seed).source
 
 
 def pseudo_labels(

@@ -1,8 +1,10 @@
 """Where the graphs run: the one engine interface the build and prediction talk to, and the local engine.
 
-The build asks an engine for named outputs of the stitched graph on uint8 images (``Engine.outputs``) and
-never opens a session itself, so another engine (a cluster, say) can take the local one's place without any
-change above this layer.
+The build asks an engine for named outputs of the stitched graph on uint8 images (``Engine.outputs``), so
+another engine (a cluster, say) can take the local one's place without any change above this layer. The
+build's checks of models outside the stitched graph (does a source load, does it take a batch of 2, the
+original source in the parity check) run through ``runtime.session``'s ``Runner`` and ``check_loads``, in
+this process; no module above ``runtime`` opens an onnxruntime session itself.
 """
 
 from __future__ import annotations

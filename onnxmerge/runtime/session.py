@@ -128,3 +128,21 @@ def tensor_rank(
     """Rank of ``tensor``, measured by running ``model`` with it exposed on one sample input."""
     session = make_session(exposing(model, tensor), weights=weights)
     return session.run([tensor], {session.get_inputs()[0].name: probe_input})[0].ndim
+
+
+class Runner:
+    """A model loaded in onnxruntime, run on arrays for its first input: what the build's checks need of a
+    model outside the engine (a source's original graph, a rewritten copy), without holding a session."""
+
+    def __init__(self, model: onnx.ModelProto, weights: WeightFolder | None = None):
+        self._session = make_session(model, weights=weights)
+        self.input_name = self._session.get_inputs()[0].name
+
+    def run(self, inputs: np.ndarray, names: list[str] | None = None) -> list[np.ndarray]:
+        """The outputs ``names`` (None: every graph output) of one onnxruntime call on ``inputs``."""
+        return self._session.run(names, {self.input_name: inputs})
+
+
+def check_loads(model: onnx.ModelProto, weights: WeightFolder | None = None) -> None:
+    """Raise :class:`OnnxMergeError` unless onnxruntime loads ``model`` (its ops, opset and weights)."""
+    make_session(model, weights=weights)

@@ -33,7 +33,7 @@ from ..graph.permute import permuted, unit_spaces
 from ..graph.preprocess import ImageInput, reference_preprocess
 from ..graph.stitch import reconcile_opsets
 from ..learn import merging
-from ..runtime.session import make_session
+from ..runtime.session import Runner
 from ..runtime.weights import WeightFolder
 from .sources import ResolvedSource
 
@@ -146,9 +146,8 @@ def _selection_inputs(
 
 
 def _run(model: onnx.ModelProto, names: list[str], x: np.ndarray, weights: WeightFolder) -> list[np.ndarray]:
-    session = make_session(exposing_all(model, names), weights=weights)
-    feed = session.get_inputs()[0].name
-    parts = [session.run(names, {feed: x[i : i + 64]}) for i in range(0, len(x), 64)]
+    runner = Runner(exposing_all(model, names), weights)
+    parts = [runner.run(x[i : i + 64], names) for i in range(0, len(x), 64)]
     return [np.concatenate([p[k] for p in parts]) for k in range(len(names))]
 
 

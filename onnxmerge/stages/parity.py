@@ -20,7 +20,7 @@ from ..graph.cut import exposing
 from ..graph.preprocess import reference_preprocess
 from ..graph.stitch import output_names
 from ..learn.unknown import DISTANCE
-from ..runtime.session import CHECK_VALUES_PER_CALL, make_session, run_batched
+from ..runtime.session import CHECK_VALUES_PER_CALL, Runner, run_batched
 from ..runtime.weights import WeightFolder, release_freed_memory
 from .context import Build, Fitted
 from .sources import feature_sources
@@ -76,12 +76,12 @@ class SourceReference:
     def __init__(
         self, model: onnx.ModelProto, feature: str, pooled: tuple[int, ...] | bool, weights: WeightFolder | None = None
     ):
-        self.session = make_session(exposing(model, feature), weights=weights)
+        self.runner = Runner(exposing(model, feature), weights)
         self.feature, self.pooled = feature, pooled
 
     def features(self, inputs: np.ndarray) -> np.ndarray:
         """The source's features ``[N, d]`` for its own input tensor ``inputs`` (one onnxruntime call)."""
-        value = self.session.run([self.feature], {self.session.get_inputs()[0].name: inputs})[0]
+        value = self.runner.run(inputs, [self.feature])[0]
         if self.pooled:  # the spatial axes graph.cut.cut averaged over (True: NCHW)
             axes = tuple(self.pooled) if isinstance(self.pooled, tuple) else (2, 3)
             return value.mean(axis=axes, dtype=np.float64).astype(np.float32)

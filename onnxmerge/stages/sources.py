@@ -15,7 +15,7 @@ from ..graph.batchloop import exposing_all, per_image
 from ..graph.cut import CutModel, cut, inferred_rank, source_input
 from ..graph.inspect import find_head, find_head_output, read_labels
 from ..graph.preprocess import reference_preprocess
-from ..runtime.session import make_session, tensor_rank
+from ..runtime.session import Runner, check_loads, tensor_rank
 from ..runtime.weights import WeightFolder
 from ..safety import printable
 
@@ -89,7 +89,7 @@ def _tensor_names(model: onnx.ModelProto) -> set[str]:
 def _resolve(spec: Source, image: ImageInput, weights: WeightFolder) -> ResolvedSource:
     model, sha256 = load_model_with_digest(spec.model, weights)
     try:
-        make_session(model, weights=weights)
+        check_loads(model, weights)
     except OnnxMergeError as exc:
         raise OnnxMergeError(f"source {spec.name!r} ({spec.model}): {exc}") from exc
     head_output = None
@@ -240,21 +240,19 @@ def dynamic_batch(
     del relaxed.graph.value_info[:]
     probe = reference_preprocess(np.zeros((2, *image.shape), np.uint8), image, preprocess)
     try:
-        session = make_session(relaxed, weights=weights)
-        session.run(None, {session.get_inputs()[0].name: probe})
+        Runner(relaxed, weights).run(probe)
     except Exception:  # batch 1 baked into the graph: run it image by image inside Z
         return run_per_image(name, model, fixed, probe, list(keep), weights)
     return relaxed, f"fixed batch {fixed} made dynamic (checked on a batch of 2)"
 
 
-def check_per_image(original_session, wrapped_session, images: np.ndarray, names: list[str]) -> float:
+def check_per_image(original: Runner, wrapped: Runner, images: np.ndarray, names: list[str]) -> float:
     """The wrapped model on a batch of ``images`` vs the original run on each image alone: the largest
     |difference| relative to ``max(1, max |original|)`` over ``names`` (0.0: identical)."""
-    input_name = original_session.get_inputs()[0].name
-    together = wrapped_session.run(names, {wrapped_session.get_inputs()[0].name: images})
+    together = wrapped.run(images, names)
     worst = 0.0
     for k in range(len(images)):
-        alone = original_session.run(names, {input_name: images[k : k + 1]})
+        alone = original.run(images[k : k + 1], names)
         for a, b in zip(alone, together):
             a64, b64 = np.asarray(a, np.float64), np.asarray(b[k : k + 1], np.float64)
             scale = max(1.0, float(np.abs(a64).max())) if a64.size else 1.0
@@ -287,8 +285,8 @@ def run_per_image(
     try:
         exposed_original, exposed_wrapped = (exposing_all(m, names) for m in (model, wrapped))
         error = check_per_image(
-            make_session(exposed_original, weights=weights),
-            make_session(exposed_wrapped, weights=weights),
+            Runner(exposed_original, weights),
+            Runner(exposed_wrapped, weights),
             probe,
             names,
         )
