@@ -86,6 +86,8 @@ def one_z(args, name: str, d: dict, sizes: list[int]) -> list[dict]:
         rounds = args.rounds if size == CALIBRATION_IMAGES else 3  # the sweep is about accuracy, not time
         _, report = quantize_z(inputs, calibration_images=size, rounds=rounds, keep_candidate=True)
         print(f"-- {name}, {size} calibration images\n" + "\n".join(report.lines), flush=True)
+        if name == "lite0+2cnn" and size == CALIBRATION_IMAGES:  # docs/quantize.md pastes this run
+            _check_pasted("quantize-lite0", "\n".join(report.lines))
         candidate = report.candidate  # the best int8 Z, written or not: is refusing it right?
         row = {
             "z": name,
@@ -114,6 +116,16 @@ def one_z(args, name: str, d: dict, sizes: list[int]) -> list[dict]:
         print(json.dumps(row), flush=True)
         rows.append(row)
     return rows
+
+
+def _check_pasted(key: str, output: str) -> None:
+    from tests.pasted import assert_pasted
+
+    try:
+        assert_pasted(key, output)
+        print(f"pasted block {key}: as printed today")
+    except AssertionError as exc:
+        print(f"pasted block {key}: DIFFERS: {exc}")
 
 
 def table(rows: list[dict]) -> str:
