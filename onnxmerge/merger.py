@@ -22,7 +22,7 @@ from .learn.head import TeachersHead
 from .runtime.factory import open_tasks
 from .runtime.session import EXTRACT_VALUES_PER_CALL, run_batched
 from .stages import choice, pipeline
-from .stages.context import Build
+from .stages.results import Prepared
 
 __all__ = ["Merger", "Source", "MODES", "DEFAULT_C"]
 
@@ -126,11 +126,11 @@ class Merger(ClassifierMixin, BaseEstimator):
         self._set_graph(pipeline.prepare(config, self._tasks))
         return self.stitched_
 
-    def _set_graph(self, build: Build) -> None:
-        self._build = build
-        self.weights_, self.sources_, self.stitched_ = build.weights, build.sources, build.graph.model
-        self.notes_, self.share_, self.groups_ = build.graph.notes, build.graph.share, build.graph.groups
-        self.engine_ = build.engine  # where the stitched graph runs (runtime.engine)
+    def _set_graph(self, prepared: Prepared) -> None:
+        self._build, self._extracted = prepared, None
+        self.weights_, self.sources_, self.stitched_ = prepared.weights, prepared.sources, prepared.graph.model
+        self.notes_, self.share_, self.groups_ = prepared.graph.notes, prepared.graph.share, prepared.graph.groups
+        self.engine_ = prepared.engine  # where the stitched graph runs (runtime.engine)
 
     def fit(self, X=None, y=None, unlabeled=None) -> Merger:
         """Build Z: extract features, fit the head (or route the teachers), append it, check parity.
@@ -153,15 +153,16 @@ class Merger(ClassifierMixin, BaseEstimator):
         if getattr(self, "_tasks", None) is None:
             self._tasks = open_tasks(config.engine, config.address, config.workers, config.quiet)
         # stages 1-5; with [merge] also the merged Z, and the choice between it and the concatenation
-        build, fitted, self.parity_ = choice.build_z(config, self._tasks, labelled, pool)
-        self._set_graph(build)
-        self.warnings_, self.report_ = build.warnings, build.report
-        build.report["data_notes"] = notes
-        self.teachers_, self.widths_ = build.teachers, build.widths
-        self.head_input_ = build.head_input()  # what the head reads, block by block
+        built = choice.build_z(config, self._tasks, labelled, pool)
+        extracted, fitted, self.parity_ = built.extracted, built.fitted, built.parity
+        self._set_graph(extracted.prepared)
+        self._extracted = extracted
+        self.warnings_, self.report_ = built.report.warnings, dict(built.report.as_dict(), data_notes=notes)
+        self.teachers_, self.widths_ = extracted.teachers, extracted.widths
+        self.head_input_ = extracted.head_input()  # what the head reads, block by block
         self.head_, self.classes_ = fitted.head, fitted.classes
         self.unknown_ = fitted.unknown  # learn.unknown.Prototypes with [head] unknown on, else None
-        self.features_from_cache_ = build.features.from_cache
+        self.features_from_cache_ = extracted.features.from_cache
         self._z, self._session = fitted.model, None
         return self
 
@@ -181,9 +182,9 @@ class Merger(ClassifierMixin, BaseEstimator):
     def head_outputs(self, X: np.ndarray) -> dict[str, np.ndarray]:
         """The stitched graph's outputs Z's head reads (``NAME/feature``, teachers' ``NAME/head``) on uint8
         images, from the feature cache where this build stored them."""
-        if getattr(self, "_build", None) is None or self._build.features is None:
+        if getattr(self, "_extracted", None) is None:
             raise OnnxMergeError("this Merger is not fitted yet; call fit() first.")
-        return self._build.features(X)
+        return self._extracted.features(X)
 
     def proba_from_outputs(self, outputs: dict[str, np.ndarray]) -> np.ndarray:
         """Z's probabilities ``[N, K]`` from :meth:`head_outputs`, computed by the fitted head in numpy (equal to

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -87,7 +88,8 @@ def test_stage2_label_no_source_knows_becomes_a_new_class(tmp_path, digits):
     np.savez(train, x=x[np.concatenate([old, new])], y=y[np.concatenate([old, new])])
     path = write_recipe(tmp_path, [("a", "torch_legacy_cnn.onnx"), ("b", "skl_mlp.onnx")], train)
     recipe = load_recipe(path, quiet=True)
-    recipe.merger.sources[1].labels = [str(i) for i in range(9)]  # as if skl_mlp had never seen a 9
+    a, b = recipe.merger.sources  # as if skl_mlp had never seen a 9 (a Source is frozen)
+    recipe.merger.sources = [a, dataclasses.replace(b, labels=[str(i) for i in range(9)])]
     merger = recipe.merger.fit(recipe.train)
     assert merger.report_["new_classes"] == ["9"]
     held_out = np.setdiff1d(np.flatnonzero(y == "9"), new)

@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from benchmarks.common import CLASSES, digits_28, merger, read_split, teacher
-from onnxmerge.stages.teachers import teacher_space
+from onnxmerge.stages.results import teacher_space
 
 C = CLASSES  # T-shirt_top 0, Trouser 1, Pullover 2, Dress 3, Coat 4, Sandal 5, Shirt 6, Sneaker 7, Bag 8, Ankle_boot 9
 DIGITS = [f"digit_{d}" for d in range(10)]
@@ -159,11 +159,11 @@ class Features:
         self.teachers = teacher_space(self.base.sources_, self.base.teachers_)
         self.head_input = self.base.head_input_
         self.widths = self.head_input.widths(self.base.widths_)
-        self.reserve = self.base._build.features(setup.x_res)
-        self.test = self.base._build.features(setup.x_test)
+        self.reserve = self.base.head_outputs(setup.x_res)
+        self.test = self.base.head_outputs(setup.x_test)
 
     def outputs(self, x: np.ndarray) -> dict[str, np.ndarray]:
-        return self.base._build.features(x)
+        return self.base.head_outputs(x)
 
 
 def take(outputs: dict[str, np.ndarray], idx) -> dict[str, np.ndarray]:
@@ -177,23 +177,24 @@ def join(*outs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 def numpy_rows(
     feat: Features, pool_out: dict, true_pool: np.ndarray, route_fn, test_out: dict, y_test: np.ndarray, router_c=None
 ) -> dict[str, float]:
-    """Route the pool with ``route_fn``, fit the router as the Merger does, score Z's head math in numpy.
-    ``router_c``: the router's C (default the Merger's), or a function of the number of router targets."""
+    """Route the pool with ``route_fn``, fit the router with the build's own ``stages.route.train_router``, score
+    Z's head math in numpy. ``router_c``: the router's C (default the Merger's), or a function of the number of
+    router targets. ``route_fn`` returns ``(targets, weight)``; the build weighs every pool target 1."""
     from onnxmerge.config import ROUTER_C
     from onnxmerge.graph.stitch import output_names
-    from onnxmerge.learn.head import HeadInput, TeachersHead, fit_head
+    from onnxmerge.learn.head import HeadInput, TeachersHead
     from onnxmerge.learn.routing import l2_blocks
+    from onnxmerge.stages.route import train_router
 
     blocks = [pool_out[output_names(s["name"])["feature"]] for s in feat.setup.sources]
     probs = [HeadInput.probabilities(pool_out, n, k) for n, k in feat.base.teachers_]
     start = time.perf_counter()
     targets, weight = route_fn(l2_blocks(blocks), feat.teachers, probs)
+    assert np.all(weight == 1), "train_router weighs pool targets 1, as the build does"
     x_pool = feat.head_input.numpy(pool_out).astype(np.float64)
     keep = targets >= 0
     c = ROUTER_C if router_c is None else router_c(int(keep.sum())) if callable(router_c) else router_c
-    router = fit_head(
-        x_pool[keep], targets[keep], feat.widths, C=c, class_weight="balanced", sample_weight=weight[keep]
-    )
+    router, _ = train_router(x_pool, targets, [], feat.widths, c, len(feat.teachers.names))
     seconds = time.perf_counter() - start
     union, route = TeachersHead(feat.head_input, feat.teachers, router).numpy(test_out)
     true_test = feat.setup.true_source(y_test)

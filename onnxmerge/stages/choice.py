@@ -8,6 +8,7 @@ sources' own heads (the concatenated Z agrees with them by construction).
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import numpy as np
@@ -17,31 +18,27 @@ from ..errors import OnnxMergeError
 from ..files.images import Dataset, decoded
 from ..runtime.tasks import Tasks
 from . import pipeline
-from .context import Build, Fitted
 from .merging import merge_sources, mergeable
 from .parity import ParityCheck, require
+from .results import Built
 
 TIMING_BATCH = 32  # images per call when each Z is timed (the issue's comparison)
 TIMING_RUNS = 5  # median of these, after one warm-up call
 WEIGHT_TOLERANCE = 0.0  # the written merged weights are the numpy merge's exact float32 values
 
 
-def build_z(
-    config: Config, tasks: Tasks | None, labelled: Dataset | None, pool: Dataset | None
-) -> tuple[Build, Fitted, list[ParityCheck]]:
+def build_z(config: Config, tasks: Tasks | None, labelled: Dataset | None, pool: Dataset | None) -> Built:
     """Stages 1-5, with the weight merge and the choice between merged and concatenated Z where asked."""
     concat = pipeline.prepare(config, tasks)
     if config.merge.mode == "concat":
-        return (concat, *pipeline.fit(concat, labelled, pool))
+        return pipeline.fit(concat, labelled, pool)
     found = mergeable(concat.sources)
     if not found.same and config.merge.mode == "weights":
         raise OnnxMergeError(
             f'the sources cannot be merged in weight space ({found.difference}); use [merge] mode = "concat".'
         )
     if not found.same:
-        fitted, parity = pipeline.fit(concat, labelled, pool)
-        concat.report["merge"] = {"choice": "concat", "why": found.line()}
-        return concat, fitted, parity
+        return _with_merge(pipeline.fit(concat, labelled, pool), {"choice": "concat", "why": found.line()})
     merged = merge_sources(concat.sources, config.merge, config.input, concat.weights, labelled, pool)
     weights_check = ParityCheck(
         f"merged backbone weights vs {merged.chosen.label()} recomputed in numpy from the sources' tensors",
@@ -51,23 +48,20 @@ def build_z(
     )
     require([weights_check])
     one = pipeline.prepare(config, tasks, (merged.sources, concat.weights))
-    one.merge_checks = [weights_check]
     results = {}
-    for name, build in (("concat", concat), ("weights", one)):
+    for name, prepared, checks in (("concat", concat, []), ("weights", one, [weights_check])):
         start = time.perf_counter()
-        fitted, parity = pipeline.fit(build, labelled, pool)
-        results[name] = (build, fitted, parity, time.perf_counter() - start)
+        results[name] = (pipeline.fit(prepared, labelled, pool, checks), time.perf_counter() - start)
     images = decoded((labelled if labelled is not None else pool).x[:TIMING_BATCH])
-    seconds = {name: _time_z(r[0], r[1], images) for name, r in results.items()}
-    accuracy = {name: r[0].report.get("expected_accuracy", {}).get("accuracy") for name, r in results.items()}
+    seconds = {name: _time_z(r[0], images) for name, r in results.items()}
+    accuracy = {name: r[0].report.sections.get("expected_accuracy", {}).get("accuracy") for name, r in results.items()}
     measure = "held-out accuracy"
     if accuracy["concat"] is None or accuracy["weights"] is None:
         measure = "agreement with the sources' own heads"
         accuracy = {"concat": 1.0, "weights": merged.chosen.score}
     keep = "weights" if config.merge.mode == "weights" else _auto_choice(accuracy, config.merge.margin)
-    build, fitted, parity, _ = results[keep]
-    results["concat" if keep == "weights" else "weights"][0].engine.close()
-    build.report["merge"] = dict(
+    results["concat" if keep == "weights" else "weights"][0].extracted.prepared.engine.close()
+    merge = dict(
         merged.as_dict(),
         choice=keep,
         mode=config.merge.mode,
@@ -76,19 +70,24 @@ def build_z(
         accuracy=accuracy,
         seconds_per_batch=seconds,
         batch=len(images),
-        build_seconds={name: round(r[3], 2) for name, r in results.items()},
+        build_seconds={name: round(r[1], 2) for name, r in results.items()},
         line=_line(keep, config.merge, accuracy, seconds, measure, len(images)),
     )
-    return build, fitted, parity
+    return _with_merge(results[keep][0], merge)
+
+
+def _with_merge(built: Built, merge: dict) -> Built:
+    """``built`` with the merge's choice in its report."""
+    return dataclasses.replace(built, report=dataclasses.replace(built.report, merge=merge))
 
 
 def _auto_choice(accuracy: dict, margin: float) -> str:
     return "weights" if accuracy["weights"] >= accuracy["concat"] - margin else "concat"
 
 
-def _time_z(build: Build, fitted: Fitted, images: np.ndarray) -> float:
+def _time_z(built: Built, images: np.ndarray) -> float:
     """Median seconds of one call of Z on ``images`` (one session, one warm-up call first)."""
-    session = build.engine.session(fitted.model)
+    session = built.extracted.prepared.engine.session(built.fitted.model)
     feed = session.get_inputs()[0].name
     session.run(None, {feed: images})
     times = []

@@ -11,7 +11,7 @@ from ..errors import OnnxMergeError
 from ..graph.stitch import output_names
 from ..runtime import cache as feature_cache
 from ..runtime.engine import Engine
-from .stitching import StitchedGraph
+from .results import StitchedGraph
 
 
 class Features:

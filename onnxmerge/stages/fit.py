@@ -13,21 +13,23 @@ from ..learn.head import HeadInput, TeachersHead, append_head, fit_head, select_
 from ..learn.routing import PSEUDO_LABEL_THRESHOLD, pseudo_labels
 from ..runtime.tasks import digests_task
 from . import assess
-from .context import Build, Fitted
+from .results import Assessment, Extracted, Fitted
 from .route import fit_router
 
 
-def fit_labelled(build: Build, labelled: Dataset | None, pool: Dataset | None) -> Fitted:
+def fit_labelled(extracted: Extracted, labelled: Dataset | None, pool: Dataset | None) -> Fitted:
     """Z with a logistic-regression head over the labels of ``labelled`` and the pool's pseudo-labels."""
-    head_input = build.head_input()
-    widths = head_input.widths(build.widths)
+    head_input = extracted.head_input()
+    widths = head_input.widths(extracted.widths)
     xs, ys, weights, seen = [], [], [], []  # seen: the stitched-graph outputs of every image learned from
+    said, claims = Assessment(), None
     if labelled is not None:
-        seen.append(build.features(labelled.x))
+        seen.append(extracted.features(labelled.x))
         xs.append(head_input.numpy(seen[-1]).astype(np.float64))
         ys.append(labelled.y)
     if pool is not None:
-        x_pool, pseudo, keep, pool_out = _pseudo_labelled_pool(build, labelled, pool, xs[0] if xs else None)
+        x_labelled = xs[0] if xs else None
+        x_pool, pseudo, keep, pool_out, claims, said = _pseudo_labelled_pool(extracted, labelled, pool, x_labelled)
         seen.append(pool_out)
         xs.append(x_pool[keep])
         ys.append(pseudo[keep])
@@ -35,13 +37,13 @@ def fit_labelled(build: Build, labelled: Dataset | None, pool: Dataset | None) -
         # the pool, however large, weighs as much as the labelled images together
         weights = [np.ones(len(ys[0])), np.full(kept, len(ys[0]) / max(kept, 1))] if labelled is not None else []
     x, y = np.concatenate(xs), np.concatenate(ys)
-    config = build.config
+    config = extracted.config
     # C follows the labels a person gave where there are any (pseudo-labels are many but noisy)
     C = select_C(ys[0]) if config.C == "auto" else float(config.C)
     head = fit_head(
         x, y, widths, C=C, class_weight=config.class_weight, sample_weight=np.concatenate(weights) if weights else None
     )
-    build.report.update(
+    said += Assessment(
         {
             "C": C,
             "train_accuracy": float(np.mean(head.predict(x) == y)),
@@ -50,8 +52,8 @@ def fit_labelled(build: Build, labelled: Dataset | None, pool: Dataset | None) -
         }
     )
     classes = [str(c) for c in head.classes_]
-    assess.fit_mode(
-        build,
+    said += assess.fit_mode(
+        extracted,
         head,
         classes,
         head_input,
@@ -59,32 +61,35 @@ def fit_labelled(build: Build, labelled: Dataset | None, pool: Dataset | None) -
         C,
         (xs[0], labelled.y) if labelled is not None else None,
         (x_pool, pseudo, keep, weights[-1] if weights else np.ones(kept)) if pool is not None else None,
+        claims,
     )
-    model = append_head(keep_outputs(build.graph.model, build.graph_outputs()), head_input, head, build.widths)
-    return Fitted(model, head, classes, (labelled if labelled is not None else pool).x, seen)
+    graph = keep_outputs(extracted.prepared.graph.model, extracted.graph_outputs())
+    model = append_head(graph, head_input, head, extracted.widths)
+    return Fitted(model, head, classes, (labelled if labelled is not None else pool).x, seen, assessment=said)
 
 
 def _pseudo_labelled_pool(
-    build: Build, labelled: Dataset | None, pool: Dataset, x_labelled: np.ndarray | None
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray]]:
-    """The pool's head input, its pseudo-labels, which to keep (where the routed teachers are confident), and
-    its stitched-graph outputs."""
-    if not build.teachers:
+    extracted: Extracted, labelled: Dataset | None, pool: Dataset, x_labelled: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray], dict[str, int], Assessment]:
+    """The pool's head input, its pseudo-labels, which to keep (where the routed teachers are confident), its
+    stitched-graph outputs, the pool images each teacher label's own teacher calls it, and the routing's and
+    pseudo-labels' report entries and warnings."""
+    if not extracted.teachers:
         raise OnnxMergeError(
             "an unlabeled pool needs at least one teacher source (teacher = true, with labels) to pseudo-label it."
         )
-    head_input = build.head_input()
-    fresh = _not_in(pool.x, labelled.x, build.engine) if labelled is not None else np.ones(len(pool.x), bool)
-    pool_out = build.features(pool.x[fresh])  # labelled samples win: pool copies of them are dropped
+    head_input, engine = extracted.head_input(), extracted.prepared.engine
+    fresh = _not_in(pool.x, labelled.x, engine) if labelled is not None else np.ones(len(pool.x), bool)
+    pool_out = extracted.features(pool.x[fresh])  # labelled samples win: pool copies of them are dropped
     x_pool = head_input.numpy(pool_out).astype(np.float64)
-    teachers = build.teacher_space()
+    teachers = extracted.teacher_space()
     known = []
     if labelled is not None:  # a labelled image of a teacher's label tells the router its source
         owner = {label: i for i, own in enumerate(teachers.labels) for label in own}
         known = [(x_labelled[labelled.y == c], owner[c]) for c in np.unique(labelled.y) if c in owner]
-    router = fit_router(build, x_pool, teachers, pool_out, known)
-    build.pool_claims = health.teacher_claims(
-        teachers.labels, [HeadInput.probabilities(pool_out, n, k) for n, k in build.teachers]
+    router, _, said = fit_router(extracted, x_pool, teachers, pool_out, known)
+    claims = health.teacher_claims(
+        teachers.labels, [HeadInput.probabilities(pool_out, n, k) for n, k in extracted.teachers]
     )
     union_probs, _ = TeachersHead(head_input, teachers, router).numpy(pool_out)
     if labelled is not None and set(teachers.union) <= set(labelled.y):
@@ -93,9 +98,9 @@ def _pseudo_labelled_pool(
         alone = fit_head(
             x_labelled,
             labelled.y,
-            head_input.widths(build.widths),
+            head_input.widths(extracted.widths),
             C=select_C(labelled.y),
-            class_weight=build.config.class_weight,
+            class_weight=extracted.config.class_weight,
         )
         cols = [list(alone.classes_).index(c) for c in teachers.union]
         union_probs = union_probs * alone.predict_proba(x_pool)[:, cols]
@@ -104,13 +109,13 @@ def _pseudo_labelled_pool(
     missing = [
         c for c in teachers.union if c not in set(pseudo[keep]) and (labelled is None or c not in set(labelled.y))
     ]
-    if missing:
-        build.warnings.append(
-            f"no pool image was pseudo-labelled {', '.join(map(repr, missing))}; "
-            "Z leaves these teacher labels out (add labelled images of them to keep them)."
-        )
-    build.report["pseudo_labels"] = {"kept": int(keep.sum()), "of": int(len(keep)), "threshold": PSEUDO_LABEL_THRESHOLD}
-    return x_pool, pseudo, keep, pool_out
+    warnings = [
+        f"no pool image was pseudo-labelled {', '.join(map(repr, missing))}; "
+        "Z leaves these teacher labels out (add labelled images of them to keep them)."
+    ]
+    counts = {"kept": int(keep.sum()), "of": int(len(keep)), "threshold": PSEUDO_LABEL_THRESHOLD}
+    said += Assessment({"pseudo_labels": counts}, warnings if missing else [])
+    return x_pool, pseudo, keep, pool_out, claims, said
 
 
 def _not_in(pool, labelled: np.ndarray, engine) -> np.ndarray:

@@ -35,7 +35,7 @@ from ..graph.stitch import reconcile_opsets
 from ..learn import merging
 from ..runtime.session import Runner
 from ..runtime.weights import WeightFolder
-from .sources import ResolvedSource
+from .results import ResolvedSource
 
 SELECTION_IMAGES = 200  # per source: enough to tell candidates 2-3 points apart, cheap next to extraction
 STATS_IMAGES = 256  # pool images for RegMean's inner products and alignment's correlations

@@ -22,8 +22,7 @@ from ..graph.stitch import output_names
 from ..learn.unknown import DISTANCE
 from ..runtime.session import CHECK_VALUES_PER_CALL, Runner, run_batched
 from ..runtime.weights import WeightFolder, release_freed_memory
-from .context import Build, Fitted
-from .sources import feature_sources
+from .results import Extracted, Fitted, Prepared, feature_sources
 
 EXACT = 1e-5  # the contract's tolerance, relative to max(1, max |reference|)
 CONVERTED = 1e-4  # the loosest allowed step (an opset conversion that changes an op's arithmetic)
@@ -118,19 +117,20 @@ def require(checks: list[ParityCheck]) -> None:
 SAMPLES = 64  # images per parity check, drawn from the images the build used
 
 
-def check_parity(build: Build, fitted: Fitted) -> list[ParityCheck]:
+def check_parity(extracted: Extracted, fitted: Fitted) -> list[ParityCheck]:
     """Every check PRODUCT.md asks for, on real images the build used; raises if any fails.
 
     One source's weights in memory at a time: the stitched graph's outputs the head reads, then per
     source its preprocessing (a weightless part of Z) feeding the original source, then Z itself; each
     batch by batch, so memory does not grow with the sample.
     """
-    images, engine = fitted.parity_images, build.engine
+    images, prepared = fitted.parity_images, extracted.prepared
+    engine = prepared.engine
     pick = np.sort(np.random.default_rng(0).choice(len(images), size=min(SAMPLES, len(images)), replace=False))
     sample = decoded(images if len(pick) == len(images) else images[pick])  # a lazy pool's 64 files read here
-    inner = engine.outputs(sample, [n for n in build.graph_outputs() if n != FEATURES], CHECK_VALUES_PER_CALL)
+    inner = engine.outputs(sample, [n for n in extracted.graph_outputs() if n != FEATURES], CHECK_VALUES_PER_CALL)
     engine.close()
-    references = [_source_reference(build, source, sample) for source in build.sources]
+    references = [_source_reference(prepared, source, sample) for source in prepared.sources]
     extra = [UNKNOWN_SCORE, DISTANCE] if fitted.unknown is not None else []
     z_out = run_batched(
         engine.session(with_outputs(fitted.model, extra[1:])),
@@ -138,11 +138,11 @@ def check_parity(build: Build, fitted: Fitted) -> list[ParityCheck]:
         [PROBABILITIES, FEATURES] + extra,
         engine.batch(budget=CHECK_VALUES_PER_CALL),
         quiet=True,
-        lean=build.graph.large,
+        lean=prepared.graph.large,
     )
     release_freed_memory()
-    start, checks, joined = 0, [], feature_sources(build.sources)
-    for source, (reference, preprocessing_check) in zip(build.sources, references):
+    start, checks, joined = 0, [], feature_sources(prepared.sources)
+    for source, (reference, preprocessing_check) in zip(prepared.sources, references):
         checks.append(preprocessing_check)
         width = reference.shape[1]
         if source.name in joined:
@@ -151,15 +151,15 @@ def check_parity(build: Build, fitted: Fitted) -> list[ParityCheck]:
             actual = inner[output_names(source.name)["feature"]]
         against = f"merged model ({source.merged})" if source.merged else "source"
         check = compare(f"{source.name} features vs {against} {source.feature!r}", actual, reference)
-        if not check.ok and source.name in build.graph.notes:
-            why = f"{build.graph.notes[source.name]} may change an op's arithmetic"
+        if not check.ok and source.name in prepared.graph.notes:
+            why = f"{prepared.graph.notes[source.name]} may change an op's arithmetic"
             check = compare(check.step, actual, reference, CONVERTED, why)
         checks.append(check)
-    if build.config.mode == "teachers":
+    if prepared.config.mode == "teachers":
         expected, _ = fitted.head.numpy(inner)
         checks.append(compare("probabilities vs the teachers' routed union (numpy)", z_out[PROBABILITIES], expected))
     else:
-        expected = fitted.head.predict_proba(build.head_input().numpy(inner).astype(np.float64))
+        expected = fitted.head.predict_proba(extracted.head_input().numpy(inner).astype(np.float64))
         checks.append(compare("probabilities vs scikit-learn predict_proba", z_out[PROBABILITIES], expected))
     if fitted.unknown is not None:  # in two exact steps: the score's slope magnifies the distance's rounding
         distance = z_out[DISTANCE][:, 0]
@@ -181,19 +181,19 @@ def with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
     return copy
 
 
-def _source_reference(build: Build, source, sample: np.ndarray) -> tuple[np.ndarray, ParityCheck]:
+def _source_reference(prepared: Prepared, source, sample: np.ndarray) -> tuple[np.ndarray, ParityCheck]:
     """The original source's features on what Z's preprocessing fed it, and that preprocessing's check."""
     names = output_names(source.name)
-    preprocess = build.engine.part_session([names["input"]])
-    original = SourceReference(source.model, source.feature, source.cut.pooled, build.weights)
+    preprocess = prepared.engine.part_session([names["input"]])
+    original = SourceReference(source.model, source.feature, source.cut.pooled, prepared.weights)
     preprocessing = Worst(f"{source.name} preprocessing vs numpy reference")
-    parts, batch = [], build.engine.batch([source.name], CHECK_VALUES_PER_CALL)
+    parts, batch = [], prepared.engine.batch([source.name], CHECK_VALUES_PER_CALL)
     for start in range(0, len(sample), batch):
         chunk = sample[start : start + batch]
         z_input = preprocess.run([names["input"]], {IMAGE: chunk})[0]
-        preprocessing.add(z_input, reference_preprocess(chunk, build.config.input, source.preprocess))
+        preprocessing.add(z_input, reference_preprocess(chunk, prepared.config.input, source.preprocess))
         parts.append(original.features(z_input))
-        if build.graph.large:
+        if prepared.graph.large:
             release_freed_memory()
     del preprocess, original
     release_freed_memory()

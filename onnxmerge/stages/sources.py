@@ -3,8 +3,6 @@ preprocessing from its input, make a fixed batch dynamic, and cut it at the feat
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import onnx
 
@@ -12,42 +10,15 @@ from ..config import ImageInput, Preprocess, Source
 from ..errors import OnnxMergeError, first_line
 from ..files.models import load_model_with_digest
 from ..graph.batchloop import exposing_all, per_image
-from ..graph.cut import CutModel, cut, inferred_rank, source_input
+from ..graph.cut import cut, inferred_rank, source_input
 from ..graph.inspect import find_head, find_head_output, read_labels
 from ..graph.preprocess import reference_preprocess
 from ..runtime.session import Runner, check_loads, tensor_rank
 from ..runtime.weights import WeightFolder
 from ..safety import printable
+from .results import ResolvedSource
 
 MAX_PIXELS = 8192 * 8192  # a declared size beyond this is a hostile or broken model, not a photo
-
-
-@dataclass
-class ResolvedSource:
-    """A source after loading: its model, the feature found, its labels, its full preprocessing, its cut."""
-
-    spec: Source
-    model: onnx.ModelProto
-    feature: str
-    reason: str
-    head_output: str | None
-    labels: list[str] | None
-    preprocess: Preprocess
-    sha256: str
-    cut: CutModel | None = None
-    batch_note: str | None = None
-    label_warnings: list[str] | None = None  # labels the model carries but onnxmerge could not read
-    merged: str | None = None  # the weight merge this model's backbone came from (stages/merging.py)
-
-    @property
-    def name(self) -> str:
-        return self.spec.name
-
-
-def feature_sources(sources: list[ResolvedSource]) -> list[str]:
-    """Sources whose features Z's ``features`` holds and the head reads: a merged backbone's once (every source
-    of a weight merge computes the same features, ``stages/merging.py``)."""
-    return [s.name for i, s in enumerate(sources) if not (i > 0 and s.merged and sources[0].merged)]
 
 
 def resolve_sources(specs: list[Source], image: ImageInput, weights: WeightFolder) -> list[ResolvedSource]:

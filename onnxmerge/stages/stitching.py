@@ -3,30 +3,15 @@ with its preprocessing), compute identical work once, and decide which sources r
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-import onnx
-
 from ..contract import FEATURES
 from ..graph.preprocess import ImageInput
-from ..graph.share import ShareStats, extraction_groups, share_common
+from ..graph.share import extraction_groups, share_common
 from ..graph.stitch import StitchSource, output_names, stitch
 from ..runtime.engine import Engine, LocalEngine
 from ..runtime.session import LARGE_MODEL_BYTES
 from ..runtime.tasks import LocalTasks, Tasks
 from ..runtime.weights import WeightFolder, external_bytes
-from .sources import ResolvedSource, feature_sources
-
-
-@dataclass
-class StitchedGraph:
-    """The sources' graph without a head: outputs ``features``, ``NAME/feature``, ``NAME/head``, ``NAME/input``."""
-
-    model: onnx.ModelProto
-    notes: dict[str, str]  # per source, a conversion the stitch made (an opset change)
-    share: ShareStats
-    groups: list[list[str]]  # sources that run in one session
-    large: bool  # weights above LARGE_MODEL_BYTES: run group by group
+from .results import ResolvedSource, StitchedGraph, feature_sources
 
 
 def stitch_sources(sources: list[ResolvedSource], image: ImageInput) -> StitchedGraph:

@@ -12,9 +12,9 @@ import onnx
 from ..errors import OnnxMergeError
 from ..graph.share import ancestors
 from ..graph.stitch import output_names
-from ..learn.routing import Teachers, head_kind
+from ..learn.routing import head_kind
 from ..runtime.engine import Engine
-from .sources import ResolvedSource
+from .results import ResolvedSource
 
 
 def find_teachers(
@@ -23,9 +23,9 @@ def find_teachers(
     engine: Engine,
     probe: np.ndarray,
     mode: str,
-    warnings: list[str],
-) -> tuple[list[tuple[str, str]], dict[str, int]]:
-    """``(name, head kind)`` of every teaching source, and the width of every feature and head output.
+) -> tuple[list[tuple[str, str]], dict[str, int], list[str]]:
+    """``(name, head kind)`` of every teaching source, the width of every feature and head output, and the
+    warnings about sources that cannot teach.
 
     One run on ``probe`` images tells both. Sources that cannot teach in mode "fit" add a warning and
     contribute features only; in mode "teachers" a teacher that cannot teach is an error.
@@ -33,7 +33,7 @@ def find_teachers(
     heads = {s.name: output_names(s.name)["head"] for s in sources if s.head_output is not None}
     outputs = engine.outputs(probe, [output_names(s.name)["feature"] for s in sources] + list(heads.values()))
     widths = {name: value.shape[1] if value.ndim == 2 else -1 for name, value in outputs.items()}
-    kinds = []
+    kinds, warnings = [], []
     for source in sources:
         name = source.name
         if not source.spec.teacher:
@@ -69,13 +69,7 @@ def find_teachers(
         kinds.append((name, head_kind(head)))
     if mode == "teachers" and not kinds:
         raise OnnxMergeError('mode "teachers" needs at least one source with teacher = true and labels.')
-    return kinds, widths
-
-
-def teacher_space(sources: list[ResolvedSource], teachers: list[tuple[str, str]]) -> Teachers:
-    """The teachers' labels and their union, in ``teachers`` order."""
-    labels = {s.name: s.labels for s in sources}
-    return Teachers.of([n for n, _ in teachers], [labels[n] for n, _ in teachers])
+    return kinds, widths, warnings
 
 
 def head_domains(graph: onnx.GraphProto, name: str) -> set[str]:

@@ -3,14 +3,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from ..contract import UNKNOWN, UNKNOWN_KEY
 from ..errors import OnnxMergeError
 from ..graph.stitch import output_names
 from ..learn.unknown import append_unknown, fit_unknown
-from .context import Build, Fitted
-from .sources import feature_sources
+from .results import Assessment, Extracted, Fitted, feature_sources
 
 
 def check_reserved(names, where: str) -> None:
@@ -22,17 +23,17 @@ def check_reserved(names, where: str) -> None:
         )
 
 
-def add_unknown(build: Build, fitted: Fitted) -> Fitted:
-    """``fitted`` with ``unknown_score`` in Z; ``build.report["unknown"]`` says what its threshold means."""
+def add_unknown(extracted: Extracted, fitted: Fitted) -> Fitted:
+    """``fitted`` with ``unknown_score`` in Z; its report entry ``unknown`` says what its threshold means."""
     check_reserved(fitted.classes, "Z")
-    names = [output_names(name)["feature"] for name in feature_sources(build.sources)]  # a merged backbone once
+    names = [output_names(name)["feature"] for name in feature_sources(extracted.sources)]  # a merged backbone once
     blocks = [np.concatenate([out[name] for out in fitted.seen]) if fitted.seen else np.zeros((0, 1)) for name in names]
-    score = fit_unknown(names, blocks, build.config.unknown_share)
-    fitted.model = append_unknown(fitted.model, score, fitted.classes)
-    fitted.unknown = score
-    build.metadata[UNKNOWN_KEY] = score.metadata()  # written with Z's other metadata (pipeline.set_metadata)
-    build.report["unknown"] = dict(score.metadata(), line=meaning(score.metadata()))
-    return fitted
+    score = fit_unknown(names, blocks, extracted.config.unknown_share)
+    said = Assessment(  # its metadata is written with Z's other metadata (pipeline.set_metadata)
+        {"unknown": dict(score.metadata(), line=meaning(score.metadata()))}, [], {UNKNOWN_KEY: score.metadata()}
+    )
+    model = append_unknown(fitted.model, score, fitted.classes)
+    return dataclasses.replace(fitted, model=model, unknown=score, assessment=fitted.assessment + said)
 
 
 def meaning(unknown: dict) -> str:
