@@ -257,3 +257,18 @@ def test_teachers_report_counts_labels_and_router_targets(teachers):
     assert set(routing["scarce_labels"]) <= set(teachers.classes_)
     # Z's Shirt recall on the demo's test set is 0.085 (Shirt sits between a's T-shirts and b's Coats): named
     assert any("'Shirt'" in w for w in teachers.warnings_), teachers.warnings_
+
+
+def test_train_router_is_a_function_of_arrays():
+    """The build's router fit (stages.route.train_router) on plain arrays: pool rows without a target are left
+    out, and images whose teacher is known weigh as much as the whole pool."""
+    from onnxmerge.stages.route import train_router
+
+    rng = np.random.default_rng(0)
+    targets = np.r_[np.zeros(20, int), np.ones(15, int), np.full(5, -1)]
+    x_pool = rng.standard_normal((40, 4)) + 3 * targets[:, None]
+    known = [(rng.standard_normal((5, 4)), 0)]
+    router, (x, y, weight) = train_router(x_pool, targets, known, [4], 1.0, 2)
+    assert len(x) == 40 and list(y) == [0] * 20 + [1] * 15 + [0] * 5
+    assert np.all(weight[:35] == 1) and np.allclose(weight[35:], 35 / 5)
+    assert np.mean(router.predict(x_pool[:35]) == targets[:35]) > 0.9
