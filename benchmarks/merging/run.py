@@ -32,8 +32,8 @@ TASKS = {
     "fashionB": ["Sandal", "Shirt", "Sneaker", "Bag", "Ankle_boot"],
     "digits": [f"digit_{d}" for d in range(10)],
 }
-LITE0 = Preprocess(IMAGENET["scale"], IMAGENET["mean"], IMAGENET["std"], height=64, width=64, channels=3)
-CNN = Preprocess(1 / 255, (0.286,), (0.353,))
+LITE0 = Preprocess(IMAGENET["scale"], IMAGENET["mean"], IMAGENET["std"], 64, 64, 3, "NCHW")
+CNN = Preprocess(1 / 255, (0.286,), (0.353,), 28, 28, 1, "NCHW")
 SETUPS = {
     "lite0_2": ([("fashionA", "lite0_fashionA"), ("fashionB", "lite0_fashionB")], LITE0, "lite0_base", "lite0_oracle"),
     "lite0_3": ([("fashionA", "lite0_fashionA"), ("fashionB", "lite0_fashionB"), ("digits", "lite0_digits")], LITE0,
