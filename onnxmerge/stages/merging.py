@@ -185,7 +185,10 @@ def _no_base_candidates(sources, found, arrays, heads, spec, inputs, weights, no
     out = []
     if spec.method in ("auto", "average"):
         out.append(merging.averaged(arrays))
-    if spec.method in ("auto", "regmean"):
+    if spec.method in ("auto", "regmean") and not layers:
+        notes.append("RegMean: the backbone has no Gemm, MatMul or 1x1 Conv layer; it equals averaging here.")
+        out += [merging.averaged(arrays)] if spec.method == "regmean" else []
+    elif spec.method in ("auto", "regmean"):
         grams = [
             _grams(s.model, [layer.inputs[i] for layer in layers], layers, x, weights) for i, s in enumerate(sources)
         ]
