@@ -13,7 +13,7 @@ build's own images (labelled + pool), scored on known test images and on junk:
   ``residual``: that residual alone (needs no logits: every mode).
 
 Features: ``l2`` = the head's L2-normalised source blocks; ``centred`` = each block centred on the build's images
-first, then L2-normalised (``onnxmerge.learn.unknown.unit_rows``: what Z computes).
+first, then L2-normalised; ``joint`` = both views joined (``onnxmerge.learn.unknown``: what Z computes).
 Threshold: cross-fitted (5 folds: an image never calibrates a score fitted on itself), keeping 95%.
 Tuning (``--part tune``, seeds 100+) scores a validation part of the training reserve and the junk sets'
 even half; the test rows (seeds 0..) use the test split and the odd half.
@@ -36,7 +36,7 @@ from sklearn.model_selection import KFold
 from benchmarks.common import merger, work_dir
 from benchmarks.unknown.data import SETUPS, Data, Setup
 from onnxmerge.graph.stitch import output_names
-from onnxmerge.learn.unknown import unit_rows
+from onnxmerge.learn.unknown import unit_rows, views
 
 KEEP = 0.95
 MODES = {"fit": (True, False), "teachers": (False, True), "fit+pool": (True, True)}
@@ -153,7 +153,12 @@ def case(setup: Setup, mode: str, cache: Path) -> list[dict]:
         """``({space: rows}, logits, probabilities)``: the head's L2 blocks, or the blocks centred first."""
         out = z._build.features(x)
         h = z.head_input_.numpy(out).astype(np.float64)
-        spaces = {"l2": h[:, :n_blocks], "centred": unit_rows([out[n] for n in names], means) / np.sqrt(len(names))}
+        blocks = [out[n] for n in names]
+        spaces = {
+            "l2": h[:, :n_blocks],
+            "centred": unit_rows(blocks, means) / np.sqrt(len(names)),
+            "joint": unit_rows(*views(blocks, means)) / np.sqrt(2 * len(names)),  # what Z computes
+        }
         if mode == "teachers":
             probs, _ = z.head_.numpy(out)
             return spaces, np.log(np.maximum(probs, 1e-30)), probs
@@ -181,7 +186,7 @@ def case(setup: Setup, mode: str, cache: Path) -> list[dict]:
     if mode != "teachers":
         energy = lambda lg: -(np.log(np.exp(lg - lg.max(1, keepdims=True)).sum(1)) + lg.max(1))  # noqa: E731
         add("energy", energy(logit_known), energy(logit_cal), {k: energy(v[1]) for k, v in junk_out.items()})
-    for space in ("l2", "centred"):
+    for space in ("l2", "centred", "joint"):
         for name, make in families(mode != "teachers").items():
             lg = logit_cal if name.startswith("vim") else None
             scorer = make().fit(h_cal[space], y_cal, lg)
