@@ -49,6 +49,10 @@ class HeadInput:
     def probabilities(outputs: dict[str, np.ndarray], name: str, kind: str) -> np.ndarray:
         return to_probabilities(outputs[output_names(name)["head"]], kind)
 
+    def block_names(self) -> list[str]:
+        """The tensors ``nodes`` computes: each source's feature block L2-normalised, in ``sources`` order."""
+        return [f"head/{name}/l2" for name in self.sources]
+
     def widths(self, width_of: Mapping[str, int]) -> list[int]:
         """The width of each block, from the widths of the stitched graph's outputs (by tensor name)."""
         return [width_of[output_names(n)["feature"]] for n in self.sources] + [

@@ -32,7 +32,11 @@ def add_unknown(extracted: Extracted, fitted: Fitted) -> Fitted:
     said = Assessment(  # its metadata is written with Z's other metadata (pipeline.set_metadata)
         {"unknown": dict(score.metadata(), line=meaning(score.metadata()))}, [], {UNKNOWN_KEY: score.metadata()}
     )
-    model = append_unknown(fitted.model, score, fitted.classes)
+    head_input = extracted.head_input()  # its L2-normalised blocks are the score's plain view where they match
+    made = {out for node in fitted.model.graph.node for out in node.output}
+    same = [output_names(n)["feature"] for n in head_input.sources] == names
+    plain = head_input.block_names() if same and set(head_input.block_names()) <= made else None
+    model = append_unknown(fitted.model, score, fitted.classes, plain)
     return dataclasses.replace(fitted, model=model, unknown=score, assessment=fitted.assessment + said)
 
 
