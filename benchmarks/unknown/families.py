@@ -147,17 +147,19 @@ def case(setup: Setup, mode: str, cache: Path) -> list[dict]:
     n_blocks = sum(z.head_input_.widths(z.widths_)[: len(z.head_input_.sources)])
     names = [output_names(s)["feature"] for s in z.head_input_.sources]
     cal_x = np.concatenate([x for x in (xl, pool) if x is not None])
-    means = [z._build.features(cal_x)[n].astype(np.float64).mean(0) for n in names]
+    cal_out = z._build.features(cal_x)
+    mean = np.concatenate([cal_out[n] for n in names], axis=1).astype(np.float64).mean(0)
+    widths = [cal_out[n].shape[1] for n in names]
 
     def outputs(x):
         """``({space: rows}, logits, probabilities)``: the head's L2 blocks, or the blocks centred first."""
         out = z._build.features(x)
         h = z.head_input_.numpy(out).astype(np.float64)
-        blocks = [out[n] for n in names]
+        joined = np.concatenate([out[n] for n in names], axis=1)
         spaces = {
             "l2": h[:, :n_blocks],
-            "centred": unit_rows(blocks, means) / np.sqrt(len(names)),
-            "joint": unit_rows(*views(blocks, means)) / np.sqrt(2 * len(names)),  # what Z computes
+            "centred": unit_rows(joined, mean, widths) / np.sqrt(len(names)),
+            "joint": views(joined, mean, widths) / np.sqrt(2 * len(names)),  # what Z computes
         }
         if mode == "teachers":
             probs, _ = z.head_.numpy(out)

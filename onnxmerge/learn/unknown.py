@@ -39,15 +39,24 @@ MIN_IMAGES = 20  # fewer images than this cannot calibrate a threshold
 EPS = np.float32(1e-12)  # the floor of a block's norm (an image exactly at the mean)
 
 
-def unit_rows(blocks: list[np.ndarray], means: list[np.ndarray]) -> np.ndarray:
-    """Each block minus its mean, L2-normalised, joined, in float32 with Z's arithmetic (sum of squares as a
-    MatMul with ones, as ``head.HeadInput``)."""
-    parts = []
-    for block, mean in zip(blocks, means):
-        centred = block.astype(np.float32) - mean.astype(np.float32)
-        norm = np.sqrt((centred * centred) @ np.ones((centred.shape[1], 1), np.float32))
-        parts.append(centred / np.maximum(norm, EPS))
-    return np.concatenate(parts, axis=1)
+def indicator(widths: list[int]) -> np.ndarray:
+    """``[D, blocks]`` float32: 1 where a column belongs to a block (block-wise sums as one MatMul)."""
+    owner = np.repeat(np.arange(len(widths)), widths)
+    return (owner[:, None] == np.arange(len(widths))[None]).astype(np.float32)
+
+
+def unit_rows(joined: np.ndarray, mean: np.ndarray, widths: list[int]) -> np.ndarray:
+    """Each block of ``joined`` minus its ``mean``, L2-normalised, in float32 with Z's arithmetic: the blocks'
+    sums of squares as one MatMul with ``indicator``, their norms spread back with its transpose."""
+    ones = indicator(widths)
+    centred = joined.astype(np.float32) - mean.astype(np.float32)
+    norm = np.sqrt((centred * centred) @ ones)
+    return centred / (np.maximum(norm, EPS) @ ones.T)
+
+
+def views(joined: np.ndarray, mean: np.ndarray, widths: list[int]) -> np.ndarray:
+    """The two views of every block, joined: L2-normalised as it is, then centred on ``mean`` first."""
+    return np.concatenate([unit_rows(joined, np.zeros_like(mean), widths), unit_rows(joined, mean, widths)], axis=1)
 
 
 def _fit_bank(x: np.ndarray, size: int, seed: int = 0) -> np.ndarray:
@@ -56,18 +65,15 @@ def _fit_bank(x: np.ndarray, size: int, seed: int = 0) -> np.ndarray:
     return (centres / np.maximum(np.linalg.norm(centres, axis=1, keepdims=True), 1e-12)).T
 
 
-def views(blocks: list, means: list[np.ndarray]) -> tuple[list, list[np.ndarray]]:
-    """The two views of every block: as it is (a zero mean), then centred on ``means``."""
-    return list(blocks) + list(blocks), [np.zeros_like(m) for m in means] + list(means)
-
-
 @dataclass
 class Prototypes:
-    """The fitted score: ``blocks`` (the source feature tensors inside Z it reads), their ``means``, the
-    ``bank`` ``[2D, M]`` of unit-length prototypes of both views, the calibration ``levels``, the ``threshold``."""
+    """The fitted score: ``blocks`` (the source feature tensors inside Z it reads, ``widths`` wide), the
+    ``mean`` of them joined, the ``bank`` ``[2D, M]`` of unit-length prototypes of both views, the
+    calibration ``levels`` and the ``threshold``."""
 
     blocks: list[str]
-    means: list[np.ndarray]
+    widths: list[int]
+    mean: np.ndarray
     bank: np.ndarray
     levels: np.ndarray
     threshold: float
@@ -75,7 +81,7 @@ class Prototypes:
 
     def distance(self, outputs: dict[str, np.ndarray]) -> np.ndarray:
         """1 - cosine similarity to the nearest prototype, from the blocks in ``outputs``, as Z computes it."""
-        rows = unit_rows(*views([outputs[b] for b in self.blocks], self.means))
+        rows = views(np.concatenate([outputs[b] for b in self.blocks], axis=1), self.mean, self.widths)
         return np.float32(1) - (rows @ self.constants()["bank"]).max(axis=1)
 
     def score(self, outputs: dict[str, np.ndarray]) -> np.ndarray:
@@ -125,14 +131,15 @@ def fit_unknown(names: list[str], blocks: list[np.ndarray], keep: float) -> Prot
             f"[head] unknown needs at least {MIN_IMAGES} images to calibrate its threshold on, the build has "
             f'{images}; add images (train or unlabeled), or set unknown = "off".'
         )
-    means = [b.astype(np.float64).mean(axis=0).astype(np.float32) for b in blocks]
-    x = unit_rows(*views(blocks, means)).astype(np.float64) / np.sqrt(2 * len(blocks))
+    joined = np.concatenate(blocks, axis=1)
+    mean, widths = joined.astype(np.float64).mean(axis=0).astype(np.float32), [b.shape[1] for b in blocks]
+    x = views(joined, mean, widths).astype(np.float64) / np.sqrt(2 * len(blocks))
     distances = np.empty(len(x))
     for fit_rows, held in KFold(FOLDS, shuffle=True, random_state=0).split(x):
         distances[held] = 1 - (x[held] @ _fit_bank(x[fit_rows], PROTOTYPES)).max(axis=1)
     levels = np.quantile(distances, np.linspace(0, 1, LEVELS))
     levels = levels + np.arange(LEVELS) * 1e-9  # strictly increasing: ties would divide by zero
-    return Prototypes(list(names), means, _fit_bank(x, PROTOTYPES), levels, keep, images)
+    return Prototypes(list(names), widths, mean, _fit_bank(x, PROTOTYPES), levels, keep, images)
 
 
 def _reduce_max(x: str, out: str, opset: int) -> tuple[onnx.NodeProto, list[onnx.TensorProto]]:
@@ -143,27 +150,41 @@ def _reduce_max(x: str, out: str, opset: int) -> tuple[onnx.NodeProto, list[onnx
     return helper.make_node("ReduceMax", [x], [out], name="unknown/Max", axes=[1], keepdims=1), []
 
 
+def _normalise_nodes(joined: str, mean: np.ndarray | None, widths: list[int], p: str) -> tuple[list, list]:
+    """``unit_rows`` in ONNX, ``joined`` -> ``{p}/unit``: 6-7 nodes whatever the number of blocks."""
+    ones = indicator(widths)
+    inits = [numpy_helper.from_array(ones, f"{p}/indicator"), numpy_helper.from_array(ones.T.copy(), f"{p}/spread")]
+    nodes = []
+    if mean is not None:
+        inits.append(numpy_helper.from_array(mean[None].astype(np.float32), f"{p}/mean"))
+        nodes.append(helper.make_node("Sub", [joined, f"{p}/mean"], [f"{p}/centred"], name=f"{p}/Centre"))
+        joined = f"{p}/centred"
+    nodes += [
+        helper.make_node("Mul", [joined, joined], [f"{p}/sq"], name=f"{p}/Square"),
+        helper.make_node("MatMul", [f"{p}/sq", f"{p}/indicator"], [f"{p}/sumsq"], name=f"{p}/SumSq"),
+        helper.make_node("Sqrt", [f"{p}/sumsq"], [f"{p}/norm"], name=f"{p}/Sqrt"),
+        helper.make_node("Max", [f"{p}/norm", "unknown/eps"], [f"{p}/safe_norm"], name=f"{p}/Floor"),
+        helper.make_node("MatMul", [f"{p}/safe_norm", f"{p}/spread"], [f"{p}/norms"], name=f"{p}/Spread"),
+        helper.make_node("Div", [joined, f"{p}/norms"], [f"{p}/unit"], name=f"{p}/Unit"),
+    ]
+    return nodes, inits
+
+
 def _unit_nodes(score: Prototypes, plain: list[str] | None) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
-    """``unit_rows`` of both ``views`` in ONNX: ``unknown/rows``; the plain view from ``plain`` where given."""
-    nodes, inits, units = [], [numpy_helper.from_array(EPS, "unknown/eps")], list(plain or [])
-    for i, (block, mean) in enumerate(zip(*views(score.blocks, score.means))):
-        if i < len(units):  # Z computes this block, L2-normalised as it is, already
-            continue
-        p = f"unknown/{i}"
-        inits += [
-            numpy_helper.from_array(mean[None].astype(np.float32), f"{p}/mean"),
-            numpy_helper.from_array(np.ones((len(mean), 1), np.float32), f"{p}/ones"),
-        ]
-        nodes += [
-            helper.make_node("Sub", [block, f"{p}/mean"], [f"{p}/centred"], name=f"{p}/Centre"),
-            helper.make_node("Mul", [f"{p}/centred", f"{p}/centred"], [f"{p}/sq"], name=f"{p}/Square"),
-            helper.make_node("MatMul", [f"{p}/sq", f"{p}/ones"], [f"{p}/sumsq"], name=f"{p}/SumSq"),
-            helper.make_node("Sqrt", [f"{p}/sumsq"], [f"{p}/norm"], name=f"{p}/Sqrt"),
-            helper.make_node("Max", [f"{p}/norm", "unknown/eps"], [f"{p}/safe_norm"], name=f"{p}/Floor"),
-            helper.make_node("Div", [f"{p}/centred", f"{p}/safe_norm"], [f"{p}/unit"], name=f"{p}/Unit"),
-        ]
-        units.append(f"{p}/unit")
-    nodes.append(helper.make_node("Concat", units, ["unknown/rows"], name="unknown/Rows", axis=1))
+    """``views`` in ONNX: ``unknown/rows``; the plain view from the tensors ``plain`` where given."""
+    nodes, inits = [], [numpy_helper.from_array(EPS, "unknown/eps")]
+    joined = score.blocks[0]
+    if len(score.blocks) > 1:
+        nodes.append(helper.make_node("Concat", score.blocks, ["unknown/joined"], name="unknown/Join", axis=1))
+        joined = "unknown/joined"
+    centred, more = _normalise_nodes(joined, score.mean, score.widths, "unknown/centred")
+    nodes, inits = nodes + centred, inits + more
+    if plain is None:
+        as_is, more = _normalise_nodes(joined, None, score.widths, "unknown/plain")
+        nodes, inits, plain = nodes + as_is, inits + more, ["unknown/plain/unit"]
+    nodes.append(
+        helper.make_node("Concat", [*plain, "unknown/centred/unit"], ["unknown/rows"], name="unknown/Rows", axis=1)
+    )
     return nodes, inits
 
 
@@ -173,8 +194,8 @@ def append_unknown(
     """Z with ``unknown_score`` (from the source feature blocks) and ``label`` = "unknown" above the threshold.
 
     ``plain``: tensors of Z that hold each block L2-normalised as it is, with ``unit_rows``' arithmetic (the
-    head's input blocks, ``head.HeadInput.block_names``): read instead of computed twice (12 fewer nodes for
-    two sources, a third of the score's time on the demo's small Z).
+    head's input blocks, ``head.HeadInput.block_names``): read instead of computed again. On a Z as small as
+    the demo's, the score's time is its number of nodes (about 20), not its arithmetic.
     """
     result = onnx.ModelProto()
     result.CopyFrom(model)
