@@ -14,8 +14,8 @@ against it (maximum softmax probability, energy, Mahalanobis, ViM) are in benchm
 (each scored by a bank fitted without it: cross-fitted) that lie closer than this image, interpolated
 between 100 quantiles. So ``unknown_score > 0.95`` means "farther than 95% of your own images", a
 threshold of 0.95 keeps about 95% of images like the user's, and the same number means the same in every Z.
-Everything is default-domain ONNX (Sub, Mul, MatMul, Sqrt, Max, Div, Concat, ReduceMax, Min, Reshape,
-Greater, Where), so Z runs wherever it ran.
+Everything is default-domain ONNX (Sub, Mul, MatMul, Sqrt, Max, Div, Concat, ReduceMax, Min, Greater,
+Where), so Z runs wherever it ran.
 """
 
 from __future__ import annotations
@@ -92,7 +92,7 @@ class Prototypes:
         """The calibrated level of distances, in float32 with Z's arithmetic (``np.interp`` over the levels)."""
         c = self.constants()
         part = (distance.astype(np.float32)[:, None] - c["levels"]) * c["inverse_steps"]
-        return (np.minimum(np.maximum(part, np.float32(0)), np.float32(1)) @ c["weights"])[:, 0]
+        return np.minimum(np.maximum(part, np.float32(0)), np.float32(1)) @ c["weights"]
 
     def constants(self) -> dict[str, np.ndarray]:
         """The float32 tensors Z holds (``append_unknown``); the bank carries the 1 / sqrt(2 x blocks) that makes
@@ -102,7 +102,7 @@ class Prototypes:
             "bank": (self.bank / np.sqrt(2 * len(self.blocks))).astype(np.float32),
             "levels": self.levels[None, :-1].astype(np.float32),
             "inverse_steps": (1 / steps)[None].astype(np.float32),
-            "weights": np.full((len(steps), 1), 1 / len(steps), np.float32),
+            "weights": np.full(len(steps), 1 / len(steps), np.float32),  # 1-D: the MatMul gives [N]
         }
 
     def raw_threshold(self) -> float:
@@ -207,7 +207,6 @@ def append_unknown(
     inits += [
         numpy_helper.from_array(np.array(1.0, np.float32), "unknown/one"),
         numpy_helper.from_array(np.array(0.0, np.float32), "unknown/zero"),
-        numpy_helper.from_array(np.array([-1], np.int64), "unknown/flat"),
         numpy_helper.from_array(np.array(score.threshold, np.float32), "unknown/threshold"),
         numpy_helper.from_array(np.array(len(classes), np.int64), "unknown/index"),
     ]
@@ -220,8 +219,7 @@ def append_unknown(
         helper.make_node("Mul", ["unknown/above", "unknown/inverse_steps"], ["unknown/part"], name="unknown/Part"),
         helper.make_node("Max", ["unknown/part", "unknown/zero"], ["unknown/floor"], name="unknown/Floor"),
         helper.make_node("Min", ["unknown/floor", "unknown/one"], ["unknown/clipped"], name="unknown/Clip"),
-        helper.make_node("MatMul", ["unknown/clipped", "unknown/weights"], ["unknown/level"], name="unknown/Level"),
-        helper.make_node("Reshape", ["unknown/level", "unknown/flat"], [UNKNOWN_SCORE], name="unknown/Score"),
+        helper.make_node("MatMul", ["unknown/clipped", "unknown/weights"], [UNKNOWN_SCORE], name="unknown/Score"),
         helper.make_node("Greater", [UNKNOWN_SCORE, "unknown/threshold"], ["unknown/is"], name="unknown/Is"),
         helper.make_node(
             "Where", ["unknown/is", "unknown/index", "head/argmax"], ["unknown/answer"], name="unknown/Answer"
