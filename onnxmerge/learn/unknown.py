@@ -92,7 +92,7 @@ class Prototypes:
         """The calibrated level of distances, in float32 with Z's arithmetic (``np.interp`` over the levels)."""
         c = self.constants()
         part = (distance.astype(np.float32)[:, None] - c["levels"]) * c["inverse_steps"]
-        return np.minimum(np.maximum(part, np.float32(0)), np.float32(1)) @ c["weights"]
+        return (np.minimum(np.maximum(part, np.float32(0)), np.float32(1)) @ c["weights"]) / c["steps"]
 
     def constants(self) -> dict[str, np.ndarray]:
         """The float32 tensors Z holds (``append_unknown``); the bank carries the 1 / sqrt(2 x blocks) that makes
@@ -102,7 +102,9 @@ class Prototypes:
             "bank": (self.bank / np.sqrt(2 * len(self.blocks))).astype(np.float32),
             "levels": self.levels[None, :-1].astype(np.float32),
             "inverse_steps": (1 / steps)[None].astype(np.float32),
-            "weights": np.full(len(steps), 1 / len(steps), np.float32),  # 1-D: the MatMul gives [N]
+            # 1-D: the MatMul gives [N]; dividing the count of whole steps keeps the top exactly 1
+            "weights": np.ones(len(steps), np.float32),
+            "steps": np.array(len(steps), np.float32),
         }
 
     def raw_threshold(self) -> float:
@@ -219,7 +221,8 @@ def append_unknown(
         helper.make_node("Mul", ["unknown/above", "unknown/inverse_steps"], ["unknown/part"], name="unknown/Part"),
         helper.make_node("Max", ["unknown/part", "unknown/zero"], ["unknown/floor"], name="unknown/Floor"),
         helper.make_node("Min", ["unknown/floor", "unknown/one"], ["unknown/clipped"], name="unknown/Clip"),
-        helper.make_node("MatMul", ["unknown/clipped", "unknown/weights"], [UNKNOWN_SCORE], name="unknown/Score"),
+        helper.make_node("MatMul", ["unknown/clipped", "unknown/weights"], ["unknown/steps_below"], name="unknown/Sum"),
+        helper.make_node("Div", ["unknown/steps_below", "unknown/steps"], [UNKNOWN_SCORE], name="unknown/Score"),
         helper.make_node("Greater", [UNKNOWN_SCORE, "unknown/threshold"], ["unknown/is"], name="unknown/Is"),
         helper.make_node(
             "Where", ["unknown/is", "unknown/index", "head/argmax"], ["unknown/answer"], name="unknown/Answer"
