@@ -94,10 +94,11 @@ def _build(args) -> int:
     finally:
         merger.close()  # the Dask cluster, if any: quantisation and parity run here
     if args.quantize:
-        from .learn.quantize import quantize_merger
+        from .learn.quantize import quantize_build
 
-        # the setter drops Z's session; the report's lines say per source float/int8, time ratio and why
-        merger.model_, merger.quantize_ = quantize_merger(merger, recipe.train, recipe.unlabeled)
+        config, widths = merger.config(), merger.head_input_.widths(merger.widths_)
+        quantized = quantize_build(merger.model_, config, merger.report_, widths, recipe.train, recipe.unlabeled)
+        merger.model_, merger.quantize_ = quantized  # the setter drops Z's session; its lines: per source, why
         merger.report_["quantization"] = merger.quantize_.metadata()
         if merger.quantize_.accepted:  # the Z written is int8: its expected accuracy is the int8 one
             estimate = merger.quantize_.expected_accuracy()
@@ -106,10 +107,9 @@ def _build(args) -> int:
     merger.save(args.output)
     for line in merger.report_["data_notes"]:  # a train folder's images waiting for a label
         note(printable(line))
-    if args.json:  # the whole report: expected accuracy with per-class recall, source checks, pool counts, ...
-        say(json.dumps(dict(merger.report_, output=str(args.output)), indent=2, default=_plain))
-    else:
-        say(build_summary(merger, args.output))
+    # --json: the whole report (expected accuracy with per-class recall, source checks, pool counts, ...)
+    report = dict(merger.report_, output=str(args.output))
+    say(json.dumps(report, indent=2, default=_plain) if args.json else build_summary(merger, args.output))
     quantize = getattr(merger, "quantize_", None)
     for warning in merger.report_["warnings"] + [
         line.removeprefix("quantize: warning: ")

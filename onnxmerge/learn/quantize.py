@@ -33,6 +33,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from ..config import Config
 from ..contract import EXPECTED_ACCURACY_KEY, QUANTIZATION_KEY, write_metadata
 from ..errors import OnnxMergeError
 from ..files.images import as_labelled, as_pool
@@ -235,18 +236,21 @@ def _finish(model, quantized, report: QuantizeReport, start) -> tuple[onnx.Model
     return quantized, report
 
 
-def quantize_merger(merger, train, unlabeled=None) -> tuple[onnx.ModelProto, QuantizeReport]:
-    """``quantize_z`` for a fitted ``Merger``: its labelled ``train`` images and ``unlabeled`` pool; its head is
-    refitted the way the build fitted it, where it was fitted on these labels alone."""
+def quantize_build(
+    model: onnx.ModelProto, config: Config, report: dict, head_widths: list[int], train, unlabeled=None
+) -> tuple[onnx.ModelProto, QuantizeReport]:
+    """``quantize_z`` for a built Z, from its ``config`` and build ``report``: its labelled ``train`` images and
+    ``unlabeled`` pool; its head (input blocks ``head_widths``) is refitted the way the build fitted it, where it
+    was fitted on these labels alone."""
     if train is None:
         raise OnnxMergeError(
             "--quantize needs labelled training images ([head] train) to calibrate on and to "
             "check accuracy before/after; build without --quantize."
         )
-    data = as_labelled(train, None, merger.input)
-    pool = as_pool(unlabeled, merger.input).x if unlabeled is not None else None
+    data = as_labelled(train, None, config.input)
+    pool = as_pool(unlabeled, config.input).x if unlabeled is not None else None
     fit = None  # teachers mode or a pseudo-labelled head: not fitted on these labels alone, never refitted
-    if merger.mode == "fit" and "pseudo_labels" not in merger.report_:
-        fit = HeadFit(merger.head_input_.widths(merger.widths_), merger.report_["C"], merger.class_weight)
-    sources = [s.spec.name for s in merger.sources_]
-    return quantize_z(QuantizeInputs(merger.model_, sources, data.x, data.y, pool, fit))
+    if config.mode == "fit" and "pseudo_labels" not in report:
+        fit = HeadFit(head_widths, report["C"], config.class_weight)
+    sources = [s.name for s in config.sources]
+    return quantize_z(QuantizeInputs(model, sources, data.x, data.y, pool, fit))
