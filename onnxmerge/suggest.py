@@ -18,13 +18,14 @@ import numpy as np
 from .errors import OnnxMergeError
 from .files.images import Dataset, as_labelled, as_pool, read_images
 from .files.labelling import Suggestion, copy_into, every_image, read_suggestions, waiting, write_suggestions
-from .files.models import check_output_folder, model_files
+from .files.models import check_output_folder
 from .graph.stitch import output_names
 from .learn.routing import l2_blocks
 from .learn.select import choose
 from .recipe import Recipe, load_recipe
 from .runtime.tasks import digests_task
 from .safety import printable
+from .summary import forecast_line
 
 STRATEGIES = {
     "typical": "typical images of the clusters no label covers yet",
@@ -45,6 +46,7 @@ class Suggested:
     waiting: int  # images at DIR's top level now (new ones included)
     pool: int
     data_notes: list[str]
+    disagreed: float | None  # share of pool images the k-means runs route differently (the forecast's input)
 
 
 def suggest(
@@ -60,7 +62,9 @@ def suggest(
             '[head] unlabeled = "FOLDER" (images without labels).'
         )
     folder = Path(out).expanduser()
-    check_output_folder(folder, (), [recipe.path, *(f for s in recipe.config.sources for f in model_files(s.model))])
+    if folder.exists() and not folder.is_dir():
+        raise OnnxMergeError(f"-o {printable(folder)} is a file; give a folder (created if missing) for the images.")
+    check_output_folder(folder, (), [], "-o")
     if folder.resolve() == recipe.unlabeled.resolve():
         raise OnnxMergeError("-o is the recipe's pool folder; give another folder (e.g. the recipe's train).")
     merger = recipe.merger
@@ -90,8 +94,17 @@ def suggest(
     _, old = read_suggestions(folder)
     kept = [r for r in old if r.file in set(waiting(folder)) and r.file not in set(names)]
     write_suggestions(folder, classes, kept + rows)
+    routing = merger.report_.get("routing", {})
     return Suggested(
-        folder, rows, picks.strategy, classes, len(labelled.x), len(waiting(folder)), len(pool.x), labelled.notes
+        folder,
+        rows,
+        picks.strategy,
+        classes,
+        len(labelled.x),
+        len(waiting(folder)),
+        len(pool.x),
+        labelled.notes,
+        routing.get("disagreed"),
     )
 
 
@@ -123,6 +136,8 @@ def summary(result: Suggested) -> list[str]:
     if result.rows:
         guesses = Counter(r.guess for r in result.rows).most_common()
         lines.append("Z's guesses: " + ", ".join(f"{printable(g)} {c}" for g, c in guesses))
+    if result.disagreed is not None:
+        lines.append(forecast_line(result.disagreed))
     lines.append(
         f"{result.waiting} images wait in {where}/suggestions.csv; label them with: onnxmerge label {where}  "
         f"(or move each file into {where}/<label>/); then build with train = that folder, or suggest again."

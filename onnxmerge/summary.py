@@ -102,6 +102,20 @@ def merge_lines(merge: dict | None) -> list[str]:
     return lines + [f"merge: {merge['line']}"]
 
 
+def forecast_line(disagreed: float) -> str:
+    """The routing's uncertainty and what labels are expected to buy (``learn.select.forecast``)."""
+    from .learn.select import forecast
+
+    per_class = forecast(disagreed)
+    line = f"forecast: the k-means runs disagree on {disagreed:.0%} of the pool images (where routing guesses)"
+    if per_class is None:
+        return line
+    return (
+        f"{line}; about {per_class} chosen labels per class (onnxmerge suggest) are expected to bring Z within "
+        "2 points of a fit on every pool label"
+    )
+
+
 def build_summary(merger, output) -> str:
     """What ``build`` did, in a few lines: sources, feature widths, parity, classes, the file written."""
     p = printable
@@ -134,6 +148,7 @@ def build_summary(merger, output) -> str:
     if "routing" in report:
         share = ", ".join(f"{p(n)} {v:.0%}" for n, v in report["routing"]["pool_share"].items())
         lines.append(f"routing: {report['routing']['method']} on {report['pool_images']} pool images ({share})")
+        lines.append(forecast_line(report["routing"]["disagreed"]))
     elif report["mode"] == "teachers":
         lines.append("routing: softmax over the teachers' concatenated logits (no pool to calibrate on)")
     if "pseudo_labels" in report:

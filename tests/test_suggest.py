@@ -54,6 +54,7 @@ def test_suggest_label_build_and_suggest_again(project, capsys):
     assert main(["suggest", str(recipe), "-n", "12", "-o", str(labels), "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "suggested 12 of 200 pool images" in out and "typical images" in out
+    assert "forecast: the k-means runs disagree on " in out  # the routing's uncertainty, from this pool
     first = rows(labels)
     assert list(first[0])[:4] == ["file", "source_file", "guess", "confidence"]
     assert len(first) == 12 and len({r["source_file"] for r in first}) == 12
@@ -123,6 +124,7 @@ def test_a_pool_npz_is_copied_as_lossless_png(tmp_path, digits, capsys):
     [
         (("unlabeled = ", "# unlabeled = "), ["-n", "3"], "has none; add [head] unlabeled"),
         (None, ["-n", "0"], "-n must be at least 1"),
+        (None, ["-n", "2", "-o", "recipe.toml"], "is a file; give a folder"),
     ],
 )
 def test_bad_input_is_one_sentence(project, tmp_path, capsys, change, args, expected):
@@ -131,7 +133,8 @@ def test_bad_input_is_one_sentence(project, tmp_path, capsys, change, args, expe
         changed = folder / "changed.toml"
         changed.write_text(recipe.read_text().replace(*change))
         recipe = changed
-    assert main(["suggest", str(recipe), *args, "-o", str(tmp_path / "out"), "--quiet"]) == 2
+    args = [str(folder / a) if a.endswith(".toml") else a for a in args]
+    assert main(["suggest", str(recipe), *args, *(["-o", str(tmp_path / "out")] if "-o" not in args else [])]) == 2
     err = capsys.readouterr().err
     assert expected in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()
@@ -157,3 +160,11 @@ def test_typical_picks_cover_the_clusters_no_label_covers():
     picks = choose(x, np.full((len(x), 3), 1 / 3), 3, available, given)
     assert picks.strategy == "typical" and len(set(picks.index)) == 3 and available[picks.index].all()
     assert 1 in y[picks.index]  # the one class left that no label covers
+
+
+def test_forecast_is_log_linear_through_the_tuning_anchors(monkeypatch):
+    from onnxmerge.learn import select
+
+    monkeypatch.setattr(select, "FORECAST_ANCHORS", ((0.2, 5), (0.4, 20)))
+    assert select.forecast(0.2) == 5 and select.forecast(0.4) == 20 and select.forecast(0.3) == 10
+    assert select.forecast(0.0) == 1  # at least one label per class

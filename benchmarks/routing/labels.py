@@ -148,6 +148,11 @@ def run(names: list[str], seeds: list[int], strategies: dict, validation: bool, 
             for label, strategy in strategies.items():
                 for key, value in curve(pool, strategy, seed).items():
                     row[f"{label} {key}"] = value
+                print(
+                    f"{name} seed {seed} {label}: "
+                    + " ".join(f"{v:.3f}" for k, v in row.items() if k.startswith(label))
+                )
+                sys.stdout.flush()
             for key, value in row.items():
                 rows.setdefault(key, []).append(value)
         results[name] = rows

@@ -20,6 +20,10 @@ from sklearn.neighbors import NearestNeighbors
 #: typical images while the labelled images are fewer than this per class of Z, then margin sampling
 TYPICAL_PER_CLASS = 3
 NEIGHBOURS = 20  # TypiClust's k for typicality
+#: the forecast's anchors, measured on the tuning protocol (``benchmarks/routing/labels.py --tune``):
+#: (share of pool images the k-means runs disagree on, chosen labels per class that brought Z within 2 points
+#: of a fit on every pool label)
+FORECAST_ANCHORS: tuple[tuple[float, int], ...] = ()
 MAX_CLUSTERS = 500  # TypiClust caps the clusters too: k-means cost grows with them, typicality does not
 
 
@@ -102,3 +106,14 @@ def typical(features: np.ndarray, n: int, available: np.ndarray, labelled: np.nd
         if not ranked[c]:
             del ranked[c]
     return np.asarray(picks, int)
+
+
+def forecast(disagreed: float) -> int | None:
+    """Chosen labels per class expected to bring Z within 2 points of a fit on every pool label, from the share
+    of pool images the k-means runs disagree on: log-linear through the tuning anchors (``FORECAST_ANCHORS``),
+    at least 1; None without two anchors to draw the line through."""
+    if len(FORECAST_ANCHORS) < 2:
+        return None
+    d, b = np.asarray([a[0] for a in FORECAST_ANCHORS]), np.log([a[1] for a in FORECAST_ANCHORS])
+    slope, intercept = np.polyfit(d, b, 1)
+    return max(1, int(round(float(np.exp(intercept + slope * disagreed)))))

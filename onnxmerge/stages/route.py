@@ -84,6 +84,8 @@ def fit_router(
         "router_targets": int(np.sum(targets >= 0)),
         "label_counts": routing.label_counts(),
         "scarce_labels": routing.scarce_labels(),
+        # the forecast's uncertainty: pool images the k-means runs route differently (learn.select.forecast)
+        "disagreed": float(np.mean(~routing.confident)),
     }
     return router, rows, Assessment({"routing": routed}, warnings)
 
