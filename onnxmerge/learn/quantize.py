@@ -118,6 +118,9 @@ class _Search:
     def candidate(self, name: str, model: onnx.ModelProto, all_layers: bool, stored: int = 0) -> _Candidate:
         scored = self.held_out(model)
         self.report.trials[name] = scored.accuracy
+        if self.held_out.fit is not None:  # what the float head and a refitted head scored, whichever was kept
+            self.report.trials[f"{name}, float head"] = self.held_out.last_scores[0]
+            self.report.trials[f"{name}, head refitted"] = self.held_out.last_scores[1]
         return _Candidate(name, model, scored, all_layers, stored)
 
     def best(self, method: str, ranges: dict) -> _Candidate:
