@@ -251,6 +251,11 @@ def quantize_build(
             "check accuracy before/after; build without --quantize."
         )
     data = as_labelled(train, None, config.input)
+    if not len(data.x):  # a suggest folder nobody has labelled yet (files.images.list_labelled, pending)
+        raise OnnxMergeError(
+            "--quantize needs labelled training images, and [head] train holds none yet (only images waiting "
+            "for a label); label them first or build without --quantize."
+        )
     pool = as_pool(unlabeled, config.input).x if unlabeled is not None else None
     fit = None  # teachers mode or a pseudo-labelled head: not fitted on these labels alone, never refitted
     if config.mode == "fit" and "pseudo_labels" not in report:
