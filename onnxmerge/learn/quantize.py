@@ -14,7 +14,7 @@ scales: quantising it cost EfficientNet-Lite0 46 points). In this order:
 3. **The candidates**, scored held out (``qestimate``: images neither the calibration nor the head saw):
    the first and last weighted layer of each int8 source float, then int8 as well where that costs at most
    ``LAYER_TOLERANCE``; weight-only int8 for the layers still float (``qdq.int8_weights``) on the same
-   terms; the head refitted on int8 features where that scores better.
+   terms; the head refitted on int8 features where that beats the float head by more than 1 point.
 4. **The decision**: the int8 Z is written where it loses at most ``margin`` (default 1 point) held out and
    the whole Z is faster (median of interleaved rounds); else the float Z, with the reason.
 
