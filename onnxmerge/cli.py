@@ -46,6 +46,10 @@ def _inspect(args) -> int:
         labels = ", ".join(p(label) for label in info["labels"][:10])
         say(f"labels:  {len(info['labels'])}: {labels}{' ...' if len(info['labels']) > 10 else ''}")
     say(f"suggested feature: {p(info['suggested'])}\n  why: {p(info['reason'])}")
+    if info["precision"] != "float32":
+        say(f"precision: {info['precision']} (composed as it is; parity is checked against this file)")
+    if info["preprocessing"]:
+        say(f"preprocessing: the model does its own ({p(info['preprocessing'])}); no scale/mean/std needed")
     for line in quantization_lines(info["quantization"]):
         say(printable(line))
     shown = info["candidates"] if args.all else info["candidates"][:10]

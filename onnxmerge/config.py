@@ -77,23 +77,34 @@ class Preprocess:
 
     ``height``/``width``/``channels``/``layout`` default to the source's input where it is static
     (resolved by :func:`onnxmerge.stages.sources.resolve_preprocess`); ``scale``, ``mean`` and ``std`` are always
-    explicit.
+    explicit, except for a source that takes raw pixels and does its own preprocessing (None for all three; the
+    resolved ``raw`` is then true and Z feeds it its pixels, resized and cast to its input type).
     """
 
-    scale: float
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
+    scale: float | None
+    mean: tuple[float, ...] | None
+    std: tuple[float, ...] | None
     height: int | None = None
     width: int | None = None
     channels: int | None = None
     layout: str | None = None  # "NCHW" or "NHWC"
     flat: bool = False  # the source takes [N, H*W*C], flattened in ``layout`` order
     dtype: np.dtype = field(default=np.dtype(np.float32))
+    raw: bool = False  # resolved: the source takes pixels (uint8, or float 0..255) and normalises them itself
 
     def __post_init__(self) -> None:
         # a scalar mean/std (``Preprocess(16 / 255, 0.0, 1.0)``) means one value for every channel
+        given = [key for key in ("scale", "mean", "std") if getattr(self, key) is not None]
+        if given and len(given) < 3:
+            missing = next(k for k in ("scale", "mean", "std") if k not in given)
+            raise OnnxMergeError(
+                f"Preprocess is missing {missing!r}: scale, mean and std come together (leave all three out "
+                "only for a model that takes raw pixels)."
+            )
         for key in ("mean", "std"):
             value = getattr(self, key)
+            if value is None:
+                continue
             try:
                 values = tuple(float(v) for v in np.atleast_1d(np.asarray(value, dtype=np.float64)).ravel())
             except (TypeError, ValueError):
@@ -110,7 +121,7 @@ class Preprocess:
             _side(getattr(self, key), f"{where} preprocess.{key}")
         if self.layout is not None and self.layout not in LAYOUTS:
             raise OnnxMergeError(f'{where} preprocess.layout must be "NCHW" or "NHWC", got {self.layout!r}.')
-        if any(s == 0 for s in self.std):
+        if self.std is not None and any(s == 0 for s in self.std):
             raise OnnxMergeError(f"{where} preprocess.std contains 0; every std must be non-zero.")
 
 

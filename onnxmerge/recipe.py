@@ -49,17 +49,20 @@ _SOURCE = {
     "head_output": (str, False),
     "labels": (list, False),
     "teacher": (bool, False),
-    "preprocess": (dict, True),
+    "preprocess": (dict, False),  # may be left out for a model that takes raw pixels
 }
 _PREPROCESS = {
     "height": (int, False),
     "width": (int, False),
     "channels": (int, False),
     "layout": (str, False),
-    "scale": ((int, float), True),
-    "mean": (list, True),
-    "std": (list, True),
+    # required (all three), except for a model that takes raw pixels and normalises them itself: that is
+    # told by the model, so a source without them is checked when its model is read (stages.sources)
+    "scale": ((int, float), False),
+    "mean": (list, False),
+    "std": (list, False),
 }
+_NORMALISATION = ("scale", "mean", "std")
 _HEAD = {
     "mode": (str, False),
     "train": ((str, list), False),
@@ -136,7 +139,14 @@ def _source(table: dict, i: int, base: Path, path: Path) -> Source:
     """One ``[[sources]]`` table as a :class:`Source` (its model path resolved against ``base``)."""
     _check_table(table, _SOURCE, f"sources[{i}]")
     where = f"source {table['name']!r}"
-    pre = _check_table(table["preprocess"], _PREPROCESS, f"{where} preprocess")
+    pre = _check_table(table.get("preprocess", {}), _PREPROCESS, f"{where} preprocess")
+    given = [k for k in _NORMALISATION if k in pre]
+    if given and len(given) < len(_NORMALISATION):
+        missing = next(k for k in _NORMALISATION if k not in pre)
+        raise OnnxMergeError(
+            f"{where} preprocess is missing the required key {missing!r} (scale, mean and std come together; "
+            "leave all three out only for a model that takes raw pixels)."
+        )
     model = (base / Path(table["model"]).expanduser()).resolve()
     if model == path.resolve():
         raise OnnxMergeError(f"{where} model is the recipe file itself; point it to a .onnx file.")
@@ -148,9 +158,9 @@ def _source(table: dict, i: int, base: Path, path: Path) -> Source:
         labels=table.get("labels"),
         teacher=table.get("teacher", Source.teacher),
         preprocess=Preprocess(
-            scale=float(pre["scale"]),
-            mean=_numbers(pre["mean"], f"{where} preprocess.mean"),
-            std=_numbers(pre["std"], f"{where} preprocess.std"),
+            scale=float(pre["scale"]) if given else None,
+            mean=_numbers(pre["mean"], f"{where} preprocess.mean") if given else None,
+            std=_numbers(pre["std"], f"{where} preprocess.std") if given else None,
             height=pre.get("height"),
             width=pre.get("width"),
             channels=pre.get("channels"),
@@ -230,7 +240,8 @@ def recipe_data(config: Config, base: Path, train=None, unlabeled=None) -> dict:
         return os.path.relpath(path, base) if path.is_absolute() else str(path)
 
     def source(s: Source) -> dict:
-        pre = {"scale": s.preprocess.scale, "mean": list(s.preprocess.mean), "std": list(s.preprocess.std)}
+        p = s.preprocess
+        pre = {"scale": p.scale, "mean": p.mean and list(p.mean), "std": p.std and list(p.std)}  # None: raw pixels
         pre.update({k: getattr(s.preprocess, k) for k in ("height", "width", "channels", "layout")})
         table = {"name": s.name, "model": rel(s.model), "feature": s.feature, "head_output": s.head_output}
         table.update(teacher=s.teacher, preprocess={k: v for k, v in pre.items() if v is not None})

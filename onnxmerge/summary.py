@@ -131,6 +131,10 @@ def build_summary(merger, output) -> str:
         lines.append(f"  why: {p(s.reason)}")
         if s.batch_note:
             lines.append(f"  note: {s.batch_note}")
+        if s.precision != "float32":
+            lines.append(f"  precision: {s.precision}, composed as it is (parity against the source file itself)")
+        if pre.raw:
+            lines.append(f"  preprocessing: the model's own; Z feeds it pixels as {pre.dtype}")
     for name, note in merger.notes_.items():
         lines.append(f"reconciled {p(name)}: {p(note)}")
     lines += ["parity: " + c.line() for c in merger.parity_]

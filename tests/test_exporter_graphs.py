@@ -97,8 +97,8 @@ def test_batch_1_only_source_runs_image_by_image(name, digits, capfd, tmp_path):
     """torch legacy with a constant-batch Reshape, and torch 2.13's default (dynamo, static shapes) export:
     Z keeps its dynamic batch (a Loop over the images), runs at batch 1 and 7, features equal the original
     source run on each image alone; onnxruntime's own log lines (its failed batch-2 probe) stay off stderr."""
-    from onnxmerge.graph.cut import exposing
     from onnxmerge.graph.preprocess import reference_preprocess
+    from onnxmerge.graph.topology import with_outputs
     from onnxmerge.runtime.session import make_session
 
     x, y = digits
@@ -111,7 +111,7 @@ def test_batch_1_only_source_runs_image_by_image(name, digits, capfd, tmp_path):
     )
     assert all(c.ok and c.tolerance == 1e-5 for c in merger.parity_), [c.line() for c in merger.parity_]
     assert "Loop" in {n.op_type for n in merger.model_.graph.node}
-    original = make_session(exposing(load_model(GRAPHS / name), ENTRIES[name]["feature"]))
+    original = make_session(with_outputs(load_model(GRAPHS / name), [ENTRIES[name]["feature"]]))
     for n in (1, 7):
         images = x[300 : 300 + n]
         got = merger.source_outputs(images, ["s/feature"])["s/feature"]

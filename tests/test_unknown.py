@@ -20,8 +20,8 @@ from onnxmerge.config import unknown_share as check_setting
 from onnxmerge.contract import UNKNOWN_SCORE
 from onnxmerge.errors import OnnxMergeError
 from onnxmerge.graph.preprocess import ImageInput, Preprocess
+from onnxmerge.graph.topology import with_outputs
 from onnxmerge.merger import Merger, Source
-from onnxmerge.stages.parity import with_outputs
 
 KNOWN = [str(d) for d in range(8)]
 SOURCES = [("a", "torch_legacy_cnn.onnx"), ("b", "skl_mlp.onnx")]
@@ -133,7 +133,7 @@ def test_parity_unknown_score_is_the_numpy_computation(split, mode, fixtures, op
     unknown_checks = [c for c in z.parity_ if c.step.startswith("unknown")]
     assert len(unknown_checks) == 2 and all(c.ok for c in unknown_checks)
     blocks = z.unknown_.blocks  # the source feature tensors inside Z that the score reads
-    out = _z(with_outputs(z.model_, blocks).SerializeToString(), x_test, [UNKNOWN_SCORE, *blocks])
+    out = _z(with_outputs(z.model_, blocks, extra=True).SerializeToString(), x_test, [UNKNOWN_SCORE, *blocks])
     assert z.report_["unknown"]["threshold"] == 0.95
     numpy_score = z.unknown_.score(out)  # the fitted score, in numpy, on Z's own feature blocks
     assert np.max(np.abs(out[UNKNOWN_SCORE] - numpy_score)) <= 1e-5

@@ -36,8 +36,9 @@ import torch  # noqa: E402
 from benchmarks.common import IMAGENET  # noqa: E402
 from onnxmerge import ImageInput, Merger, Preprocess, Source  # noqa: E402
 from onnxmerge.files.models import load_model  # noqa: E402
-from onnxmerge.graph.cut import exposing, spatial_axes  # noqa: E402
+from onnxmerge.graph.cut import spatial_axes  # noqa: E402
 from onnxmerge.graph.inspect import find_head  # noqa: E402
+from onnxmerge.graph.topology import with_outputs  # noqa: E402
 from onnxmerge.runtime.session import make_session  # noqa: E402
 
 MEAN, STD = IMAGENET["mean"], IMAGENET["std"]
@@ -265,7 +266,7 @@ def run_one(name: str, folder: Path) -> dict:
         row.update(auto=None, reason=str(exc), feature_ok=False, build_ok=False)
         return row
     row.update(auto=head.feature, reason=head.reason, op=head.op)
-    session = make_session(exposing(onnx_model, head.feature))
+    session = make_session(with_outputs(onnx_model, [head.feature]))
     value = session.run([head.feature], {"input": xt[:8].numpy()})[0]
     axes = spatial_axes(onnx_model, head.feature) if value.ndim == 4 else None
     got, want = as_features(value, axes), as_features(framework, None)

@@ -128,9 +128,9 @@ def per_image(model: onnx.ModelProto, input_name: str, keep: list[str]) -> onnx.
 def hoist_loop_weights(model: onnx.ModelProto) -> None:
     """Move the initializers graphsurgeon put into a per-image Loop's body (``batchloop``) back to the main graph.
 
-    graphsurgeon's export stores a constant where it is used (cut, stitch and keep_outputs all export); the weights
-    of a source run image by image are used only
-    in the Loop body, but the weight folder (and the saved Z's external data) handle main-graph initializers.
+    graphsurgeon's export stores a constant where it is used (cut, stitch and topology.with_outputs all export);
+    the weights of a source run image by image are used only in the Loop body, but the weight folder (and the
+    saved Z's external data) handle main-graph initializers.
     The body still reads them, from the outer scope.
     """
     for node in model.graph.node:
@@ -139,12 +139,3 @@ def hoist_loop_weights(model: onnx.ModelProto) -> None:
             present = {init.name for init in model.graph.initializer}  # graphsurgeon may keep a copy outside too
             model.graph.initializer.extend(init for init in body.initializer if init.name not in present)
             del body.initializer[:]
-
-
-def exposing_all(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
-    """A copy of ``model`` whose outputs are exactly ``names``."""
-    exposed = onnx.ModelProto()
-    exposed.CopyFrom(model)
-    del exposed.graph.output[:]
-    exposed.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names)
-    return exposed

@@ -11,7 +11,7 @@ import onnx_graphsurgeon as gs
 
 from ..errors import OnnxMergeError
 from .batchloop import hoist_loop_weights
-from .inspect import tensor_shapes
+from .topology import consumers, elem_types, tensor_shapes
 
 FEATURE = "feature"  # name of the cut graph's pooled feature output (prefixed later by stitch)
 HEAD = "head"  # name of the cut graph's copy of the source's classifier output
@@ -47,15 +47,6 @@ def _missing_tensor(name: str, names: list[str]) -> OnnxMergeError:
         f"tensor {name!r} does not exist in the model; candidates include {sample} "
         "(run `onnxmerge inspect MODEL --all` for every candidate)."
     )
-
-
-def exposing(model: onnx.ModelProto, tensor: str) -> onnx.ModelProto:
-    """A copy of ``model`` whose only output is ``tensor`` (onnxruntime then runs just what it needs)."""
-    exposed = onnx.ModelProto()
-    exposed.CopyFrom(model)
-    del exposed.graph.output[:]
-    exposed.graph.output.append(onnx.ValueInfoProto(name=tensor))
-    return exposed
 
 
 def inferred_rank(model: onnx.ModelProto, feature: str) -> int | None:
@@ -124,10 +115,7 @@ def spatial_axes(model: onnx.ModelProto, feature: str) -> tuple[int, int]:
     tells (ONNX's own convention).
     """
     graph = model.graph
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
+    used_by = consumers(graph)
     constants = {i.name for i in graph.initializer} | {
         o for n in graph.node if n.op_type == "Constant" for o in n.output
     }
@@ -137,7 +125,7 @@ def spatial_axes(model: onnx.ModelProto, feature: str) -> tuple[int, int]:
         if name in seen:
             continue
         seen.add(name)
-        for node in consumers.get(name, []):
+        for node in used_by.get(name, []):
             op, spatial = node.op_type, None
             if op in _NCHW_CONSUMERS and node.input[0] == name:
                 spatial = [2, 3]
@@ -204,11 +192,45 @@ def densify_sparse_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
     return dense_model
 
 
+def _float32(graph: gs.Graph, tensor: gs.Variable, elem_type: int | None, name: str) -> gs.Variable:
+    """``tensor`` itself where it is float32 (or its type is unknown), else a Cast of it to float32: a float16
+    source's feature and head enter Z's float32 part here."""
+    if elem_type in (None, 0, onnx.TensorProto.FLOAT):
+        return tensor
+    cast = gs.Variable(f"{tensor.name}__float32", dtype=np.float32)
+    graph.nodes.append(
+        gs.Node("Cast", f"{name}/to_float32", attrs={"to": onnx.TensorProto.FLOAT}, inputs=[tensor], outputs=[cast])
+    )
+    return cast
+
+
+def _pooled_flat(graph: gs.Graph, model: onnx.ModelProto, feature: str, feat: gs.Variable, rank: int, out: gs.Variable):
+    """Nodes from the feature tensor ``feat`` to ``out`` ``[N, d]``; the spatial axes a 4-D map was averaged over."""
+    axes: tuple[int, ...] = ()
+    if rank == 4:
+        axes = spatial_axes(model, feature)
+        if axes != (2, 3):  # an NHWC map: to NCHW first, so one GlobalAveragePool serves every opset
+            channel = next(a for a in (1, 2, 3) if a not in axes)
+            nchw = gs.Variable(f"{feature}__nchw", dtype=np.float32)
+            perm = {"perm": [0, channel, *axes]}
+            graph.nodes.append(gs.Node("Transpose", f"{FEATURE}/to_nchw", attrs=perm, inputs=[feat], outputs=[nchw]))
+            feat = nchw
+        pooled = gs.Variable(f"{feature}__pooled", dtype=np.float32)
+        graph.nodes.append(gs.Node("GlobalAveragePool", f"{FEATURE}/pool", inputs=[feat], outputs=[pooled]))
+        graph.nodes.append(gs.Node("Flatten", f"{FEATURE}/flatten", attrs={"axis": 1}, inputs=[pooled], outputs=[out]))
+    elif rank == 2:
+        graph.nodes.append(gs.Node("Identity", f"{FEATURE}/identity", inputs=[feat], outputs=[out]))
+    else:
+        graph.nodes.append(gs.Node("Flatten", f"{FEATURE}/flatten", attrs={"axis": 1}, inputs=[feat], outputs=[out]))
+    return axes
+
+
 def cut(model: onnx.ModelProto, feature: str, head_output: str | None, rank: int | None = None) -> CutModel:
     """Keep the sub-graph from the input to ``feature`` (and to ``head_output`` if given), nothing else.
 
     A 4-D feature map is globally average-pooled over its spatial axes (``spatial_axes``) and flattened;
-    any other rank above 2 is flattened.
+    any other rank above 2 is flattened. A feature or head in another float type (a float16 source) is cast
+    to float32 first, so Z's own part is float32 whatever the source computes in.
     Unused nodes, initializers and value_info are dropped; value_info of the kept part is dropped too,
     because exporters' value_info sometimes lies and onnx re-infers it anyway. Sparse initializers
     become dense ones (graphsurgeon would drop them). ``rank`` is the feature's rank where shape inference
@@ -226,35 +248,15 @@ def cut(model: onnx.ModelProto, feature: str, head_output: str | None, rank: int
             f"the rank of tensor {feature!r} is unknown to shape inference; this is a bug in "
             "onnxmerge (the build measures it first), please report it."
         )
-    feat = tensors[feature]
+    types = elem_types(model)
     out = gs.Variable(FEATURE, dtype=np.float32)
-    axes: tuple[int, ...] = ()
-    if rank == 4:
-        axes = spatial_axes(model, feature)
-        if axes != (2, 3):  # an NHWC map: to NCHW first, so one GlobalAveragePool serves every opset
-            channel = next(a for a in (1, 2, 3) if a not in axes)
-            nchw = gs.Variable(f"{feature}__nchw", dtype=np.float32)
-            graph.nodes.append(
-                gs.Node(
-                    "Transpose",
-                    f"{FEATURE}/to_nchw",
-                    attrs={"perm": [0, channel, *axes]},
-                    inputs=[feat],
-                    outputs=[nchw],
-                )
-            )
-            feat = nchw
-        pooled = gs.Variable(f"{feature}__pooled", dtype=np.float32)
-        graph.nodes.append(gs.Node("GlobalAveragePool", f"{FEATURE}/pool", inputs=[feat], outputs=[pooled]))
-        graph.nodes.append(gs.Node("Flatten", f"{FEATURE}/flatten", attrs={"axis": 1}, inputs=[pooled], outputs=[out]))
-    elif rank == 2:
-        graph.nodes.append(gs.Node("Identity", f"{FEATURE}/identity", inputs=[feat], outputs=[out]))
-    else:
-        graph.nodes.append(gs.Node("Flatten", f"{FEATURE}/flatten", attrs={"axis": 1}, inputs=[feat], outputs=[out]))
+    feat = _float32(graph, tensors[feature], types.get(feature), FEATURE)
+    axes = _pooled_flat(graph, model, feature, feat, rank, out)
     outputs = [out]
     if head_output is not None:
         head = gs.Variable(HEAD, dtype=np.float32)
-        graph.nodes.append(gs.Node("Identity", f"{HEAD}/identity", inputs=[tensors[head_output]], outputs=[head]))
+        scores = _float32(graph, tensors[head_output], types.get(head_output), HEAD)
+        graph.nodes.append(gs.Node("Identity", f"{HEAD}/identity", inputs=[scores], outputs=[head]))
         outputs.append(head)
     graph.outputs = outputs
     graph.cleanup(remove_unused_graph_inputs=True).toposort()

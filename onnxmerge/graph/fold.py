@@ -15,6 +15,7 @@ import onnx
 from onnx import helper
 
 from .share import ancestors
+from .topology import consumers
 
 MAX_CONSTANT_VALUES = 4096  # a constant subgraph this small is evaluated here; larger ones are left alone
 
@@ -69,16 +70,13 @@ def fold_pads_into_convs(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     out = onnx.ModelProto()
     out.CopyFrom(model)
     graph = out.graph
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in graph.node:
-        for i in node.input:
-            consumers.setdefault(i, []).append(node)
+    used_by = consumers(graph)
     outputs = {o.name for o in graph.output}
     folded = 0
     for pad in graph.node:
         if pad.op_type != "Pad" or pad.domain not in ("", "ai.onnx") or len(pad.input) > 3:
             continue
-        users = consumers.get(pad.output[0], [])
+        users = used_by.get(pad.output[0], [])
         conv = users[0] if len(users) == 1 else None
         if conv is None or conv.op_type != "Conv" or conv.input[0] != pad.output[0] or pad.output[0] in outputs:
             continue

@@ -10,9 +10,12 @@ numpy reference computes.
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import onnx_graphsurgeon as gs
 
 from ..config import ImageInput, Preprocess
+from .fold import constant_value
+from .topology import consumers
 
 # ITU-R 601-2 luma weights, the ones Pillow's "L" conversion uses.
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
@@ -78,15 +81,20 @@ def build_preprocess(
             )
         if spec.layout == "NHWC":
             x = add("Transpose", [x], {"perm": [0, 2, 3, 1]})
-    x = add("Mul", [x, _const(f"{prefix}/pre/scale", np.full([1, 1, 1, 1], spec.scale, np.float32))])
-    x = add("Sub", [x, _const(f"{prefix}/pre/mean", _per_channel(spec.mean, spec))])
     last_out = output if not spec.flat and spec.dtype == np.float32 else None
-    x = add("Div", [x, _const(f"{prefix}/pre/std", _per_channel(spec.std, spec))], out=last_out)
+    if spec.raw:  # pixels as they are: the source normalises them itself
+        x = add("Identity", [x], out=last_out)
+    else:
+        x = add("Mul", [x, _const(f"{prefix}/pre/scale", np.full([1, 1, 1, 1], spec.scale, np.float32))])
+        x = add("Sub", [x, _const(f"{prefix}/pre/mean", _per_channel(spec.mean, spec))])
+        x = add("Div", [x, _const(f"{prefix}/pre/std", _per_channel(spec.std, spec))], out=last_out)
     if spec.flat:
         x = add("Flatten", [x], {"axis": 1}, out=output if spec.dtype == np.float32 else None)
     if spec.dtype != np.float32:
         from onnx.helper import np_dtype_to_tensor_dtype
 
+        if spec.dtype.kind in "ui":  # resized pixels back to integers: rounded (half to even, as numpy)
+            x = add("Round", [x])
         add("Cast", [x], {"to": int(np_dtype_to_tensor_dtype(spec.dtype))}, out=output)
     return nodes
 
@@ -119,8 +127,57 @@ def reference_preprocess(images: np.ndarray, src: ImageInput, spec: Preprocess) 
     x = _resize_axis(_resize_axis(x, 1, spec.height), 2, spec.width)
     if spec.layout == "NCHW":
         x = x.transpose(0, 3, 1, 2)
-    bshape = [1, -1, 1, 1] if spec.layout == "NCHW" else [1, 1, 1, -1]
-    x = (x * spec.scale - np.reshape(spec.mean, bshape)) / np.reshape(spec.std, bshape)
+    if not spec.raw:
+        bshape = [1, -1, 1, 1] if spec.layout == "NCHW" else [1, 1, 1, -1]
+        x = (x * spec.scale - np.reshape(spec.mean, bshape)) / np.reshape(spec.std, bshape)
     if spec.flat:
         x = x.reshape(len(x), -1)
+    if np.dtype(spec.dtype).kind in "ui":
+        x = np.round(x.astype(np.float32))
     return x.astype(spec.dtype)
+
+
+#: ops between a model's input and its own normalisation that keep pixel values (layout, casts)
+_KEEPS_PIXELS = {
+    "Cast",
+    "Transpose",
+    "Identity",
+    "Reshape",
+    "Unsqueeze",
+    "Squeeze",
+    "QuantizeLinear",
+    "DequantizeLinear",
+}
+#: what a graph divides pixels by to normalise them itself: x / 255 (0..1) or x / 127.5 - 1 (-1..1)
+_PIXEL_DIVISORS = (255.0, 127.5)
+
+
+def _scalar(model: onnx.ModelProto, name: str) -> float | None:
+    """The value of a one-element constant (an initializer, a ``Constant``, or a small constant subgraph such
+    as a quantised scalar's ``DequantizeLinear``), else None."""
+    value = constant_value(model, name)
+    return float(value.reshape(-1)[0]) if value is not None and value.size == 1 else None
+
+
+def own_preprocessing(model: onnx.ModelProto, input_name: str) -> str | None:
+    """Why the model takes raw pixels and preprocesses them itself, or None: its input is uint8, or a float input
+    that its graph, past layout ops and casts, first multiplies by 1/255 (1/127.5) or divides by 255 (127.5)."""
+    graph = model.graph
+    value = next(i for i in graph.input if i.name == input_name)
+    if value.type.tensor_type.elem_type == onnx.TensorProto.UINT8:
+        return f"its input {input_name!r} is uint8 pixels"
+    readers = consumers(graph)
+    name, seen = input_name, 0
+    while seen < 8 and len(readers.get(name, [])) == 1:
+        node, seen = readers[name][0], seen + 1
+        if node.op_type in _KEEPS_PIXELS:
+            name = node.output[0]
+            continue
+        if node.op_type in ("Mul", "Div") and len(node.input) == 2:
+            factor = _scalar(model, node.input[1] if node.input[0] == name else node.input[0])
+            if factor:
+                divisor = factor if node.op_type == "Div" else 1 / factor
+                if any(abs(divisor - d) <= 1e-3 * d for d in _PIXEL_DIVISORS):
+                    return f"its graph divides the input pixels by {divisor:g} itself ({node.op_type} {node.name!r})"
+        return None
+    return None

@@ -37,11 +37,33 @@ def _default_opset(model: onnx.ModelProto) -> int:
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
 
 
+#: Z's lowest opset: its preprocessing's ``Resize`` by sizes and the per-image ``Loop`` need opset 11
+MIN_OPSET = 11
+
+
+def without_initializer_inputs(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of ``model`` whose graph inputs are only its real inputs, at IR 4 or newer (which allows that).
+
+    IR 3 files and ``keep_initializers_as_inputs`` exports list every weight as an input too; a cut of an IR 3
+    file keeps its IR version while graphsurgeon lists the weights as initializers only. Either way onnx's
+    version converter reports the weights as undefined ("Input conv1.weight is undefined!").
+    """
+    initializers = {i.name for i in model.graph.initializer}
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    real = [i for i in copy.graph.input if i.name not in initializers]
+    del copy.graph.input[:]
+    copy.graph.input.extend(real)
+    copy.ir_version = max(copy.ir_version, 4)
+    return copy
+
+
 def reconcile_opsets(
     models: list[onnx.ModelProto], names: list[str]
 ) -> tuple[list[onnx.ModelProto], int, dict[str, str]]:
-    """Bring every model to the highest default-domain opset among them with onnx's version converter."""
-    target = max(_default_opset(m) for m in models)
+    """Bring every model to Z's opset (the highest default-domain opset among them, at least ``MIN_OPSET``)
+    with onnx's version converter; the parity check then compares each converted source with its original."""
+    target = max(MIN_OPSET, *(_default_opset(m) for m in models))
     converted, notes = [], {}
     for model, name in zip(models, names):
         version = _default_opset(model)
@@ -49,7 +71,7 @@ def reconcile_opsets(
             converted.append(model)
             continue
         try:
-            converted.append(version_converter.convert_version(model, target))
+            converted.append(version_converter.convert_version(without_initializer_inputs(model), target))
         except Exception as exc:
             raise OnnxMergeError(
                 f"source {name!r} uses opset {version} and onnx could not convert it to opset {target} "
@@ -149,22 +171,3 @@ def stitch(sources: list[StitchSource], image: ImageInput) -> tuple[onnx.ModelPr
     model.ir_version = max(max(m.ir_version for m in models), 7)
     del model.graph.value_info[:]
     return model, notes
-
-
-def keep_outputs(model: onnx.ModelProto, outputs: list[str]) -> onnx.ModelProto:
-    """A copy of ``model`` computing only ``outputs``; nodes and initializers nothing needs are dropped."""
-    graph = gs.import_onnx(model)
-    tensors = graph.tensors()
-    graph.outputs = [tensors[name] for name in outputs]
-    graph.cleanup(remove_unused_graph_inputs=False).toposort()
-    result = gs.export_onnx(graph, do_type_check=False)
-    hoist_loop_weights(result)
-    result.ir_version = model.ir_version
-    del result.graph.value_info[:]
-    used = {n.domain for n in result.graph.node} | {n.domain for f in result.functions for n in f.node}
-    used |= {f.domain for f in result.functions}
-    kept = [o for o in result.opset_import if o.domain in ("", "ai.onnx") or o.domain in used]
-    del result.opset_import[:]
-    result.opset_import.extend(kept)  # no ai.onnx.ml import once the sources' own heads are gone
-    result.metadata_props.extend(model.metadata_props)
-    return result

@@ -25,8 +25,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
-from onnx import helper
 
+from ..graph.topology import with_outputs
 from ..runtime.session import make_session, run_batched
 from .estimate import FOLD_TOL, fold_plan
 from .head import HEAD_INPUT, fit_head
@@ -82,16 +82,9 @@ def split(images: np.ndarray, pool: np.ndarray | None, calibration_images: int, 
     return Split(calibration, from_pool, estimate, agreement)
 
 
-def _exposing(model: onnx.ModelProto, name: str) -> onnx.ModelProto:
-    copy = onnx.ModelProto()
-    copy.CopyFrom(model)
-    copy.graph.output.append(helper.make_empty_tensor_value_info(name))
-    return copy
-
-
 def head_inputs(model: onnx.ModelProto, images: np.ndarray) -> np.ndarray:
     """Z's ``head/input`` (the logistic regression's input) on ``images``, as Z computes it."""
-    session = make_session(_exposing(model, HEAD_INPUT))
+    session = make_session(with_outputs(model, [HEAD_INPUT], extra=True))
     return run_batched(session, images, [HEAD_INPUT], batch_size=16, quiet=True)[HEAD_INPUT].astype(np.float64)
 
 

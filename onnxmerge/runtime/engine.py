@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 
 from ..errors import OnnxMergeError
-from ..graph.stitch import keep_outputs
+from ..graph.topology import with_outputs
 from .session import EXTRACT_VALUES_PER_CALL, make_session, run_batched
 from .tasks import digests_task
 from .weights import WeightFolder, release_freed_memory
@@ -98,7 +98,7 @@ class LocalEngine:
 
     def part_session(self, outputs: list[str]):
         """A session of the part of the graph that computes ``outputs`` (the light part is kept for reuse)."""
-        return make_session(self.part(outputs), weights=self.weights)
+        return make_session(self.part(outputs), weights=self.weights, built=True)
 
     def group_outputs(self, group: list[str]) -> list[str]:
         """The stitched graph's outputs that ``group``'s session computes."""
@@ -131,12 +131,12 @@ class LocalEngine:
                 for n in self.model.graph.node
                 if n.op_type == "Identity" and n.output[0] in outputs and n.input[0] not in outputs
             ]
-            self._parts[key] = keep_outputs(self.model, outputs)
+            self._parts[key] = with_outputs(self.model, outputs, prune=True)
         return self._parts[key]
 
     def session(self, model: onnx.ModelProto):
         """A session of another model whose weights live in the same folder (Z, once its head is appended)."""
-        return make_session(model, weights=self.weights)
+        return make_session(model, weights=self.weights, built=True)
 
     def _group_session(self, group: list[str]):
         key = tuple(group)

@@ -10,7 +10,7 @@ import onnxruntime as ort
 from tqdm.auto import tqdm
 
 from ..errors import OnnxMergeError, first_line
-from ..graph.cut import exposing
+from ..graph.topology import with_outputs
 from .weights import ORT_FOLDER_KEY, WeightFolder, external_bytes, release_freed_memory
 
 
@@ -28,11 +28,13 @@ LARGE_MODEL_BYTES = 8 * 2**20
 
 
 def make_session(
-    model: onnx.ModelProto | bytes | str, threads: int = 0, weights: WeightFolder | None = None
+    model: onnx.ModelProto | bytes | str, threads: int = 0, weights: WeightFolder | None = None, built: bool = False
 ) -> ort.InferenceSession:
     """An onnxruntime CPU session; idle threads do not spin, so back-to-back sessions do not slow each other.
 
     ``weights`` is the folder a light model's offloaded tensors live in (``onnxmerge.runtime.weights``).
+    ``built``: the model is a graph onnxmerge made from sources that load on their own (the stitched graph, Z),
+    so a refusal is onnxmerge's fault, and says so, not the source's.
     """
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
@@ -60,6 +62,11 @@ def make_session(
     try:
         session = ort.InferenceSession(payload, options, providers=["CPUExecutionProvider"])
     except Exception as exc:
+        if built:
+            raise OnnxMergeError(
+                f"onnxruntime cannot load the graph onnxmerge built from the sources ({first_line(exc)}); every "
+                "source loads on its own, so this is a bug in onnxmerge: please report it with the source models."
+            ) from exc
         raise OnnxMergeError(
             f"onnxruntime cannot load the model ({first_line(exc)}); re-export the source or check its opset."
         ) from exc
@@ -126,7 +133,7 @@ def tensor_rank(
     model: onnx.ModelProto, tensor: str, probe_input: np.ndarray, weights: WeightFolder | None = None
 ) -> int:
     """Rank of ``tensor``, measured by running ``model`` with it exposed on one sample input."""
-    session = make_session(exposing(model, tensor), weights=weights)
+    session = make_session(with_outputs(model, [tensor]), weights=weights)
     return session.run([tensor], {session.get_inputs()[0].name: probe_input})[0].ndim
 
 

@@ -58,7 +58,7 @@ def cached_session(digest: str, threads: int = 0):
         if session is None:
             if digest not in _MODELS:
                 raise RuntimeError(f"model {digest[:12]} was not shipped to this process")
-            session = _SESSIONS[key] = make_session(_MODELS[digest], threads=threads)
+            session = _SESSIONS[key] = make_session(_MODELS[digest], threads=threads, built=True)
     return session
 
 

@@ -6,7 +6,7 @@ stitch, share and head steps then copy and edit protos of a few hundred KB inste
 and each onnxruntime session reads the data from the folder as it loads. Only Z's final write puts the
 bytes back inline, streamed one tensor at a time.
 
-Why: a ``ModelProto`` holds its weights in memory, and every copy (cut, stitch, keep_outputs, the head,
+Why: a ``ModelProto`` holds its weights in memory, and every copy (cut, stitch, with_outputs, the head,
 ``SerializeToString`` for a session) duplicated them; a build from two 19 MB sources peaked at 21x their
 size. The reference ``SHA-256`` of each tensor is stored in the standard ``checksum`` key, so identical
 weights can be recognised without reading them back (``share.py``) and the stitched graph's digest

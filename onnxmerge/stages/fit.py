@@ -7,7 +7,7 @@ import numpy as np
 
 from ..errors import OnnxMergeError
 from ..files.images import Dataset, ImageFiles
-from ..graph.stitch import keep_outputs
+from ..graph.topology import with_outputs
 from ..learn import health
 from ..learn.head import HeadInput, TeachersHead, append_head, fit_head, select_C
 from ..learn.routing import PSEUDO_LABEL_THRESHOLD, pseudo_labels
@@ -63,7 +63,7 @@ def fit_labelled(extracted: Extracted, labelled: Dataset | None, pool: Dataset |
         (x_pool, pseudo, keep, weights[-1] if weights else np.ones(kept)) if pool is not None else None,
         claims,
     )
-    graph = keep_outputs(extracted.prepared.graph.model, extracted.graph_outputs())
+    graph = with_outputs(extracted.prepared.graph.model, extracted.graph_outputs(), prune=True)
     model = append_head(graph, head_input, head, extracted.widths)
     return Fitted(model, head, classes, (labelled if labelled is not None else pool).x, seen, assessment=said)
 

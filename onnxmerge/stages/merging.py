@@ -26,12 +26,12 @@ from ..files.images import Dataset, decoded
 from ..files.models import load_model_with_digest
 from ..graph import weightmerge
 from ..graph.architecture import Match, backbone, compare_models
-from ..graph.batchloop import exposing_all
 from ..graph.cut import cut
 from ..graph.inspect import find_head
 from ..graph.permute import permuted, unit_spaces
 from ..graph.preprocess import ImageInput, reference_preprocess
 from ..graph.stitch import reconcile_opsets
+from ..graph.topology import with_outputs
 from ..learn import merging
 from ..runtime.session import Runner
 from ..runtime.weights import WeightFolder
@@ -146,7 +146,7 @@ def _selection_inputs(
 
 
 def _run(model: onnx.ModelProto, names: list[str], x: np.ndarray, weights: WeightFolder) -> list[np.ndarray]:
-    runner = Runner(exposing_all(model, names), weights)
+    runner = Runner(with_outputs(model, names), weights)
     parts = [runner.run(x[i : i + 64], names) for i in range(0, len(x), 64)]
     return [np.concatenate([p[k] for p in parts]) for k in range(len(names))]
 

@@ -16,9 +16,9 @@ import onnx
 from ..contract import FEATURES, IMAGE, PROBABILITIES, UNKNOWN_SCORE
 from ..errors import OnnxMergeError
 from ..files.images import decoded
-from ..graph.cut import exposing
 from ..graph.preprocess import reference_preprocess
 from ..graph.stitch import output_names
+from ..graph.topology import with_outputs
 from ..learn.unknown import DISTANCE
 from ..runtime.session import CHECK_VALUES_PER_CALL, Runner, run_batched
 from ..runtime.weights import WeightFolder, release_freed_memory
@@ -26,6 +26,15 @@ from .results import Extracted, Fitted, Prepared, feature_sources
 
 EXACT = 1e-5  # the contract's tolerance, relative to max(1, max |reference|)
 CONVERTED = 1e-4  # the loosest allowed step (an opset conversion that changes an op's arithmetic)
+#: a source in reduced precision is checked against the source file itself (its own precision). Z runs the
+#: same float16 / int8 ops, but onnxruntime optimises the graph around the cut differently: it drops the
+#: float16 rounding of a feature that Z casts to float32 right away (one float16 step, 2^-11 = 4.9e-4, was the
+#: largest difference measured), and may fuse a requantisation differently (one step of an 8-bit scale is 1/255
+#: of the range; the QDQ and dynamic files measured 0)
+REDUCED = {
+    "float16": (1e-3, "a float16 source checked against itself: two float16 steps"),
+    "int8": (1e-2, "an int8 source checked against itself on dequantised features: two 8-bit steps"),
+}
 
 
 @dataclass
@@ -75,7 +84,7 @@ class SourceReference:
     def __init__(
         self, model: onnx.ModelProto, feature: str, pooled: tuple[int, ...] | bool, weights: WeightFolder | None = None
     ):
-        self.runner = Runner(exposing(model, feature), weights)
+        self.runner = Runner(with_outputs(model, [feature]), weights)
         self.feature, self.pooled = feature, pooled
 
     def features(self, inputs: np.ndarray) -> np.ndarray:
@@ -133,7 +142,7 @@ def check_parity(extracted: Extracted, fitted: Fitted) -> list[ParityCheck]:
     references = [_source_reference(prepared, source, sample) for source in prepared.sources]
     extra = [UNKNOWN_SCORE, DISTANCE] if fitted.unknown is not None else []
     z_out = run_batched(
-        engine.session(with_outputs(fitted.model, extra[1:])),
+        engine.session(with_outputs(fitted.model, extra[1:], extra=True) if extra[1:] else fitted.model),
         sample,
         [PROBABILITIES, FEATURES] + extra,
         engine.batch(budget=CHECK_VALUES_PER_CALL),
@@ -150,7 +159,11 @@ def check_parity(extracted: Extracted, fitted: Fitted) -> list[ParityCheck]:
         else:  # a merged backbone's repeat: its features are the stitched graph's (Z's ``features`` has them once)
             actual = inner[output_names(source.name)["feature"]]
         against = f"merged model ({source.merged})" if source.merged else "source"
-        check = compare(f"{source.name} features vs {against} {source.feature!r}", actual, reference)
+        step = f"{source.name} features vs {against} {source.feature!r}"
+        if source.precision in REDUCED:
+            check = compare(step, actual, reference, *REDUCED[source.precision])
+        else:
+            check = compare(step, actual, reference)
         if not check.ok and source.name in prepared.graph.notes:
             why = f"{prepared.graph.notes[source.name]} may change an op's arithmetic"
             check = compare(check.step, actual, reference, CONVERTED, why)
@@ -169,16 +182,6 @@ def check_parity(extracted: Extracted, fitted: Fitted) -> list[ParityCheck]:
         checks.append(compare("unknown_score vs numpy calibration", z_out[UNKNOWN_SCORE], level))
     require(checks)
     return checks
-
-
-def with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
-    """``model`` computing inner tensors ``names`` as extra outputs (the same graph: a copy of the light proto)."""
-    if not names:
-        return model
-    copy = onnx.ModelProto()
-    copy.CopyFrom(model)
-    copy.graph.output.extend(onnx.helper.make_empty_tensor_value_info(name) for name in names)
-    return copy
 
 
 def _source_reference(prepared: Prepared, source, sample: np.ndarray) -> tuple[np.ndarray, ParityCheck]:

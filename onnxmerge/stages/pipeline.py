@@ -58,7 +58,7 @@ def prepare(
 def extract(prepared: Prepared, labelled: Dataset | None, pool: Dataset | None) -> Extracted:
     """Stage 3 on a prepared build: the data checked against the sources, which sources teach, the extraction."""
     config, sources = prepared.config, prepared.sources
-    label_warnings = [w for s in sources for w in (s.label_warnings or [])]
+    label_warnings = [w for s in sources for w in (s.label_warnings or []) + (s.warnings or [])]
     check_data(config.mode, labelled is not None, pool is not None)
     if labelled is not None:
         check_class_names(sorted({str(c) for c in labelled.y}), sources, config.new_classes)

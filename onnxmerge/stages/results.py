@@ -42,6 +42,8 @@ class ResolvedSource:
     batch_note: str | None = None
     label_warnings: list[str] | None = None  # labels the model carries but onnxmerge could not read
     merged: str | None = None  # the weight merge this model's backbone came from (stages/merging.py)
+    warnings: list[str] | None = None  # a recipe that normalises for a source that does its own preprocessing
+    precision: str = "float32"  # what the source computes in ("float16", "int8"): Z keeps it (graph.inspect)
 
     @property
     def name(self) -> str:

@@ -8,7 +8,8 @@ from sklearn.pipeline import Pipeline
 
 from ..errors import OnnxMergeError
 from ..files.images import Dataset
-from ..graph.stitch import keep_outputs, output_names
+from ..graph.stitch import output_names
+from ..graph.topology import with_outputs
 from ..learn.head import HeadInput, TeachersHead, fit_head
 from ..learn.routing import Teachers, l2_blocks, route_pool
 from . import assess
@@ -45,7 +46,9 @@ def fit_teachers(extracted: Extracted, labelled: Dataset | None, pool: Dataset |
         router, rows, said = fit_router(extracted, x_pool, teachers, pool_out, known)
     head = TeachersHead(head_input, teachers, router, new)
     said += assess.teachers_mode(extracted, head, head_input, pool_out, rows)
-    model = head.append(keep_outputs(extracted.prepared.graph.model, extracted.graph_outputs()), extracted.widths)
+    model = head.append(
+        with_outputs(extracted.prepared.graph.model, extracted.graph_outputs(), prune=True), extracted.widths
+    )
     given = pool if pool is not None else labelled
     parity = given.x if given is not None else np.zeros((2, *extracted.config.input.shape), np.uint8)
     return Fitted(model, head, head.classes, parity, seen, assessment=said)

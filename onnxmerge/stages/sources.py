@@ -9,10 +9,11 @@ import onnx
 from ..config import ImageInput, Preprocess, Source
 from ..errors import OnnxMergeError, first_line
 from ..files.models import load_model_with_digest
-from ..graph.batchloop import exposing_all, per_image
+from ..graph.batchloop import per_image
 from ..graph.cut import cut, inferred_rank, source_input
-from ..graph.inspect import find_head, find_head_output, read_labels
-from ..graph.preprocess import reference_preprocess
+from ..graph.inspect import find_head, find_head_output, precision, read_labels
+from ..graph.preprocess import own_preprocessing, reference_preprocess
+from ..graph.topology import with_outputs
 from ..runtime.session import Runner, check_loads, tensor_rank
 from ..runtime.weights import WeightFolder
 from ..safety import printable
@@ -80,8 +81,31 @@ def _resolve(spec: Source, image: ImageInput, weights: WeightFolder) -> Resolved
     preprocess = resolve_preprocess(spec.name, model, spec.preprocess, image)
     model, note = dynamic_batch(spec.name, model, preprocess, image, weights, [feature, head_output])
     return ResolvedSource(
-        spec, model, feature, reason, head_output, labels, preprocess, sha256, batch_note=note, label_warnings=warnings
+        spec,
+        model,
+        feature,
+        reason,
+        head_output,
+        labels,
+        preprocess,
+        sha256,
+        batch_note=note,
+        label_warnings=warnings,
+        warnings=_normalisation_ignored(spec, model),
+        precision=precision(model),
     )
+
+
+def _normalisation_ignored(spec: Source, model: onnx.ModelProto) -> list[str]:
+    """The warning for a recipe that gives scale/mean/std to a source that does its own preprocessing."""
+    own = own_preprocessing(model, source_input(model).name)
+    given = [k for k in ("scale", "mean", "std") if getattr(spec.preprocess, k) is not None]
+    if not (own and given):
+        return []
+    return [
+        f"source {spec.name!r} does its own preprocessing ({own}), so Z feeds it pixels and ignores the recipe's "
+        f"{'/'.join(given)}; remove them from its [sources.preprocess]."
+    ]
 
 
 def _static(dim) -> int | None:
@@ -94,8 +118,18 @@ def resolve_preprocess(name: str, model: onnx.ModelProto, spec: Preprocess, imag
     tt = inp.type.tensor_type
     dims = [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim]
     dtype = onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type) if tt.elem_type else np.dtype(np.float32)
-    if np.dtype(dtype).kind != "f":
-        raise OnnxMergeError(f"source {name!r} takes {np.dtype(dtype)} input; onnxmerge feeds sources float tensors.")
+    raw = own_preprocessing(model, inp.name) is not None
+    if np.dtype(dtype).kind != "f" and not (raw and np.dtype(dtype) == np.uint8):
+        raise OnnxMergeError(
+            f"source {name!r} takes {np.dtype(dtype)} input; onnxmerge feeds sources float tensors, or uint8 pixels."
+        )
+    if not raw:
+        missing = [k for k in ("scale", "mean", "std") if getattr(spec, k) is None]
+        if missing:
+            raise OnnxMergeError(
+                f"source {name!r} preprocess is missing the required key {missing[0]!r}: its model takes a "
+                "normalised float input (only a model that takes raw pixels may leave out scale, mean and std)."
+            )
     if len(dims) == 4:
         height, width, channels, layout = _image_input(name, inp.name, dims, spec, image)
     elif len(dims) == 2:
@@ -112,9 +146,9 @@ def resolve_preprocess(name: str, model: onnx.ModelProto, spec: Preprocess, imag
         )
     if channels not in (1, 3):
         raise OnnxMergeError(f"source {name!r} expects {channels} channels; onnxmerge converts between 1 and 3 only.")
-    mean, std = _per_channel_normalisation(name, spec, channels)
+    mean, std = (None, None) if raw else _per_channel_normalisation(name, spec, channels)
     return Preprocess(
-        scale=spec.scale,
+        scale=None if raw else spec.scale,
         mean=mean,
         std=std,
         height=height,
@@ -123,6 +157,7 @@ def resolve_preprocess(name: str, model: onnx.ModelProto, spec: Preprocess, imag
         layout=layout,
         flat=len(dims) == 2,
         dtype=np.dtype(dtype),
+        raw=raw,
     )
 
 
@@ -254,7 +289,7 @@ def run_per_image(
         k for k in keep if k and k not in {o.name for o in wrapped.graph.output} and k != input_name
     ]
     try:
-        exposed_original, exposed_wrapped = (exposing_all(m, names) for m in (model, wrapped))
+        exposed_original, exposed_wrapped = (with_outputs(m, names) for m in (model, wrapped))
         error = check_per_image(
             Runner(exposed_original, weights),
             Runner(exposed_wrapped, weights),
