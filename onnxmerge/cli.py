@@ -14,7 +14,7 @@ from pathlib import Path
 from . import signals
 from .errors import OnnxMergeError, note, warn
 from .safety import printable
-from .summary import build_summary, quantization_lines, z_lines  # noqa: F401  (also the API of build's report)
+from .summary import build_summary, quantization_lines, source_lines, z_lines  # noqa: F401  (also the API of build's report)
 from .version import __version__
 
 
@@ -46,11 +46,7 @@ def _inspect(args) -> int:
         labels = ", ".join(p(label) for label in info["labels"][:10])
         say(f"labels:  {len(info['labels'])}: {labels}{' ...' if len(info['labels']) > 10 else ''}")
     say(f"suggested feature: {p(info['suggested'])}\n  why: {p(info['reason'])}")
-    if info["precision"] != "float32":
-        say(f"precision: {info['precision']} (composed as it is; parity is checked against this file)")
-    if info["preprocessing"]:
-        say(f"preprocessing: the model does its own ({p(info['preprocessing'])}); no scale/mean/std needed")
-    for line in quantization_lines(info["quantization"]):
+    for line in source_lines(info) + quantization_lines(info["quantization"]):
         say(printable(line))
     shown = info["candidates"] if args.all else info["candidates"][:10]
     say(f"candidates ({len(shown)} of {len(info['candidates'])}{'' if args.all else '; --all for every one'}):")

@@ -116,25 +116,39 @@ def forecast_line(disagreed: float) -> str:
     )
 
 
+def source_lines(info: dict) -> list[str]:
+    """``inspect``'s lines for a source that is not a plain float32 model taking normalised input."""
+    lines = []
+    if info["precision"] != "float32":
+        lines.append(f"precision: {info['precision']} (composed as it is; parity is checked against this file)")
+    if info["preprocessing"]:
+        lines.append(f"preprocessing: the model does its own ({info['preprocessing']}); no scale/mean/std needed")
+    return lines
+
+
+def _resolved_lines(s) -> list[str]:
+    """The build report's lines for one resolved source: its file, feature and input, why, and its notes."""
+    p, pre = printable, s.preprocess
+    lines = [
+        f"source {p(s.spec.name)}: {p(Path(s.spec.model).name)}, feature '{p(s.feature)}' "
+        f"({'pooled, ' if s.cut.pooled else ''}{pre.layout} {pre.height}x{pre.width}x{pre.channels}"
+        f"{', flat' if pre.flat else ''}), {len(s.labels or [])} labels",
+        f"  why: {p(s.reason)}",
+    ]
+    if s.batch_note:
+        lines.append(f"  note: {s.batch_note}")
+    if s.precision != "float32":
+        lines.append(f"  precision: {s.precision}, composed as it is (parity against the source file itself)")
+    if pre.raw:
+        lines.append(f"  preprocessing: the model's own; Z feeds it pixels as {pre.dtype}")
+    return lines
+
+
 def build_summary(merger, output) -> str:
     """What ``build`` did, in a few lines: sources, feature widths, parity, classes, the file written."""
     p = printable
 
-    lines = []
-    for s in merger.sources_:
-        pre = s.preprocess
-        lines.append(
-            f"source {p(s.spec.name)}: {p(Path(s.spec.model).name)}, feature '{p(s.feature)}' "
-            f"({'pooled, ' if s.cut.pooled else ''}{pre.layout} {pre.height}x{pre.width}x{pre.channels}"
-            f"{', flat' if pre.flat else ''}), {len(s.labels or [])} labels"
-        )
-        lines.append(f"  why: {p(s.reason)}")
-        if s.batch_note:
-            lines.append(f"  note: {s.batch_note}")
-        if s.precision != "float32":
-            lines.append(f"  precision: {s.precision}, composed as it is (parity against the source file itself)")
-        if pre.raw:
-            lines.append(f"  preprocessing: the model's own; Z feeds it pixels as {pre.dtype}")
+    lines = [line for s in merger.sources_ for line in _resolved_lines(s)]
     for name, note in merger.notes_.items():
         lines.append(f"reconciled {p(name)}: {p(note)}")
     lines += ["parity: " + c.line() for c in merger.parity_]

@@ -15,18 +15,15 @@ DEBT = {
     "cli.py": 528,
     "files/images.py": 455,
     "files/models.py": 417,
-    "graph/inspect.py": 462,
     "cli.py:parser": 82,
     "demo.py:run_demo": 69,
     "evaluate.py:write_report": 71,
     "graph/batchloop.py:per_image": 75,
-    "graph/cut.py:cut": 64,
     "learn/estimate.py:cross_validate": 68,
     "learn/estimate.py:cross_validate_new_classes": 82,
     "learn/head.py:append": 70,
     "learn/quantize.py:quantize_z": 64,
     "predict.py:write_predictions": 61,
-    "summary.py:build_summary": 62,
 }
 
 

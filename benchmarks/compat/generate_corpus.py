@@ -26,7 +26,8 @@ last hidden activation; for converted files: that tensor as the converter rename
 against the original's), input preprocessing (``raw`` for wrappers), accuracy on the held-out digits.
 
 Environment: benchmarks/compat/requirements-corpus.txt (install torch==2.13.0 first, on its own); from the
-repository root (parts may run in parallel, ``--part NAME`` each; the last one writes manifest.json):
+repository root (parts may run in parallel, ``--part NAME`` each; each run writes manifest.json from the
+``manifest-PART.json`` of every part done so far):
 
     .venv-corpus/bin/python -m benchmarks.compat.generate_corpus --out DIR              # the whole corpus
     .venv-corpus/bin/python -m benchmarks.compat.generate_corpus --fixtures tests/fixtures/wild   # test fixtures
@@ -640,26 +641,24 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="write the whole corpus here")
     parser.add_argument("--fixtures", type=Path, help="write the small files only (test fixtures) here")
     parser.add_argument("--part", action="append", help=f"only these parts ({', '.join(PARTS_FULL)}); default all")
+    parser.add_argument("--manifest-only", action="store_true", help="only join the parts' manifests")
     args = parser.parse_args()
     out = args.out or args.fixtures
     if out is None:
         parser.error("give --out DIR or --fixtures DIR")
     out.mkdir(parents=True, exist_ok=True)
-    for part in args.part or (PARTS if args.fixtures else PARTS_FULL):
+    for part in [] if args.manifest_only else args.part or (PARTS if args.fixtures else PARTS_FULL):
         generate(out, part)
     for extra in out.glob("*.onnx.data"):  # every file here keeps its weights inside
         raise SystemExit(f"{extra} written: an export put weights outside the file")
-    parts = PARTS if args.fixtures else PARTS_FULL
-    if all((out / f"manifest-{p}.json").exists() for p in parts):  # every part done: one manifest
-        rows = [r for p in parts for r in json.loads((out / f"manifest-{p}.json").read_text())]
-        (out / "manifest.json").write_text(json.dumps(rows, indent=1) + "\n")
-        for p in parts:
-            (out / f"manifest-{p}.json").unlink()
-        for r in rows:
-            print(
-                f"{r['file']:34s} {r['variant']:12s} opset {r['opset']:2d} {r['bytes'] / 1024:7.0f} KB acc {r['accuracy']:.3f}"
-            )
-        print(f"{len(rows)} files over {len({r['base'] for r in rows})} base networks -> {out}")
+    parts = [p for p in (PARTS if args.fixtures else PARTS_FULL) if (out / f"manifest-{p}.json").exists()]
+    rows = [r for p in parts for r in json.loads((out / f"manifest-{p}.json").read_text())]
+    (out / "manifest.json").write_text(json.dumps(rows, indent=1) + "\n")  # the parts done so far, in order
+    for r in rows:
+        print(
+            f"{r['file']:34s} {r['variant']:12s} opset {r['opset']:2d} {r['bytes'] / 1024:7.0f} KB acc {r['accuracy']:.3f}"
+        )
+    print(f"{len(rows)} files over {len({r['base'] for r in rows})} base networks (parts {', '.join(parts)}) -> {out}")
     shutil.rmtree(out / "__pycache__", ignore_errors=True)
 
 
