@@ -1,13 +1,13 @@
 """The output blocks pasted into README.md and docs/*.md, found by their markers, and the check that keeps one
 equal to what its command prints today.
 
-A pasted block is a fenced block with no language, right after a line ``<!-- pasted: KEY -->`` (exact: the
-block is the whole output) or ``<!-- pasted: KEY, excerpt -->`` (every line of the block is a line of the
-output, in the output's order; other output lines may lie between them); ``, times vary`` in the marker
+A pasted block is a fenced block with no language, right after a line ``<!-- pasted: KEY -->`` (exact: the block is
+the whole output) or ``<!-- pasted: KEY, excerpt -->`` (every line of the block is a line of the output, in the
+output's order; other output lines may lie between them; a line ``...`` marks them); ``, times vary`` in the marker
 compares everything but measured times ("0.4 s", "0.69x the time"). The test that runs the command calls
-``assert_pasted(KEY, output)``; ``tests/test_docs.py`` checks that every such block has a marker and every
-marker a test (or, for runs too long for the suite, a benchmark script named in the marker:
-``<!-- pasted: KEY, checked by benchmarks/X.py -->``).
+``assert_pasted(KEY, output)``; ``tests/test_docs.py`` checks that every such block has a marker and every marker a
+test (or, for runs too long for the suite, a benchmark script named in the marker: ``<!-- pasted: KEY, checked by
+benchmarks/X.py -->``).
 """
 
 from __future__ import annotations
@@ -82,8 +82,8 @@ def assert_pasted(key: str, output: str) -> None:
     # its bound and its verdict ("-> ok") are what the block claims, and they must match
     pasted, actual = [_undiffed(line) for line in pasted], [_undiffed(line) for line in actual]
     if "excerpt" in block.options:
-        rest = iter(actual)
-        missing = [line for line in pasted if not any(line == other for other in rest)]
+        rest = iter(actual)  # a pasted "..." line stands for output left out
+        missing = [line for line in pasted if line != "..." and not any(line == other for other in rest)]
         assert not missing, _mismatch(block, output, f"these pasted lines are not in the output, in order: {missing}")
     else:
         assert pasted == actual, _mismatch(block, output, "the pasted block differs from the output")

@@ -77,9 +77,54 @@ def labelling_loop() -> dict[str, str]:
     return {"suggest-label": printed, "suggestions-csv": csv, "labels-note": build}
 
 
-RUNS = {"merge-build": merge_build, "suggest-label": labelling_loop}
+def unknown_loop() -> dict[str, str]:
+    """docs/unknown.md and the README: stage 1 with ``unknown = "auto"``, its evaluate and inspect, predict
+    --unknown-to on 300 test photos (every 6th image of test.npz, as PNG), the bags among them sorted into
+    new/Bag/ (the rest set aside), and stage 2 built from them."""
+    import numpy as np
+    from PIL import Image
+
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        (work / "examples").mkdir()
+        os.symlink(EXAMPLE, work / "examples" / "fashion")  # the commands' paths, as run from the repository
+        test = np.load(EXAMPLE / "data" / "test.npz")
+        (work / "photos").mkdir()
+        for i, (image, label) in enumerate(zip(test["x"][::6], test["y"][::6])):
+            Image.fromarray(image[..., 0]).save(work / "photos" / f"{i:03d}_{label}.png")
+
+        def run(args: list[str], stdout: bool = True) -> str:
+            done = subprocess.run([*ONNXMERGE, *args, "--quiet"], cwd=work, capture_output=True, text=True, check=True)
+            return f"$ onnxmerge {' '.join(args)}\n" + done.stderr + (done.stdout if stdout else "")
+
+        build = run(["build", "examples/fashion/unknown1.toml", "-o", "z1.onnx"])
+        inspect = run(["inspect", "z1.onnx"])
+        test_npz = "examples/fashion/data/test.npz"
+        report = run(["evaluate", "z1.onnx", test_npz, "--report", "rep1"])
+        plain = run(["evaluate", "z1.onnx", test_npz])
+        predict = run(["predict", "z1.onnx", "photos/", "--unknown-to", "new"], stdout=False)
+        predict = predict.replace("\n", " > predictions.tsv\n", 1)
+        (work / "new" / "Bag").mkdir()
+        for image in (work / "new").glob("*.png"):  # the user's sorting: bags to new/Bag/, the rest set aside
+            (image.replace(work / "new" / "Bag" / image.name) if "_Bag" in image.name else image.unlink())
+        recipe = (EXAMPLE / "unknown1.toml").read_text().replace('"models/', '"examples/fashion/models/')
+        recipe = recipe.replace('train = "data/train.npz"', 'train = ["examples/fashion/data/train.npz", "new"]')
+        (work / "unknown2.toml").write_text(recipe)
+        stage2 = run(["build", "unknown2.toml", "-o", "z2.onnx"]).replace("examples/fashion/", "")
+        stage2 += run(["evaluate", "z2.onnx", test_npz]).replace("examples/fashion/", "")
+    return {
+        "unknown-build-inspect": build + inspect,
+        "unknown-evaluate": report,
+        "unknown-predict": predict,
+        "unknown-stage2": stage2,
+        "unknown-readme": build + plain + predict,
+    }
+
+
+RUNS = {"merge-build": merge_build, "suggest-label": labelling_loop, "unknown": unknown_loop}
 KEYS = {"merge-build": "merge-build", "suggest-label": "suggest-label", "suggestions-csv": "suggest-label",
-        "labels-note": "suggest-label"}  # fmt: skip
+        "labels-note": "suggest-label", "unknown-build-inspect": "unknown", "unknown-evaluate": "unknown",
+        "unknown-predict": "unknown", "unknown-stage2": "unknown", "unknown-readme": "unknown"}  # fmt: skip
 
 
 def main() -> int:
