@@ -42,32 +42,9 @@ def _source_accuracy(merger, name: str, labels: list[str], x: np.ndarray, y: np.
     return float(np.mean(np.asarray(labels)[head.argmax(axis=1)] == y))
 
 
-def run_demo(out: Path, example: Path | None = None, quiet: bool = False) -> dict:
-    """Build stage 1 and stage 2 Z from the shipped example, print the table, write Z and the report.
-
-    Returns the table's rows, the stage-2 evaluation and the four fitted Mergers (``built``: fit1, fit2, teach1,
-    teach2), whose build reports are what ``onnxmerge build`` on the same recipes prints."""
-    example = example if example is not None else find_example()
-    if not (example / "stage1.toml").is_file():
-        raise OnnxMergeError(f"the demo files are not in {example}; give the folder holding stage1.toml.")
-    out.mkdir(parents=True, exist_ok=True)
-    test = np.load(example / "data" / "test.npz")
-    x_test, y_test = test["x"], test["y"].astype(str)
-    say = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr))
-
-    built = {}
-    for key, recipe_name, what in (
-        ("fit1", "stage1.toml", "stage 1, labelled fit: Z over the sources' 8 classes from labelled images"),
-        ("fit2", "stage2.toml", "stage 2, labelled fit: add 'Bag' (no source knows it) from 5 images"),
-        ("teach1", "teachers1.toml", "stage 1, teachers mode: no labels at all, routed on an unlabeled pool"),
-        ("teach2", "teachers2.toml", "stage 2, teachers mode: only Bag's 5 images are labelled"),
-    ):
-        say(what)
-        recipe = load_recipe(example / recipe_name, quiet=quiet)
-        built[key] = recipe.merger.fit(recipe.train, unlabeled=recipe.unlabeled)
-        built[key].save(out / f"z_{key}.onnx")
+def _table_rows(built: dict, preds: dict, x_test: np.ndarray, y_test: np.ndarray) -> list[tuple]:
+    """The demo table's rows: each source on its classes, the union, each new class's recall, all classes."""
     z1 = built["fit1"]
-    preds = {key: z.predict(x_test) for key, z in built.items()}
 
     def accuracy(mask):
         return [float(np.mean(preds[key][mask] == y_test[mask])) for key in built]
@@ -94,6 +71,11 @@ def run_demo(out: Path, example: Path | None = None, quiet: bool = False) -> dic
     every = np.ones(len(y_test), bool)
     _, fit2, _, teach2 = accuracy(every)
     rows.append((f"all {n_all} classes", len(y_test), None, None, fit2, None, teach2))
+    return rows
+
+
+def _print_table(rows: list[tuple]) -> None:
+    """Print the demo table (a column per Z: labelled fit and teachers mode, stage 1 and stage 2)."""
 
     def cell(v):
         return f"{v:8.3f}" if v is not None else f"{'-':>8}"
@@ -105,6 +87,36 @@ def run_demo(out: Path, example: Path | None = None, quiet: bool = False) -> dic
     ]
     table += [f"{name:34} {n:6d} " + " ".join(cell(v) for v in values) for name, n, *values in rows]
     print("\n".join(table))
+
+
+def run_demo(out: Path, example: Path | None = None, quiet: bool = False) -> dict:
+    """Build stage 1 and stage 2 Z from the shipped example, print the table, write Z and the report.
+
+    Returns the table's rows, the stage-2 evaluation and the four fitted Mergers (``built``: fit1, fit2, teach1,
+    teach2), whose build reports are what ``onnxmerge build`` on the same recipes prints."""
+    example = example if example is not None else find_example()
+    if not (example / "stage1.toml").is_file():
+        raise OnnxMergeError(f"the demo files are not in {example}; give the folder holding stage1.toml.")
+    out.mkdir(parents=True, exist_ok=True)
+    test = np.load(example / "data" / "test.npz")
+    x_test, y_test = test["x"], test["y"].astype(str)
+    say = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr))
+
+    built = {}
+    for key, recipe_name, what in (
+        ("fit1", "stage1.toml", "stage 1, labelled fit: Z over the sources' 8 classes from labelled images"),
+        ("fit2", "stage2.toml", "stage 2, labelled fit: add 'Bag' (no source knows it) from 5 images"),
+        ("teach1", "teachers1.toml", "stage 1, teachers mode: no labels at all, routed on an unlabeled pool"),
+        ("teach2", "teachers2.toml", "stage 2, teachers mode: only Bag's 5 images are labelled"),
+    ):
+        say(what)
+        recipe = load_recipe(example / recipe_name, quiet=quiet)
+        built[key] = recipe.merger.fit(recipe.train, unlabeled=recipe.unlabeled)
+        built[key].save(out / f"z_{key}.onnx")
+    preds = {key: z.predict(x_test) for key, z in built.items()}
+
+    rows = _table_rows(built, preds, x_test, y_test)
+    _print_table(rows)
     pred2, z2 = preds["fit2"], built["fit2"]
     result = evaluate_predictions(y_test, pred2, z2.classes_)
     written = write_report(result, out / "report", "Z stage 2 on the Fashion-MNIST demo test set")

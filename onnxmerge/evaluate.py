@@ -9,7 +9,7 @@ import numpy as np
 from sklearn.metrics import confusion_matrix
 
 from .errors import OnnxMergeError
-from .files.models import atomic_path
+from .files.outputs import atomic_path
 from .rejection import PLOT, plot_scores, report_html
 from .safety import printable
 
@@ -53,25 +53,13 @@ def evaluation_from_confusion(matrix: np.ndarray, labels: list[str], known: list
     }
 
 
-def write_report(
-    result: dict, outdir: str | Path, title: str = "onnxmerge evaluation", scores: tuple | None = None
-) -> list[Path]:
-    """Write ``confusion.png`` and ``report.html`` into ``outdir`` (created if missing); with ``scores``
-    (``(true labels, unknown_score, Z's classes)`` of a Z with the score) also ``unknown.png``, the score's
-    distributions on Z's classes and on the others."""
+def _plot_confusion(result: dict, outdir: Path, title: str) -> Path:
+    """Write ``confusion.png`` (counts, shaded by each true class's share) into ``outdir``; its path."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
 
-    outdir = Path(outdir)
-    try:
-        outdir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OnnxMergeError(
-            f"report folder {printable(outdir)} cannot be created ({exc.strerror or exc}); choose "
-            "another --report path."
-        ) from exc
     labels, matrix = result["labels"], np.asarray(result["confusion"])
     size = max(4.0, 0.6 * len(labels) + 2)
     fig, ax = plt.subplots(figsize=(size, size * 0.85))
@@ -99,6 +87,24 @@ def write_report(
     with atomic_path(png, ".png") as tmp:
         fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
+    return png
+
+
+def write_report(
+    result: dict, outdir: str | Path, title: str = "onnxmerge evaluation", scores: tuple | None = None
+) -> list[Path]:
+    """Write ``confusion.png`` and ``report.html`` into ``outdir`` (created if missing); with ``scores``
+    (``(true labels, unknown_score, Z's classes)`` of a Z with the score) also ``unknown.png``, the score's
+    distributions on Z's classes and on the others."""
+    outdir = Path(outdir)
+    try:
+        outdir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OnnxMergeError(
+            f"report folder {printable(outdir)} cannot be created ({exc.strerror or exc}); choose "
+            "another --report path."
+        ) from exc
+    png = _plot_confusion(result, outdir, title)
     rows_html = "".join(
         f"<tr><td>{html.escape(label)}</td><td>{v['recall']:.3f}</td><td>{v['support']}</td></tr>"
         for label, v in result["per_class"].items()

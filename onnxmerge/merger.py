@@ -17,7 +17,8 @@ from .config import DEFAULT_C, MODES, Config, ImageInput, MergeSpec, Source, che
 from .contract import FEATURES, LABEL, PROBABILITIES
 from .errors import OnnxMergeError
 from .files.images import as_images, as_labelled, as_pool
-from .files.models import check_output_path, save_model
+from .files.models import save_model
+from .files.outputs import check_output_path
 from .learn.head import TeachersHead
 from .runtime.factory import open_tasks
 from .runtime.session import EXTRACT_VALUES_PER_CALL, run_batched

@@ -19,7 +19,8 @@ import numpy as np
 
 from .contract import LABEL, PROBABILITIES, UNKNOWN_SCORE, read_metadata
 from .errors import OnnxMergeError
-from .files.images import as_images, is_url, read_image_at
+from .files.images import as_images, read_image_at
+from .files.listing import is_url
 from .files.models import load_model
 from .graph.preprocess import ImageInput
 from .runtime.session import make_session, run_batched
@@ -187,12 +188,8 @@ class Written:
     errors: list[str]
 
 
-def write_predictions(z: ZModel, files: list[str], tasks: Tasks, out: str, probabilities: bool = False) -> Written:
-    """Z on image files, written as a Parquet dataset ``out`` (a folder of ``part-NNNNN.parquet``, one per
-    chunk, in the files' order): ``file``, ``label``, ``probability`` and, with ``probabilities``, every
-    class's probability (in ``z.labels`` order). The workers write the parts, so ``out`` must be a path or URL
-    every worker reaches. Nothing appears at ``out`` unless the whole run succeeds.
-    """
+def _import_dask_writers():
+    """fsspec (returned) and pyarrow, or the error that names the optional extra to install."""
     try:
         import fsspec
         import pyarrow  # noqa: F401 - the workers write the parts with it
@@ -201,6 +198,26 @@ def write_predictions(z: ZModel, files: list[str], tasks: Tasks, out: str, proba
             f"--out needs the optional extra 'dask' ({exc.name} is not installed); install it with: "
             f"{install_extra_command('dask')}"
         ) from None
+    return fsspec
+
+
+def _drop_temporaries(fs, partial: str, parts: list[str]) -> int:
+    """Remove what is not a part from ``partial`` and count the ``parts`` present there."""
+    written = set(fs.ls(partial, detail=False))
+    for path in written:  # a lost worker's half-written temporary file
+        if not Path(path).name.startswith("part-"):
+            fs.rm(path)
+    names = {Path(w).name for w in written}
+    return sum(Path(p).name in names for p in parts)  # a chunk whose every file was unreadable has none
+
+
+def write_predictions(z: ZModel, files: list[str], tasks: Tasks, out: str, probabilities: bool = False) -> Written:
+    """Z on image files, written as a Parquet dataset ``out`` (a folder of ``part-NNNNN.parquet``, one per
+    chunk, in the files' order): ``file``, ``label``, ``probability`` and, with ``probabilities``, every
+    class's probability (in ``z.labels`` order). The workers write the parts, so ``out`` must be a path or URL
+    every worker reaches. Nothing appears at ``out`` unless the whole run succeeds.
+    """
+    fsspec = _import_dask_writers()
     fs, target = fsspec.core.url_to_fs(out)
     _check_replaceable(fs, target, out)
     partial = f"{target}.partial-{uuid.uuid4().hex[:8]}"
@@ -235,12 +252,7 @@ def write_predictions(z: ZModel, files: list[str], tasks: Tasks, out: str, proba
             raise OnnxMergeError(
                 f"none of the {len(files)} images could be read (first: {errors[0]}); nothing was written."
             )
-        written = set(fs.ls(partial, detail=False))
-        for path in written:  # a lost worker's half-written temporary file
-            if not Path(path).name.startswith("part-"):
-                fs.rm(path)
-        names = {Path(w).name for w in written}
-        present = sum(Path(p).name in names for p in parts)  # a chunk whose every file was unreadable has none
+        present = _drop_temporaries(fs, partial, parts)
         if fs.exists(target):
             fs.rm(target, recursive=True)
         fs.mv(partial, target, recursive=True)

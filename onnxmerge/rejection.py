@@ -14,7 +14,7 @@ import numpy as np
 
 from .contract import UNKNOWN
 from .errors import OnnxMergeError
-from .files.models import atomic_path
+from .files.outputs import atomic_path
 from .safety import printable
 
 PLOT = "unknown.png"  # the score distributions, written by ``evaluate --report`` when Z has the score

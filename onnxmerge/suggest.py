@@ -18,7 +18,7 @@ import numpy as np
 from .errors import OnnxMergeError
 from .files.images import Dataset, as_labelled, as_pool, read_images
 from .files.labelling import Suggestion, copy_into, every_image, read_suggestions, waiting, write_suggestions
-from .files.models import check_output_folder
+from .files.outputs import check_output_folder
 from .graph.stitch import output_names
 from .learn.routing import l2_blocks
 from .learn.select import choose

@@ -16,7 +16,8 @@ from pasted import assert_pasted
 from PIL import Image
 
 from onnxmerge.cli import main
-from onnxmerge.files.images import list_images, read_images
+from onnxmerge.files.images import read_images
+from onnxmerge.files.listing import list_images
 from onnxmerge.recipe import load_recipe
 
 distributed = pytest.importorskip("distributed")

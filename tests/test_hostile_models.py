@@ -12,7 +12,8 @@ from conftest import FIXTURES
 from onnx import TensorProto, helper
 
 from onnxmerge.errors import OnnxMergeError
-from onnxmerge.files.models import atomic_path, load_model, save_model
+from onnxmerge.files.models import load_model, save_model
+from onnxmerge.files.outputs import atomic_path
 
 DYNAMO = "torch_dynamo_mlp.onnx"
 

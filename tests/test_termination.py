@@ -22,7 +22,7 @@ from conftest import write_recipe
 
 from onnxmerge import signals
 from onnxmerge.cli import main
-from onnxmerge.files.models import atomic_path
+from onnxmerge.files.outputs import atomic_path
 from onnxmerge.runtime import cache, weights
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="POSIX signals, FIFOs and rlimits")

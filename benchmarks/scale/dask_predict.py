@@ -91,7 +91,7 @@ def build_z(out: Path, size: int) -> Path:
 def plain_loop(z: Path, folder: Path, threads: int, batch: int = 128) -> float:
     """Files -> predictions in one process: Pillow + one onnxruntime session. Returns seconds (listing the
     folder included, with the same ``list_images`` the Dask run lists it with)."""
-    from onnxmerge.files.images import list_images
+    from onnxmerge.files.listing import list_images
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
@@ -110,7 +110,7 @@ def plain_loop(z: Path, folder: Path, threads: int, batch: int = 128) -> float:
 def dask_run(z: Path, folder: Path, cluster, out: Path) -> float:
     """``write_predictions`` on a started cluster (listing the folder included, loading Z not: like the loop's
     session, it is a fixed cost per command, timed apart). Returns seconds."""
-    from onnxmerge.files.images import list_images
+    from onnxmerge.files.listing import list_images
     from onnxmerge.predict import write_predictions
 
     model = _zmodel(z)
@@ -173,7 +173,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=None, help="image folders and Zs (default: work_dir)")
     args = parser.parse_args()
     args.data = args.data or work_dir("scale")
-    from onnxmerge.files.images import list_images
+    from onnxmerge.files.listing import list_images
     from onnxmerge.runtime.dask_engine import DaskCluster
 
     print(

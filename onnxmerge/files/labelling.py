@@ -20,7 +20,7 @@ from PIL import Image
 
 from ..errors import OnnxMergeError
 from ..safety import label_problem, printable
-from .images import IMAGE_SUFFIXES, _image_files
+from .listing import IMAGE_SUFFIXES, image_files
 from .models import atomic_path
 
 SUGGESTIONS = "suggestions.csv"
@@ -96,7 +96,7 @@ def waiting(folder: Path) -> list[str]:
 
 def every_image(folder: Path) -> list[str]:
     """Every image file under ``folder``, hidden folders included (what is labelled, waiting or set aside)."""
-    return _image_files(folder) if folder.is_dir() else []
+    return image_files(folder) if folder.is_dir() else []
 
 
 def _free_name(folder: Path, name: str, taken: set[str]) -> str:

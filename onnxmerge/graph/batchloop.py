@@ -48,25 +48,10 @@ def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
     }
 
 
-def per_image(model: onnx.ModelProto, input_name: str, keep: list[str]) -> onnx.ModelProto:
-    """``model`` (runs at batch 1 only) as a model that takes any batch and runs its graph once per image.
-
-    ``keep``: tensors besides the graph outputs that must stay visible (the feature, the head output); each
-    becomes an output of the ``Loop``, stacked over the batch under its own name.
-    """
-    graph = model.graph
-    opset = _default_opset(model)
-    if opset < 11:
-        raise OnnxMergeError(
-            f"the source is at opset {opset}; running a batch-1 graph image by image needs "
-            "opset 11 or newer, so re-export it with a dynamic batch axis."
-        )
-    outputs = [o.name for o in graph.output if o.type.HasField("tensor_type")]  # a Loop stacks tensors only
-    kept = list(dict.fromkeys(outputs + [k for k in keep if k and k != input_name]))
-    types = _elem_types(model)
+def _loop_body(graph: onnx.GraphProto, input_name: str, kept: list[str], types: dict) -> onnx.GraphProto:
+    """The ``Loop`` body: slice image ``i`` of ``input_name``, run ``graph``'s nodes on it, emit ``kept``."""
     image = f"{PREFIX}/image"
     inner = {name: f"{name}__image" for name in kept}  # the body's name of each kept tensor (no shadowing)
-
     body_nodes = [onnx.NodeProto() for _ in graph.node]
     for copy, node in zip(body_nodes, graph.node):
         copy.CopyFrom(node)
@@ -91,7 +76,28 @@ def per_image(model: onnx.ModelProto, input_name: str, keep: list[str]) -> onnx.
         [helper.make_tensor_value_info(f"{c}cond_out", TensorProto.BOOL, [])]
         + [helper.make_tensor_value_info(inner[name], types.get(name) or TensorProto.FLOAT, None) for name in kept],
     )
+    return body
 
+
+def per_image(model: onnx.ModelProto, input_name: str, keep: list[str]) -> onnx.ModelProto:
+    """``model`` (runs at batch 1 only) as a model that takes any batch and runs its graph once per image.
+
+    ``keep``: tensors besides the graph outputs that must stay visible (the feature, the head output); each
+    becomes an output of the ``Loop``, stacked over the batch under its own name.
+    """
+    graph = model.graph
+    opset = _default_opset(model)
+    if opset < 11:
+        raise OnnxMergeError(
+            f"the source is at opset {opset}; running a batch-1 graph image by image needs "
+            "opset 11 or newer, so re-export it with a dynamic batch axis."
+        )
+    outputs = [o.name for o in graph.output if o.type.HasField("tensor_type")]  # a Loop stacks tensors only
+    kept = list(dict.fromkeys(outputs + [k for k in keep if k and k != input_name]))
+    types = _elem_types(model)
+
+    body = _loop_body(graph, input_name, kept, types)
+    c = f"{PREFIX}/"
     stacked = [f"{name}__stacked" for name in kept]
     nodes = [
         helper.make_node("Shape", [input_name], [f"{c}input_shape"], name=f"{c}Shape"),

@@ -98,6 +98,38 @@ def fold_plan(labels: np.ndarray, folds: int = MAX_FOLDS, seed: int = 0) -> tupl
     return plan, k
 
 
+def _fold_predictions(
+    x: np.ndarray,
+    y: np.ndarray,
+    plan: np.ndarray,
+    k: int,
+    widths: list[int],
+    C: float,
+    class_weight: str | None,
+    extra: tuple[np.ndarray, np.ndarray, np.ndarray] | None,
+) -> np.ndarray:
+    """Each row's label predicted by the head fitted without its fold (``plan``), ``extra`` in every fold."""
+    predicted = np.empty(len(y), dtype=object)
+    for fold in range(k):
+        train, test = plan != fold, plan == fold
+        xs, ys, ws = [x[train]], [y[train]], [np.ones(int(train.sum()))]
+        if extra is not None and len(extra[0]):
+            xs.append(extra[0])
+            ys.append(np.asarray(extra[1]).astype(str))
+            ws.append(extra[2])
+        head = fit_head(
+            np.concatenate(xs),
+            np.concatenate(ys),
+            widths,
+            C=C,
+            class_weight=class_weight,
+            sample_weight=np.concatenate(ws) if extra is not None else None,
+            tol=FOLD_TOL,
+        )
+        predicted[test] = head.predict(x[test])
+    return predicted
+
+
 def cross_validate(
     x: np.ndarray,
     y: np.ndarray,
@@ -128,24 +160,7 @@ def cross_validate(
             {str(c): {"recall": None, "support": int(n)} for c, n in zip(classes, counts)},
             too_few,
         )
-    predicted = np.empty(len(y), dtype=object)
-    for fold in range(k):
-        train, test = plan != fold, plan == fold
-        xs, ys, ws = [x[train]], [y[train]], [np.ones(int(train.sum()))]
-        if extra is not None and len(extra[0]):
-            xs.append(extra[0])
-            ys.append(np.asarray(extra[1]).astype(str))
-            ws.append(extra[2])
-        head = fit_head(
-            np.concatenate(xs),
-            np.concatenate(ys),
-            widths,
-            C=C,
-            class_weight=class_weight,
-            sample_weight=np.concatenate(ws) if extra is not None else None,
-            tol=FOLD_TOL,
-        )
-        predicted[test] = head.predict(x[test])
+    predicted = _fold_predictions(x, y, plan, k, widths, C, class_weight, extra)
     scored = plan >= 0
     right = predicted[scored] == y[scored]
     accuracy = float(right.mean())
@@ -177,6 +192,50 @@ def block_spans(widths: list[int]) -> list[tuple[int, int]]:
 def teacher_probabilities(x: np.ndarray, widths: list[int], n_sources: int) -> list[np.ndarray]:
     """Each teacher's probabilities recovered from a head input (its log-probability block, floored at LOG_FLOOR)."""
     return [np.exp(x[:, start:stop]) for start, stop in block_spans(widths)[n_sources:]]
+
+
+def _routed_fold_labels(
+    router_x: np.ndarray,
+    router_y: np.ndarray,
+    router_weight: np.ndarray,
+    test: np.ndarray,
+    widths: list[int],
+    C: float,
+    n_sources: int,
+    merge: np.ndarray,
+    classes: list[str],
+) -> np.ndarray:
+    """Z's label for the router rows ``test``, through a router refitted without them."""
+    n_teachers = len(widths) - n_sources
+    train = np.setdiff1d(np.arange(len(router_y)), test)
+    router = fit_head(
+        router_x[train],
+        router_y[train],
+        widths,
+        C=C,
+        class_weight="balanced",
+        sample_weight=router_weight[train],
+        tol=FOLD_TOL,
+    )
+    columns = np.zeros((len(router.classes_), n_teachers + len(classes) - merge.shape[1]))
+    columns[np.arange(len(router.classes_)), np.asarray(router.classes_, int)] = 1
+    route = router.predict_proba(router_x[test]) @ columns
+    probs = teacher_probabilities(router_x[test], widths, n_sources)
+    joint = np.concatenate([route[:, [i]] * p for i, p in enumerate(probs)], axis=1) @ merge
+    z = np.concatenate([joint, route[:, n_teachers:]], axis=1)
+    return np.asarray(classes)[z.argmax(axis=1)]
+
+
+def _recalls(predicted: np.ndarray, y: np.ndarray, scored: np.ndarray, labels, counts) -> dict:
+    """Each class's held-out recall and support (recall None where none of it was scored)."""
+    return {
+        str(c): (
+            {"recall": float(np.mean(predicted[scored & (y == c)] == c)), "support": int(n)}
+            if (scored & (y == c)).any()
+            else {"recall": None, "support": int(n), "note": "too few to estimate"}
+        )
+        for c, n in zip(labels, counts)
+    }
 
 
 def cross_validate_new_classes(
@@ -221,35 +280,13 @@ def cross_validate_new_classes(
         )
     predicted = np.empty(len(new), dtype=object)
     for fold in range(k):
-        test = new[plan == fold]
-        train = np.setdiff1d(np.arange(len(router_y)), test)
-        router = fit_head(
-            router_x[train],
-            router_y[train],
-            widths,
-            C=C,
-            class_weight="balanced",
-            sample_weight=router_weight[train],
-            tol=FOLD_TOL,
+        predicted[plan == fold] = _routed_fold_labels(
+            router_x, router_y, router_weight, new[plan == fold], widths, C, n_sources, merge, classes
         )
-        columns = np.zeros((len(router.classes_), n_teachers + len(classes) - merge.shape[1]))
-        columns[np.arange(len(router.classes_)), np.asarray(router.classes_, int)] = 1
-        route = router.predict_proba(router_x[test]) @ columns
-        probs = teacher_probabilities(router_x[test], widths, n_sources)
-        joint = np.concatenate([route[:, [i]] * p for i, p in enumerate(probs)], axis=1) @ merge
-        z = np.concatenate([joint, route[:, n_teachers:]], axis=1)
-        predicted[plan == fold] = np.asarray(classes)[z.argmax(axis=1)]
     scored = plan >= 0
     right = predicted[scored] == y_new[scored]
     accuracy = float(right.mean())
-    per_class = {
-        str(c): (
-            {"recall": float(np.mean(predicted[scored & (y_new == c)] == c)), "support": int(n)}
-            if (scored & (y_new == c)).any()
-            else {"recall": None, "support": int(n), "note": "too few to estimate"}
-        )
-        for c, n in zip(labels, counts)
-    }
+    per_class = _recalls(predicted, y_new, scored, labels, counts)
     return Estimate(
         accuracy,
         float(np.sqrt(accuracy * (1 - accuracy) / len(right))),

@@ -328,29 +328,32 @@ class TeachersHead:
         columns[np.arange(len(self.router.classes_)), np.asarray(self.router.classes_, int)] = 1
         return columns
 
+    def _append_softmax(
+        self, model: onnx.ModelProto, width_of: Mapping[str, int], outputs: list[str]
+    ) -> onnx.ModelProto:
+        """``append`` without a router: the softmax over the teachers' log-probabilities, merged to the union."""
+        inits, nodes, scores = [numpy_helper.from_array(self.space.merge_matrix(), "head/merge")], [], []
+        for name, kind in self.teachers:
+            if kind == "logits":
+                scores.append(output_names(name)["head"])
+            else:
+                nodes += log_probability_nodes(name, kind)
+                scores.append(f"head/{name}/logp")
+        inits.append(numpy_helper.from_array(np.array(LOG_FLOOR, np.float32), "head/log_floor"))
+        nodes += [
+            helper.make_node("Concat", scores, ["head/scores"], name="head/ScoresConcat", axis=1),
+            helper.make_node("Softmax", ["head/scores"], ["head/joint"], name="head/Softmax", axis=1),
+            helper.make_node("MatMul", ["head/joint", "head/merge"], [PROBABILITIES], name="head/Merge"),
+        ]
+        return _finish(model, nodes, inits, self.classes, outputs, (), _features_width(self.head_input, width_of))
+
     def append(
         self, model: onnx.ModelProto, width_of: Mapping[str, int], outputs: list[str] = (FEATURES,)
     ) -> onnx.ModelProto:
-        inits = [numpy_helper.from_array(self.space.merge_matrix(), "head/merge")]
         if self.router is None:
-            nodes = []
-            scores = []
-            for name, kind in self.teachers:
-                if kind == "logits":
-                    scores.append(output_names(name)["head"])
-                else:
-                    nodes += log_probability_nodes(name, kind)
-                    scores.append(f"head/{name}/logp")
-            inits.append(numpy_helper.from_array(np.array(LOG_FLOOR, np.float32), "head/log_floor"))
-            nodes += [
-                helper.make_node("Concat", scores, ["head/scores"], name="head/ScoresConcat", axis=1),
-                helper.make_node("Softmax", ["head/scores"], ["head/joint"], name="head/Softmax", axis=1),
-                helper.make_node("MatMul", ["head/joint", "head/merge"], [PROBABILITIES], name="head/Merge"),
-            ]
-            width = _features_width(self.head_input, width_of)
-            return _finish(model, nodes, inits, self.classes, outputs, (), width)
+            return self._append_softmax(model, width_of, outputs)
         nodes, more = self.head_input.nodes(width_of)
-        inits += more
+        inits = [numpy_helper.from_array(self.space.merge_matrix(), "head/merge"), *more]
         linear, linear_inits = _linear(HEAD_INPUT, self.router, "head/router", "head/router/probabilities")
         nodes += linear + [
             helper.make_node(
@@ -383,11 +386,8 @@ class TeachersHead:
         ]
         if self.new_classes:
             start = len(self.teachers)
-            inits.append(
-                numpy_helper.from_array(
-                    np.arange(start, start + len(self.new_classes), dtype=np.int64), "head/new_index"
-                )
-            )
+            new_index = np.arange(start, start + len(self.new_classes), dtype=np.int64)
+            inits.append(numpy_helper.from_array(new_index, "head/new_index"))
             nodes += [
                 helper.make_node("Gather", [ROUTE, "head/new_index"], ["head/new"], name="head/New", axis=1),
                 helper.make_node("Concat", ["head/union", "head/new"], [PROBABILITIES], name="head/All", axis=1),

@@ -141,6 +141,31 @@ class _Search:
         return best
 
 
+def _best_calibration(search, quantizer, minmax, calibration, held_out, margin: float):
+    """MinMax's best int8 Z, or Percentile's / Entropy's where MinMax loses more than ``margin``."""
+    best = search.best("MinMax", minmax)
+    if held_out.float.accuracy - best.scored.accuracy > margin:  # MinMax loses: histograms, once for both
+        histograms = collect_histograms(quantizer.model, minmax, calibration)
+        for method, ranges in (
+            ("Percentile", percentile_ranges(histograms, minmax)),
+            ("Entropy", entropy_ranges(histograms, minmax)),
+        ):
+            other = search.best(method, ranges)
+            best = other if other.scored.accuracy > best.scored.accuracy else best
+    return best
+
+
+def _refusal(report: QuantizeReport, margin: float, max_time: float) -> None:
+    """Set ``report.reason`` where the int8 Z loses more than ``margin`` or is not faster than ``max_time``."""
+    loss = report.float_accuracy - report.int8_accuracy
+    if loss > margin:
+        report.reason = (
+            f"int8 loses {100 * loss:.1f} accuracy points held out, more than the {100 * margin:g}-point margin"
+        )
+    elif report.time_ratio.median >= max_time:
+        report.reason = "the int8 Z is not faster than the float Z on this machine"
+
+
 def quantize_z(
     inputs: QuantizeInputs,
     margin: float = MARGIN,
@@ -179,15 +204,7 @@ def quantize_z(
             report.reason = "no source's int8 form makes the whole Z faster on this machine"
             return _finish(inputs.model, None, report, start)
         search = _Search(quantizer, layers, chosen, held_out, report)
-        best = search.best("MinMax", minmax)
-        if held_out.float.accuracy - best.scored.accuracy > margin:  # MinMax loses: histograms, once for both
-            histograms = collect_histograms(quantizer.model, minmax, sp.calibration)
-            for method, ranges in (
-                ("Percentile", percentile_ranges(histograms, minmax)),
-                ("Entropy", entropy_ranges(histograms, minmax)),
-            ):
-                other = search.best(method, ranges)
-                best = other if other.scored.accuracy > best.scored.accuracy else best
+        best = _best_calibration(search, quantizer, minmax, sp.calibration, held_out, margin)
         quantized = _record(best, inputs, layers, held_out, report)
         if len(sp.agreement):
             same = z_labels(quantizer.model, sp.agreement) == z_labels(quantized, sp.agreement)
@@ -196,13 +213,7 @@ def quantize_z(
             1
         ]
         report.size_ratio = quantized.ByteSize() / max(inputs.model.ByteSize(), 1)
-        loss = report.float_accuracy - report.int8_accuracy
-        if loss > margin:
-            report.reason = (
-                f"int8 loses {100 * loss:.1f} accuracy points held out, more than the {100 * margin:g}-point margin"
-            )
-        elif report.time_ratio.median >= max_time:
-            report.reason = "the int8 Z is not faster than the float Z on this machine"
+        _refusal(report, margin, max_time)
         report.candidate = quantized if keep_candidate else None
         return _finish(inputs.model, quantized, report, start)
 
