@@ -549,7 +549,10 @@ def part_vit(data, out):
     s16 = spec_of(16, 16, 1, "NCHW")
     vit, path = base_torch("vit", small_vit(), s16, data, out, epochs=15)
     rows = [torch_row(path, vit, s16, data, "vit")]
-    return rows + variants(rows[-1], out, data)
+    # no float16 file: onnxconverter-common 1.16 leaves the attention's Cast writing float32 into a float16
+    # tensor and onnxruntime refuses to load it ("Type (tensor(float16)) of output arg
+    # (/0/encoder/layers.0/self_attn/Cast_2_output_0) ... does not match expected type (tensor(float))")
+    return rows + variants(rows[-1], out, data, ("qdq_tensor", "qdq_channel", "dyn_int8"))
 
 
 def part_mlp(data, out):
@@ -574,16 +577,12 @@ def part_heads(data, out):
 
 
 def part_keras(data, out):
-    rows = []
-    for kernel, nin in ((3, False), (1, True)):
-        r, _ = keras_head(data, out, kernel, nin)
-        rows.append(r)
-        if kernel == 3:
-            # no float16 file: onnxconverter-common 1.16 leaves the Casts Keras writes around each op casting to
-            # float32 and onnxruntime refuses what it writes ("Type (tensor(float16)) of output arg (/Cast_1_output_0)
-            # of node (/Cast_1) does not match expected type (tensor(float))"): no user runs such a file
-            rows += variants(r, out, data, ("qdq_channel", "dyn_int8"))
-    return rows
+    # no converted Keras files: onnxconverter-common 1.16 leaves the Casts Keras writes around each op casting to
+    # float32 and onnxruntime refuses its float16 output ("Type (tensor(float16)) of output arg (/Cast_1_output_0)
+    # ... does not match expected type"); in the int8 files (after onnxruntime's quant_pre_process) the tensor that
+    # feeds the classifier no longer exists under its float32 name, so this generator cannot check which tensor
+    # feeds the classifier there (not investigated further)
+    return [keras_head(data, out, kernel, nin)[0] for kernel, nin in ((3, False), (1, True))]
 
 
 def part_effnet(data, out):
