@@ -25,6 +25,12 @@ _PASS_THROUGH = {
 }
 #: affine ops between a shared tensor and each of several heads (LeViT's BatchNorm -> Linear per head)
 _AFFINE = {"BatchNormalization", "Identity", "Dropout", "Cast", "Flatten", "Reshape", "Squeeze"}
+#: ops whose only data input is the first; the others (a shape, axes, bounds) may be computed at run time from
+#: shapes (Keras' torch-backend export computes a Reshape's shape with Shape -> Gather -> Concat) but carry no data
+_DATA_FIRST = {
+    *("Reshape", "Squeeze", "Unsqueeze", "Flatten", "Transpose", "Dropout", "Clip", "Cast", "Identity"),
+    *("ReduceMean", "ReduceSum", "ReduceMax", "QuantizeLinear", "DequantizeLinear"),
+}
 #: ops that turn a float tensor into the integers an integer op reads (its float input is the feature)
 _QUANTIZERS = {"QuantizeLinear", "DynamicQuantizeLinear"}
 
@@ -167,6 +173,8 @@ class _Walk:
             if feature is not None:
                 return self.float_input(feature), node, "linear"
             dynamic = self.dynamic(node)
+            if op in _DATA_FIRST and node.input[0] in dynamic:
+                dynamic = [node.input[0]]
             if op in ("Mul", "Div") and len(dynamic) == 2:  # a dynamic int8 layer's rescaling
                 dynamic = [i for i in dynamic if not self.is_scale(i)] or dynamic
             if op == "Concat" and dynamic:
