@@ -15,12 +15,9 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from ..errors import OnnxMergeError
+from .topology import default_opset
 
 PREFIX = "per_image"  # names of what the wrapper adds (unique next to an exporter's names)
-
-
-def _default_opset(model: onnx.ModelProto) -> int:
-    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
 
 
 def _rename_inputs(nodes, mapping: dict[str, str]) -> None:
@@ -86,7 +83,7 @@ def per_image(model: onnx.ModelProto, input_name: str, keep: list[str]) -> onnx.
     becomes an output of the ``Loop``, stacked over the batch under its own name.
     """
     graph = model.graph
-    opset = _default_opset(model)
+    opset = default_opset(model)
     if opset < 11:
         raise OnnxMergeError(
             f"the source is at opset {opset}; running a batch-1 graph image by image needs "

@@ -14,6 +14,7 @@ from ..errors import OnnxMergeError, first_line
 from .batchloop import hoist_loop_weights
 from .cut import FEATURE, HEAD, CutModel
 from .preprocess import ImageInput, Preprocess, build_preprocess
+from .topology import default_opset
 
 BATCH = "N"
 
@@ -31,10 +32,6 @@ class StitchSource:
 def output_names(name: str) -> dict[str, str]:
     """Names of a source's tensors inside the stitched graph."""
     return {"feature": f"{name}/{FEATURE}", "head": f"{name}/{HEAD}", "input": f"{name}/input"}
-
-
-def _default_opset(model: onnx.ModelProto) -> int:
-    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
 
 
 #: Z's lowest opset: its preprocessing's ``Resize`` by sizes and the per-image ``Loop`` need opset 11
@@ -63,10 +60,10 @@ def reconcile_opsets(
 ) -> tuple[list[onnx.ModelProto], int, dict[str, str]]:
     """Bring every model to Z's opset (the highest default-domain opset among them, at least ``MIN_OPSET``)
     with onnx's version converter; the parity check then compares each converted source with its original."""
-    target = max(MIN_OPSET, *(_default_opset(m) for m in models))
+    target = max(MIN_OPSET, *(default_opset(m) for m in models))
     converted, notes = [], {}
     for model, name in zip(models, names):
-        version = _default_opset(model)
+        version = default_opset(model)
         if version == target:
             converted.append(model)
             continue

@@ -1,9 +1,14 @@
 """What every graph step asks of a model: who produces and who consumes a tensor, which tensors are constant,
-what shape and element type a tensor has, and a copy of the model with other outputs."""
+what shape and element type a tensor has, the default-domain opset, and a copy of the model with other outputs."""
 
 from __future__ import annotations
 
 import onnx
+
+
+def default_opset(model: onnx.ModelProto) -> int:
+    """The version of the default (``ai.onnx``) domain ``model`` imports (1 where it names none)."""
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
 
 
 def producers(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
