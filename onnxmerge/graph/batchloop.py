@@ -15,20 +15,9 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from ..errors import OnnxMergeError
-from .topology import default_opset
+from .topology import default_opset, rename_inputs
 
 PREFIX = "per_image"  # names of what the wrapper adds (unique next to an exporter's names)
-
-
-def _rename_inputs(nodes, mapping: dict[str, str]) -> None:
-    """Rename what ``nodes`` (and the nodes of their If/Loop/Scan bodies, which may read outer names) read."""
-    for node in nodes:
-        for k, name in enumerate(node.input):
-            if name in mapping:
-                node.input[k] = mapping[name]
-        for attr in node.attribute:
-            for graph in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else attr.graphs:
-                _rename_inputs(graph.node, mapping)
 
 
 def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
@@ -55,7 +44,7 @@ def _loop_body(graph: onnx.GraphProto, input_name: str, kept: list[str], types: 
         for k, name in enumerate(copy.output):
             if name in inner:
                 copy.output[k] = inner[name]
-    _rename_inputs(body_nodes, {input_name: image, **inner})
+    rename_inputs(body_nodes, {input_name: image, **inner})
     c = f"{PREFIX}/"
     body = helper.make_graph(
         [

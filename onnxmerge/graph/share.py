@@ -29,6 +29,8 @@ import onnx
 from onnx import numpy_helper
 from onnx.external_data_helper import ExternalDataInfo
 
+from .topology import rename_inputs
+
 # Ops whose two calls with the same inputs may differ: never merged.
 NONDETERMINISTIC = {
     "RandomNormal",
@@ -118,14 +120,6 @@ def _subgraph_nodes(node: onnx.NodeProto) -> Iterator[onnx.NodeProto]:
                 yield from _subgraph_nodes(inner)
 
 
-def _rename_in_subgraphs(node: onnx.NodeProto, mapping: dict[str, str]) -> None:
-    """Outer-scope names used inside If/Loop/Scan bodies (ONNX forbids shadowing, so names are unique)."""
-    for inner in _subgraph_nodes(node):
-        for i, name in enumerate(inner.input):
-            if name in mapping:
-                inner.input[i] = mapping[name]
-
-
 def _subgraph_inputs(node: onnx.NodeProto) -> set[str]:
     return {name for inner in _subgraph_nodes(node) for name in inner.input}
 
@@ -185,11 +179,8 @@ def _share_nodes(graph: onnx.GraphProto, mapping: dict[str, str], stats: ShareSt
     per_source: dict[str, int] = defaultdict(int)
     nodes = []
     for node in graph.node:
-        for i, name in enumerate(node.input):
-            if name in mapping:
-                node.input[i] = mapping[name]
+        rename_inputs([node], mapping)  # its If/Loop/Scan bodies' reads of outer names too
         if _has_subgraph(node):
-            _rename_in_subgraphs(node, mapping)
             nodes.append(node)
             continue
         if node.op_type in NONDETERMINISTIC or not node.output:

@@ -1,5 +1,6 @@
 """What every graph step asks of a model: who produces and who consumes a tensor, which tensors are constant,
-what shape and element type a tensor has, the default-domain opset, and a copy of the model with other outputs."""
+what shape and element type a tensor has, the default-domain opset; renaming what nodes read, and a copy of
+the model with other outputs."""
 
 from __future__ import annotations
 
@@ -9,6 +10,18 @@ import onnx
 def default_opset(model: onnx.ModelProto) -> int:
     """The version of the default (``ai.onnx``) domain ``model`` imports (1 where it names none)."""
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
+
+
+def rename_inputs(nodes, mapping: dict[str, str]) -> None:
+    """Rename what ``nodes`` (and the nodes of their If/Loop/Scan bodies, which may read outer names) read,
+    in place (ONNX forbids shadowing, so an outer name means the same tensor inside a body)."""
+    for node in nodes:
+        for k, name in enumerate(node.input):
+            if name in mapping:
+                node.input[k] = mapping[name]
+        for attr in node.attribute:
+            for graph in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else attr.graphs:
+                rename_inputs(graph.node, mapping)
 
 
 def producers(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
