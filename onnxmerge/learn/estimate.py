@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from sklearn.model_selection import StratifiedKFold
 
-from .head import fit_head
+from .head import block_spans, fit_head
 
 MAX_FOLDS = 5
 # The folds' solver tolerance. An estimate whose standard error is 0.01-0.03 does not need the final head's
@@ -181,12 +181,6 @@ def cross_validate(
         per_class,
         too_few,
     )
-
-
-def block_spans(widths: list[int]) -> list[tuple[int, int]]:
-    """``(start, stop)`` of each block of a head input (``HeadInput.widths`` order: features, then teachers)."""
-    stops = np.cumsum(widths)
-    return [(int(stop - width), int(stop)) for stop, width in zip(stops, widths)]
 
 
 def teacher_probabilities(x: np.ndarray, widths: list[int], n_sources: int) -> list[np.ndarray]:

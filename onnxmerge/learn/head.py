@@ -165,18 +165,17 @@ def fit_head(
     if scale_floor:  # a column's spread below float32's resolution of its values is rounding noise, not signal
         scaler.scale_ = np.maximum(scaler.scale_, scale_floor * np.abs(x).max(axis=0))
     widths = widths or [x.shape[1]]
-    for start, width in _spans(widths):  # equal total variance per block, same total as plain standardising
-        scaler.scale_[start : start + width] *= np.sqrt(width * len(widths) / x.shape[1])
+    for start, stop in block_spans(widths):  # equal total variance per block, same total as plain standardising
+        scaler.scale_[start:stop] *= np.sqrt((stop - start) * len(widths) / x.shape[1])
     model = LogisticRegression(C=C, class_weight=class_weight, max_iter=max_iter, random_state=random_state, tol=tol)
     model.fit(scaler.transform(x), labels, sample_weight=sample_weight)
     return Pipeline([("scaler", scaler), ("logistic", model)])
 
 
-def _spans(widths: list[int]):
-    start = 0
-    for width in widths:
-        yield start, width
-        start += width
+def block_spans(widths: list[int]) -> list[tuple[int, int]]:
+    """``(start, stop)`` of each block of a head input (``HeadInput.widths`` order: features, then teachers)."""
+    stops = np.cumsum(widths)
+    return [(int(stop - width), int(stop)) for stop, width in zip(stops, widths)]
 
 
 def folded_weights(pipeline: Pipeline, centre: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:

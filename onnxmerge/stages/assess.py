@@ -21,6 +21,7 @@ import numpy as np
 
 from ..contract import EXPECTED_ACCURACY_KEY, HEAD_INPUTS_KEY, ROUTE_KEY
 from ..learn import estimate, health
+from ..learn.head import block_spans
 from .results import Assessment, Extracted
 
 OUTPUTS_ON = "pool images"
@@ -71,7 +72,7 @@ def _check_sources(
         checks["own_labels"] = [c for c in own if c is not None]
         out.warnings.extend(health.accuracy_warnings(checks["own_labels"]))
     probs = dict(zip(teachers, estimate.teacher_probabilities(x, widths, n_sources)))
-    for name, (start, stop) in zip(head_input.sources, estimate.block_spans(widths)):
+    for name, (start, stop) in zip(head_input.sources, block_spans(widths)):
         entry, warnings = health.output_signatures(name, probs.get(name), x[:, start:stop], where)
         checks["outputs"].append(entry)
         out.warnings.extend(warnings)
