@@ -36,7 +36,8 @@ class Ratio:
         return {"median": self.median, "low": self.low, "high": self.high, "rounds": self.rounds, "runs": self.runs}
 
 
-def _block(session, images: np.ndarray, runs: int) -> float:
+def median_seconds(session, images: np.ndarray, runs: int) -> float:
+    """Median seconds of one call of ``session`` on ``images`` over ``runs`` calls."""
     times = []
     for _ in range(runs):
         start = time.perf_counter()
@@ -57,12 +58,12 @@ def time_ratios(models: list[onnx.ModelProto], images: np.ndarray, rounds: int =
     """Each model's time over the first model's (which gets 1.0), on ``images``, interleaved over ``rounds``."""
     sessions = [make_session(m) for m in models]
     for s in sessions:
-        _block(s, images, 1)  # warm-up: first runs allocate
+        median_seconds(s, images, 1)  # warm-up: first runs allocate
     times = np.empty((rounds, len(sessions)))
     for r in range(rounds):
         order = np.roll(np.arange(len(sessions)), -r)
         for i in order:
-            times[r, i] = _block(sessions[i], images, runs)
+            times[r, i] = median_seconds(sessions[i], images, runs)
     ratios = times / times[:, :1]
     return [
         Ratio(float(np.median(ratios[:, i])), float(ratios[:, i].min()), float(ratios[:, i].max()), rounds, runs)

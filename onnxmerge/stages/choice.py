@@ -16,6 +16,7 @@ import numpy as np
 from ..config import Config
 from ..errors import OnnxMergeError
 from ..files.images import Dataset, decoded
+from ..learn.timing import median_seconds
 from ..runtime.tasks import Tasks
 from . import pipeline
 from .merging import merge_sources, mergeable
@@ -88,14 +89,8 @@ def _auto_choice(accuracy: dict, margin: float) -> str:
 def _time_z(built: Built, images: np.ndarray) -> float:
     """Median seconds of one call of Z on ``images`` (one session, one warm-up call first)."""
     session = built.extracted.prepared.engine.session(built.fitted.model)
-    feed = session.get_inputs()[0].name
-    session.run(None, {feed: images})
-    times = []
-    for _ in range(TIMING_RUNS):
-        start = time.perf_counter()
-        session.run(None, {feed: images})
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
+    median_seconds(session, images, 1)  # warm-up: first runs allocate
+    return median_seconds(session, images, TIMING_RUNS)
 
 
 def _line(keep: str, spec, accuracy: dict, seconds: dict, measure: str, batch: int) -> str:
