@@ -159,20 +159,27 @@ def predict_chunk(
 
 def predict_files(z: ZModel, files: list[str], tasks: Tasks) -> Iterator[Chunk]:
     """Z on image files, chunk by chunk on ``tasks``; each chunk's rows, in the files' order."""
-    digest = tasks.ship(z.model.SerializeToString())
     chunks = z.chunks(files)
+    unknown = z.unknown is not None
+    yield from _map_with_z(z, tasks, predict_chunk, chunks, [len(c) for c in chunks], "predict", unknown=unknown)
+
+
+def _map_with_z(z: ZModel, tasks: Tasks, task, items: Sequence, sizes: list[int], what: str, **kwargs) -> Iterator:
+    """``task`` on each of ``items`` on ``tasks``, in order, given Z (shipped to the workers once, forgotten
+    after), its input and batch size; ``kwargs`` go to every task too."""
+    digest = tasks.ship(z.model.SerializeToString())
     try:
         yield from tasks.map(
-            predict_chunk,
-            chunks,
-            [len(c) for c in chunks],
-            "predict",
+            task,
+            items,
+            sizes,
+            what,
             z.quiet,
             digest=digest,
             input=z.input,
             threads=tasks.threads,
             batch=z.batch_size,
-            unknown=z.unknown is not None,
+            **kwargs,
         )
     finally:
         tasks.forget(digest)
@@ -223,31 +230,19 @@ def write_predictions(z: ZModel, files: list[str], tasks: Tasks, out: str, proba
     partial = f"{target}.partial-{uuid.uuid4().hex[:8]}"
     fs.makedirs(partial, exist_ok=True)
     try:
-        digest = tasks.ship(z.model.SerializeToString())
         chunks = z.chunks(files)
         parts = [
             fs.unstrip_protocol(f"{partial}/{PART.format(i)}") if is_url(out) else f"{partial}/{PART.format(i)}"
             for i in range(len(chunks))
         ]
         rows, errors = 0, []
-        try:
-            for chunk in tasks.map(
-                _predict_part,
-                list(zip(chunks, parts)),
-                [len(c) for c in chunks],
-                "predict",
-                z.quiet,
-                digest=digest,
-                input=z.input,
-                threads=tasks.threads,
-                batch=z.batch_size,
-                probabilities=probabilities,
-                unknown=z.unknown is not None,
-            ):
-                rows += chunk.written
-                errors += chunk.errors
-        finally:
-            tasks.forget(digest)
+        sizes = [len(c) for c in chunks]
+        items, unknown = list(zip(chunks, parts)), z.unknown is not None
+        for chunk in _map_with_z(
+            z, tasks, _predict_part, items, sizes, "predict", probabilities=probabilities, unknown=unknown
+        ):
+            rows += chunk.written
+            errors += chunk.errors
         if rows == 0:
             raise OnnxMergeError(
                 f"none of the {len(files)} images could be read (first: {errors[0]}); nothing was written."
@@ -302,26 +297,12 @@ def evaluate_files(
 ) -> tuple[np.ndarray, list[str]]:
     """The confusion matrix of Z over ``items`` (files or a uint8 array) with true ``truths``, summed chunk by
     chunk on ``tasks``: nothing per image comes back but the files that could not be read."""
-    digest = tasks.ship(z.model.SerializeToString())
     chunks = list(zip(z.chunks(items), z.chunks(list(truths))))
     total, errors = np.zeros((len(labels), len(labels)), np.int64), []
-    try:
-        for matrix, failed in tasks.map(
-            evaluate_chunk,
-            chunks,
-            [len(c[1]) for c in chunks],
-            "evaluate",
-            z.quiet,
-            digest=digest,
-            input=z.input,
-            threads=tasks.threads,
-            batch=z.batch_size,
-            labels=labels,
-        ):
-            total += matrix
-            errors += failed
-    finally:
-        tasks.forget(digest)
+    sizes = [len(c[1]) for c in chunks]
+    for matrix, failed in _map_with_z(z, tasks, evaluate_chunk, chunks, sizes, "evaluate", labels=labels):
+        total += matrix
+        errors += failed
     return total, errors
 
 
