@@ -18,6 +18,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ..contract import IMAGE
+from ..graph.topology import default_opset, with_outputs
 from ..runtime.session import make_session
 
 HISTOGRAM_BINS = 2048
@@ -51,8 +52,7 @@ def _with_reductions(model: onnx.ModelProto, tensors: list[str]) -> tuple[onnx.M
     copy.CopyFrom(model)
     graph = copy.graph
     del graph.output[:]
-    opset = next((o.version for o in copy.opset_import if o.domain in ("", "ai.onnx")), 1)
-    axes_as_input = opset >= 18
+    axes_as_input = default_opset(copy) >= 18
     if axes_as_input:
         graph.initializer.append(numpy_helper.from_array(np.array([1], np.int64), "calibrate/axis1"))
     outputs = []
@@ -114,11 +114,7 @@ def collect_histograms(
     """``(counts, edges)`` of every tensor of ``ranges`` over ``images``: ``HISTOGRAM_BINS`` bins over
     ``[-t, t]``, ``t`` the largest magnitude MinMax measured on the same images (onnxruntime's binning)."""
     names = list(ranges)
-    exposed = onnx.ModelProto()
-    exposed.CopyFrom(model)
-    del exposed.graph.output[:]
-    exposed.graph.output.extend(helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None) for t in names)
-    session = make_session(exposed)
+    session = make_session(with_outputs(model, names))
     bound = {t: max(abs(lo), abs(hi), 1e-12) for t, (lo, hi) in ranges.items()}
     counts = {t: np.zeros(HISTOGRAM_BINS, np.int64) for t in names}
     for start in range(0, len(images), BATCH):

@@ -30,6 +30,7 @@ from sklearn.model_selection import KFold
 
 from ..contract import LABEL, UNKNOWN, UNKNOWN_SCORE
 from ..errors import OnnxMergeError
+from ..graph.topology import default_opset
 
 DISTANCE = "unknown/distance"  # the uncalibrated distance inside Z, [N, 1] (the parity check reads it)
 PROTOTYPES = 64  # k-means prototypes in the bank (benchmarks.unknown.families: 256 or all images gained nothing)
@@ -202,7 +203,7 @@ def append_unknown(
     result = onnx.ModelProto()
     result.CopyFrom(model)
     graph = result.graph
-    opset = next((o.version for o in result.opset_import if o.domain in ("", "ai.onnx")), 1)
+    opset = default_opset(result)
     nodes, inits = _unit_nodes(score, plain)
     reduce, axes = _reduce_max("unknown/similarity", "unknown/nearest", opset)
     inits += axes + [numpy_helper.from_array(v, f"unknown/{k}") for k, v in score.constants().items()]
