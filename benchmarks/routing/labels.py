@@ -30,11 +30,11 @@ import numpy as np
 
 from benchmarks.common import mean_std_line, work_dir
 from benchmarks.routing.setups import Data, Features, Setup, take, variant_pool
+from onnxmerge.config import ROUTER_C
 from onnxmerge.graph.stitch import output_names
 from onnxmerge.learn.head import HeadInput, TeachersHead, fit_head, select_C
 from onnxmerge.learn.routing import l2_blocks, pseudo_labels, route_pool
 from onnxmerge.learn.select import TYPICAL_PER_CLASS, choose
-from onnxmerge.merger import ROUTER_C
 
 BUDGETS = (1, 2, 3, 5, 10, 20, 40)
 CURVE_SETUPS = ("k2-interleaved", "k3-interleaved", "k5-interleaved", "k2-grouped", "k3-grouped", "k5-grouped")
