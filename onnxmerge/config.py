@@ -30,7 +30,15 @@ RESERVED_NAMES = (FEATURES, LABEL, PROBABILITIES, IMAGE, "head")  # Z's own name
 DEFAULT_C = "auto"
 ROUTER_C = 0.1
 MERGE_MODES = ("concat", "weights", "auto")
-MERGE_METHODS = ("auto", "average", "task_arithmetic", "ties", "regmean", "align")  # learn.merging's candidates
+MERGE_METHODS = (
+    "auto",
+    "average",
+    "task_arithmetic",
+    "ties",
+    "adamerging",
+    "regmean",
+    "align",
+)  # learn.merging's candidates
 UNKNOWN_AUTO = 0.95  # unknown = "auto": the threshold that keeps 95% of the user's own images
 DEFAULT_MARGIN = 0.02  # merge mode "auto": keep concat when merging loses more than this (held-out accuracy)
 
@@ -160,11 +168,14 @@ class MergeSpec:
     base: str | os.PathLike | None = None  # the model the sources were tuned from
     method: str = "auto"
     margin: float = DEFAULT_MARGIN
+    repair: str | bool = "auto"  # statistics correction (REPAIR / BatchNorm reset): tried, always, never
 
     def __post_init__(self) -> None:
         known(self.mode, MERGE_MODES, "merge.mode")
         known(self.method, MERGE_METHODS, "merge.method")
-        if self.base is None and self.method in ("task_arithmetic", "ties"):
+        if self.repair not in ("auto", True, False):
+            raise OnnxMergeError(f'merge.repair must be "auto", true or false, got {self.repair!r}.')
+        if self.base is None and self.method in ("task_arithmetic", "ties", "adamerging"):
             raise OnnxMergeError(
                 f'merge.method "{self.method}" needs merge.base (the model the sources were tuned from).'
             )

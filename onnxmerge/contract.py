@@ -38,7 +38,7 @@ HEAD_INPUTS_KEY = "onnxmerge.head_inputs"  # JSON list of {source, block, width}
 EXPECTED_ACCURACY_KEY = "onnxmerge.expected_accuracy"  # JSON object: the build's held-out estimate
 ROUTE_KEY = "onnxmerge.route"  # JSON list: the route output's columns (teachers, then new classes)
 QUANTIZATION_KEY = "onnxmerge.quantization"  # JSON object: what build --quantize chose (int8 Z only)
-MERGE_KEY = "onnxmerge.merge"  # JSON object {method, sources}: the sources' one merged backbone ([merge])
+MERGE_KEY = "onnxmerge.merge"  # JSON {method, sources[, groups]}: sources sharing one merged backbone ([merge])
 UNKNOWN_KEY = "onnxmerge.unknown"  # JSON object: the unknown_score threshold and what it keeps ([head] unknown)
 
 TEXT_KEYS = (MODE_KEY, VERSION_KEY)  # stored as they are; every other key holds JSON

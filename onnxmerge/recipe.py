@@ -38,7 +38,13 @@ _TOP = {
     "merge": (dict, False),
     "cache": (dict, False),
 }
-_MERGE = {"mode": (str, False), "base": (str, False), "method": (str, False), "margin": ((int, float), False)}
+_MERGE = {
+    "mode": (str, False),
+    "base": (str, False),
+    "method": (str, False),
+    "margin": ((int, float), False),
+    "repair": ((str, bool), False),
+}
 _ENGINE = {"name": (str, True), "address": (str, False), "workers": (int, False), "batch_size": (int, False)}
 _CACHE = {"dir": (str, True)}
 _INPUT = {"height": (int, True), "width": (int, True), "channels": (int, True)}
@@ -80,6 +86,7 @@ _TYPE_NAMES = {
     dict: "a table",
     bool: "true or false",
     (int, float): "a number",
+    (str, bool): '"auto", true or false',
     (int, float, str): 'a number or "auto"',
     (str, int, float): '"off", "auto" or a number between 0 and 1',
     (str, list): "a path or a list of paths",
@@ -118,7 +125,9 @@ def _check_table(table: Any, schema: dict, where: str) -> dict:
                 raise OnnxMergeError(f"{where} is missing the required key {key!r}.")
             continue
         value = table[key]
-        bad_bool = isinstance(value, bool) and kind is not bool
+        bad_bool = (
+            isinstance(value, bool) and kind is not bool and bool not in (kind if isinstance(kind, tuple) else ())
+        )
         if bad_bool or not isinstance(value, kind):
             raise OnnxMergeError(f"{where}.{key} must be {_TYPE_NAMES[kind]}, got {value!r}.")
     return table
@@ -192,6 +201,7 @@ def _merge(data: dict, base: Path) -> MergeSpec:
         base=(base / Path(table["base"]).expanduser()).resolve() if "base" in table else None,
         method=table.get("method", MergeSpec.method),
         margin=float(table.get("margin", MergeSpec.margin)),
+        repair=table.get("repair", MergeSpec.repair),
     )
 
 
@@ -266,7 +276,7 @@ def recipe_data(config: Config, base: Path, train=None, unlabeled=None) -> dict:
         "engine": engine,
     }
     merge = config.merge
-    data["merge"] = {"mode": merge.mode, "method": merge.method, "margin": merge.margin}
+    data["merge"] = {"mode": merge.mode, "method": merge.method, "margin": merge.margin, "repair": merge.repair}
     if merge.base is not None:
         data["merge"]["base"] = rel(merge.base)
     return data if config.cache_dir is None else dict(data, cache={"dir": rel(config.cache_dir)})

@@ -16,10 +16,10 @@ def z_lines(z: dict) -> list[str]:
     lines = [f"onnxmerge Z, mode {p(z['mode'])!r}, built by onnxmerge {p(z['version'] or '?')}"]
     for s in z["sources"] or []:
         lines.append(f"source   {p(s.get('name'))}: feature {p(s.get('feature'))!r}, sha256 {p(s.get('sha256'))}")
-    if z.get("merge"):
-        merge = z["merge"]
-        names = ", ".join(map(p, merge.get("sources", [])))
-        lines.append(f"backbone one, merged in weight space ({p(merge.get('method'))}) for {names}")
+    merge = z.get("merge") or {}
+    for group in merge.get("groups", [merge] if merge else []):
+        names = ", ".join(map(p, group.get("sources", [])))
+        lines.append(f"backbone one, merged in weight space ({p(group.get('method'))}) for {names}")
     classes = z["classes"] or []
     lines.append(f"classes  ({len(classes)}, in probabilities order): {', '.join(map(p, classes))}")
     if z["route"]:
@@ -87,17 +87,26 @@ def quantization_lines(q: dict | None) -> list[str]:
 
 
 def merge_lines(merge: dict | None) -> list[str]:
-    """The ``[merge]`` lines of the build report: the architecture check, the method chosen, both Zs, the choice."""
+    """The ``[merge]`` lines of the build report: per merged group the architecture check and the method chosen,
+    the sources left concatenated, both Zs, the choice."""
     if not merge:
         return []
     if "line" not in merge or "method" not in merge:  # mode auto on sources that cannot be merged
         return [f"merge: kept the concatenated Z ({printable(merge.get('why', ''))})"]
-    tried = ", ".join(f"{name} {score:.3f}" for name, score in merge["candidates"].items())
-    lines = [
-        f"merge: {merge['architecture']}",
-        f"merge: {merge['method']} chosen by the sources' own heads on the merged backbone ({tried}; "
-        f"{merge['seconds']:.1f} s)",
-    ]
+    lines = []
+    for group in merge.get("groups", [merge]):
+        tried = ", ".join(f"{name} {score:.3f}" for name, score in group["candidates"].items())
+        names = ", ".join(map(printable, group.get("sources", [])))
+        lines += [
+            f"merge: {names}: {group['architecture']}",
+            f"merge: {group['method']} chosen by the sources' own heads on the merged backbone ({tried}; "
+            f"{group['seconds']:.1f} s)",
+        ]
+    if merge.get("concatenated"):
+        lines.append(
+            f"merge: concatenated (no other source shares their architecture): "
+            f"{', '.join(map(printable, merge['concatenated']))}"
+        )
     lines += [f"merge: note: {printable(note)}" for note in merge["notes"]]
     return lines + [f"merge: {merge['line']}"]
 

@@ -37,6 +37,13 @@ def task_arithmetic(base: np.ndarray, weights: list[np.ndarray], scale: float) -
     return (b + scale * sum(w.astype(np.float64) - b for w in weights)).astype(base.dtype)
 
 
+def task_weighted(base: np.ndarray, weights: list[np.ndarray], scales: list[float]) -> np.ndarray:
+    """``base + sum(scale_i * (w_i - base))``: task arithmetic with a coefficient per source (AdaMerging's
+    task-wise form)."""
+    b = base.astype(np.float64)
+    return (b + sum(s * (w.astype(np.float64) - b) for s, w in zip(scales, weights))).astype(base.dtype)
+
+
 def ties(base: np.ndarray, weights: list[np.ndarray], scale: float, density: float = 0.2) -> np.ndarray:
     """TIES: trim each task vector to its top ``density`` by magnitude, elect signs, disjoint mean; scaled."""
     b = base.astype(np.float64)
@@ -87,6 +94,56 @@ def linear_layers(backbones: list[Backbone], slots: list[WeightSlot]) -> list[Li
         if kind:
             out.append(LinearLayer(index, tuple(b.nodes[slot.node].input[0] for b in backbones), kind))
     return out
+
+
+@dataclass(frozen=True)
+class StatLayer:
+    """A layer whose output statistics a merge can correct (``learn.correct``): a Conv or Gemm with a bias
+    ("affine": its weight rescaled and its bias shifted per output channel), or a BatchNormalization node
+    ("batchnorm": its running mean and variance replaced)."""
+
+    kind: str
+    tensors: tuple[str, ...]  # per model: the layer's output (affine) or the BatchNorm's input (batchnorm)
+    slots: tuple[int, int]  # affine: (weight, bias); batchnorm: (running mean, running variance)
+    axis: int = 0  # affine: the weight's output-channel axis
+
+
+def stat_layers(backbones: list[Backbone], slots: list[WeightSlot]) -> list[StatLayer]:
+    """The backbone's correctable layers in topological order (the canonical order is one); a Conv or Gemm whose
+    output a BatchNormalization reads is left to the BatchNorm, a weight read by two layers is never corrected."""
+    first = backbones[0]
+    slot_at = {(slot.node, slot.position): k for k, slot in enumerate(slots)}
+    readers: dict[str, list[str]] = {}
+    for node in first.nodes:
+        for name in node.input:
+            readers.setdefault(name, []).append(node.op_type)
+    out, used = [], set()
+    for index, node in enumerate(first.nodes):
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        pair, kind, axis = None, "affine", 0
+        if node.op_type == "BatchNormalization" and len(node.input) == 5:
+            pair, kind = (slot_at.get((index, 3)), slot_at.get((index, 4))), "batchnorm"
+        elif node.op_type in ("Conv", "Gemm") and readers.get(node.output[0]) != ["BatchNormalization"]:
+            pair = (slot_at.get((index, 1)), slot_at.get((index, 2)))
+            axis = 1 if node.op_type == "Gemm" and not attrs.get("transB", 0) else 0
+        if pair is None or None in pair or used & set(pair) or attrs.get("transA", 0):
+            continue
+        used |= set(pair)
+        where = 0 if kind == "batchnorm" else None
+        tensors = tuple(b.nodes[index].input[0] if where == 0 else b.nodes[index].output[0] for b in backbones)
+        out.append(StatLayer(kind, tensors, pair, axis))
+    return out
+
+
+def affine(
+    weight: np.ndarray, bias: np.ndarray, axis: int, scale: np.ndarray, shift: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """A layer's output channels rescaled and shifted: ``weight * scale`` along ``axis``, ``bias * scale + shift``
+    (float64 arithmetic, the tensors' dtypes out)."""
+    shape = [1] * weight.ndim
+    shape[axis] = -1
+    new_weight = weight.astype(np.float64) * scale.reshape(shape)
+    return new_weight.astype(weight.dtype), (bias.astype(np.float64) * scale + shift).astype(bias.dtype)
 
 
 def as_in_out(weight: np.ndarray, kind: str) -> np.ndarray:

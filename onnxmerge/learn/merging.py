@@ -15,10 +15,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+import onnx
 from scipy.optimize import linear_sum_assignment
 
 from ..config import MERGE_METHODS
 from ..graph import weightmerge
+from ..graph.topology import with_outputs
+from ..runtime.session import Runner
+from ..runtime.weights import WeightFolder
 
 #: Task arithmetic's and TIES' scales tried (``base + scale * sum of task vectors``); 1/n is plain averaging
 #: of the fine-tuned models, the papers' best lay in 0.3-1.0.
@@ -36,13 +40,29 @@ class Candidate:
     scale: float | None
     merged: list[np.ndarray]  # per slot
     aligned: bool = False
-    repaired: bool = False  # REPAIR: output statistics reset to the sources' average
     score: float | None = None
+    coefficients: tuple[float, ...] | None = None  # AdaMerging: one task-arithmetic scale per source
+    corrections: list = field(default_factory=list)  # learn.correct's, applied after the merge (REPAIR)
+    origin: Candidate | None = None  # the uncorrected merge the corrections started from
+
+    @property
+    def repaired(self) -> bool:
+        """Whether the merged network's statistics were corrected on the pool (REPAIR / BatchNorm reset)."""
+        return bool(self.corrections)
 
     def label(self) -> str:
         scale = f" x{self.scale:g}" if self.scale is not None else ""
+        if self.coefficients is not None:
+            scale = " x" + "/".join(f"{c:g}" for c in self.coefficients)
         repair = " + REPAIR" if self.repaired else ""
         return f"{'aligned ' if self.aligned else ''}{self.method}{scale}{repair}"
+
+
+def activations(model: onnx.ModelProto, names: list[str], x: np.ndarray, weights: WeightFolder) -> list[np.ndarray]:
+    """The tensors ``names`` of ``model`` on ``x`` (64 images per call; onnxruntime runs what they need)."""
+    runner = Runner(with_outputs(model, names), weights)
+    parts = [runner.run(x[i : i + 64], names) for i in range(0, len(x), 64)]
+    return [np.concatenate([p[k] for p in parts]) for k in range(len(names))]
 
 
 def rows(activation: np.ndarray, channel_axis: int, rng: np.random.Generator) -> np.ndarray:
@@ -120,17 +140,13 @@ def channel_stats(activation: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return x.mean(axis=0), x.std(axis=0)
 
 
-def repaired(
-    weight: np.ndarray, axis: int, bias: np.ndarray, current: tuple, target: tuple
-) -> tuple[np.ndarray, np.ndarray]:
-    """REPAIR (Jordan et al., ICLR 2023): the layer's weight and bias rescaled so that each output channel's
-    mean and deviation on the pool become ``target``'s (the sources' average) instead of ``current``'s."""
-    scale = target[1] / np.maximum(current[1], 1e-8)
-    shape = [1] * weight.ndim
-    shape[axis] = -1
-    new_weight = weight.astype(np.float64) * scale.reshape(shape)
-    new_bias = (bias.astype(np.float64) - current[0]) * scale + target[0]
-    return new_weight.astype(weight.dtype), new_bias.astype(bias.dtype)
+def repair_terms(current: tuple, target: tuple) -> tuple[np.ndarray, np.ndarray]:
+    """REPAIR (Jordan et al., ICLR 2023): the per-channel ``(scale, shift)`` that turn output channels of mean and
+    deviation ``current`` into ``target``'s (``weightmerge.affine`` applies them to the weight and bias). A
+    channel that is constant on the pool (a dead unit) is shifted only: rescaling it would blow it up."""
+    alive = current[1] > 1e-6 * np.maximum(target[1], 1e-12)
+    scale = np.where(alive, target[1] / np.where(alive, current[1], 1.0), 1.0)
+    return scale, target[0] - current[0] * scale
 
 
 def agreement(merged: np.ndarray, reference: np.ndarray, has_head: bool) -> float:

@@ -19,13 +19,16 @@ from ..files.images import Dataset, decoded
 from ..learn.timing import median_seconds
 from ..runtime.tasks import Tasks
 from . import pipeline
-from .merging import merge_sources, mergeable
+from .merging import MergedSources, merge_groups, merge_sources, mergeable
 from .parity import ParityCheck, require
 from .results import Built
 
 TIMING_BATCH = 32  # images per call when each Z is timed (the issue's comparison)
 TIMING_RUNS = 5  # median of these, after one warm-up call
 WEIGHT_TOLERANCE = 0.0  # the written merged weights are the numpy merge's exact float32 values
+# a corrected merge's layer statistics on the pool vs their targets, relative to max(1, the largest target):
+# float32 activations summed over the pool in another order than the correction's measurement
+STATISTICS_TOLERANCE = 1e-4
 
 
 def build_z(config: Config, tasks: Tasks | None, labelled: Dataset | None, pool: Dataset | None) -> Built:
@@ -33,33 +36,36 @@ def build_z(config: Config, tasks: Tasks | None, labelled: Dataset | None, pool:
     concat = pipeline.prepare(config, tasks)
     if config.merge.mode == "concat":
         return pipeline.fit(concat, labelled, pool)
-    found = mergeable(concat.sources)
-    if not found.same and config.merge.mode == "weights":
-        raise OnnxMergeError(
-            f'the sources cannot be merged in weight space ({found.difference}); use [merge] mode = "concat".'
-        )
-    if not found.same:
+    groups = merge_groups(concat.sources)
+    if not groups:
+        found = mergeable(concat.sources)
+        if config.merge.mode == "weights":
+            raise OnnxMergeError(
+                f'the sources cannot be merged in weight space ({found.difference}); use [merge] mode = "concat".'
+            )
         return _with_merge(pipeline.fit(concat, labelled, pool), {"choice": "concat", "why": found.line()})
-    merged = merge_sources(concat.sources, config.merge, config.input, concat.weights, labelled, pool)
+    merged = merge_sources(concat.sources, groups, config.merge, config.input, concat.weights, (labelled, pool))
+    methods = ", ".join(g.chosen.label() for g in merged.groups)
     weights_check = ParityCheck(
-        f"merged backbone weights vs {merged.chosen.label()} recomputed in numpy from the sources' tensors",
-        merged.weight_check,
+        f"merged backbone weights vs {methods} recomputed in numpy from the sources' tensors",
+        max(g.weight_check for g in merged.groups),
         1.0,
         WEIGHT_TOLERANCE,
     )
-    require([weights_check])
+    checks = [weights_check] + _statistics_checks(merged)
+    require(checks)
     one = pipeline.prepare(config, tasks, (merged.sources, concat.weights))
     results = {}
-    for name, prepared, checks in (("concat", concat, []), ("weights", one, [weights_check])):
+    for name, prepared, extra in (("concat", concat, []), ("weights", one, checks)):
         start = time.perf_counter()
-        results[name] = (pipeline.fit(prepared, labelled, pool, checks), time.perf_counter() - start)
+        results[name] = (pipeline.fit(prepared, labelled, pool, extra), time.perf_counter() - start)
     images = decoded((labelled if labelled is not None else pool).x[:TIMING_BATCH])
     seconds = {name: _time_z(r[0], images) for name, r in results.items()}
     accuracy = {name: r[0].report.sections.get("expected_accuracy", {}).get("accuracy") for name, r in results.items()}
     measure = "held-out accuracy"
     if accuracy["concat"] is None or accuracy["weights"] is None:
         measure = "agreement with the sources' own heads"
-        accuracy = {"concat": 1.0, "weights": merged.chosen.score}
+        accuracy = {"concat": 1.0, "weights": merged.agreement()}
     keep = "weights" if config.merge.mode == "weights" else _auto_choice(accuracy, config.merge.margin)
     results["concat" if keep == "weights" else "weights"][0].extracted.prepared.engine.close()
     merge = dict(
@@ -75,6 +81,21 @@ def build_z(config: Config, tasks: Tasks | None, labelled: Dataset | None, pool:
         line=_line(keep, config.merge, accuracy, seconds, measure, len(images)),
     )
     return _with_merge(results[keep][0], merge)
+
+
+def _statistics_checks(merged: MergedSources) -> list[ParityCheck]:
+    """Per group whose merge was corrected (REPAIR / BatchNorm reset), its layers' statistics vs the targets."""
+    return [
+        ParityCheck(
+            f"{', '.join(s.name for s in g.sources)} corrected layer statistics on the pool vs their targets",
+            g.statistics_check,
+            1.0,
+            STATISTICS_TOLERANCE,
+            "float32 activations summed over the pool",
+        )
+        for g in merged.groups
+        if g.chosen.corrections
+    ]
 
 
 def _with_merge(built: Built, merge: dict) -> Built:

@@ -127,7 +127,9 @@ def set_metadata(model: onnx.ModelProto, extracted: Extracted, fitted: Fitted) -
         contract.MODE_KEY: extracted.config.mode,
         contract.VERSION_KEY: __version__,
     }
-    if sources[0].merged:  # one backbone, merged in weight space (stages/merging.py)
-        props[contract.MERGE_KEY] = {"method": sources[0].merged, "sources": [s.name for s in sources]}
+    groups = {s.merge_group: s.merged for s in sources if s.merged}  # one backbone each (stages/merging.py)
+    if groups:
+        listed = [{"method": method, "sources": list(names)} for names, method in groups.items()]
+        props[contract.MERGE_KEY] = dict(listed[0], **({"groups": listed} if len(listed) > 1 else {}))
     props.update(fitted.assessment.metadata)  # expected accuracy, route columns, head inputs (stages/assess.py)
     contract.write_metadata(model, props)

@@ -42,6 +42,7 @@ class ResolvedSource:
     batch_note: str | None = None
     label_warnings: list[str] | None = None  # labels the model carries but onnxmerge could not read
     merged: str | None = None  # the weight merge this model's backbone came from (stages/merging.py)
+    merge_group: tuple[str, ...] = ()  # the sources that share that merged backbone (the first one's is kept)
     warnings: list[str] | None = None  # a recipe that normalises for a source that does its own preprocessing
     precision: str = "float32"  # what the source computes in ("float16", "int8"): Z keeps it (graph.inspect)
 
@@ -52,8 +53,8 @@ class ResolvedSource:
 
 def feature_sources(sources: list[ResolvedSource]) -> list[str]:
     """Sources whose features Z's ``features`` holds and the head reads: a merged backbone's once (every source
-    of a weight merge computes the same features, ``stages/merging.py``)."""
-    return [s.name for i, s in enumerate(sources) if not (i > 0 and s.merged and sources[0].merged)]
+    of a weight merge's group computes the same features, ``stages/merging.py``: its first source's are kept)."""
+    return [s.name for s in sources if not s.merge_group or s.merge_group[0] == s.name]
 
 
 def teacher_space(sources: list[ResolvedSource], teachers: list[tuple[str, str]]) -> Teachers:
