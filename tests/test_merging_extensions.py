@@ -207,3 +207,18 @@ def test_recipe_repair_key_is_checked(tmp_path, repair, words):
     assert words in str(err.value)
     data["merge"]["repair"] = False
     assert parse_recipe(data, tmp_path, tmp_path / "r.toml").merger.merge.repair is False
+
+
+def test_two_groups_get_one_backbone_each():
+    z = _build(["low", "resbn_low", "high", "resbn_high"], MergeSpec(mode="weights", method="average", repair=False))
+    merge = z.report_["merge"]
+    assert [g["sources"] for g in merge["groups"]] == [["low", "high"], ["resbn_low", "resbn_high"]]
+    assert merge["concatenated"] == [] and all(c.ok for c in z.parity_)
+    stored = json.loads({p.key: p.value for p in z.model_.metadata_props}["onnxmerge.merge"])
+    assert stored["groups"] == [
+        {"method": "average", "sources": ["low", "high"]},
+        {"method": "average", "sources": ["resbn_low", "resbn_high"]},
+    ]
+    assert sum(line.startswith("backbone one") for line in z_lines(describe_z(z.model_))) == 2
+    assert z.model_.graph.output[2].type.tensor_type.shape.dim[1].dim_value == 16 + 16  # each group's once
+    assert len([n for n in z.model_.graph.node if n.op_type == "Conv"]) == 6
