@@ -42,8 +42,8 @@ SETUPS = {
     "cnn_seeds": ([("fashionA", "cnn_fashionA_seed0"), ("fashionB", "cnn_fashionB_seed1")], CNN, None, None),
 }  # fmt: skip
 # (method, with the base model): with a base, task arithmetic and TIES, and RegMean (which needs none) beside
-METHODS = {True: [("task_arithmetic", True), ("ties", True), ("regmean", False)], False: [("average", False),
-           ("regmean", False), ("align", False)]}  # fmt: skip
+METHODS = {True: [("task_arithmetic", True), ("ties", True), ("regmean", False), ("adamerging", True), ("auto", True)],
+           False: [("average", False), ("regmean", False), ("align", False), ("auto", False)]}  # fmt: skip
 IMAGE = ImageInput(28, 28, 1)
 BATCH, RUNS = 32, 15
 # the machine is shared by six engineers: the pool and the test set are subsampled so that a setup runs in
@@ -105,7 +105,9 @@ def times(models: dict[str, object], images: np.ndarray) -> dict[str, float]:
     return {name: float(np.median(v)) for name, v in out.items()}
 
 
-def run_setup(work: Path, name: str) -> dict:
+def run_setup(work: Path, name: str, methods: list[str] | None = None, repair: str | bool = False) -> dict:
+    """One setup's rows; ``methods``: the merge methods to build (default: every one of ``METHODS``), each with
+    ``repair`` ([merge] repair: False builds each method as such, "auto" lets the build add REPAIR twins)."""
     pairs, pre, base, oracle = SETUPS[name]
     tasks = [t for t, _ in pairs]
     train, pool, test = (np.load(work / f"{k}.npz") for k in ("train", "pool", "test"))
@@ -118,16 +120,22 @@ def run_setup(work: Path, name: str) -> dict:
     sources = [Source(t, work / f"{m}.onnx", pre, labels=TASKS[t]) for t, m in pairs]
     zs, concat = {}, None
     for method, with_base in METHODS[base is not None]:
-        spec = MergeSpec(mode="weights", base=work / f"{base}.onnx" if with_base else None, method=method)
+        if methods and method not in methods:
+            continue
+        spec = MergeSpec(
+            mode="weights", base=work / f"{base}.onnx" if with_base else None, method=method,
+            repair="auto" if method == "auto" else repair,
+        )  # fmt: skip
         start = time.perf_counter()
         z = Merger(IMAGE, sources, merge=spec, quiet=True, cache_dir=work / "cache")
         z.fit(train["x"], train["y"], unlabeled=pool["x"])
         merge = z.report_["merge"]
         union, aware = scores(z, test, tasks)
-        zs[merge["method"]] = z.model_
+        label = merge["method"] + (" (method auto)" if method == "auto" else "")
+        zs[label] = z.model_
         rows.append(
             {
-                "row": f"merged Z: {merge['method']}",
+                "row": f"merged Z: {label}",
                 "union": union,
                 "task_aware": aware,
                 "own_heads": own_heads(z, test, tasks),
@@ -178,9 +186,15 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=None)
     parser.add_argument("--setups", default="lite0_2,lite0_3,cnn_seeds")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--methods", default=None, help="comma-separated merge methods (default: all, and auto)")
+    parser.add_argument(
+        "--repair", choices=["false", "true", "auto"], default="false", help="[merge] repair of each method"
+    )
     args = parser.parse_args()
     work = args.work or work_dir("merging")
-    results = [run_setup(work, name) for name in args.setups.split(",")]
+    repair = {"false": False, "true": True, "auto": "auto"}[args.repair]
+    methods = args.methods.split(",") if args.methods else None
+    results = [run_setup(work, name, methods, repair) for name in args.setups.split(",")]
     for result in results:
         print(table(result), "\n")
     if args.json:
