@@ -11,7 +11,7 @@ not in Z), and the forecast of the routing's uncertainty (share of pool images t
 
 Z is fitted in numpy with onnxmerge's own functions, as ``stages.fit.fit_labelled`` does it (router on the
 agreed pool images plus the labelled ones, product with a labels-alone head once every class has a label,
-pseudo-labels >= 0.5, head with ``select_C``); the build's routing (25 k-means runs) is computed once per
+pseudo-labels >= 0.5, head C by ``choose_C``); the build's routing (25 k-means runs) is computed once per
 pool on all its images, where a build routes the pool less its labelled images (the one simplification).
 
     python -m benchmarks.routing.labels --tune            # tuning seeds 100.., validation images, strategies
@@ -32,6 +32,7 @@ from benchmarks.common import mean_std_line, work_dir
 from benchmarks.routing.setups import Data, Features, Setup, take, variant_pool
 from onnxmerge.config import ROUTER_C
 from onnxmerge.graph.stitch import output_names
+from onnxmerge.learn.estimate import choose_C
 from onnxmerge.learn.head import HeadInput, TeachersHead, fit_head, select_C
 from onnxmerge.learn.routing import l2_blocks, pseudo_labels, route_pool
 from onnxmerge.learn.select import TYPICAL_PER_CLASS, choose
@@ -90,7 +91,10 @@ class Pool:
         x = np.concatenate([x_lab, x_pool[keep]])
         y = np.concatenate([y_lab, pseudo[keep]])
         w = np.concatenate([np.ones(len(y_lab)), np.full(int(keep.sum()), len(y_lab) / max(int(keep.sum()), 1))])
-        C = select_C(y_lab) if len(y_lab) else select_C(pseudo[keep])
+        C = select_C(pseudo[keep])
+        if len(y_lab):  # stages.fit: C by the held-out estimate's cross-validation where it can tell
+            extra = (x_pool[keep], pseudo[keep], w[len(y_lab) :])
+            C = choose_C(x_lab, y_lab, feat.widths, "balanced", extra)[0]
         head = fit_head(x, y, feat.widths, C=C, class_weight="balanced", sample_weight=w if len(y_lab) else None)
         cols = [list(head.classes_).index(c) if c in head.classes_ else None for c in union]
 

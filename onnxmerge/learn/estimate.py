@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from sklearn.model_selection import StratifiedKFold
 
-from .head import block_spans, fit_head
+from .head import FEW_SHOT_C, MANY_SHOT_C, block_spans, fit_head, select_C
 
 MAX_FOLDS = 5
 # The folds' solver tolerance. An estimate whose standard error is 0.01-0.03 does not need the final head's
@@ -30,6 +30,9 @@ MAX_FOLDS = 5
 # build's head would leak the held-out images into the folds (benchmarks/RESULTS.md, issue 13).
 FOLD_TOL = 1e-3
 MIN_TO_HOLD_OUT = 2  # a class needs one image to hold out and one to train on
+# C = "auto" is chosen by the build's own cross-validation from this many labels in the median class: with
+# fewer, folds of 1-2 images per class cannot tell two Cs apart and ``select_C``'s rule decides
+CV_C_MIN_PER_CLASS = 5
 
 
 @dataclass
@@ -292,3 +295,30 @@ def cross_validate_new_classes(
         what,
         "new-class recall",
     )
+
+
+def choose_C(
+    x: np.ndarray,
+    y: np.ndarray,
+    widths: list[int],
+    class_weight: str | None,
+    extra: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+) -> tuple[float, Estimate | None, dict[str, float]]:
+    """The head's C for ``C = "auto"``: ``FEW_SHOT_C`` or ``MANY_SHOT_C``, whichever ``cross_validate`` (the
+    estimate the build runs anyway, same folds, same ``extra`` rows) scores higher; a tie keeps ``select_C``'s
+    rule, and so does a median class under ``CV_C_MIN_PER_CLASS`` labels (no cross-validation then).
+
+    Why: ``select_C``'s threshold (50 per class) was set on single-source heads; with three or more teachers
+    and a pool the best C moved (benchmarks/RESULTS.md, "routing/labels.py": C = 1 from 10 labels per class).
+    Returns the C, its estimate (None where none was run: the build then runs its own) and each C's held-out
+    accuracy. The estimate of the chosen C is optimistic by the choice between two values (a fraction of its
+    standard error on the benchmarks)."""
+    rule = select_C(y)
+    if np.median(np.unique(np.asarray(y), return_counts=True)[1]) < CV_C_MIN_PER_CLASS:
+        return rule, None, {}
+    tried = {C: cross_validate(x, y, widths, C, class_weight, extra=extra) for C in (FEW_SHOT_C, MANY_SHOT_C)}
+    if any(e.accuracy is None for e in tried.values()):
+        return rule, None, {}
+    scores = {str(C): float(e.accuracy) for C, e in tried.items()}
+    best = max(tried, key=lambda C: (tried[C].accuracy, C == rule))
+    return best, tried[best], scores

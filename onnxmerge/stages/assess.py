@@ -103,13 +103,15 @@ def fit_mode(
     labelled: tuple[np.ndarray, np.ndarray] | None,
     pool: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None,
     pool_claims: dict[str, int] | None = None,
+    estimated: tuple[estimate.Estimate, float, float] | None = None,
 ) -> Assessment:
     """Mode "fit": cross-validated accuracy, source checks, per-label pool counts (module docstring).
 
     ``labelled`` is ``(head inputs, labels)`` of the labelled images (None: a pool-only build); ``pool`` is
     ``(head inputs of every pool image, their pseudo-labels, which were kept, the kept rows' sample weight in
     the head's fit)`` (None: no pool), ``pool_claims`` the pool images each teacher label's own teacher calls
-    it. ``widths`` and ``C`` are the head's, as passed to ``fit_head``.
+    it. ``widths`` and ``C`` are the head's, as passed to ``fit_head``; ``estimated``: the cross-validation
+    that chose C (``estimate.choose_C``: its estimate, seconds, CPU seconds), not run again.
     """
     x_labelled, y_labelled = labelled if labelled is not None else (None, None)
     x_pool, pool_labels, pool_keep, pool_weight = pool if pool is not None else (None,) * 4
@@ -119,11 +121,17 @@ def fit_mode(
         extra = None
         if x_pool is not None:
             extra = (x_pool[pool_keep], pool_labels[pool_keep], pool_weight)
-        result = estimate.cross_validate(x_labelled, y_labelled, widths, C, extracted.config.class_weight, extra=extra)
+        if estimated is None:
+            result = estimate.cross_validate(
+                x_labelled, y_labelled, widths, C, extracted.config.class_weight, extra=extra
+            )
+            seconds, cpu_seconds = time.perf_counter() - began, time.process_time() - cpu
+        else:
+            result, seconds, cpu_seconds = estimated
         labelled_classes = len(set(y_labelled))
         if labelled_classes < len(classes):  # the pool added classes no held-out image can test
             result.what = f"labelled images of {labelled_classes} of Z's {len(classes)} classes"
-        _set_estimate(out, result, time.perf_counter() - began, time.process_time() - cpu)
+        _set_estimate(out, result, seconds, cpu_seconds)
     _check_sources(
         out,
         extracted,

@@ -3,12 +3,14 @@ confident pseudo-labels of an unlabeled pool where one is given."""
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 from ..errors import OnnxMergeError
 from ..files.images import Dataset, ImageFiles
 from ..graph.topology import with_outputs
-from ..learn import health
+from ..learn import estimate, health
 from ..learn.head import HeadInput, TeachersHead, append_head, fit_head, select_C
 from ..learn.routing import PSEUDO_LABEL_THRESHOLD, pseudo_labels
 from ..runtime.tasks import digests_task
@@ -38,14 +40,22 @@ def fit_labelled(extracted: Extracted, labelled: Dataset | None, pool: Dataset |
         weights = [np.ones(len(ys[0])), np.full(kept, len(ys[0]) / max(kept, 1))] if labelled is not None else []
     x, y = np.concatenate(xs), np.concatenate(ys)
     config = extracted.config
-    # C follows the labels a person gave where there are any (pseudo-labels are many but noisy)
-    C = select_C(ys[0]) if config.C == "auto" else float(config.C)
+    # C follows the labels a person gave where there are any (pseudo-labels are many but noisy): chosen by the
+    # held-out estimate's own cross-validation where it can tell (learn.estimate.choose_C)
+    C, estimated, tried = select_C(ys[0]) if config.C == "auto" else float(config.C), None, {}
+    if config.C == "auto" and labelled is not None:
+        began, cpu = time.perf_counter(), time.process_time()
+        extra = (xs[1], ys[1], weights[-1]) if pool is not None else None
+        C, chosen, tried = estimate.choose_C(xs[0], ys[0], widths, config.class_weight, extra)
+        if chosen is not None:
+            estimated = (chosen, time.perf_counter() - began, time.process_time() - cpu)
     head = fit_head(
         x, y, widths, C=C, class_weight=config.class_weight, sample_weight=np.concatenate(weights) if weights else None
     )
     said += Assessment(
         {
             "C": C,
+            **({"C_held_out_accuracy": tried} if tried else {}),
             "train_accuracy": float(np.mean(head.predict(x) == y)),
             "feature_dim": int(sum(widths[: len(head_input.sources)])),
             "head_inputs": int(x.shape[1]),
@@ -62,6 +72,7 @@ def fit_labelled(extracted: Extracted, labelled: Dataset | None, pool: Dataset |
         (xs[0], labelled.y) if labelled is not None else None,
         (x_pool, pseudo, keep, weights[-1] if weights else np.ones(kept)) if pool is not None else None,
         claims,
+        estimated,
     )
     graph = with_outputs(extracted.prepared.graph.model, extracted.graph_outputs(), prune=True)
     model = append_head(graph, head_input, head, extracted.widths)
