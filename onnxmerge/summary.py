@@ -112,17 +112,20 @@ def merge_lines(merge: dict | None) -> list[str]:
 
 
 def forecast_line(disagreed: float) -> str:
-    """The routing's uncertainty and what labels are expected to buy (``learn.select.forecast``)."""
-    from .learn.select import forecast
+    """The routing's uncertainty and what chosen labels bought on the nearest tuning setup
+    (``learn.select.forecast``)."""
+    from .learn.select import MAX_BUDGET, forecast
 
-    per_class = forecast(disagreed)
+    expected = forecast(disagreed)
     line = f"forecast: the k-means runs disagree on {disagreed:.0%} of the pool images (where routing guesses)"
-    if per_class is None:
+    if expected is None:
         return line
-    return (
-        f"{line}; about {per_class} chosen labels per class (onnxmerge suggest) are expected to bring Z within "
-        "2 points of a fit on every pool label"
-    )
+    like = f"on the nearest benchmark setup ({expected.like}, {expected.disagreed:.0%})"
+    if expected.per_class is None:
+        bought = f"even {MAX_BUDGET} chosen labels per class left Z more than 2 points under"
+    else:
+        bought = f"{expected.per_class} chosen labels per class brought Z within 2 points of"
+    return f"{line}; {like}, {bought} a fully labelled fit"
 
 
 def source_lines(info: dict) -> list[str]:

@@ -162,9 +162,14 @@ def test_typical_picks_cover_the_clusters_no_label_covers():
     assert 1 in y[picks.index]  # the one class left that no label covers
 
 
-def test_forecast_is_log_linear_through_the_tuning_anchors(monkeypatch):
+def test_forecast_reads_the_nearest_tuning_anchor(monkeypatch):
     from onnxmerge.learn import select
+    from onnxmerge.summary import forecast_line
 
-    monkeypatch.setattr(select, "FORECAST_ANCHORS", ((0.2, 5), (0.4, 20)))
-    assert select.forecast(0.2) == 5 and select.forecast(0.4) == 20 and select.forecast(0.3) == 10
-    assert select.forecast(0.0) == 1  # at least one label per class
+    monkeypatch.setattr(select, "FORECAST_ANCHORS", (("K=2", 0.2, 5), ("K=3", 0.35, None)))
+    assert select.forecast(0.1) == select.Forecast(5, "K=2", 0.2)
+    assert select.forecast(0.3).per_class is None and select.forecast(0.3).like == "K=3"
+    assert "(K=2, 20%), 5 chosen labels per class brought Z within 2 points" in forecast_line(0.12)
+    assert "(K=3, 35%), even 40 chosen labels per class left Z more than 2 points" in forecast_line(0.5)
+    monkeypatch.setattr(select, "FORECAST_ANCHORS", ())
+    assert select.forecast(0.3) is None and forecast_line(0.3).endswith("(where routing guesses)")

@@ -113,10 +113,10 @@ def select_C(labels: np.ndarray) -> float:
     """``C`` for the head from how many labelled images a typical class has.
 
     The best C depends on the number of labels: on Fashion-MNIST with 5 per class 0.1 beats 1.0 by 1.5
-    points, on digits with 100 per class 1.0 beats 0.1 by 4 points (Fashion-MNIST with 100: 0.1 ahead by
-    0.6). Cross-validating over a grid chose as well but made every build 5-7x slower, so: 0.1 below 50
-    images in the median class, 1.0 from 50 up. The median, not the minimum, so that a new class of 5
-    images does not switch an otherwise data-rich head to the few-shot setting.
+    points, on digits with 100 per class 1.0 beats 0.1 by 4 points: 0.1 below 50 images in the median class,
+    1.0 from 50 up (the median, so that a new class of 5 images does not switch a data-rich head to the
+    few-shot setting). Fit mode uses it below 5 labels per class; from there the build's own
+    cross-validation picks between the two (``estimate.choose_C``: one more 5-fold run, not a grid).
     """
     _, counts = np.unique(labels, return_counts=True)
     return MANY_SHOT_C if np.median(counts) >= MANY_SHOT else FEW_SHOT_C

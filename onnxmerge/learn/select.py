@@ -20,10 +20,15 @@ from sklearn.neighbors import NearestNeighbors
 #: typical images while the labelled images are fewer than this per class of Z, then margin sampling
 TYPICAL_PER_CLASS = 3
 NEIGHBOURS = 20  # TypiClust's k for typicality
-#: the forecast's anchors, measured on the tuning protocol (``benchmarks/routing/labels.py --tune``):
-#: (share of pool images the k-means runs disagree on, chosen labels per class that brought Z within 2 points
-#: of a fit on every pool label)
-FORECAST_ANCHORS: tuple[tuple[float, int], ...] = ()
+#: the forecast's anchors, measured on the tuning protocol (``benchmarks/routing/labels.py --tune``, seed 100):
+#: (setup, share of its pool images the k-means runs disagree on, chosen labels per class that first brought Z
+#: within 2 points of a fit on every pool label, or None: not by ``MAX_BUDGET``)
+FORECAST_ANCHORS: tuple[tuple[str, float, int | None], ...] = (
+    ("two look-alike teachers", 0.250, 10),
+    ("three look-alike teachers", 0.338, None),
+    ("five look-alike teachers", 0.405, None),
+)
+MAX_BUDGET = 40  # the largest budget the benchmark curves measure (labels per class)
 MAX_CLUSTERS = 500  # TypiClust caps the clusters too: k-means cost grows with them, typicality does not
 
 
@@ -108,12 +113,21 @@ def typical(features: np.ndarray, n: int, available: np.ndarray, labelled: np.nd
     return np.asarray(picks, int)
 
 
-def forecast(disagreed: float) -> int | None:
-    """Chosen labels per class expected to bring Z within 2 points of a fit on every pool label, from the share
-    of pool images the k-means runs disagree on: log-linear through the tuning anchors (``FORECAST_ANCHORS``),
-    at least 1; None without two anchors to draw the line through."""
-    if len(FORECAST_ANCHORS) < 2:
+@dataclass(frozen=True)
+class Forecast:
+    """What chosen labels bought on the tuning setup whose routing was about as uncertain as this pool's."""
+
+    per_class: int | None  # chosen labels per class to within 2 points of a fully labelled fit (None: > MAX_BUDGET)
+    like: str  # that tuning setup
+    disagreed: float  # its share of pool images the k-means runs disagreed on
+
+
+def forecast(disagreed: float) -> Forecast | None:
+    """The tuning anchor nearest in routing uncertainty (the share of pool images the k-means runs disagree on):
+    how many chosen labels per class brought Z within 2 points of a fit on every pool label there. A nearest
+    anchor rather than a fitted curve: three setups cannot carry a curve, and two of them never got there
+    within the budgets measured (``FORECAST_ANCHORS``). None without anchors."""
+    if not FORECAST_ANCHORS:
         return None
-    d, b = np.asarray([a[0] for a in FORECAST_ANCHORS]), np.log([a[1] for a in FORECAST_ANCHORS])
-    slope, intercept = np.polyfit(d, b, 1)
-    return max(1, int(round(float(np.exp(intercept + slope * disagreed)))))
+    like, anchor, per_class = min(FORECAST_ANCHORS, key=lambda a: abs(a[1] - disagreed))
+    return Forecast(per_class, like, anchor)
