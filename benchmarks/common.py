@@ -160,7 +160,8 @@ def teacher(name: str, framework: str, labels: list[str], seed: int, path: Path,
 
 
 def merger(sources: list[dict], mode: str, cache: Path):
-    """A 28x28 gray Merger over teacher dicts (``teacher``), feature-cached under ``cache``."""
+    """A 28x28 gray Merger over teacher dicts (``teacher``; a dict with ``"teacher": False`` and no labels is a
+    source whose features only the head reads, as ``generic`` makes), feature-cached under ``cache``."""
     from onnxmerge import ImageInput, Merger, Preprocess, Source
 
     specs = [
@@ -168,13 +169,23 @@ def merger(sources: list[dict], mode: str, cache: Path):
             s["name"],
             s["model"],
             Preprocess(**{k: tuple(v) if isinstance(v, list) else v for k, v in s["preprocess"].items()}),
-            labels=s["labels"],
+            labels=s.get("labels"),
+            teacher=s.get("teacher", True),
         )
         for s in sources
     ]
     m = Merger(ImageInput(28, 28, 1), specs, mode=mode, quiet=True)
     m.cache_dir = cache  # the same pool and test images go through the same stitched graph many times
     return m
+
+
+def generic(path: Path, side: int = 64) -> dict:
+    """A generic ImageNet backbone (EfficientNet-Lite0 at ``side`` x ``side`` RGB, NCHW, ImageNet mean/std) as
+    a ``teacher = false`` source dict for ``merger``: its features join the head's input and the routing's
+    clustering, its 1,000 ImageNet classes are no label of Z."""
+    pre = {"scale": IMAGENET["scale"], "mean": list(IMAGENET["mean"]), "std": list(IMAGENET["std"])}
+    pre.update(height=side, width=side, channels=3, layout="NCHW")
+    return {"name": "generic", "model": str(path), "preprocess": pre, "teacher": False}
 
 
 # -- EfficientNet-Lite0 (speed, deploy) ----------------------------------------------------------------------------

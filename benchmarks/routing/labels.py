@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.common import generic as generic_source
 from benchmarks.common import mean_std_line, work_dir
 from benchmarks.routing.setups import Data, Features, Setup, take, variant_pool
 from onnxmerge.config import ROUTER_C
@@ -36,6 +37,7 @@ from onnxmerge.learn.estimate import choose_C
 from onnxmerge.learn.head import HeadInput, TeachersHead, fit_head, select_C
 from onnxmerge.learn.routing import l2_blocks, pseudo_labels, route_pool
 from onnxmerge.learn.select import TYPICAL_PER_CLASS, choose
+from onnxmerge.stages.route import train_router
 
 BUDGETS = (1, 2, 3, 5, 10, 20, 40)
 CURVE_SETUPS = ("k2-interleaved", "k3-interleaved", "k5-interleaved", "k2-grouped", "k3-grouped", "k5-grouped")
@@ -57,7 +59,7 @@ class Pool:
         self.y = feat.setup.y_res[idx]
         self.x = feat.head_input.numpy(self.out).astype(np.float64)
         self.x_test = feat.head_input.numpy(self.test_out).astype(np.float64)
-        blocks = [self.out[output_names(s["name"])["feature"]] for s in feat.setup.sources]
+        blocks = [self.out[output_names(s["name"])["feature"]] for s in feat.sources]
         self.space = l2_blocks(blocks)
         probs = [HeadInput.probabilities(self.out, n, k) for n, k in feat.base.teachers_]
         start = time.perf_counter()
@@ -109,6 +111,13 @@ class Pool:
     def accuracy(self, probs: np.ndarray) -> float:
         return float(np.mean(np.asarray(self.union)[probs.argmax(1)] == self.y_test))
 
+    def label_free(self) -> float:
+        """Teachers mode without a label: the router on the agreed pool images, as ``stages.route`` fits it."""
+        feat = self.feat
+        n = len(feat.teachers.names)
+        router, _ = train_router(self.x, self.routing.targets(), [], feat.widths, ROUTER_C, n)
+        return self.accuracy(TeachersHead(feat.head_input, feat.teachers, router).numpy(self.test_out)[0])
+
     def oracle(self) -> float:
         head = fit_head(self.x, self.y, self.feat.widths, C=select_C(self.y), class_weight="balanced")
         return float(np.mean(head.predict(self.x_test) == self.y_test))
@@ -118,7 +127,7 @@ class Pool:
         return float(np.mean(~self.routing.confident))
 
 
-def curve(pool: Pool, strategy: int | None, seed: int) -> dict[str, float]:
+def curve(pool: Pool, strategy: int | None, seed: int, budgets=BUDGETS) -> dict[str, float]:
     """Accuracy at each budget: chosen round by round (``strategy``: typical below that many per class), or
     random (None)."""
     rows, labelled = {}, np.zeros(0, int)
@@ -126,7 +135,7 @@ def curve(pool: Pool, strategy: int | None, seed: int) -> dict[str, float]:
     order = {c: rng.permutation(np.flatnonzero(pool.y == c)) for c in pool.union}
     n_classes = len(pool.union)
     probs = pool.fit(labelled)[0] if strategy is not None else None  # round 1 asks the label-free Z
-    for b in BUDGETS:
+    for b in budgets:
         if strategy is None:
             labelled = np.concatenate([order[c][:b] for c in pool.union])
         else:
@@ -142,23 +151,41 @@ def curve(pool: Pool, strategy: int | None, seed: int) -> dict[str, float]:
     return rows
 
 
-def run(names: list[str], seeds: list[int], strategies: dict, validation: bool, work: Path, out: Path | None):
+def seed_row(pool: Pool, strategies: dict, seed: int, budgets, prefix: str, title: str) -> dict[str, float]:
+    """One seed's rows (keys prefixed with ``prefix``): oracle, uncertainty, label-free, each strategy's curve."""
+    row = {"oracle": pool.oracle(), "pool images the k-means runs disagree on": pool.disagreement()}
+    row["label-free (teachers mode)"] = pool.label_free()
+    for label, strategy in strategies.items():
+        for key, value in curve(pool, strategy, seed, budgets).items():
+            row[f"{label} {key}"] = value
+        print(f"{title} {prefix}{label}: " + " ".join(f"{v:.3f}" for k, v in row.items() if k.startswith(label)))
+        sys.stdout.flush()
+    return {prefix + k: v for k, v in row.items()}
+
+
+def run(
+    names: list[str],
+    seeds: list[int],
+    strategies: dict,
+    validation: bool,
+    work: Path,
+    out: Path | None,
+    budgets=BUDGETS,
+    generic: Path | None = None,
+):
+    """The curves of every setup and seed; with ``generic`` (an ImageNet backbone's ONNX file), every row
+    also with that backbone added as a ``teacher = false`` source, side by side (its keys "+ generic: ...")."""
     data, results = Data(), {}
+    extras = {"": None} if generic is None else {"": None, "+ generic: ": generic_source(generic)}
     for name in names:
         rows: dict[str, list[float]] = {}
         for seed in seeds:
-            pool = Pool(Features(Setup(name, seed, data, work), work / "cache"), validation)
-            row = {"oracle": pool.oracle(), "pool images the k-means runs disagree on": pool.disagreement()}
-            for label, strategy in strategies.items():
-                for key, value in curve(pool, strategy, seed).items():
-                    row[f"{label} {key}"] = value
-                print(
-                    f"{name} seed {seed} {label}: "
-                    + " ".join(f"{v:.3f}" for k, v in row.items() if k.startswith(label))
-                )
-                sys.stdout.flush()
-            for key, value in row.items():
-                rows.setdefault(key, []).append(value)
+            setup = Setup(name, seed, data, work)
+            for prefix, extra in extras.items():
+                pool = Pool(Features(setup, work / "cache", extra), validation)
+                row = seed_row(pool, strategies, seed, budgets, prefix, f"{name} seed {seed}")
+                for key, value in row.items():
+                    rows.setdefault(key, []).append(value)
         results[name] = rows
         print(f"\n{name} / balanced, seeds {seeds}{' (validation images)' if validation else ''}")
         for key, values in rows.items():
@@ -176,6 +203,10 @@ def main() -> None:
     parser.add_argument("--tune", action="store_true", help="seeds 100.. on validation images; every strategy")
     parser.add_argument("--strategies", nargs="+", choices=list(STRATEGIES) + ["random"], default=None)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--budgets", type=int, nargs="+", default=list(BUDGETS), help="labels per class")
+    parser.add_argument(
+        "--generic", type=Path, help="also every row with this ImageNet backbone (64x64 RGB) as a teacher = false source"
+    )
     args = parser.parse_args()
     work = work_dir("routing")
     if args.tune:
@@ -187,7 +218,7 @@ def main() -> None:
         strategies = {k: STRATEGIES.get(k) for k in args.strategies}
     if args.tune and min(seeds) < 100:
         raise SystemExit("tuning uses seeds 100 and up; seeds 0.. are the test seeds")
-    run(names, seeds, strategies, args.tune, work, args.json)
+    run(names, seeds, strategies, args.tune, work, args.json, args.budgets, args.generic)
 
 
 if __name__ == "__main__":

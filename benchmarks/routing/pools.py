@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import mean_std_line, merger, work_dir
+from benchmarks.common import generic, mean_std_line, merger, work_dir
 from benchmarks.routing.setups import (
     NEW_CLASS,
     RESERVE,
@@ -60,7 +60,7 @@ def z_rows(feat: Features, variant: str, cache: Path, k: int = 5) -> dict[str, f
         return float(np.mean(z.predict(x_test) == y_test))
 
     start = time.perf_counter()
-    z = merger(setup.sources, "teachers", cache).fit(unlabeled=x_pool)
+    z = merger(feat.sources, "teachers", cache).fit(unlabeled=x_pool)
     row["teachers + pool: build s"] = time.perf_counter() - start
     labels, probabilities, route = z._z_session().run(["label", "probabilities", ROUTE], {"image": x_test})
     row["teachers + pool (Z)"] = float(np.mean(labels == y_test))
@@ -104,14 +104,15 @@ def z_rows(feat: Features, variant: str, cache: Path, k: int = 5) -> dict[str, f
     x_lab, y_lab = setup.x_res[pick], setup.y_res[pick]
     if variant == "blur":
         x_lab = blur(x_lab)
-    key = (setup.name, setup.seed, variant == "blur", k)  # the same labelled images for every other variant
+    # the same labelled images for every other variant
+    key = (setup.name, setup.seed, variant == "blur", k, len(feat.sources))
     if key not in _FIT_ALONE:
-        _FIT_ALONE[key] = acc(merger(setup.sources, "fit", cache).fit(x_lab, y_lab))
+        _FIT_ALONE[key] = acc(merger(feat.sources, "fit", cache).fit(x_lab, y_lab))
     row[f"fit k={k}, no pool (Z)"] = _FIT_ALONE[key]
-    row[f"fit k={k} + pool (Z)"] = acc(merger(setup.sources, "fit", cache).fit(x_lab, y_lab, unlabeled=x_pool))
+    row[f"fit k={k} + pool (Z)"] = acc(merger(feat.sources, "fit", cache).fit(x_lab, y_lab, unlabeled=x_pool))
     idx, _ = setup.pool(variant)  # the oracle: every (owned) pool image with its label
     x_own = x_pool[: len(idx)]
-    row["oracle: fit on the pool's labels (Z)"] = acc(merger(setup.sources, "fit", cache).fit(x_own, setup.y_res[idx]))
+    row["oracle: fit on the pool's labels (Z)"] = acc(merger(feat.sources, "fit", cache).fit(x_own, setup.y_res[idx]))
     row["true-source router (numpy)"] = numpy_rows(
         feat,
         take(pool_out, np.flatnonzero(owned)),
@@ -147,7 +148,7 @@ def _route(feat: Features, pool_out: dict):
     from onnxmerge.learn.head import HeadInput
     from onnxmerge.learn.routing import l2_blocks, route_pool
 
-    blocks = [pool_out[output_names(s["name"])["feature"]] for s in feat.setup.sources]
+    blocks = [pool_out[output_names(s["name"])["feature"]] for s in feat.sources]
     probs = [HeadInput.probabilities(pool_out, n, kind) for n, kind in feat.base.teachers_]
     return route_pool(l2_blocks(blocks), feat.teachers, probs)
 
@@ -166,7 +167,7 @@ def new_class_rows(feat: Features, variant: str, data: Data, cache: Path, shots=
         x_new = data.xtr[rng.choice(np.flatnonzero(data.ytr == new), k, replace=False)]
         if variant == "blur":
             x_new = blur(x_new)
-        z = merger(feat.setup.sources, "teachers", cache).fit(x_new, np.full(k, new), unlabeled=x_pool)
+        z = merger(feat.sources, "teachers", cache).fit(x_new, np.full(k, new), unlabeled=x_pool)
         row[f"new class from {k} (teachers + pool): its recall"] = float(np.mean(z.predict(x_new_test) == new))
         row[f"new class from {k}: accuracy on the old classes"] = float(np.mean(z.predict(x_test) == y_test))
     return row
@@ -210,6 +211,9 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=None, help="teachers and caches (default: common.work_dir)")
     parser.add_argument("--timing", action="store_true")
     parser.add_argument("--json", type=Path, help="also write every row and seed here")
+    parser.add_argument(
+        "--generic", type=Path, help="also every row with this ImageNet backbone (64x64 RGB) as a teacher = false source"
+    )
     args = parser.parse_args()
     args.work = args.work or work_dir("routing")
     args.work.mkdir(parents=True, exist_ok=True)
@@ -218,18 +222,23 @@ def main() -> None:
         timing(args.work, data)
         return
     results = {}
+    # with --generic, every row also with the backbone as a teacher = false source, side by side
+    extras = {"": None} if args.generic is None else {"": None, "+ generic: ": generic(args.generic)}
     for name in args.setup:
-        feats = {seed: Features(Setup(name, seed, data, args.work), args.work / "cache") for seed in args.seeds}
+        setups = {seed: Setup(name, seed, data, args.work) for seed in args.seeds}
+        feats = {(s, p): Features(setups[s], args.work / "cache", e) for s in args.seeds for p, e in extras.items()}
         for variant in args.variant:
             if variant == "junk20" and "digit_0" in Setup.owner_of(name):
                 continue
             rows: dict[str, list[float]] = {}
             for seed in args.seeds:
-                row = z_rows(feats[seed], variant, args.work / "cache")
-                if name in NEW_CLASS:
-                    row.update(new_class_rows(feats[seed], variant, data, args.work / "cache"))
-                for key, value in row.items():
-                    rows.setdefault(key, []).append(value)
+                for prefix in extras:
+                    feat = feats[seed, prefix]
+                    row = z_rows(feat, variant, args.work / "cache")
+                    if name in NEW_CLASS:
+                        row.update(new_class_rows(feat, variant, data, args.work / "cache"))
+                    for key, value in row.items():
+                        rows.setdefault(prefix + key, []).append(value)
             results[f"{name} / {variant}"] = rows
             print(f"\n{name} / {variant}, seeds {args.seeds} (mean +- std; per seed)")
             for key, values in rows.items():

@@ -151,11 +151,15 @@ class Setup:
 
 
 class Features:
-    """A teachers-mode Merger without a pool, used for its stitched graph's outputs (feature-cached)."""
+    """A teachers-mode Merger without a pool, used for its stitched graph's outputs (feature-cached).
 
-    def __init__(self, setup: Setup, cache: Path) -> None:
+    ``generic``: a ``teacher = false`` source dict (``benchmarks.common.generic``) added to the setup's teachers;
+    ``sources`` holds every source the head reads, the setup's teachers first."""
+
+    def __init__(self, setup: Setup, cache: Path, generic: dict | None = None) -> None:
         self.setup = setup
-        self.base = merger(setup.sources, "teachers", cache).fit()
+        self.sources = setup.sources + ([generic] if generic else [])
+        self.base = merger(self.sources, "teachers", cache).fit()
         self.teachers = teacher_space(self.base.sources_, self.base.teachers_)
         self.head_input = self.base.head_input_
         self.widths = self.head_input.widths(self.base.widths_)
@@ -186,7 +190,7 @@ def numpy_rows(
     from onnxmerge.learn.routing import l2_blocks
     from onnxmerge.stages.route import train_router
 
-    blocks = [pool_out[output_names(s["name"])["feature"]] for s in feat.setup.sources]
+    blocks = [pool_out[output_names(s["name"])["feature"]] for s in feat.sources]
     probs = [HeadInput.probabilities(pool_out, n, k) for n, k in feat.base.teachers_]
     start = time.perf_counter()
     targets, weight = route_fn(l2_blocks(blocks), feat.teachers, probs)
