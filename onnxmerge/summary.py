@@ -128,6 +128,20 @@ def forecast_line(disagreed: float) -> str:
     return f"{line}; {like}, {bought} a fully labelled fit"
 
 
+#: share of pool images the k-means runs disagree on from which the build suggests a generic backbone: the
+#: benchmark's 3 and 5 look-alike teachers (where the backbone helped) disagree on 31-49%, the demo's easy
+#: 5 + 3 split on 18% (``benchmarks/routing/labels.py --generic``, RESULTS.md)
+GENERIC_HINT_SHARE = 0.3
+
+
+def generic_hint(disagreed: float, non_teacher: bool) -> str | None:
+    """A hint to add a generic ImageNet backbone as a ``teacher = false`` source, where the routing is unsure
+    (``disagreed``: share of pool images the k-means runs disagree on) and no source is a non-teacher yet."""
+    if non_teacher or disagreed < GENERIC_HINT_SHARE:
+        return None
+    return "routing: hint: teacher = false HINT"
+
+
 def source_lines(info: dict) -> list[str]:
     """``inspect``'s lines for a source that is not a plain float32 model taking normalised input."""
     lines = []
@@ -179,6 +193,8 @@ def build_summary(merger, output) -> str:
         share = ", ".join(f"{p(n)} {v:.0%}" for n, v in report["routing"]["pool_share"].items())
         lines.append(f"routing: {report['routing']['method']} on {report['pool_images']} pool images ({share})")
         lines.append(forecast_line(report["routing"]["disagreed"]))
+        hint = generic_hint(report["routing"]["disagreed"], any(not s.spec.teacher for s in merger.sources_))
+        lines += [hint] if hint else []
     elif report["mode"] == "teachers":
         lines.append("routing: softmax over the teachers' concatenated logits (no pool to calibrate on)")
     if "pseudo_labels" in report:

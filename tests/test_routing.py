@@ -272,3 +272,30 @@ def test_train_router_is_a_function_of_arrays():
     assert len(x) == 40 and list(y) == [0] * 20 + [1] * 15 + [0] * 5
     assert np.all(weight[:35] == 1) and np.allclose(weight[35:], 35 / 5)
     assert np.mean(router.predict(x_pool[:35]) == targets[:35]) > 0.9
+
+
+def test_build_hints_at_a_generic_backbone_only_where_routing_is_unsure(teachers, tmp_path, capsys, monkeypatch):
+    """The demo's easy 5 + 3 split (the k-means runs disagree on about 20% of its pool) gets no hint; where the
+    share reaches the threshold the hint is one line under the forecast, and never with a teacher = false source
+    (a recipe that has one is built through the CLI here, with the threshold at 0)."""
+    from onnxmerge import summary
+    from onnxmerge.cli import main
+
+    disagreed = teachers.report_["routing"]["disagreed"]
+    assert 0 < disagreed < summary.GENERIC_HINT_SHARE
+    assert "routing: hint:" not in summary.build_summary(teachers, "z.onnx")
+    monkeypatch.setattr(summary, "GENERIC_HINT_SHARE", disagreed)
+    lines = summary.build_summary(teachers, "z.onnx").splitlines()
+    hints = [i for i, line in enumerate(lines) if line.startswith("routing: hint:")]
+    assert len(hints) == 1 and lines[hints[0] - 1].startswith("forecast: ") and "teacher = false" in lines[hints[0]]
+
+    monkeypatch.setattr(summary, "GENERIC_HINT_SHARE", 0.0)
+    text = (FASHION / "teachers1.toml").read_text().replace('"models/', f'"{FASHION.as_posix()}/models/')
+    extra = '[[sources]]\nname = "c"\nmodel = "models/b_sklearn_mlp.onnx"\nteacher = false\n'
+    extra += text[text.index('[sources.preprocess]', text.index('name = "b"')) : text.index("[head]")]
+    text = text.replace("[head]", extra.replace('"models/', f'"{FASHION.as_posix()}/models/') + "[head]")
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text(text.replace('"data/', f'"{FASHION.as_posix()}/data/'))
+    assert main(["build", str(recipe), "-o", str(tmp_path / "z.onnx"), "--no-cache"]) == 0
+    out = capsys.readouterr().out
+    assert "source c: b_sklearn_mlp.onnx" in out and "forecast: " in out and "routing: hint:" not in out
