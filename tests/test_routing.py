@@ -292,7 +292,7 @@ def test_build_hints_at_a_generic_backbone_only_where_routing_is_unsure(teachers
     monkeypatch.setattr(summary, "GENERIC_HINT_SHARE", 0.0)
     text = (FASHION / "teachers1.toml").read_text().replace('"models/', f'"{FASHION.as_posix()}/models/')
     extra = '[[sources]]\nname = "c"\nmodel = "models/b_sklearn_mlp.onnx"\nteacher = false\n'
-    extra += text[text.index('[sources.preprocess]', text.index('name = "b"')) : text.index("[head]")]
+    extra += text[text.index("[sources.preprocess]", text.index('name = "b"')) : text.index("[head]")]
     text = text.replace("[head]", extra.replace('"models/', f'"{FASHION.as_posix()}/models/') + "[head]")
     recipe = tmp_path / "recipe.toml"
     recipe.write_text(text.replace('"data/', f'"{FASHION.as_posix()}/data/'))

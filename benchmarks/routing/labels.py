@@ -205,7 +205,9 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     parser.add_argument("--budgets", type=int, nargs="+", default=list(BUDGETS), help="labels per class")
     parser.add_argument(
-        "--generic", type=Path, help="also every row with this ImageNet backbone (64x64 RGB) as a teacher = false source"
+        "--generic",
+        type=Path,
+        help="also every row with this ImageNet backbone (64x64 RGB) as a teacher = false source",
     )
     args = parser.parse_args()
     work = work_dir("routing")

@@ -212,7 +212,9 @@ def main() -> None:
     parser.add_argument("--timing", action="store_true")
     parser.add_argument("--json", type=Path, help="also write every row and seed here")
     parser.add_argument(
-        "--generic", type=Path, help="also every row with this ImageNet backbone (64x64 RGB) as a teacher = false source"
+        "--generic",
+        type=Path,
+        help="also every row with this ImageNet backbone (64x64 RGB) as a teacher = false source",
     )
     args = parser.parse_args()
     args.work = args.work or work_dir("routing")
