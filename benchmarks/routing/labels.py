@@ -201,7 +201,13 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=None)
     parser.add_argument("--setup", nargs="+", default=None)
     parser.add_argument("--tune", action="store_true", help="seeds 100.. on validation images; every strategy")
-    parser.add_argument("--strategies", nargs="+", choices=list(STRATEGIES) + ["random"], default=None)
+    parser.add_argument(
+        "--strategies",
+        nargs="*",
+        choices=list(STRATEGIES) + ["random"],
+        default=None,
+        help="none: only the oracle, the k-means disagreement and label-free rows",
+    )
     parser.add_argument("--json", type=Path)
     parser.add_argument("--budgets", type=int, nargs="+", default=list(BUDGETS), help="labels per class")
     parser.add_argument(
@@ -216,7 +222,7 @@ def main() -> None:
     else:
         seeds, names = args.seeds or [0, 1, 2], args.setup or list(CURVE_SETUPS)
         strategies = {"chosen": TYPICAL_PER_CLASS, "random": None}
-    if args.strategies:
+    if args.strategies is not None:
         strategies = {k: STRATEGIES.get(k) for k in args.strategies}
     if args.tune and min(seeds) < 100:
         raise SystemExit("tuning uses seeds 100 and up; seeds 0.. are the test seeds")
