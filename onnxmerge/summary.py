@@ -129,7 +129,7 @@ def forecast_line(disagreed: float) -> str:
 
 
 #: share of pool images the k-means runs disagree on from which the build suggests a generic backbone: the
-#: benchmark's 3 and 5 look-alike teachers (where it helped) disagree on 32-42% without one, the demo's easy
+#: benchmark's 3 and 5 look-alike teachers (where it helped) disagree on 32-45% without one, the demo's easy
 #: 5 + 3 split on 18-22% (``benchmarks/routing/labels.py --generic``, RESULTS.md)
 GENERIC_HINT_SHARE = 0.3
 
@@ -140,9 +140,10 @@ def generic_hint(disagreed: float, non_teacher: bool) -> str | None:
     if non_teacher or disagreed < GENERIC_HINT_SHARE:
         return None
     return (
-        "routing: hint: where the runs disagree this much, a generic ImageNet backbone added as a teacher = false "
-        "source (e.g. EfficientNet-Lite0) may pay: on the benchmark it added 7-11 points with 5 look-alike "
-        "teachers, up to 3 with 3 (with labels only), for a Z about 20x slower (docs/routing.md)"
+        "routing: hint: if you will give labels, a generic ImageNet backbone added as a teacher = false source "
+        "(e.g. EfficientNet-Lite0) may pay where the runs disagree this much: with chosen labels it added 5.6-7.5 "
+        "points on the benchmark's 5 look-alike teachers, up to 3 on 3 (without labels -3 to +8), for a Z about "
+        "20x slower (docs/routing.md)"
     )
 
 
