@@ -2,7 +2,7 @@
 
 Run from the repository root with the benchmark venv (``requirements.txt`` here; torch==2.13.0 first, alone):
 
-    nice -n 10 .venv-fx/bin/python -m benchmarks.merging.make_models [OUTDIR [cnn]]
+    nice -n 10 .venv-fx/bin/python -m benchmarks.merging.make_models [OUTDIR [cnn | full]]
 
 (OUTDIR default: ``benchmarks.common.work_dir("merging")``, under ``$ONNXMERGE_BENCH_WORK``.)
 
@@ -19,6 +19,7 @@ Models written into OUTDIR (not committed; legacy exporter, opset 17, dynamic ba
   blocks 11-15, the head conv and a new linear head; the stem and blocks 0-10 frozen, their outputs computed
   once; BatchNorm statistics frozen (a machine shared by six: 16 steps of 64 images per task), same input;
   ``lite0_oracle.onnx``: fine-tuned the same way on fashionA+fashionB together (10 classes);
+- ``lite0full_<task>.onnx`` (``full``, for ``timing_probe.py`` only): fine-tuned end to end, 8 steps;
 - ``cnn_<task>_seed<k>.onnx``: a small CNN (3 convs, global pooling, a linear head) trained from scratch on
   fashionA with seed 0 and on fashionB with seed 1: one architecture, different initialisations.
 
@@ -205,11 +206,32 @@ def export(model, shape, labels, path: Path) -> None:
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)", flush=True)
 
 
+def full_tunes(out: Path, steps: int = 8) -> None:
+    """``lite0full_<task>.onnx``: Lite0 fine-tuned end to end (every layer, ``steps`` steps of 64 images), for
+    ``timing_probe.py``: no layer is left equal to the base, so the concatenated Z shares nothing (the blocks
+    ``lite0_<task>`` keep frozen are the same bytes in every source, and Z computes them once). Too short a
+    fine-tuning for accuracy rows: these models time Z, nothing else."""
+    parts = data(np.random.default_rng(0))
+    for task, labels in TASKS.items():
+        path = out / f"lite0full_{task}.onnx"
+        if path.exists():
+            continue
+        x, y = (v[: 64 * steps] for v in parts[task]["source"])
+        torch.manual_seed(0)
+        model = lite0()
+        model._fc = nn.Linear(1280, len(labels))
+        print(f"lite0full {task}: {len(x)} images, every layer", flush=True)
+        train(model, x, y, labels, 1, 1e-4, 0, lite0_input, True)
+        export(model, (3, SIZE, SIZE), labels, path)
+
+
 def main() -> None:
     out = Path(sys.argv[1]) if len(sys.argv) > 1 else work_dir("merging")
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(int(os.environ.get("THREADS", "2")))
     only_cnn = sys.argv[2:] == ["cnn"]  # the small CNNs alone (a second process beside a long Lite0 run)
+    if sys.argv[2:] == ["full"]:
+        return full_tunes(out)
     rng = np.random.default_rng(0)
     parts = data(rng)
     sets = {}
